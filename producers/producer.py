@@ -1,0 +1,288 @@
+"""``CustodyProducer``: publish provenance events to ``custody.events.v1``.
+
+Guarantees, each one a choice a security team would make:
+
+- **Idempotent, acks=all, lz4**: the broker stores each event once, on every replica.
+- **Keyed by root_task_id**: a whole custody tree lands in one partition, in order.
+- **Bounded buffer with backpressure**: at most ``CUSTODY_PRODUCER_BUFFER_MESSAGES``
+  events wait in memory. When it is full, :meth:`CustodyProducer.publish` waits for room
+  for up to ``CUSTODY_PRODUCER_BUFFER_TIMEOUT_SECONDS`` and then raises
+  :class:`BackpressureTimeout`: an event is never dropped silently and a caller never
+  blocks forever.
+- **Delivery reports surfaced**: each publish may take an ``on_delivery`` callback; every
+  failure is also kept, and :meth:`CustodyProducer.flush` raises :class:`DeliveryError`
+  naming the events that did not make it.
+- **Evidence before access**: :meth:`CustodyProducer.publish_sync` returns only once the
+  broker acknowledged the event and raises :class:`DeliveryError` with the reason when it
+  could not within ``CUSTODY_PRODUCER_DELIVERY_TIMEOUT_MS``, so a credential broker can
+  refuse to issue a token whose issuance was not recorded. The wait is the delivery
+  timeout itself, so a failure is final: librdkafka has given the event up, and it will
+  not appear on the topic later.
+- **Hash chain**: events are numbered per producer instance and linked by ``prev_hash``
+  (see :mod:`producers.chain`); thread-safe. An event that was handed to Kafka but then
+  failed delivery leaves a gap in the stored chain, which is reported as an evidence gap:
+  lost evidence stays visible.
+- **No secrets**: an event holding a secret-looking value raises
+  :class:`schemas.secrets.SecretValueError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from producers.admin import ensure_topics
+from producers.chain import HashChain
+from producers.settings import Settings
+from schemas import catalog, topics
+from schemas.codec import AvroCodec, body_bytes, event_to_avro
+from schemas.models import Envelope, validate_event
+from schemas.registry import SchemaRegistryClient
+from schemas.secrets import reject_secrets
+
+# A sync publish waits this much longer than the delivery timeout for librdkafka's report.
+_SYNC_MARGIN_SECONDS = 5.0
+
+
+class PublishError(RuntimeError):
+    """An event could not be published."""
+
+
+class BackpressureTimeout(PublishError):
+    """The bounded buffer stayed full for the whole buffer timeout."""
+
+
+class DeliveryError(PublishError):
+    """The broker did not acknowledge one or more events."""
+
+    def __init__(self, message: str, failed_event_ids: list[str]) -> None:
+        super().__init__(message)
+        self.failed_event_ids = failed_event_ids
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """The broker's answer for one event: where it was stored, or why it was not."""
+
+    event_id: str
+    topic: str
+    partition: int | None
+    offset: int | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+DeliveryCallback = Callable[[DeliveryReport], None]
+
+
+def default_producer_instance() -> str:
+    """A producer-instance id unique to this process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class CustodyProducer:
+    """Publishes events, stamping each with this instance's hash chain."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        producer_instance: str | None = None,
+        create_topics: bool = True,
+        config_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.producer_instance = producer_instance or default_producer_instance()
+        registry = (
+            SchemaRegistryClient(self.settings.schema_registry_url)
+            if self.settings.schema_registry_url
+            else None
+        )
+        self._codec = AvroCodec(registry)
+        if create_topics:
+            ensure_topics(
+                self.settings.kafka_admin(),
+                {topics.EVENTS: self.settings.event_partitions},
+                self.settings.topic_replication,
+            )
+        self._producer = Producer({**self.settings.kafka_producer(), **(config_overrides or {})})
+        self._lock = threading.Lock()
+        self._chains: dict[str, HashChain] = {}
+        self._failures: dict[str, str] = {}
+        self._counts_lock = threading.Lock()
+        self.published = 0
+        self.delivered = 0
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_reports, daemon=True)
+        self._poller.start()
+
+    # ---- publishing ------------------------------------------------------------------
+
+    def publish(
+        self, event: Envelope | Mapping[str, Any], on_delivery: DeliveryCallback | None = None
+    ) -> Envelope:
+        """Validate, stamp, encode and hand an event to Kafka; returns the stamped event.
+
+        ``event`` is a model (built with :mod:`producers.events`) or a dict in the JSON
+        or Python form. An unstamped event gets the next link of its producer instance's
+        chain (this producer's own instance unless the event names another); a stamped
+        one passes through unchanged and advances that instance's chain.
+        """
+        model: Envelope = event if isinstance(event, Envelope) else validate_event(event)
+        if self._closed.is_set():
+            raise PublishError("producer is closed")
+        with self._lock:
+            model, message = self._stamp_and_encode(model)
+            self._produce(model, message, on_delivery)
+        return model
+
+    def publish_sync(self, event: Envelope | Mapping[str, Any]) -> DeliveryReport:
+        """Publish and wait for the broker's acknowledgement.
+
+        Raises :class:`DeliveryError` with the reason if the event was not stored.
+        """
+        done = threading.Event()
+        reports: list[DeliveryReport] = []
+
+        def record(report: DeliveryReport) -> None:
+            reports.append(report)
+            done.set()
+
+        model = self.publish(event, on_delivery=record)
+        self._producer.poll(0)
+        wait = self.settings.producer_delivery_timeout_ms / 1000 + _SYNC_MARGIN_SECONDS
+        if not done.wait(wait):
+            raise DeliveryError(
+                f"event {model.event_id}: no delivery report within {wait:.1f}s",
+                [model.event_id],
+            )
+        report = reports[0]
+        if report.error is not None:
+            raise DeliveryError(f"event {model.event_id}: {report.error}", [model.event_id])
+        return report
+
+    def _stamp_and_encode(self, model: Envelope) -> tuple[Envelope, bytes]:
+        if model.seq is None:
+            instance = model.producer_instance or self.producer_instance
+            chain = self._chains.setdefault(instance, HashChain())
+            link = chain.next_link()
+            model = model.model_copy(
+                update={"producer_instance": instance, "seq": link.seq, "prev_hash": link.prev_hash}
+            )
+        datum = event_to_avro(model)
+        reject_secrets(datum)
+        return model, self._codec.encode(catalog.EVENT, datum)
+
+    def _produce(
+        self, model: Envelope, message: bytes, on_delivery: DeliveryCallback | None
+    ) -> None:
+        event_id = model.event_id
+
+        def delivered(error: KafkaError | None, msg: Message) -> None:
+            self._on_delivery(event_id, error, msg, on_delivery)
+
+        deadline = time.monotonic() + self.settings.producer_buffer_timeout_seconds
+        while True:
+            try:
+                self._producer.produce(
+                    topics.EVENTS,
+                    value=message,
+                    key=model.root_task_id.encode(),
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    raise BackpressureTimeout(
+                        f"event {event_id} not accepted: the buffer of "
+                        f"{self.settings.producer_buffer_messages} events stayed full for "
+                        f"{self.settings.producer_buffer_timeout_seconds}s"
+                    ) from None
+                # Serves delivery reports, which is what frees buffer space.
+                self._producer.poll(0.05)
+        assert model.producer_instance is not None and model.seq is not None
+        self._chains.setdefault(model.producer_instance, HashChain()).advance(
+            model.seq, body_bytes(message)
+        )
+        with self._counts_lock:
+            self.published += 1
+
+    def _on_delivery(
+        self,
+        event_id: str,
+        error: KafkaError | None,
+        msg: Message,
+        callback: DeliveryCallback | None,
+    ) -> None:
+        reason = None if error is None else f"{error.name()}: {error.str()}"
+        with self._counts_lock:
+            if reason is None:
+                self.delivered += 1
+            else:
+                self._failures[event_id] = reason
+        if callback is not None:
+            report = DeliveryReport(
+                event_id,
+                msg.topic() or topics.EVENTS,
+                msg.partition() if reason is None else None,
+                msg.offset() if reason is None else None,
+                reason,
+            )
+            callback(report)
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
+
+    # ---- draining --------------------------------------------------------------------
+
+    @property
+    def failed_event_ids(self) -> list[str]:
+        with self._counts_lock:
+            return list(self._failures)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait for every buffered event's delivery report.
+
+        Raises :class:`DeliveryError` naming the events that failed since the last flush,
+        or that were still undelivered when ``timeout`` ran out.
+        """
+        wait = timeout if timeout is not None else self.settings.producer_delivery_timeout_ms / 1000
+        remaining = self._producer.flush(wait)
+        with self._counts_lock:
+            failures = dict(self._failures)
+            self._failures.clear()
+        if failures or remaining:
+            reasons = sorted(set(failures.values()))
+            raise DeliveryError(
+                f"{len(failures)} event(s) not delivered ({'; '.join(reasons) or 'n/a'}), "
+                f"{remaining} still pending",
+                list(failures),
+            )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop; raises like :meth:`flush` if events were not delivered."""
+        if self._closed.is_set():
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed.set()
+            self._poller.join()
+
+    def __enter__(self) -> CustodyProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

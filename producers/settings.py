@@ -1,0 +1,139 @@
+"""Configuration of every Custody process, in one place: environment variables
+(``CUSTODY_*``) overridden by command-line flags.
+
+Kafka security settings (SASL, TLS) are applied to every Kafka client the project makes
+through :meth:`Settings.kafka_common`. Client settings that differ between a laptop and
+production (group session timeouts) come from a *profile*: ``development`` uses short
+timeouts so a consumer-group join on the local broker takes about 3 s instead of 23 s
+(FLOORS.md); ``production`` keeps librdkafka's defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import topics
+
+KafkaProfile = Literal["development", "production"]
+
+_PROFILES: dict[str, dict[str, Any]] = {
+    "development": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+    "production": {},
+}
+
+
+class Settings(BaseSettings):
+    """All settings; each field is also the environment variable ``CUSTODY_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CUSTODY_", extra="ignore", frozen=True)
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_profile: KafkaProfile = "production"
+    kafka_session_timeout_ms: int | None = Field(
+        None, description="Overrides the profile's consumer-group session timeout."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = (
+        Field(None, description="Derived from the SASL/TLS settings when unset.")
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_ssl_certificate_location: Path | None = None
+    kafka_ssl_key_location: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+
+    schema_registry_url: str | None = None
+    clickhouse_url: str = "chdb://.custody/chdb"
+    tenant: str = "default"
+    home: Path = Field(Path(".custody"), description="Local stack state and logs.")
+
+    event_partitions: int = Field(6, ge=1, description="Partitions of custody.events.v1.")
+    topic_replication: int = Field(1, ge=1)
+
+    producer_buffer_messages: int = Field(
+        100_000, ge=1, description="Bounded in-memory buffer of the SDK producer."
+    )
+    producer_buffer_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long publish() waits for buffer space before raising."
+    )
+    producer_delivery_timeout_ms: int = Field(
+        30_000, ge=1000, description="How long an event may wait for the broker's ack."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_sasl_mechanism and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError("kafka_sasl_mechanism needs kafka_sasl_username and _password")
+        return self
+
+    def security_protocol(self) -> str:
+        if self.kafka_security_protocol:
+            return self.kafka_security_protocol
+        tls = self.kafka_ssl_ca_location or self.kafka_ssl_certificate_location
+        if self.kafka_sasl_mechanism:
+            return "SASL_SSL" if tls else "SASL_PLAINTEXT"
+        return "SSL" if tls else "PLAINTEXT"
+
+    def kafka_common(self) -> dict[str, Any]:
+        """librdkafka settings shared by every client: bootstrap and security."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.security_protocol(),
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username
+            assert self.kafka_sasl_password is not None
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        for key, path in (
+            ("ssl.ca.location", self.kafka_ssl_ca_location),
+            ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+            ("ssl.key.location", self.kafka_ssl_key_location),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        if self.kafka_ssl_key_password is not None:
+            config["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        return config
+
+    def kafka_producer(self) -> dict[str, Any]:
+        """Settings of the SDK producer: idempotent, acks from all replicas, lz4, bounded."""
+        return {
+            **self.kafka_common(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": self.producer_buffer_messages,
+            "message.timeout.ms": self.producer_delivery_timeout_ms,
+        }
+
+    def kafka_consumer(self, group_id: str) -> dict[str, Any]:
+        """Settings of a consumer in ``group_id``: manual commits, from the earliest offset."""
+        config = {
+            **self.kafka_common(),
+            **_PROFILES[self.kafka_profile],
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+        if self.kafka_session_timeout_ms is not None:
+            config["session.timeout.ms"] = self.kafka_session_timeout_ms
+            config["heartbeat.interval.ms"] = max(100, self.kafka_session_timeout_ms // 6)
+        return config
+
+    def kafka_admin(self) -> dict[str, Any]:
+        return self.kafka_common()
+
+    def event_topic_partitions(self) -> dict[str, int]:
+        """Every contract topic with its partition count (all follow the event topic)."""
+        return dict.fromkeys(topics.ALL, self.event_partitions)

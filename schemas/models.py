@@ -1,0 +1,516 @@
+"""Pydantic models mirroring the Avro schemas (``schemas/avro/``), used at the edges.
+
+An event is one class per ``event_type`` (``AccessEvent``, ``DelegationEvent``, ...), all
+sharing :class:`Envelope`; :data:`CustodyEvent` is their union, discriminated by
+``event_type``. The JSON form (``custody publish``, fixtures, ``--json`` output) is
+``model_dump(mode="json")``: ``body`` is an object, timestamps are ISO-8601 UTC strings.
+
+Timestamps must carry a timezone (a naive time is ambiguous evidence) and are held in UTC
+with microsecond precision, as ``timestamp-micros`` carries them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must include a timezone (ISO-8601 with Z or an offset)")
+    return value.astimezone(UTC)
+
+
+def _uuid(value: str) -> str:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ValueError("must be a UUID") from None
+    return value
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256_hex(value: str | None) -> str | None:
+    if value is not None and not _SHA256_HEX.fullmatch(value):
+        raise ValueError("must be a lowercase hex SHA-256 (64 characters)")
+    return value
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+Text = Annotated[str, Field(max_length=8192)]
+Scopes = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=512)]], Field(max_length=4096)
+]
+StringMap = Annotated[dict[str, Text], Field(max_length=256)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+
+class EventType(StrEnum):
+    TASK_DECLARED = "TASK_DECLARED"
+    AUTHZ_DECISION = "AUTHZ_DECISION"
+    CREDENTIAL_ISSUED = "CREDENTIAL_ISSUED"
+    ACCESS = "ACCESS"
+    DELEGATION = "DELEGATION"
+    APPROVAL = "APPROVAL"
+    BREAK_GLASS = "BREAK_GLASS"
+    CREDENTIAL_REVOKED = "CREDENTIAL_REVOKED"
+    TASK_COMPLETED = "TASK_COMPLETED"
+
+
+class ActorKind(StrEnum):
+    AGENT = "AGENT"
+    HUMAN = "HUMAN"
+    SERVICE = "SERVICE"
+    BROKER = "BROKER"
+    POLICY_ENGINE = "POLICY_ENGINE"
+
+
+class Decision(StrEnum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+
+
+class CredentialKind(StrEnum):
+    JWT = "JWT"
+    API_KEY = "API_KEY"
+    DB_CREDENTIAL = "DB_CREDENTIAL"
+    CLOUD_SESSION = "CLOUD_SESSION"
+    OTHER = "OTHER"
+
+
+class AccessOutcome(StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+    DENIED = "DENIED"
+
+
+class RevocationReason(StrEnum):
+    TASK_ENDED = "TASK_ENDED"
+    EXPIRED = "EXPIRED"
+    MANUAL = "MANUAL"
+    COMPROMISED = "COMPROMISED"
+    ROTATED = "ROTATED"
+
+
+class TaskOutcome(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class Actor(_Model):
+    """Who emitted the event: a workload identity and the process it ran in."""
+
+    workload_id: Id
+    kind: ActorKind
+    instance_id: Id
+    on_behalf_of: Id | None = None
+
+
+# ---- bodies ---------------------------------------------------------------------------
+
+
+class TaskDeclared(_Model):
+    purpose: Text
+    requested_scopes: Scopes
+    deadline: UtcDatetime | None = None
+
+
+class AuthzDecision(_Model):
+    decision_id: Id
+    policy_engine: Id
+    policy_id: Id
+    policy_version: Id
+    decision: Decision
+    resource: Id
+    action: Id
+    data_scope: Scopes
+    reasons: list[Text]
+    context: StringMap
+
+
+class CredentialIssued(_Model):
+    token_id: Id
+    token_subject: Id
+    credential_kind: CredentialKind
+    audience: Id
+    scopes: Scopes
+    issued_at: UtcDatetime
+    expires_at: UtcDatetime
+    decision_id: Id
+    parent_token_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _expires_after_issue(self) -> CredentialIssued:
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
+
+
+class Access(_Model):
+    token_id: Id
+    tool: Id
+    resource: Id
+    action: Id
+    data_scope: Scopes
+    decision_id: Id | None = None
+    outcome: AccessOutcome
+    detail: Text | None = None
+
+
+class Delegation(_Model):
+    delegator: Id
+    delegatee: Id
+    child_task_id: Id
+    scopes: Scopes
+    decision_id: Id
+
+
+class Approval(_Model):
+    approval_id: Id
+    approver: Id
+    approves: Id
+    scopes: Scopes
+    expires_at: UtcDatetime | None = None
+    reason: Text
+
+
+class BreakGlass(_Model):
+    break_glass_id: Id
+    reason: Text
+    standing_access_unavailable: Text
+    approval_id: Id | None = None
+    expires_at: UtcDatetime
+
+
+class CredentialRevoked(_Model):
+    token_id: Id
+    reason: RevocationReason
+    revoked_by: Id
+
+
+class TaskCompleted(_Model):
+    outcome: TaskOutcome
+    detail: Text | None = None
+
+
+Body = (
+    TaskDeclared
+    | AuthzDecision
+    | CredentialIssued
+    | Access
+    | Delegation
+    | Approval
+    | BreakGlass
+    | CredentialRevoked
+    | TaskCompleted
+)
+
+BODY_MODELS: dict[EventType, type[_Model]] = {
+    EventType.TASK_DECLARED: TaskDeclared,
+    EventType.AUTHZ_DECISION: AuthzDecision,
+    EventType.CREDENTIAL_ISSUED: CredentialIssued,
+    EventType.ACCESS: Access,
+    EventType.DELEGATION: Delegation,
+    EventType.APPROVAL: Approval,
+    EventType.BREAK_GLASS: BreakGlass,
+    EventType.CREDENTIAL_REVOKED: CredentialRevoked,
+    EventType.TASK_COMPLETED: TaskCompleted,
+}
+
+
+# ---- envelope --------------------------------------------------------------------------
+
+
+class Envelope(_Model):
+    """Fields every event carries.
+
+    ``producer_instance``, ``seq`` and ``prev_hash`` form the hash chain. They are ``None``
+    only on an event not yet stamped by a publisher (the SDK and ``custody publish`` stamp
+    them); the encoder refuses an unstamped event, so none ever reaches the wire.
+    """
+
+    event_id: Annotated[str, AfterValidator(_uuid)]
+    event_type: EventType
+    event_time: UtcDatetime
+    tenant: Id
+    producer: Id
+    root_task_id: Id
+    task_id: Id
+    parent_task_id: Id | None = None
+    depth: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    actor: Actor
+    producer_instance: Id | None = None
+    seq: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = None
+    prev_hash: Annotated[str | None, AfterValidator(_sha256_hex)] = None
+    attributes: StringMap = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tree_position(self) -> Envelope:
+        if self.depth == 0:
+            if self.parent_task_id is not None:
+                raise ValueError("parent_task_id must be null at depth 0 (the root)")
+            if self.task_id != self.root_task_id:
+                raise ValueError("at depth 0 task_id must equal root_task_id")
+        elif self.parent_task_id is None:
+            raise ValueError("parent_task_id is required when depth > 0")
+        if self.prev_hash is not None and self.seq is None:
+            raise ValueError("prev_hash given without seq")
+        return self
+
+    @property
+    def is_stamped(self) -> bool:
+        """True once the hash-chain fields are set and the event may be encoded."""
+        return self.producer_instance is not None and self.seq is not None
+
+
+class TaskDeclaredEvent(Envelope):
+    event_type: Literal[EventType.TASK_DECLARED]
+    body: TaskDeclared
+
+
+class AuthzDecisionEvent(Envelope):
+    event_type: Literal[EventType.AUTHZ_DECISION]
+    body: AuthzDecision
+
+
+class CredentialIssuedEvent(Envelope):
+    event_type: Literal[EventType.CREDENTIAL_ISSUED]
+    body: CredentialIssued
+
+
+class AccessEvent(Envelope):
+    event_type: Literal[EventType.ACCESS]
+    body: Access
+
+
+class DelegationEvent(Envelope):
+    event_type: Literal[EventType.DELEGATION]
+    body: Delegation
+
+
+class ApprovalEvent(Envelope):
+    event_type: Literal[EventType.APPROVAL]
+    body: Approval
+
+
+class BreakGlassEvent(Envelope):
+    event_type: Literal[EventType.BREAK_GLASS]
+    body: BreakGlass
+
+
+class CredentialRevokedEvent(Envelope):
+    event_type: Literal[EventType.CREDENTIAL_REVOKED]
+    body: CredentialRevoked
+
+
+class TaskCompletedEvent(Envelope):
+    event_type: Literal[EventType.TASK_COMPLETED]
+    body: TaskCompleted
+
+
+CustodyEvent = Annotated[
+    TaskDeclaredEvent
+    | AuthzDecisionEvent
+    | CredentialIssuedEvent
+    | AccessEvent
+    | DelegationEvent
+    | ApprovalEvent
+    | BreakGlassEvent
+    | CredentialRevokedEvent
+    | TaskCompletedEvent,
+    Field(discriminator="event_type"),
+]
+"""Any event; validate with :data:`EVENT_ADAPTER`."""
+
+EVENT_ADAPTER: TypeAdapter[CustodyEvent] = TypeAdapter(CustodyEvent)
+
+EVENT_MODELS: dict[EventType, type[Envelope]] = {
+    EventType.TASK_DECLARED: TaskDeclaredEvent,
+    EventType.AUTHZ_DECISION: AuthzDecisionEvent,
+    EventType.CREDENTIAL_ISSUED: CredentialIssuedEvent,
+    EventType.ACCESS: AccessEvent,
+    EventType.DELEGATION: DelegationEvent,
+    EventType.APPROVAL: ApprovalEvent,
+    EventType.BREAK_GLASS: BreakGlassEvent,
+    EventType.CREDENTIAL_REVOKED: CredentialRevokedEvent,
+    EventType.TASK_COMPLETED: TaskCompletedEvent,
+}
+
+
+def validate_event(data: Any) -> CustodyEvent:
+    """Validate a JSON-form or Python-form event (dict) into its model."""
+    return EVENT_ADAPTER.validate_python(data)
+
+
+# ---- alerts and state changes ---------------------------------------------------------
+
+
+class AlertType(StrEnum):
+    UNREVOKED_TOKEN = "UNREVOKED_TOKEN"
+    ORPHANED_TOKEN = "ORPHANED_TOKEN"
+    TOKEN_USED_AFTER_REVOCATION = "TOKEN_USED_AFTER_REVOCATION"
+    TOKEN_USED_AFTER_EXPIRY = "TOKEN_USED_AFTER_EXPIRY"
+    SHARED_CREDENTIAL = "SHARED_CREDENTIAL"
+    SCOPE_ESCALATION = "SCOPE_ESCALATION"
+    DELEGATION_IDENTITY_REUSE = "DELEGATION_IDENTITY_REUSE"
+    UNAUTHORIZED_ACCESS = "UNAUTHORIZED_ACCESS"
+    BREAK_GLASS_UNAPPROVED = "BREAK_GLASS_UNAPPROVED"
+    BREAK_GLASS_OVERDUE = "BREAK_GLASS_OVERDUE"
+    LONG_LIVED_CREDENTIAL = "LONG_LIVED_CREDENTIAL"
+    BROKEN_CHAIN = "BROKEN_CHAIN"
+    SELF_APPROVAL = "SELF_APPROVAL"
+    EVIDENCE_GAP = "EVIDENCE_GAP"
+
+
+class Severity(StrEnum):
+    LOW = "LOW"
+    MEDIUM = "MEDIUM"
+    HIGH = "HIGH"
+    CRITICAL = "CRITICAL"
+
+
+class Alert(_Model):
+    """An alert record, as on ``custody.alerts.v1``."""
+
+    alert_id: Id
+    alert_type: AlertType
+    severity: Severity
+    tenant: Id
+    root_task_id: Id
+    task_id: Id | None = None
+    token_id: Id | None = None
+    workload_id: Id | None = None
+    event_time: UtcDatetime
+    detected_at: UtcDatetime
+    evidence_event_ids: list[Id]
+    detail: Text
+
+
+class StateKind(StrEnum):
+    TASK = "TASK"
+    DELEGATION = "DELEGATION"
+    CREDENTIAL = "CREDENTIAL"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    DECLARED = "DECLARED"
+    COMPLETED = "COMPLETED"
+
+
+class CredentialLifecycle(StrEnum):
+    ACTIVE = "ACTIVE"
+    REVOKED = "REVOKED"
+    EXPIRED = "EXPIRED"
+
+
+class TaskState(_Model):
+    task_id: Id
+    parent_task_id: Id | None = None
+    depth: int
+    actor: Actor
+    purpose: Text | None = None
+    requested_scopes: Scopes
+    status: TaskStatus
+    outcome: TaskOutcome | None = None
+    declared_at: UtcDatetime | None = None
+    completed_at: UtcDatetime | None = None
+
+
+class DelegationState(_Model):
+    delegator: Id
+    delegatee: Id
+    parent_task_id: Id
+    child_task_id: Id
+    scopes: Scopes
+    decision_id: Id
+    delegated_at: UtcDatetime
+
+
+class CredentialState(_Model):
+    token_id: Id
+    task_id: Id
+    token_subject: Id
+    credential_kind: CredentialKind
+    audience: Id
+    scopes: Scopes
+    issued_at: UtcDatetime
+    expires_at: UtcDatetime
+    decision_id: Id
+    parent_token_id: Id | None = None
+    state: CredentialLifecycle
+    revoked_at: UtcDatetime | None = None
+    revocation_reason: RevocationReason | None = None
+    revoked_by: Id | None = None
+
+
+class StateChange(_Model):
+    """A state change of the custody graph, as on ``custody.state.v1`` (latest version wins)."""
+
+    kind: StateKind
+    tenant: Id
+    root_task_id: Id
+    key: Id
+    version: Annotated[int, Field(ge=0)]
+    updated_at: UtcDatetime
+    source_event_ids: list[Id]
+    task: TaskState | None = None
+    delegation: DelegationState | None = None
+    credential: CredentialState | None = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> StateChange:
+        present = {
+            StateKind.TASK: self.task is not None,
+            StateKind.DELEGATION: self.delegation is not None,
+            StateKind.CREDENTIAL: self.credential is not None,
+        }
+        if not present[StateKind(self.kind)] or sum(present.values()) != 1:
+            raise ValueError(f"exactly the {str(self.kind).lower()} payload must be set")
+        return self
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, reason)`` for each problem, e.g. ``("body.token_id", "Field required")``.
+
+    Built from the messages only, never the input values: an invalid field may hold a
+    secret, and these reasons go to stderr, logs and the dead-letter topic.
+    """
+    tags = {str(t) for t in EventType}
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        if loc and loc[0] in tags:
+            loc = loc[1:]
+        reason = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "union_tag_not_found":
+            loc, reason = ["event_type"], "Field required"
+        elif error["type"] == "union_tag_invalid":
+            loc, reason = ["event_type"], f"must be one of {', '.join(sorted(tags))}"
+        problems.append((".".join(loc) or "(event)", reason))
+    return problems
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming every invalid field and why, without any input value."""
+    return "; ".join(f"{field}: {reason}" for field, reason in field_errors(exc))
