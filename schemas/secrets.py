@@ -19,7 +19,9 @@ from typing import Any
 
 _PATTERNS: dict[str, str] = {
     "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+    # The whole block up to its END line (or the end of a truncated value) is the secret.
+    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)",
     "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z2-7]{16}\b",
     "google_api_key": r"\bAIza[0-9A-Za-z_-]{35}\b",
     "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{60,})\b",
@@ -60,7 +62,9 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
         yield path, value
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            child = f"{path}.{key}" if path else str(key)
+            # A path must not repeat a secret used as a key: it is printed and logged.
+            name = "[secret key]" if kind_of_secret(str(key)) else str(key)
+            child = f"{path}.{name}" if path else name
             yield f"{child} (key)", str(key)
             yield from _strings(item, child)
     elif isinstance(value, list | tuple):

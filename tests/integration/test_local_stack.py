@@ -1,0 +1,73 @@
+"""``custody up`` / ``status`` / ``down`` start and stop a real broker under ``.custody/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from schemas import topics
+from tests.integration.conftest import free_port
+
+CUSTODY = str(Path(sys.executable).parent / "custody")
+
+
+def _custody(home: Path, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CUSTODY, *args],
+        cwd=home,
+        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _status(home: Path, bootstrap: str) -> tuple[int, dict[str, dict[str, object]]]:
+    result = _custody(home, bootstrap, "status", "--json")
+    processes = json.loads(result.stdout)["processes"]
+    return result.returncode, {p["name"]: p for p in processes}
+
+
+def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    try:
+        first = _custody(tmp_path, bootstrap, "up")
+        assert first.returncode == 0, first.stderr
+        code, processes = _status(tmp_path, bootstrap)
+        broker = processes["broker"]
+        assert code == 0 and broker["running"] and broker["healthy"]
+        assert isinstance(broker["pid"], int)
+        assert (tmp_path / ".custody" / "logs" / "broker.log").exists()
+        existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        assert set(topics.ALL) <= set(existing)
+        assert len(existing[topics.EVENTS].partitions) == 6
+
+        again = _custody(tmp_path, bootstrap, "up")
+        assert again.returncode == 0, again.stderr
+        assert _status(tmp_path, bootstrap)[1]["broker"]["pid"] == broker["pid"]
+    finally:
+        down = _custody(tmp_path, bootstrap, "down")
+    assert down.returncode == 0 and "broker" in down.stdout
+    code, processes = _status(tmp_path, bootstrap)
+    assert code == 3 and not processes["broker"]["running"]
+    assert (
+        not Path(f"/proc/{broker['pid']}").exists()
+        or b"tansu" not in Path(f"/proc/{broker['pid']}/cmdline").read_bytes()
+    )
+
+
+def test_up_refuses_a_port_taken_by_something_else(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bootstrap = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = _custody(tmp_path, bootstrap, "up")
+    assert result.returncode == 1
+    assert "already in use" in result.stderr

@@ -1,0 +1,216 @@
+"""Publishing against a real broker: the SDK and ``custody publish`` deliver every event
+intact, one custody tree per partition in order, with an unbroken hash chain."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message
+
+from producers.chain import body_hash
+from producers.producer import (
+    BackpressureTimeout,
+    CustodyProducer,
+    DeliveryError,
+)
+from producers.settings import Settings
+from schemas.codec import AvroCodec, body_bytes
+from schemas.models import Envelope
+from schemas.secrets import SecretValueError
+from tests.factories import json_form, many_trees, one_of_each
+from tests.integration.conftest import RunningBroker, read_to_end
+
+CODEC = AvroCodec()
+CUSTODY = str(Path(sys.executable).parent / "custody")
+
+
+def _decoded(messages: list[Message]) -> list[tuple[Message, Envelope]]:
+    return [(m, CODEC.decode_event(m.value())) for m in messages]
+
+
+def assert_tree_per_partition_in_order(pairs: list[tuple[Message, Envelope]]) -> None:
+    """Every event of a root task on one partition, offsets rising in publish (seq) order."""
+    by_root: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for message, event in pairs:
+        assert message.key() == event.root_task_id.encode()
+        assert event.seq is not None
+        by_root[event.root_task_id].append((event.seq, message.partition(), message.offset()))
+    for root, placed in by_root.items():
+        assert len({partition for _, partition, _ in placed}) == 1, root
+        offsets = [offset for _, _, offset in sorted(placed)]
+        assert offsets == sorted(offsets), root
+
+
+def assert_chains_hold(pairs: list[tuple[Message, Envelope]]) -> None:
+    """Per producer instance: seq 1..n without gaps, prev_hash = SHA-256 of the body before."""
+    chains: dict[str, list[tuple[int, str | None, bytes]]] = defaultdict(list)
+    for message, event in pairs:
+        assert event.producer_instance is not None and event.seq is not None
+        chains[event.producer_instance].append(
+            (event.seq, event.prev_hash, body_bytes(message.value()))
+        )
+    for links in chains.values():
+        links.sort(key=lambda link: link[0])
+        assert [seq for seq, _, _ in links] == list(range(1, len(links) + 1))
+        assert links[0][1] is None
+        for (_, _, before), (_, prev_hash, _) in itertools.pairwise(links):
+            assert prev_hash == body_hash(before)
+
+
+def test_sdk_publishes_10000_events_intact(settings: Settings) -> None:
+    events = many_trees(1112)[:10_000]
+    with CustodyProducer(settings, producer_instance="sdk-test") as producer:
+        published = [producer.publish(event) for event in events]
+    pairs = _decoded(read_to_end(settings))
+    assert len(pairs) == 10_000
+    by_id = {event.event_id: event for _, event in pairs}
+    for sent in published:
+        assert by_id[sent.event_id] == sent  # every envelope and body field
+        assert sent.producer_instance == "sdk-test"
+    assert_tree_per_partition_in_order(pairs)
+    assert_chains_hold(pairs)
+
+
+def test_custody_publish_sends_a_10000_line_file_intact(settings: Settings, tmp_path: Path) -> None:
+    lines = [json_form(event) for event in many_trees(1112)[:10_000]]
+    # Two lines name their own producer instance: the publisher continues that chain.
+    lines[0]["producer_instance"] = lines[5]["producer_instance"] = "agent-7/pod-3"
+    source = tmp_path / "events.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = subprocess.run(
+        [CUSTODY, "publish", str(source)],
+        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "10000 events" in result.stdout
+    pairs = _decoded(read_to_end(settings))
+    assert len(pairs) == 10_000
+    sent = {line["event_id"]: line for line in lines}
+    for _, event in pairs:
+        received = event.model_dump(mode="json")
+        for key in ("producer_instance", "seq", "prev_hash"):
+            received.pop(key)
+        expected = {k: v for k, v in sent[event.event_id].items() if k != "producer_instance"}
+        assert received == expected
+    instances = {e.event_id: e.producer_instance for _, e in pairs}
+    assert instances[lines[0]["event_id"]] == instances[lines[5]["event_id"]] == "agent-7/pod-3"
+    defaults = {instances[line["event_id"]] for line in lines[1:5] + lines[6:]}
+    assert len(defaults) == 1 and defaults != {"agent-7/pod-3"}
+    assert_tree_per_partition_in_order(pairs)
+    assert_chains_hold(pairs)
+
+
+def test_an_invalid_file_publishes_nothing(settings: Settings, tmp_path: Path) -> None:
+    lines = [json.dumps(json_form(event)) for event in many_trees(20)]
+    broken = json_form(one_of_each()[3])
+    del broken["body"]["tool"]  # type: ignore[attr-defined]
+    lines.insert(57, json.dumps(broken))
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [CUSTODY, "publish", str(source)],
+        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "line 58: body.tool: Field required" in result.stderr
+    assert "nothing was published" in result.stderr
+    assert read_to_end(settings) == []
+
+
+def test_events_from_many_threads_keep_one_unbroken_chain(settings: Settings) -> None:
+    events = many_trees(250)
+    with CustodyProducer(settings, producer_instance="threads") as producer:
+        workers = [
+            threading.Thread(target=lambda part=part: [producer.publish(e) for e in part])
+            for part in (events[i::4] for i in range(4))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    pairs = _decoded(read_to_end(settings))
+    assert len(pairs) == len(events)
+    assert_chains_hold(pairs)
+
+
+def test_a_secret_is_refused_before_anything_is_sent(settings: Settings) -> None:
+    clean, leaky = one_of_each()[3], one_of_each()[3]
+    secret = "AKIA" + "Q3EGRZ7EXAMPLEAB"
+    leaky = leaky.model_copy(update={"attributes": {"copied_from_env": secret}})
+    with CustodyProducer(settings, producer_instance="secrets") as producer:
+        with pytest.raises(SecretValueError, match=r"attributes\.copied_from_env"):
+            producer.publish(leaky)
+        producer.publish(clean)
+    messages = read_to_end(settings)
+    assert [CODEC.decode_event(m.value()).seq for m in messages] == [1]
+    assert all(secret.encode() not in m.value() for m in messages)
+
+
+def test_sync_publish_confirms_then_raises_within_its_timeout_when_the_broker_is_down(
+    broker: RunningBroker, settings: Settings
+) -> None:
+    fast = settings.model_copy(update={"producer_delivery_timeout_ms": 2000})
+    producer = CustodyProducer(fast, producer_instance="broker-x")
+    report = producer.publish_sync(one_of_each()[2])
+    assert report.ok and report.offset is not None and report.partition is not None
+    broker.kill()
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as caught:
+        producer.publish_sync(one_of_each()[2])
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0 + 5.0  # the delivery timeout plus the documented margin
+    assert caught.value.failed_event_ids
+    assert producer.delivered == 1
+    with pytest.raises(DeliveryError):
+        producer.close(timeout=1)
+
+
+def test_sync_publish_to_an_unreachable_broker_raises() -> None:
+    dead = Settings(kafka_bootstrap="127.0.0.1:1", producer_delivery_timeout_ms=1000)
+    producer = CustodyProducer(dead, create_topics=False)
+    with pytest.raises(DeliveryError, match=r"(?i)timed out|transport"):
+        producer.publish_sync(one_of_each()[2])
+    assert producer.delivered == 0
+    with pytest.raises(DeliveryError):
+        producer.close(timeout=1)
+
+
+def test_full_buffer_raises_backpressure_instead_of_dropping_or_blocking(
+    broker: RunningBroker, settings: Settings
+) -> None:
+    tight = settings.model_copy(
+        update={
+            "producer_buffer_messages": 5,
+            "producer_buffer_timeout_seconds": 1.0,
+            "producer_delivery_timeout_ms": 3000,
+        }
+    )
+    producer = CustodyProducer(tight, producer_instance="tight")
+    broker.kill()
+    accepted = [producer.publish(e) for e in one_of_each()[:5]]
+    started = time.monotonic()
+    with pytest.raises(BackpressureTimeout, match="buffer of 5 events"):
+        producer.publish(one_of_each()[5])
+    assert 1.0 <= time.monotonic() - started < 10
+    # Nothing is lost silently: the five buffered events are reported as failed.
+    with pytest.raises(DeliveryError) as caught:
+        producer.close(timeout=10)
+    assert sorted(caught.value.failed_event_ids) == sorted(e.event_id for e in accepted)
+    assert producer.delivered == 0
