@@ -22,7 +22,6 @@ from schemas import catalog, evolution
 from schemas.codec import (
     AvroCodec,
     ContractViolationError,
-    DecodeError,
     MalformedAvroError,
     UnknownFormatError,
     UnknownSchemaError,
