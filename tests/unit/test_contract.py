@@ -30,8 +30,11 @@ from schemas.codec import (
     event_to_avro,
 )
 from schemas.models import (
+    BODY_MODELS,
+    Actor,
     Alert,
     AlertType,
+    Envelope,
     EventType,
     Severity,
     StateChange,
@@ -414,3 +417,21 @@ def fastavro_body(schema: dict[str, Any], datum: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(schema), datum)
     return buffer.getvalue()
+
+
+def test_models_name_exactly_the_avro_fields() -> None:
+    """Round trips cannot see an Avro field with a default that the models lack."""
+    schema = catalog.latest(catalog.EVENT).raw
+    avro_fields = {f["name"]: f for f in schema["fields"]}
+    envelope = set(Envelope.model_fields) - {"body"}
+    assert envelope == {n for n in avro_fields if not n.startswith("body_")}
+    for event_type, body_model in BODY_MODELS.items():
+        union = avro_fields[f"body_{event_type.lower()}"]["type"]
+        record = next(t for t in union if t != "null")
+        assert set(body_model.model_fields) == {f["name"] for f in record["fields"]}
+    actor = next(f for f in schema["fields"] if f["name"] == "actor")["type"]
+    assert set(Actor.model_fields) == {f["name"] for f in actor["fields"]}
+    alert = catalog.latest(catalog.ALERT).raw
+    assert set(Alert.model_fields) == {f["name"] for f in alert["fields"]}
+    state = catalog.latest(catalog.STATE).raw
+    assert set(StateChange.model_fields) == {f["name"] for f in state["fields"]}
