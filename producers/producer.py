@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -46,7 +47,7 @@ from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from schemas.models import Envelope, validate_event
 from schemas.registry import SchemaRegistryClient
-from schemas.secrets import reject_secrets
+from schemas.secrets import may_hold_secret, reject_secrets
 
 # A sync publish waits this much longer than the delivery timeout for librdkafka's report.
 _SYNC_MARGIN_SECONDS = 5.0
@@ -181,31 +182,29 @@ class CustodyProducer:
                 update={"producer_instance": instance, "seq": link.seq, "prev_hash": link.prev_hash}
             )
         datum = event_to_avro(model)
-        reject_secrets(datum)
-        return model, self._codec.encode(catalog.EVENT, datum)
+        message = self._codec.encode(catalog.EVENT, datum)
+        if may_hold_secret(message):
+            reject_secrets(datum)
+        return model, message
 
     def _produce(
         self, model: Envelope, message: bytes, on_delivery: DeliveryCallback | None
     ) -> None:
-        event_id = model.event_id
-
-        def delivered(error: KafkaError | None, msg: Message) -> None:
-            self._on_delivery(event_id, error, msg, on_delivery)
-
-        deadline = time.monotonic() + self.settings.producer_buffer_timeout_seconds
+        report: Callable[[KafkaError | None, Message], None] = self._on_delivery
+        if on_delivery is not None:
+            report = partial(self._on_delivery, callback=on_delivery)
+        key = model.root_task_id.encode()
+        deadline: float | None = None
         while True:
             try:
-                self._producer.produce(
-                    topics.EVENTS,
-                    value=message,
-                    key=model.root_task_id.encode(),
-                    on_delivery=delivered,
-                )
+                self._producer.produce(topics.EVENTS, message, key, on_delivery=report)
                 break
             except BufferError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                deadline = deadline or now + self.settings.producer_buffer_timeout_seconds
+                if now >= deadline:
                     raise BackpressureTimeout(
-                        f"event {event_id} not accepted: the buffer of "
+                        f"event {model.event_id} not accepted: the buffer of "
                         f"{self.settings.producer_buffer_messages} events stayed full for "
                         f"{self.settings.producer_buffer_timeout_seconds}s"
                     ) from None
@@ -215,16 +214,22 @@ class CustodyProducer:
         self._chains.setdefault(model.producer_instance, HashChain()).advance(
             model.seq, body_bytes(message)
         )
-        with self._counts_lock:
-            self.published += 1
+        self.published += 1
 
     def _on_delivery(
         self,
-        event_id: str,
         error: KafkaError | None,
         msg: Message,
-        callback: DeliveryCallback | None,
+        callback: DeliveryCallback | None = None,
     ) -> None:
+        """librdkafka's report for one event; runs on whichever thread polls."""
+        if error is None and callback is None:
+            with self._counts_lock:
+                self.delivered += 1
+            return
+        # The event id is read back from the message only when someone needs it, which
+        # keeps the report of a plain successful publish to a counter increment.
+        event_id = self._codec.decode_event(msg.value() or b"").event_id
         reason = None if error is None else f"{error.name()}: {error.str()}"
         with self._counts_lock:
             if reason is None:
@@ -232,14 +237,15 @@ class CustodyProducer:
             else:
                 self._failures[event_id] = reason
         if callback is not None:
-            report = DeliveryReport(
-                event_id,
-                msg.topic() or topics.EVENTS,
-                msg.partition() if reason is None else None,
-                msg.offset() if reason is None else None,
-                reason,
+            callback(
+                DeliveryReport(
+                    event_id,
+                    msg.topic() or topics.EVENTS,
+                    msg.partition() if reason is None else None,
+                    msg.offset() if reason is None else None,
+                    reason,
+                )
             )
-            callback(report)
 
     def _serve_reports(self) -> None:
         while not self._closed.is_set():

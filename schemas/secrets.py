@@ -17,19 +17,32 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-_PATTERNS: dict[str, str] = {
-    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+# kind -> (marker, rest): every secret starts with its literal-ish marker, so one cheap
+# search for the markers rules out nearly every clean value before the full patterns run.
+_PATTERNS: dict[str, tuple[str, str]] = {
+    "jwt": (r"eyJ", r"[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"),
     # The whole block up to its END line (or the end of a truncated value) is the secret.
-    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)",
-    "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)[A-Z2-7]{16}\b",
-    "google_api_key": r"\bAIza[0-9A-Za-z_-]{35}\b",
-    "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{60,})\b",
-    "slack_token": r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
-    "azure_storage_key": r"AccountKey=[A-Za-z0-9+/]{80,}={0,2}",
+    "private_key": (
+        r"-----BEGIN ",
+        r"(?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|[\s\S]*)",
+    ),
+    "aws_access_key": (
+        r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|AROA|APKA)",
+        r"[A-Z2-7]{16}\b",
+    ),
+    "google_api_key": (r"AIza", r"[0-9A-Za-z_-]{35}\b"),
+    "github_token": (r"(?:gh[pousr]_|github_pat_)", r"[A-Za-z0-9_]{36,}"),
+    "slack_token": (r"xox[abprs]-", r"[A-Za-z0-9-]{10,}"),
+    "azure_storage_key": (r"AccountKey=", r"[A-Za-z0-9+/]{80,}={0,2}"),
 }
-_ANY_SECRET = re.compile("|".join(f"(?P<{kind}>{regex})" for kind, regex in _PATTERNS.items()))
-# One search over all values joined by a separator no pattern can cross.
+_ANY_SECRET = re.compile(
+    "|".join(f"(?P<{kind}>{marker}{rest})" for kind, (marker, rest) in _PATTERNS.items())
+)
+_MARKERS = "|".join(marker for marker, _ in _PATTERNS.values())
+_ANY_MARKER = re.compile(_MARKERS)
+_ANY_MARKER_BYTES = re.compile(_MARKERS.encode())
+# Values are joined by a separator no pattern can cross.
 _SEPARATOR = "\x00"
 
 REDACTED = "[REDACTED]"
@@ -81,8 +94,8 @@ def kind_of_secret(text: str) -> str | None:
 def find_secrets(value: Any) -> list[SecretFinding]:
     """Every secret-looking string in a nested structure of dicts, lists and strings."""
     pairs = list(_strings(value, ""))
-    # Fast path: one regex pass over everything; the per-field pass only runs on a hit.
-    if not _ANY_SECRET.search(_SEPARATOR.join(text for _, text in pairs)):
+    # Fast path: one marker search over everything; the per-field pass only runs on a hit.
+    if not _ANY_MARKER.search(_SEPARATOR.join(text for _, text in pairs)):
         return []
     findings = []
     for path, text in pairs:
@@ -90,6 +103,13 @@ def find_secrets(value: Any) -> list[SecretFinding]:
         if kind is not None:
             findings.append(SecretFinding(path, kind))
     return findings
+
+
+def may_hold_secret(encoded: bytes) -> bool:
+    """Cheap pre-check of an encoded record (Avro or UTF-8 JSON store each string as
+    contiguous bytes): False means no field can hold a secret; True means look closer
+    with :func:`find_secrets`."""
+    return _ANY_MARKER_BYTES.search(encoded) is not None
 
 
 def reject_secrets(value: Any) -> None:

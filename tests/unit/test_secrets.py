@@ -10,14 +10,18 @@ from pydantic import ValidationError
 from producers import events
 from producers.context import CustodyContext
 from producers.jsonlines import parse_event_lines
+from schemas.codec import AvroCodec
 from schemas.secrets import (
     REDACTED,
     SecretValueError,
     find_secrets,
+    may_hold_secret,
     redact_secrets,
     reject_secrets,
 )
-from tests.factories import AGENT, json_form, one_of_each
+from tests.factories import AGENT, json_form, one_of_each, stamped
+
+CODEC = AvroCodec()
 
 # Secret-looking samples, assembled at run time so no secret-shaped literal sits in the repo.
 JWT = "eyJ" + "hbGciOiJIUzI1NiJ9" + ".eyJ" + "zdWIiOiJhZ2VudCJ9" + ".c2lnbmF0dXJlX2J5dGVz"
@@ -120,3 +124,12 @@ def test_publish_file_with_a_secret_reports_line_and_field_only() -> None:
     assert [(e.line, e.field) for e in parsed.errors] == [(2, "attributes.authorization")]
     assert all(JWT not in str(e) for e in parsed.errors)
     assert [line for line, _ in parsed.events] == [1]
+
+
+@pytest.mark.parametrize(("kind", "value"), SAMPLES.items())
+def test_the_encoded_precheck_sees_every_kind(kind: str, value: str) -> None:
+    event = stamped(one_of_each()[3])
+    assert not may_hold_secret(CODEC.encode_event(event))
+    leaky = event.model_copy(update={"attributes": {"x": value}})
+    assert may_hold_secret(CODEC.encode_event(leaky))
+    assert may_hold_secret(json.dumps({"x": value}).encode())
