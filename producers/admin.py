@@ -7,6 +7,7 @@ topic created implicitly would get the broker's default partition count, which b
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,35 +28,41 @@ def ensure_topics(
 ) -> list[str]:
     """Create each topic of ``partitions`` that is missing; return the ones created.
 
-    Waits until every topic is visible in the metadata with its partitions.
+    A topic that already exists is left as it is: its partition count is the operator's
+    choice. Waits until every created topic is visible with its partitions.
     """
     admin = AdminClient(dict(admin_config))
     deadline = time.monotonic() + timeout
+
+    def remaining() -> float:
+        return max(0.1, deadline - time.monotonic())
+
     try:
         existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise TopicSetupError(f"cannot reach the broker: {exc}") from None
-    missing = [name for name in partitions if name not in existing]
-    if missing:
+        missing = [name for name in partitions if name not in existing]
+        if not missing:
+            return []
         futures = admin.create_topics(
             [NewTopic(name, partitions[name], replication_factor) for name in missing],
             operation_timeout=timeout,
         )
         for name, future in futures.items():
             try:
-                future.result(timeout=max(0.1, deadline - time.monotonic()))
+                future.result(timeout=remaining())
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicSetupError(f"cannot create {name}: {exc}") from None
-    while True:
-        topics = admin.list_topics(timeout=max(0.1, deadline - time.monotonic())).topics
-        absent = [
-            name
-            for name, count in partitions.items()
-            if name not in topics or len(topics[name].partitions) < count
-        ]
-        if not absent:
-            return missing
-        if time.monotonic() >= deadline:
-            raise TopicSetupError(f"topics not ready after {timeout}s: {', '.join(absent)}")
-        time.sleep(0.1)
+        while True:
+            topics = admin.list_topics(timeout=remaining()).topics
+            absent = [
+                name
+                for name in missing
+                if name not in topics or len(topics[name].partitions) < partitions[name]
+            ]
+            if not absent:
+                return missing
+            if time.monotonic() >= deadline:
+                raise TopicSetupError(f"topics not ready after {timeout}s: {', '.join(absent)}")
+            time.sleep(0.1)
+    except (KafkaException, concurrent.futures.TimeoutError) as exc:
+        raise TopicSetupError(f"broker at {admin_config.get('bootstrap.servers')}: {exc}") from None

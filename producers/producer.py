@@ -15,9 +15,12 @@ Guarantees, each one a choice a security team would make:
 - **Evidence before access**: :meth:`CustodyProducer.publish_sync` returns only once the
   broker acknowledged the event and raises :class:`DeliveryError` with the reason when it
   could not within ``CUSTODY_PRODUCER_DELIVERY_TIMEOUT_MS``, so a credential broker can
-  refuse to issue a token whose issuance was not recorded. The wait is the delivery
-  timeout itself, so a failure is final: librdkafka has given the event up, and it will
-  not appear on the topic later.
+  refuse to issue a token whose issuance was not recorded. The wait is librdkafka's own
+  delivery timeout, so the answer is librdkafka's verdict, not a guess. One caveat: an
+  event that was in flight when the timeout struck may still have been stored (librdkafka
+  calls it "possibly persisted"). The caller refuses the token all the same, and the
+  stored issuance then shows downstream as a token never used and never revoked: the
+  error is on the safe side.
 - **Hash chain**: events are numbered per producer instance and linked by ``prev_hash``
   (see :mod:`producers.chain`); thread-safe. An event that was handed to Kafka but then
   failed delivery leaves a gap in the stored chain, which is reported as an evidence gap:
@@ -28,6 +31,7 @@ Guarantees, each one a choice a security team would make:
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -48,6 +52,9 @@ from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from schemas.models import Envelope, validate_event
 from schemas.registry import SchemaRegistryClient
 from schemas.secrets import may_hold_secret, reject_secrets
+
+_log = logging.getLogger(__name__)
+_kafka_log = logging.getLogger("custody.librdkafka")
 
 # A sync publish waits this much longer than the delivery timeout for librdkafka's report.
 _SYNC_MARGIN_SECONDS = 5.0
@@ -105,11 +112,8 @@ class CustodyProducer:
     ) -> None:
         self.settings = settings or Settings()
         self.producer_instance = producer_instance or default_producer_instance()
-        registry = (
-            SchemaRegistryClient(self.settings.schema_registry_url)
-            if self.settings.schema_registry_url
-            else None
-        )
+        registry_url = self.settings.schema_registry_url
+        registry = SchemaRegistryClient(registry_url.get_secret_value()) if registry_url else None
         self._codec = AvroCodec(registry)
         if create_topics:
             ensure_topics(
@@ -117,9 +121,12 @@ class CustodyProducer:
                 {topics.EVENTS: self.settings.event_partitions},
                 self.settings.topic_replication,
             )
-        self._producer = Producer({**self.settings.kafka_producer(), **(config_overrides or {})})
+        self._producer = Producer(
+            # librdkafka's own log lines go through Python logging, not straight to stderr.
+            {**self.settings.kafka_producer(), "logger": _kafka_log, **(config_overrides or {})}
+        )
         self._lock = threading.Lock()
-        self._chains: dict[str, HashChain] = {}
+        self._chain = HashChain()
         self._failures: dict[str, str] = {}
         self._counts_lock = threading.Lock()
         self.published = 0
@@ -131,21 +138,25 @@ class CustodyProducer:
     # ---- publishing ------------------------------------------------------------------
 
     def publish(
-        self, event: Envelope | Mapping[str, Any], on_delivery: DeliveryCallback | None = None
+        self,
+        event: Envelope | Mapping[str, Any],
+        on_delivery: DeliveryCallback | None = None,
+        *,
+        keep_failure: bool = True,
     ) -> Envelope:
         """Validate, stamp, encode and hand an event to Kafka; returns the stamped event.
 
         ``event`` is a model (built with :mod:`producers.events`) or a dict in the JSON
-        or Python form. An unstamped event gets the next link of its producer instance's
-        chain (this producer's own instance unless the event names another); a stamped
-        one passes through unchanged and advances that instance's chain.
+        or Python form. An unstamped event gets the next link of this producer's chain; a
+        stamped one (a replay of another instance's record) passes through unchanged.
+        Delivery callbacks run on the producer's reporting thread and must not publish.
         """
         model: Envelope = event if isinstance(event, Envelope) else validate_event(event)
         if self._closed.is_set():
             raise PublishError("producer is closed")
         with self._lock:
             model, message = self._stamp_and_encode(model)
-            self._produce(model, message, on_delivery)
+            self._produce(model, message, on_delivery, keep_failure)
         return model
 
     def publish_sync(self, event: Envelope | Mapping[str, Any]) -> DeliveryReport:
@@ -160,8 +171,7 @@ class CustodyProducer:
             reports.append(report)
             done.set()
 
-        model = self.publish(event, on_delivery=record)
-        self._producer.poll(0)
+        model = self.publish(event, on_delivery=record, keep_failure=False)
         wait = self.settings.producer_delivery_timeout_ms / 1000 + _SYNC_MARGIN_SECONDS
         if not done.wait(wait):
             raise DeliveryError(
@@ -175,11 +185,13 @@ class CustodyProducer:
 
     def _stamp_and_encode(self, model: Envelope) -> tuple[Envelope, bytes]:
         if model.seq is None:
-            instance = model.producer_instance or self.producer_instance
-            chain = self._chains.setdefault(instance, HashChain())
-            link = chain.next_link()
+            link = self._chain.next_link()
             model = model.model_copy(
-                update={"producer_instance": instance, "seq": link.seq, "prev_hash": link.prev_hash}
+                update={
+                    "producer_instance": self.producer_instance,
+                    "seq": link.seq,
+                    "prev_hash": link.prev_hash,
+                }
             )
         datum = event_to_avro(model)
         message = self._codec.encode(catalog.EVENT, datum)
@@ -188,11 +200,20 @@ class CustodyProducer:
         return model, message
 
     def _produce(
-        self, model: Envelope, message: bytes, on_delivery: DeliveryCallback | None
+        self,
+        model: Envelope,
+        message: bytes,
+        on_delivery: DeliveryCallback | None,
+        keep_failure: bool,
     ) -> None:
         report: Callable[[KafkaError | None, Message], None] = self._on_delivery
-        if on_delivery is not None:
-            report = partial(self._on_delivery, callback=on_delivery)
+        if on_delivery is not None or not keep_failure:
+            report = partial(
+                self._on_delivery,
+                event_id=model.event_id,
+                callback=on_delivery,
+                keep_failure=keep_failure,
+            )
         key = model.root_task_id.encode()
         deadline: float | None = None
         while True:
@@ -208,44 +229,44 @@ class CustodyProducer:
                         f"{self.settings.producer_buffer_messages} events stayed full for "
                         f"{self.settings.producer_buffer_timeout_seconds}s"
                     ) from None
-                # Serves delivery reports, which is what frees buffer space.
-                self._producer.poll(0.05)
-        assert model.producer_instance is not None and model.seq is not None
-        self._chains.setdefault(model.producer_instance, HashChain()).advance(
-            model.seq, body_bytes(message)
-        )
+                # The reporting thread frees buffer space as the broker acknowledges.
+                time.sleep(0.01)
+        if model.producer_instance == self.producer_instance and model.seq is not None:
+            self._chain.advance(model.seq, body_bytes(message))
         self.published += 1
 
     def _on_delivery(
         self,
         error: KafkaError | None,
         msg: Message,
+        event_id: str | None = None,
         callback: DeliveryCallback | None = None,
+        keep_failure: bool = True,
     ) -> None:
         """librdkafka's report for one event; runs on whichever thread polls."""
-        if error is None and callback is None:
-            with self._counts_lock:
-                self.delivered += 1
-            return
-        # The event id is read back from the message only when someone needs it, which
-        # keeps the report of a plain successful publish to a counter increment.
-        event_id = self._codec.decode_event(msg.value() or b"").event_id
         reason = None if error is None else f"{error.name()}: {error.str()}"
         with self._counts_lock:
             if reason is None:
                 self.delivered += 1
-            else:
-                self._failures[event_id] = reason
-        if callback is not None:
-            callback(
-                DeliveryReport(
-                    event_id,
-                    msg.topic() or topics.EVENTS,
-                    msg.partition() if reason is None else None,
-                    msg.offset() if reason is None else None,
-                    reason,
-                )
-            )
+            elif keep_failure:
+                # Only failures need the event id, so a plain publish does not carry it:
+                # it is read back from the message, off the hot path.
+                failed_id = event_id or self._codec.decode_event(msg.value() or b"").event_id
+                self._failures[failed_id] = reason
+        if callback is None:
+            return
+        report = DeliveryReport(
+            event_id or "",
+            msg.topic() or topics.EVENTS,
+            msg.partition() if reason is None else None,
+            msg.offset() if reason is None else None,
+            reason,
+        )
+        try:
+            callback(report)
+        except Exception:
+            # A failing caller callback must not stop the reports of every other event.
+            _log.exception("delivery callback failed for event %s", event_id)
 
     def _serve_reports(self) -> None:
         while not self._closed.is_set():

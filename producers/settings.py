@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     kafka_ssl_key_location: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
 
-    schema_registry_url: str | None = None
-    clickhouse_url: str = "chdb://.custody/chdb"
+    # URLs may carry credentials (user:password@host), so they are kept out of reprs.
+    schema_registry_url: SecretStr | None = None
+    clickhouse_url: SecretStr = SecretStr("chdb://.custody/chdb")
     tenant: str = "default"
     home: Path = Field(Path(".custody"), description="Local stack state and logs.")
 

@@ -34,10 +34,6 @@ class SchemaVersion:
     # CRC-64-AVRO of the parsing canonical form, little-endian, as in single-object headers.
     fingerprint: bytes
 
-    @property
-    def full_name(self) -> str:
-        return f"{self.raw.get('namespace', '')}.{self.raw['name']}".lstrip(".")
-
 
 def _version_dirs() -> list[tuple[int, Any]]:
     root = resources.files("schemas") / "avro"

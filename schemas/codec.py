@@ -112,10 +112,6 @@ class AvroCodec:
         self._registered: dict[str, int] = {}
         self._writers_by_id: dict[int, SchemaVersion] = {}
 
-    @property
-    def uses_registry(self) -> bool:
-        return self._registry is not None
-
     # ---- encoding --------------------------------------------------------------------
 
     def header(self, record: str) -> bytes:

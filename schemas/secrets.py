@@ -5,7 +5,7 @@ opaque id), never by its value. Producers reject an event holding a secret-looki
 processors redact and flag one. Findings name the field and the kind of secret, never the
 value, so reporting a finding cannot leak it.
 
-Detected: JSON Web Tokens (JWS/JWE compact form), PEM private keys, AWS access key ids,
+Detected: JSON Web Tokens (JWS compact form), PEM private keys, AWS access key ids,
 Google API keys, GitHub and Slack tokens, Azure storage account keys. Values that merely
 mention a secret (``token_id``, ``"api-key rotation"``) are not flagged.
 """

@@ -418,7 +418,7 @@ def local_broker(host: str = "127.0.0.1") -> Iterator[str]:
     process = start_broker(host, port)
     try:
         bootstrap = f"{host}:{port}"
-        wait_until_ready(bootstrap)
+        wait_until_ready({"bootstrap.servers": bootstrap})
         yield bootstrap
     finally:
         process.terminate()

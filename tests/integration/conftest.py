@@ -36,7 +36,7 @@ class RunningBroker:
 
     def start(self) -> None:
         self.process = start_broker("127.0.0.1", self.port)
-        wait_until_ready(self.bootstrap)
+        wait_until_ready({"bootstrap.servers": self.bootstrap})
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -31,13 +31,19 @@ from schemas.codec import (
 )
 from schemas.models import (
     BODY_MODELS,
+    AccessOutcome,
     Actor,
+    ActorKind,
     Alert,
     AlertType,
+    CredentialKind,
+    Decision,
     Envelope,
     EventType,
+    RevocationReason,
     Severity,
     StateChange,
+    TaskOutcome,
     validate_event,
 )
 from schemas.registry import SchemaRegistryClient
@@ -91,7 +97,7 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
             "policy_engine": _text,
             "policy_id": _text,
             "policy_version": _text,
-            "decision": st.sampled_from(["ALLOW", "DENY"]),
+            "decision": st.sampled_from(list(Decision)),
             "resource": _text,
             "action": _text,
             "data_scope": _scopes,
@@ -105,7 +111,7 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
             "action": _text,
             "data_scope": _scopes,
             "decision_id": _opt_text,
-            "outcome": st.sampled_from(["SUCCESS", "FAILURE", "DENIED"]),
+            "outcome": st.sampled_from(list(AccessOutcome)),
             "detail": st.none() | st.text(max_size=20),
         },
         EventType.DELEGATION: {
@@ -132,11 +138,11 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
         },
         EventType.CREDENTIAL_REVOKED: {
             "token_id": _text,
-            "reason": st.sampled_from(["TASK_ENDED", "EXPIRED", "MANUAL", "COMPROMISED"]),
+            "reason": st.sampled_from(list(RevocationReason)),
             "revoked_by": _text,
         },
         EventType.TASK_COMPLETED: {
-            "outcome": st.sampled_from(["SUCCEEDED", "FAILED", "CANCELLED"]),
+            "outcome": st.sampled_from(list(TaskOutcome)),
             "detail": st.none() | st.text(max_size=10),
         },
     }
@@ -153,7 +159,7 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
                 {
                     "token_id": _text,
                     "token_subject": _text,
-                    "credential_kind": st.sampled_from(["JWT", "API_KEY", "OTHER"]),
+                    "credential_kind": st.sampled_from(list(CredentialKind)),
                     "audience": _text,
                     "scopes": _scopes,
                     "decision_id": _text,
@@ -181,7 +187,7 @@ def _events(draw: st.DrawFn) -> Any:
         "depth": depth,
         "actor": {
             "workload_id": draw(_text),
-            "kind": draw(st.sampled_from(["AGENT", "HUMAN", "SERVICE", "BROKER"])),
+            "kind": draw(st.sampled_from(list(ActorKind))),
             "instance_id": draw(_text),
             "on_behalf_of": draw(_opt_text),
         },

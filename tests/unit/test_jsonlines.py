@@ -70,3 +70,18 @@ def test_explicit_chain_fields_are_validated() -> None:
     event = {**json_form(one_of_each()[0]), "seq": 0, "prev_hash": "ABC"}
     fields = {e.field for e in parse_event_lines(_lines(event)).errors}
     assert fields == {"seq", "prev_hash"}
+
+
+def test_a_line_names_producer_instance_and_seq_together_or_neither() -> None:
+    half = {**json_form(one_of_each()[0]), "producer_instance": "agent-7"}
+    other = {**json_form(one_of_each()[1]), "seq": 4}
+    parsed = parse_event_lines(_lines(half, other))
+    assert [(e.line, e.reason) for e in parsed.errors] == [
+        (1, "producer_instance and seq are given together or not at all"),
+        (2, "producer_instance and seq are given together or not at all"),
+    ]
+
+
+def test_unhashable_event_type_is_a_line_error_not_a_crash() -> None:
+    parsed = parse_event_lines(_lines({**json_form(one_of_each()[0]), "event_type": []}))
+    assert [(e.line, e.field) for e in parsed.errors] == [(1, "event_type")]
