@@ -9,6 +9,7 @@ from producers.producer import (
     DeliveryError,
     DeliveryReport,
     PublishError,
+    Stamp,
 )
 from producers.roles import AgentRecorder, CredentialBrokerRecorder, PolicyEngineRecorder
 from producers.settings import Settings
@@ -25,4 +26,5 @@ __all__ = [
     "PublishError",
     "Settings",
     "Source",
+    "Stamp",
 ]

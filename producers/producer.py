@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -94,6 +94,15 @@ class DeliveryReport:
 DeliveryCallback = Callable[[DeliveryReport], None]
 
 
+class Stamp(NamedTuple):
+    """Where a published event sits in its producer instance's hash chain."""
+
+    event_id: str
+    producer_instance: str
+    seq: int
+    prev_hash: str | None
+
+
 def default_producer_instance() -> str:
     """A producer-instance id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -143,8 +152,8 @@ class CustodyProducer:
         on_delivery: DeliveryCallback | None = None,
         *,
         keep_failure: bool = True,
-    ) -> Envelope:
-        """Validate, stamp, encode and hand an event to Kafka; returns the stamped event.
+    ) -> Stamp:
+        """Validate, stamp, encode and hand an event to Kafka; returns its chain position.
 
         ``event`` is a model (built with :mod:`producers.events`) or a dict in the JSON
         or Python form. An unstamped event gets the next link of this producer's chain; a
@@ -155,9 +164,9 @@ class CustodyProducer:
         if self._closed.is_set():
             raise PublishError("producer is closed")
         with self._lock:
-            model, message = self._stamp_and_encode(model)
-            self._produce(model, message, on_delivery, keep_failure)
-        return model
+            stamp, message = self._stamp_and_encode(model)
+            self._produce(model, stamp, message, on_delivery, keep_failure)
+        return stamp
 
     def publish_sync(self, event: Envelope | Mapping[str, Any]) -> DeliveryReport:
         """Publish and wait for the broker's acknowledgement.
@@ -171,37 +180,35 @@ class CustodyProducer:
             reports.append(report)
             done.set()
 
-        model = self.publish(event, on_delivery=record, keep_failure=False)
+        event_id = self.publish(event, on_delivery=record, keep_failure=False).event_id
         wait = self.settings.producer_delivery_timeout_ms / 1000 + _SYNC_MARGIN_SECONDS
         if not done.wait(wait):
             raise DeliveryError(
-                f"event {model.event_id}: no delivery report within {wait:.1f}s",
-                [model.event_id],
+                f"event {event_id}: no delivery report within {wait:.1f}s", [event_id]
             )
         report = reports[0]
         if report.error is not None:
-            raise DeliveryError(f"event {model.event_id}: {report.error}", [model.event_id])
+            raise DeliveryError(f"event {event_id}: {report.error}", [event_id])
         return report
 
-    def _stamp_and_encode(self, model: Envelope) -> tuple[Envelope, bytes]:
+    def _stamp_and_encode(self, model: Envelope) -> tuple[Stamp, bytes]:
         if model.seq is None:
             link = self._chain.next_link()
-            model = model.model_copy(
-                update={
-                    "producer_instance": self.producer_instance,
-                    "seq": link.seq,
-                    "prev_hash": link.prev_hash,
-                }
-            )
-        datum = event_to_avro(model)
+            stamp = Stamp(model.event_id, self.producer_instance, link.seq, link.prev_hash)
+            datum = event_to_avro(model, (stamp.producer_instance, stamp.seq, stamp.prev_hash))
+        else:
+            assert model.producer_instance is not None
+            stamp = Stamp(model.event_id, model.producer_instance, model.seq, model.prev_hash)
+            datum = event_to_avro(model)
         message = self._codec.encode(catalog.EVENT, datum)
         if may_hold_secret(message):
             reject_secrets(datum)
-        return model, message
+        return stamp, message
 
     def _produce(
         self,
         model: Envelope,
+        stamp: Stamp,
         message: bytes,
         on_delivery: DeliveryCallback | None,
         keep_failure: bool,
@@ -231,8 +238,8 @@ class CustodyProducer:
                     ) from None
                 # The reporting thread frees buffer space as the broker acknowledges.
                 time.sleep(0.01)
-        if model.producer_instance == self.producer_instance and model.seq is not None:
-            self._chain.advance(model.seq, body_bytes(message))
+        if model.seq is None:
+            self._chain.advance(stamp.seq, body_bytes(message))
         self.published += 1
 
     def _on_delivery(

@@ -225,15 +225,25 @@ class AvroCodec:
         return decoded.datum
 
 
-def event_to_avro(event: Envelope) -> dict[str, Any]:
-    """The Avro datum of an event: ``body`` moved to its ``body_<type>`` field."""
-    if not event.is_stamped:
+def event_to_avro(
+    event: Envelope, chain: tuple[str, int, str | None] | None = None
+) -> dict[str, Any]:
+    """The Avro datum of an event: ``body`` moved to its ``body_<type>`` field.
+
+    ``chain`` (producer_instance, seq, prev_hash) stamps an unstamped event on the way.
+    """
+    if chain is None and not event.is_stamped:
         raise UnstampedEventError(
             "event has no producer_instance/seq: publish it through CustodyProducer or "
             "custody publish, which stamp the hash chain"
         )
-    datum = event.model_dump()
-    datum[_BODY_FIELD[datum["event_type"]]] = datum.pop("body")
+    # Field values are already Avro-ready (str enums, aware datetimes, lists, dicts), so
+    # copying the validated attributes is enough; model_dump() costs 5x more per event.
+    datum = dict(event.__dict__)
+    datum["actor"] = dict(event.actor.__dict__)
+    datum[_BODY_FIELD[event.event_type]] = dict(datum.pop("body").__dict__)
+    if chain is not None:
+        datum["producer_instance"], datum["seq"], datum["prev_hash"] = chain
     return datum
 
 

@@ -327,7 +327,7 @@ def prepare(models: list[Envelope], warmup: Envelope) -> Workload:
         json_events=[json_form(m) for m in models],
         datums=datums,
         mean_message_bytes=total / len(models),
-        warmup_event={**json_form(warmup), "producer_instance": WARMUP_INSTANCE},
+        warmup_event={**json_form(warmup), "producer_instance": WARMUP_INSTANCE, "seq": 1},
         warmup_message=codec.encode_event(warmup_stamped),
     )
 

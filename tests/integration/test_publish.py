@@ -70,13 +70,15 @@ def assert_chains_hold(pairs: list[tuple[Message, Envelope]]) -> None:
 def test_sdk_publishes_10000_events_intact(settings: Settings) -> None:
     events = many_trees(1112)[:10_000]
     with CustodyProducer(settings, producer_instance="sdk-test") as producer:
-        published = [producer.publish(event) for event in events]
+        stamps = [producer.publish(event) for event in events]
     pairs = _decoded(read_to_end(settings))
     assert len(pairs) == 10_000
     by_id = {event.event_id: event for _, event in pairs}
-    for sent in published:
-        assert by_id[sent.event_id] == sent  # every envelope and body field
-        assert sent.producer_instance == "sdk-test"
+    assert [s.seq for s in stamps] == list(range(1, 10_001))
+    for event, stamp in zip(events, stamps, strict=True):
+        expected = event.model_copy(update=stamp._asdict())
+        assert by_id[event.event_id] == expected  # every envelope and body field
+        assert stamp.producer_instance == "sdk-test"
     assert_tree_per_partition_in_order(pairs)
     assert_chains_hold(pairs)
 
