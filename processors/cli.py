@@ -132,7 +132,8 @@ def publish(
 
     Every line is validated first. If any is invalid, each problem is printed with its
     line number, field and reason, nothing is published, and the exit code is 1.
-    ``producer_instance``, ``seq`` and ``prev_hash`` are filled in when absent.
+    Lines without hash-chain fields are stamped on this publisher's own instance; a line
+    already stamped (``producer_instance`` and ``seq`` together) is published as given.
     """
     settings = _settings(ctx)
     try:
