@@ -3,10 +3,13 @@ loopback port, and a plain consumer that reads topics back."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -108,3 +111,21 @@ def read_to_end(settings: Settings, topic: str = EVENTS, timeout: float = 60.0) 
         return seen == set(partitions)
 
     return [m for m in consume(settings, all_markers, topic, timeout) if m.value() != marker]
+
+
+CUSTODY = str(Path(sys.executable).parent / "custody")
+
+
+def run_custody(
+    bootstrap: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``custody`` command against ``bootstrap``."""
+    return subprocess.run(
+        [CUSTODY, *args],
+        cwd=cwd,
+        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
 from schemas import topics
-from tests.integration.conftest import free_port
-
-CUSTODY = str(Path(sys.executable).parent / "custody")
+from tests.integration.conftest import free_port, run_custody
 
 
 def _custody(home: Path, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CUSTODY, *args],
-        cwd=home,
-        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_custody(bootstrap, *args, cwd=home)
 
 
 def _status(home: Path, bootstrap: str) -> tuple[int, dict[str, dict[str, object]]]:

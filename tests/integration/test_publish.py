@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -28,10 +25,9 @@ from schemas.codec import AvroCodec, body_bytes
 from schemas.models import Envelope, validate_event
 from schemas.secrets import SecretValueError
 from tests.factories import json_form, many_trees, one_of_each, stamped
-from tests.integration.conftest import RunningBroker, read_to_end
+from tests.integration.conftest import RunningBroker, read_to_end, run_custody
 
 CODEC = AvroCodec()
-CUSTODY = str(Path(sys.executable).parent / "custody")
 
 
 def _decoded(messages: list[Message]) -> list[tuple[Message, Envelope]]:
@@ -93,14 +89,7 @@ def test_custody_publish_sends_a_10000_line_file_intact(settings: Settings, tmp_
     lines[5] = second.model_copy(update={"prev_hash": prev}).model_dump(mode="json")
     source = tmp_path / "events.jsonl"
     source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = subprocess.run(
-        [CUSTODY, "publish", str(source)],
-        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_custody(settings.kafka_bootstrap, "publish", str(source))
     assert result.returncode == 0, result.stderr
     assert "10000 events" in result.stdout
     pairs = _decoded(read_to_end(settings))
@@ -128,14 +117,7 @@ def test_an_invalid_file_publishes_nothing(settings: Settings, tmp_path: Path) -
     lines.insert(57, json.dumps(broken))
     source = tmp_path / "events.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    result = subprocess.run(
-        [CUSTODY, "publish", str(source)],
-        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_custody(settings.kafka_bootstrap, "publish", str(source))
     assert result.returncode == 1
     assert "line 58: body.tool: Field required" in result.stderr
     assert "nothing was published" in result.stderr
