@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         30_000, ge=1000, description="How long an event may wait for the broker's ack."
     )
 
+    grace_seconds: float = Field(
+        300, ge=0, description="How long a missing piece of a custody tree is waited for."
+    )
+    allowed_lateness_seconds: float = Field(
+        30, ge=0, description="How far behind the newest event time an event may arrive."
+    )
+    max_credential_ttl_seconds: float = Field(
+        86_400, gt=0, description="Longest credential lifetime before LONG_LIVED_CREDENTIAL."
+    )
+    idle_advance: bool = Field(
+        True, description="Advance an idle partition's watermark with the wall clock."
+    )
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_sasl_mechanism and not (

@@ -1,0 +1,189 @@
+"""Evidence-chain checking per producer instance (``EVIDENCE_GAP``).
+
+Each producer instance numbers its events (``seq`` from 1) and links each to the one
+before (``prev_hash`` = SHA-256 of the previous event's Avro body). Its events span many
+custody trees, hence many partitions, so they reach this check out of order: links ahead
+of a hole wait until the hole fills or its deadline (event time + grace) passes. Then the
+gap is reported and checking resumes after it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from processors.correlation.alerts import make_alert
+from processors.correlation.engine import CorrelationConfig, Output
+from schemas.models import AlertType
+
+_UNKNOWN = "unknown"
+# How many verified links are remembered to recognise a second event claiming their seq.
+RECENT_LINKS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLink:
+    """What the chain check needs of one event."""
+
+    event_id: str
+    tenant: str
+    root_task_id: str
+    producer_instance: str
+    seq: int
+    prev_hash: str | None
+    body_hash: str
+    us: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ChainLink:
+        return cls(**json.loads(raw))
+
+
+@dataclass(slots=True)
+class ChainState:
+    """The verified prefix of one producer instance's chain and the links beyond it."""
+
+    producer_instance: str
+    verified_seq: int = 0
+    last_hash: str | None = None
+    last_event_id: str | None = None
+    pending: dict[int, ChainLink] = field(default_factory=dict)
+    recent: dict[int, str] = field(default_factory=dict)
+    fired_alert_ids: set[str] = field(default_factory=set)
+    deadlines: list[tuple[int, int]] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "producer_instance": self.producer_instance,
+                "verified_seq": self.verified_seq,
+                "last_hash": self.last_hash,
+                "last_event_id": self.last_event_id,
+                "pending": [asdict(link) for link in self.pending.values()],
+                "recent": list(self.recent.items()),
+                "fired_alert_ids": sorted(self.fired_alert_ids),
+                "deadlines": self.deadlines,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ChainState:
+        data = json.loads(raw)
+        state = cls(
+            data["producer_instance"],
+            data["verified_seq"],
+            data["last_hash"],
+            data["last_event_id"],
+        )
+        state.pending = {link["seq"]: ChainLink(**link) for link in data["pending"]}
+        state.recent = {int(seq): event_id for seq, event_id in data["recent"]}
+        state.fired_alert_ids = set(data["fired_alert_ids"])
+        state.deadlines = [(int(due), int(seq)) for due, seq in data["deadlines"]]
+        heapq.heapify(state.deadlines)
+        return state
+
+
+class _ChainStep:
+    def __init__(self, state: ChainState, detected_at: datetime) -> None:
+        self.state = state
+        self.detected_at = detected_at
+        self.out = Output()
+
+    def gap(self, link: ChainLink, subject: str, evidence: list[str], detail: str) -> None:
+        record = make_alert(
+            AlertType.EVIDENCE_GAP,
+            tenant=link.tenant,
+            root_task_id=link.root_task_id,
+            subject=f"{link.producer_instance}\x1f{subject}",
+            event_time_us=link.us,
+            detected_at=self.detected_at,
+            evidence=evidence,
+            detail=f"producer_instance {link.producer_instance}: {detail}",
+        )
+        if record.alert_id not in self.state.fired_alert_ids:
+            self.state.fired_alert_ids.add(record.alert_id)
+            self.out.alerts.append(record)
+
+
+def observe_link(
+    state: ChainState | None, link: ChainLink, config: CorrelationConfig, detected_at: datetime
+) -> tuple[ChainState, Output]:
+    """Fold one event's chain fields into its producer instance's chain."""
+    if state is None:
+        state = ChainState(link.producer_instance)
+    step = _ChainStep(state, detected_at)
+    claimed = state.recent.get(link.seq) or (
+        state.pending[link.seq].event_id if link.seq in state.pending else None
+    )
+    if claimed is not None or link.seq <= state.verified_seq:
+        if claimed is not None and claimed != link.event_id:
+            step.gap(
+                link,
+                f"seq:{link.seq}",
+                [claimed, link.event_id],
+                f"two different events claim seq {link.seq}",
+            )
+        return state, step.out
+    state.pending[link.seq] = link
+    if link.seq > state.verified_seq + 1:
+        heapq.heappush(state.deadlines, (link.us + config.grace_us, link.seq))
+    _advance(step)
+    return state, step.out
+
+
+def _advance(step: _ChainStep) -> None:
+    """Verify every link that directly follows the verified prefix."""
+    state = step.state
+    while state.verified_seq + 1 in state.pending:
+        link = state.pending.pop(state.verified_seq + 1)
+        if state.last_hash != _UNKNOWN and link.prev_hash != state.last_hash:
+            evidence = [link.event_id] + ([state.last_event_id] if state.last_event_id else [])
+            expected = "null (first event)" if state.last_hash is None else "the previous body"
+            step.gap(
+                link,
+                f"hash:{link.seq}",
+                evidence,
+                f"prev_hash of seq {link.seq} does not match {expected}: an event "
+                "before it was altered or removed",
+            )
+        state.verified_seq, state.last_hash, state.last_event_id = (
+            link.seq,
+            link.body_hash,
+            link.event_id,
+        )
+        state.recent[link.seq] = link.event_id
+        state.recent.pop(link.seq - RECENT_LINKS, None)
+
+
+def expire_chain(
+    state: ChainState, watermark_us: int, config: CorrelationConfig, detected_at: datetime
+) -> tuple[ChainState, Output]:
+    """Report the holes whose deadline passed, then resume checking after them."""
+    step = _ChainStep(state, detected_at)
+    while state.deadlines and state.deadlines[0][0] <= watermark_us:
+        _, seq = heapq.heappop(state.deadlines)
+        if seq <= state.verified_seq or not state.pending:
+            continue
+        after = min(state.pending)
+        link = state.pending[after]
+        missing = (
+            f"seq {state.verified_seq + 1}"
+            if after == state.verified_seq + 2
+            else f"seqs {state.verified_seq + 1}-{after - 1}"
+        )
+        evidence = [link.event_id] + ([state.last_event_id] if state.last_event_id else [])
+        step.gap(
+            link,
+            f"gap:{state.verified_seq + 1}",
+            evidence,
+            f"{missing} never arrived: evidence is missing",
+        )
+        state.verified_seq, state.last_hash, state.last_event_id = after - 1, _UNKNOWN, None
+        _advance(step)
+    return state, step.out

@@ -1,0 +1,207 @@
+"""The state of one custody tree, as the correlator keeps it between events.
+
+Plain dataclasses (this is the hot path), times as integer microseconds since the epoch,
+and a JSON form for the faust table's changelog. JSON rather than pickle: a changelog
+topic is data, and unpickling data from a topic would let whoever can write to it run
+code in the worker.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(slots=True)
+class TaskRec:
+    task_id: str
+    parent_task_id: str | None
+    depth: int
+    first_event_id: str
+    first_us: int
+    workload_id: str
+    kind: str
+    instance_id: str
+    on_behalf_of: str | None
+    declared_event_id: str | None = None
+    declared_us: int | None = None
+    purpose: str | None = None
+    requested_scopes: list[str] = field(default_factory=list)
+    completed_event_id: str | None = None
+    completed_us: int | None = None
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class TokenRec:
+    token_id: str
+    task_id: str
+    issued_event_id: str
+    event_us: int
+    subject: str
+    credential_kind: str
+    audience: str
+    scopes: list[str]
+    issued_us: int
+    expires_us: int
+    decision_id: str
+    parent_token_id: str | None
+    expired: bool = False
+
+
+@dataclass(slots=True)
+class RevocationRec:
+    token_id: str
+    event_id: str
+    us: int
+    reason: str
+    revoked_by: str
+
+
+@dataclass(slots=True)
+class DecisionRec:
+    decision_id: str
+    event_id: str
+    us: int
+    task_id: str
+    allow: bool
+    resource: str
+    action: str
+    data_scope: list[str]
+
+
+@dataclass(slots=True)
+class AccessRec:
+    event_id: str
+    us: int
+    task_id: str
+    token_id: str
+    workload_id: str
+    instance_id: str
+    tool: str
+    resource: str
+    action: str
+    data_scope: list[str]
+    decision_id: str | None
+    outcome: str
+
+
+@dataclass(slots=True)
+class DelegationRec:
+    event_id: str
+    us: int
+    task_id: str
+    child_task_id: str
+    delegator: str
+    delegatee: str
+    scopes: list[str]
+    decision_id: str
+
+
+@dataclass(slots=True)
+class ApprovalRec:
+    approval_id: str
+    event_id: str
+    us: int
+    approver: str
+    approves: str
+    scopes: list[str]
+
+
+@dataclass(slots=True)
+class BreakGlassRec:
+    break_glass_id: str
+    event_id: str
+    us: int
+    task_id: str
+    workload_id: str
+    on_behalf_of: str | None
+    approval_id: str | None
+    expires_us: int
+
+
+_RECORDS: dict[str, type] = {
+    "tasks": TaskRec,
+    "tokens": TokenRec,
+    "revocations": RevocationRec,
+    "decisions": DecisionRec,
+    "delegations": DelegationRec,
+    "approvals": ApprovalRec,
+    "break_glass": BreakGlassRec,
+}
+
+
+@dataclass(slots=True)
+class TreeState:
+    """Everything known about one custody tree, keyed by the ids that join events."""
+
+    tenant: str
+    root_task_id: str
+    tasks: dict[str, TaskRec] = field(default_factory=dict)
+    tokens: dict[str, TokenRec] = field(default_factory=dict)
+    # token_id -> the earliest revocation (by event time)
+    revocations: dict[str, RevocationRec] = field(default_factory=dict)
+    decisions: dict[str, DecisionRec] = field(default_factory=dict)
+    # token_id -> accesses with that token, kept for joins with late issuance/revocation
+    accesses: dict[str, list[AccessRec]] = field(default_factory=dict)
+    # child_task_id -> the delegation that created it
+    delegations: dict[str, DelegationRec] = field(default_factory=dict)
+    approvals: dict[str, ApprovalRec] = field(default_factory=dict)
+    break_glass: dict[str, BreakGlassRec] = field(default_factory=dict)
+    seen_event_ids: set[str] = field(default_factory=set)
+    fired_alert_ids: set[str] = field(default_factory=set)
+    # heap of (due time in us, check kind, subject key)
+    deadlines: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def schedule(self, due_us: int, kind: str, key: str) -> None:
+        heapq.heappush(self.deadlines, (due_us, kind, key))
+
+    @property
+    def next_deadline_us(self) -> int | None:
+        return self.deadlines[0][0] if self.deadlines else None
+
+    def to_json(self) -> bytes:
+        """The changelog form of this state."""
+        data: dict[str, Any] = {
+            "tenant": self.tenant,
+            "root_task_id": self.root_task_id,
+            "seen_event_ids": sorted(self.seen_event_ids),
+            "fired_alert_ids": sorted(self.fired_alert_ids),
+            "deadlines": self.deadlines,
+            "accesses": {k: [asdict(a) for a in v] for k, v in self.accesses.items()},
+        }
+        for name in _RECORDS:
+            data[name] = {k: asdict(v) for k, v in getattr(self, name).items()}
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> TreeState:
+        data = json.loads(raw)
+        state = cls(data["tenant"], data["root_task_id"])
+        state.seen_event_ids = set(data["seen_event_ids"])
+        state.fired_alert_ids = set(data["fired_alert_ids"])
+        state.deadlines = [(int(d[0]), str(d[1]), str(d[2])) for d in data["deadlines"]]
+        heapq.heapify(state.deadlines)
+        state.accesses = {k: [AccessRec(**a) for a in v] for k, v in data["accesses"].items()}
+        for name, record in _RECORDS.items():
+            setattr(state, name, {k: record(**v) for k, v in data[name].items()})
+        return state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TreeState):
+            return NotImplemented
+        return all(
+            _comparable(getattr(self, f.name)) == _comparable(getattr(other, f.name))
+            for f in fields(self)
+        )
+
+
+def _comparable(value: Any) -> Any:
+    """Order-free form of a state field (accesses and deadlines arrive in any order)."""
+    if isinstance(value, list):
+        return sorted(map(repr, value))
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,37 @@
+"""Per-partition event-time watermarks.
+
+The watermark is the highest event time seen minus the allowed lateness. When a
+partition goes idle it would otherwise freeze, leaving deadlines (a token never revoked
+after its task ended) undecided forever; with idle advancement it moves on with the wall
+clock from the moment the last event arrived.
+"""
+
+from __future__ import annotations
+
+
+class Watermark:
+    """The watermark of one partition, in microseconds since the epoch."""
+
+    def __init__(self, lateness_us: int, idle_advance: bool) -> None:
+        self.lateness_us = lateness_us
+        self.idle_advance = idle_advance
+        self.max_event_us: int | None = None
+        self.last_arrival_wall_us = 0
+        self._reported: int | None = None
+
+    def observe(self, event_us: int, wall_us: int) -> None:
+        """An event with time ``event_us`` arrived at wall-clock time ``wall_us``."""
+        if self.max_event_us is None or event_us > self.max_event_us:
+            self.max_event_us = event_us
+        self.last_arrival_wall_us = wall_us
+
+    def current(self, wall_us: int) -> int | None:
+        """The watermark now; None before the first event. Never moves backwards: idle
+        advancement stops when an event arrives, but time already granted stays."""
+        if self.max_event_us is None:
+            return None
+        idle = max(0, wall_us - self.last_arrival_wall_us) if self.idle_advance else 0
+        value = self.max_event_us - self.lateness_us + idle
+        if self._reported is None or value > self._reported:
+            self._reported = value
+        return self._reported

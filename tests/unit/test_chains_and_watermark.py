@@ -1,0 +1,127 @@
+"""EVIDENCE_GAP over producer-instance chains, and watermarks."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from processors.correlation.chains import ChainLink, ChainState, expire_chain, observe_link
+from processors.correlation.watermark import Watermark
+from schemas.models import Alert
+from tests.correlation_trees import CONFIG, DETECTED, GRACE
+
+US = 1_000_000
+
+
+def _chain(count: int, instance: str = "agent/1") -> list[ChainLink]:
+    links, previous = [], None
+    for seq in range(1, count + 1):
+        body = f"{instance}-{seq}".encode()
+        links.append(
+            ChainLink(
+                f"e{seq}",
+                "acme",
+                f"root-{seq % 3}",
+                instance,
+                seq,
+                previous,
+                hashlib.sha256(body).hexdigest(),
+                seq * US,
+            )
+        )
+        previous = links[-1].body_hash
+    return links
+
+
+def _run(links: list[ChainLink], until_us: int = 10**12) -> tuple[ChainState, list[Alert]]:
+    state: ChainState | None = None
+    alerts: list[Alert] = []
+    for link in links:
+        state, out = observe_link(state, link, CONFIG, DETECTED)
+        alerts += out.alerts
+    assert state is not None
+    state, out = expire_chain(state, until_us, CONFIG, DETECTED)
+    return state, alerts + out.alerts
+
+
+def test_an_intact_chain_in_any_order_raises_nothing() -> None:
+    links = _chain(50)
+    random.Random(4).shuffle(links)
+    state, alerts = _run(links)
+    assert alerts == [] and state.verified_seq == 50 and not state.pending
+
+
+def test_a_missing_event_is_a_gap_after_the_grace_period_only() -> None:
+    links = _chain(10)
+    del links[4]  # seq 5
+    state, alerts = _run(links, until_us=6 * US + GRACE * US - 1)
+    assert alerts == [] and state.verified_seq == 4
+    _, alerts = _run(links)
+    assert [a.alert_type for a in alerts] == ["EVIDENCE_GAP"]
+    assert "seq 5 never arrived" in alerts[0].detail
+    assert set(alerts[0].evidence_event_ids) == {"e4", "e6"}
+
+
+def test_gap_near_miss_missing_event_arrives_late_but_within_grace() -> None:
+    links = _chain(10)
+    late = links.pop(4)
+    assert _run([*links, late])[1] == []
+
+
+def test_an_altered_event_breaks_the_next_link() -> None:
+    links = _chain(6)
+    altered = links[2]
+    links[2] = ChainLink(
+        altered.event_id,
+        "acme",
+        "root-x",
+        altered.producer_instance,
+        3,
+        altered.prev_hash,
+        hashlib.sha256(b"altered").hexdigest(),
+        altered.us,
+    )
+    _, alerts = _run(links)
+    assert [a.alert_type for a in alerts] == ["EVIDENCE_GAP"]
+    assert "prev_hash of seq 4" in alerts[0].detail
+
+
+def test_a_first_event_must_have_no_prev_hash() -> None:
+    links = _chain(2)
+    first = links[0]
+    links[0] = ChainLink(
+        first.event_id, "acme", "r", first.producer_instance, 1, "0" * 64, first.body_hash, first.us
+    )
+    assert "prev_hash of seq 1" in _run(links)[1][0].detail
+
+
+def test_two_events_claiming_one_seq_are_reported_and_a_replay_is_not() -> None:
+    links = _chain(3)
+    impostor = ChainLink("other", "acme", "r", "agent/1", 2, links[0].body_hash, "f" * 64, 2 * US)
+    _, alerts = _run([*links, links[1], impostor])
+    assert len(alerts) == 1 and "two different events claim seq 2" in alerts[0].detail
+
+
+def test_chain_state_survives_its_changelog_form() -> None:
+    links = _chain(8)
+    del links[3]
+    state, _ = _run(links, until_us=0)
+    restored = ChainState.from_json(state.to_json())
+    assert restored.to_json() == state.to_json()
+    assert (
+        _run(links)[1][0].alert_id
+        == expire_chain(restored, 10**12, CONFIG, DETECTED)[1].alerts[0].alert_id
+    )
+
+
+def test_watermark_trails_by_the_lateness_and_advances_when_idle() -> None:
+    mark = Watermark(lateness_us=30 * US, idle_advance=True)
+    assert mark.current(0) is None
+    mark.observe(event_us=1000 * US, wall_us=5 * US)
+    assert mark.current(5 * US) == 970 * US
+    assert mark.current(15 * US) == 980 * US  # idle for 10 s
+    mark.observe(event_us=900 * US, wall_us=16 * US)  # a late event
+    assert mark.current(16 * US) == 980 * US  # never moves backwards
+    frozen = Watermark(lateness_us=30 * US, idle_advance=False)
+    frozen.observe(1000 * US, 0)
+    assert frozen.current(3600 * US) == 970 * US

@@ -1,0 +1,423 @@
+"""The correlator, alert by alert: a case that must fire and a near miss that must not."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from processors.correlation.engine import CorrelationConfig
+from producers import events
+from schemas.models import (
+    CredentialRevokedEvent,
+    DelegationEvent,
+    Envelope,
+    StateKind,
+    TaskDeclaredEvent,
+)
+from tests.correlation_trees import (
+    ALICE,
+    BOB,
+    CODER,
+    GRACE,
+    RESEARCHER,
+    VAULT,
+    Tree,
+    at,
+    run,
+)
+
+
+def _revocation_of(token: str) -> object:
+    return lambda e: isinstance(e, CredentialRevokedEvent) and e.body.token_id == token
+
+
+def _revoke(tree: Tree, token: str, when: float) -> Envelope:
+    ctx = {"tok-root": tree.root, "tok-research": tree.research, "tok-code": tree.code}[token]
+    return events.credential_revoked(
+        VAULT,
+        ctx,
+        token_id=token,
+        reason="TASK_ENDED",
+        revoked_by="spiffe://acme/vault",
+        event_time=at(when),
+    )
+
+
+def test_a_clean_tree_raises_nothing_and_reports_its_state() -> None:
+    tree = Tree()
+    result = run(tree.events)
+    assert result.alerts == []
+    final = {(c.kind, c.key): c for c in result.changes}  # the last change per key wins
+    assert {key for kind, key in final if kind == StateKind.TASK} == {"root", "research", "code"}
+    assert all(
+        final[(StateKind.TASK, t)].task.status == "COMPLETED"  # type: ignore[union-attr]
+        for t in ("root", "research", "code")
+    )
+    assert final[(StateKind.CREDENTIAL, "tok-code")].credential.state == "REVOKED"  # type: ignore[union-attr]
+    assert (
+        final[(StateKind.DELEGATION, "code")].delegation.delegator == RESEARCHER.actor.workload_id
+    )  # type: ignore[union-attr]
+
+
+# ---- UNREVOKED_TOKEN ----------------------------------------------------------------
+
+
+def test_unrevoked_token_fires_when_revocation_comes_after_the_grace_period() -> None:
+    tree = Tree()
+    stream = tree.without(_revocation_of("tok-code"))
+    # The coder's task completed at 30 s: revoked at 30 + GRACE + 1 is too late.
+    result = run([*stream, _revoke(tree, "tok-code", 30 + GRACE + 1)])
+    assert result.types() == ["UNREVOKED_TOKEN"]
+    assert result.alerts[0].token_id == "tok-code" and result.alerts[0].task_id == "code"
+
+
+def test_unrevoked_near_miss_revoked_one_second_before_the_grace_period_ends() -> None:
+    tree = Tree()
+    stream = tree.without(_revocation_of("tok-code"))
+    assert run([*stream, _revoke(tree, "tok-code", 30 + GRACE - 1)]).alerts == []
+
+
+def test_unrevoked_near_miss_token_expired_within_the_grace_period() -> None:
+    tree = Tree()
+    tree.grant(tree.code, CODER, "tok-short", ["db:read"], start=23, ttl=30)
+    stream = tree.without(_revocation_of("tok-short"))
+    assert run(stream).alerts == []
+
+
+def test_never_revoked_token_is_unrevoked_with_its_evidence() -> None:
+    tree = Tree()
+    result = run(tree.without(_revocation_of("tok-root")))
+    assert result.types() == ["UNREVOKED_TOKEN"]
+    issued = next(
+        e
+        for e in tree.events
+        if getattr(e.body, "token_id", None) == "tok-root" and e.event_type == "CREDENTIAL_ISSUED"
+    )
+    assert issued.event_id in result.alerts[0].evidence_event_ids
+
+
+# ---- ORPHANED_TOKEN -----------------------------------------------------------------
+
+
+def test_token_for_an_undeclared_task_is_orphaned() -> None:
+    tree = Tree()
+    stream = tree.without(lambda e: isinstance(e, TaskDeclaredEvent) and e.task_id == "code")
+    assert "ORPHANED_TOKEN" in run(stream).types()
+
+
+def test_token_without_an_allow_decision_is_orphaned_but_not_when_it_comes_late() -> None:
+    tree = Tree()
+    decision = next(
+        e
+        for e in tree.events
+        if getattr(e.body, "decision_id", None) == "dec-tok-code"
+        and e.event_type == "AUTHZ_DECISION"
+    )
+    without = [e for e in tree.events if e is not decision]
+    assert "ORPHANED_TOKEN" in run(without).types()
+    # Near miss: the decision arrives last, out of order, but within the grace period.
+    assert run([*without, decision]).alerts == []
+
+
+# ---- TOKEN_USED_AFTER_REVOCATION / EXPIRY ------------------------------------------
+
+
+def _access(
+    tree: Tree,
+    token: str,
+    when: float,
+    source: object = CODER,
+    scopes: tuple[str, ...] = ("db:read",),
+) -> Envelope:
+    return events.access(
+        source,
+        tree.code,
+        token_id=token,
+        tool="sql",  # type: ignore[arg-type]
+        resource="db://x",
+        action="read",
+        data_scope=list(scopes),
+        outcome="SUCCESS",
+        decision_id=f"dec-{token}",
+        event_time=at(when),
+    )
+
+
+def test_use_after_revocation_fires_whatever_the_arrival_order() -> None:
+    tree = Tree()
+    late_use = _access(tree, "tok-code", 26)  # revoked at 25
+    assert run([*tree.events, late_use]).types() == ["TOKEN_USED_AFTER_REVOCATION"]
+    assert run([late_use, *tree.events]).types() == ["TOKEN_USED_AFTER_REVOCATION"]
+
+
+def test_use_after_revocation_near_miss_use_before_revocation() -> None:
+    tree = Tree()
+    assert run([*tree.events, _access(tree, "tok-code", 24.9)]).alerts == []
+
+
+def test_use_after_expiry_fires_and_its_near_miss_does_not() -> None:
+    tree = Tree()
+    tree.grant(tree.code, CODER, "tok-exp", ["db:read"], start=23, ttl=60)
+    stream = tree.without(_revocation_of("tok-exp"))
+    # issued at 24, expires at 84 (within the grace after its task ended at 30)
+    assert run([*stream, _access(tree, "tok-exp", 85)]).types() == ["TOKEN_USED_AFTER_EXPIRY"]
+    assert run([*stream, _access(tree, "tok-exp", 83)]).alerts == []
+
+
+# ---- SHARED_CREDENTIAL --------------------------------------------------------------
+
+
+def test_token_used_by_another_workload_is_shared() -> None:
+    tree = Tree()
+    result = run([*tree.events, _access(tree, "tok-code", 24.5, source=RESEARCHER)])
+    assert result.types() == ["SHARED_CREDENTIAL"]
+    assert result.alerts[0].workload_id == RESEARCHER.actor.workload_id
+
+
+def test_shared_near_miss_another_replica_of_the_same_workload() -> None:
+    tree = Tree()
+    replica = events.Source.of("acme", "runtime", CODER.actor.workload_id, "AGENT", "coder-2")
+    assert run([*tree.events, _access(tree, "tok-code", 24.5, source=replica)]).alerts == []
+
+
+# ---- SCOPE_ESCALATION ---------------------------------------------------------------
+
+
+def _widen(tree: Tree, scopes: list[str]) -> list[Envelope]:
+    return [
+        e.model_copy(update={"body": e.body.model_copy(update={"scopes": scopes})})
+        if isinstance(e, DelegationEvent) and e.body.child_task_id == "code"
+        else e
+        for e in tree.events
+    ]
+
+
+def test_delegation_that_widens_scope_escalates() -> None:
+    tree = Tree()
+    result = run(_widen(tree, ["db:read", "db:write"]))
+    assert result.types() == ["SCOPE_ESCALATION"]
+    assert "db:write" in result.alerts[0].detail
+
+
+def test_escalation_near_miss_delegation_narrows_scope() -> None:
+    assert run(_widen(Tree(), ["db:read"])).alerts == []
+
+
+def test_access_outside_the_token_scopes_escalates_and_inside_does_not() -> None:
+    tree = Tree()
+    outside = _access(tree, "tok-code", 24.5, scopes=("db:read", "db:admin"))
+    assert "SCOPE_ESCALATION" in run([*tree.events, outside]).types()
+    assert run([*tree.events, _access(tree, "tok-code", 24.5)]).alerts == []
+
+
+# ---- DELEGATION_IDENTITY_REUSE ------------------------------------------------------
+
+
+def test_delegating_to_the_same_identity_is_flagged_and_a_distinct_one_is_not() -> None:
+    tree = Tree()
+    reused = [
+        e.model_copy(
+            update={"body": e.body.model_copy(update={"delegatee": RESEARCHER.actor.workload_id})}
+        )
+        if isinstance(e, DelegationEvent) and e.body.child_task_id == "code"
+        else e
+        for e in tree.events
+    ]
+    assert "DELEGATION_IDENTITY_REUSE" in run(reused).types()
+    assert run(tree.events).alerts == []
+
+
+# ---- UNAUTHORIZED_ACCESS ------------------------------------------------------------
+
+
+def test_access_without_a_covering_allow_is_unauthorized() -> None:
+    tree = Tree()
+    wrong_resource = events.access(
+        CODER,
+        tree.code,
+        token_id="tok-code",
+        tool="sql",
+        resource="db://payroll",
+        action="read",
+        data_scope=["db:read"],
+        outcome="SUCCESS",
+        decision_id="dec-tok-code",
+        event_time=at(24.5),
+    )
+    assert run([*tree.events, wrong_resource]).types() == ["UNAUTHORIZED_ACCESS"]
+
+
+def test_unauthorized_near_miss_denied_access_and_unnamed_but_covered_access() -> None:
+    tree = Tree()
+    denied = events.access(
+        CODER,
+        tree.code,
+        token_id="tok-code",
+        tool="sql",
+        resource="db://payroll",
+        action="read",
+        data_scope=["db:read"],
+        outcome="DENIED",
+        event_time=at(24.5),
+    )
+    covered = events.access(
+        CODER,
+        tree.code,
+        token_id="tok-code",
+        tool="sql",
+        resource="db://x",
+        action="read",
+        data_scope=["db:read"],
+        outcome="SUCCESS",
+        event_time=at(24.6),
+    )
+    assert run([*tree.events, denied, covered]).alerts == []
+
+
+def test_a_decision_made_after_the_access_does_not_authorize_it() -> None:
+    tree = Tree()
+    decision = next(
+        e for e in tree.events if e.event_type == "AUTHZ_DECISION" and e.task_id == "code"
+    )
+    later = decision.model_copy(update={"event_time": at(40)})
+    stream = [later if e is decision else e for e in tree.events]
+    assert "UNAUTHORIZED_ACCESS" in run(stream).types()
+
+
+# ---- BREAK_GLASS_UNAPPROVED / OVERDUE ----------------------------------------------
+
+
+def _break_glass(tree: Tree, expires: float, approval_id: str | None = None) -> Envelope:
+    return events.break_glass(
+        CODER,
+        tree.code,
+        break_glass_id="bg-1",
+        reason="incident",
+        standing_access_unavailable="on-call role missing",
+        approval_id=approval_id,
+        expires_at=at(expires),
+        event_time=at(21.5),
+    )
+
+
+def _approve(tree: Tree, approves: str, approver: str = "bob", when: float = 21.6) -> Envelope:
+    return events.approval(
+        BOB,
+        tree.code,
+        approval_id="appr-1",
+        approver=approver,
+        approves=approves,
+        scopes=["db:read"],
+        reason="incident",
+        event_time=at(when),
+    )
+
+
+def test_break_glass_without_approval_fires_and_with_late_arriving_approval_does_not() -> None:
+    tree = Tree()
+    bg = _break_glass(tree, expires=600)
+    assert run([*tree.events, bg]).types() == ["BREAK_GLASS_UNAPPROVED"]
+    approval = _approve(tree, "bg-1", when=21.6 + GRACE - 1)
+    assert run([approval, *tree.events, bg]).alerts == []
+
+
+def test_break_glass_credentials_live_after_its_end_are_overdue() -> None:
+    tree = Tree()
+    bg, approval = _break_glass(tree, expires=23.5), _approve(tree, "bg-1")
+    # tok-code (issued at 23 s, after the break-glass) is revoked only at 25 s.
+    result = run([*tree.events, bg, approval])
+    assert result.types() == ["BREAK_GLASS_OVERDUE"]
+    assert result.alerts[0].token_id == "tok-code"
+    # Near miss: the break-glass ends at 25.5 s, after the revocation.
+    assert run([*tree.events, _break_glass(tree, expires=25.5), approval]).alerts == []
+
+
+# ---- LONG_LIVED_CREDENTIAL ----------------------------------------------------------
+
+
+def test_credential_above_the_maximum_lifetime_is_long_lived() -> None:
+    tree = Tree()
+    tree.grant(tree.code, CODER, "tok-long", ["db:read"], start=23, ttl=3601)
+    assert run(tree.events).types() == ["LONG_LIVED_CREDENTIAL"]
+    exact = Tree()
+    exact.grant(exact.code, CODER, "tok-long", ["db:read"], start=23, ttl=3600)
+    assert run(exact.events).alerts == []
+
+
+# ---- BROKEN_CHAIN -------------------------------------------------------------------
+
+
+def test_a_named_parent_that_never_appears_breaks_the_chain() -> None:
+    tree = Tree()
+    stream = tree.without(lambda e: e.task_id == "research")
+    result = run(stream)
+    assert "BROKEN_CHAIN" in result.types()
+    broken = next(a for a in result.alerts if a.alert_type == "BROKEN_CHAIN")
+    assert broken.task_id == "research"
+
+
+def test_broken_chain_near_miss_parent_arrives_last_within_grace() -> None:
+    tree = Tree()
+    research = [e for e in tree.events if e.task_id == "research"]
+    rest = [e for e in tree.events if e.task_id != "research"]
+    assert run([*rest, *research]).alerts == []
+
+
+def test_a_delegated_child_that_never_appears_breaks_the_chain() -> None:
+    tree = Tree()
+    stream = tree.without(lambda e: e.task_id == "code")
+    types = run(stream).types()
+    assert "BROKEN_CHAIN" in types
+
+
+# ---- SELF_APPROVAL ------------------------------------------------------------------
+
+
+def test_the_requester_approving_their_own_task_is_self_approval() -> None:
+    tree = Tree()
+    assert "SELF_APPROVAL" in run([*tree.events, _approve(tree, "code", approver=ALICE)]).types()
+    assert run([*tree.events, _approve(tree, "code", approver="bob")]).alerts == []
+
+
+def test_self_approval_is_found_when_the_approval_arrives_before_the_task() -> None:
+    tree = Tree()
+    assert "SELF_APPROVAL" in run([_approve(tree, "code", approver=ALICE), *tree.events]).types()
+
+
+# ---- duplicates, replays and determinism -------------------------------------------
+
+
+def test_a_duplicated_event_changes_nothing() -> None:
+    tree = Tree()
+    leaky = tree.without(_revocation_of("tok-root"))
+    once = run(leaky)
+    twice = run([*leaky, *leaky])
+    assert once.ids() == twice.ids() and once.state == twice.state
+    assert len(twice.alerts) == 1
+
+
+def test_alert_ids_are_deterministic_across_runs() -> None:
+    tree = Tree()
+    leaky = tree.without(_revocation_of("tok-root"))
+    assert run(leaky).ids() == run(list(reversed(leaky))).ids()
+
+
+def test_deadlines_wait_for_the_watermark() -> None:
+    tree = Tree()
+    leaky = tree.without(_revocation_of("tok-root"))
+    # Root completed at 32 s; its token is judged at 32 + GRACE.
+    assert run(leaky, until=at(32 + GRACE - 1)).alerts == []
+    assert run(leaky, until=at(32 + GRACE)).types() == ["UNREVOKED_TOKEN"]
+
+
+def test_state_survives_its_changelog_form() -> None:
+    from processors.correlation.tree import TreeState
+
+    tree = Tree()
+    result = run([*tree.events, _access(tree, "tok-code", 26)], until=at(0))
+    assert TreeState.from_json(result.state.to_json()) == result.state
+
+
+def test_configuration_comes_from_settings() -> None:
+    config = CorrelationConfig.of(grace_seconds=1.5, max_credential_ttl_seconds=10)
+    assert (config.grace_us, config.max_credential_ttl_us) == (1_500_000, 10_000_000)
+    assert timedelta(microseconds=config.grace_us).total_seconds() == 1.5
