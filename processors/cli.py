@@ -117,6 +117,15 @@ def status(
         raise typer.Exit(3)
 
 
+@app.command()
+def correlate(ctx: typer.Context) -> None:
+    """Run the correlate role: custody graphs and alerts from custody.events.v1."""
+    # Imported here: faust takes a second to import, which the other commands need not pay.
+    from processors.correlate import run_worker
+
+    run_worker(_settings(ctx))
+
+
 def _open_input(source: str) -> TextIO:
     if source == "-":
         return sys.stdin

@@ -12,7 +12,13 @@ from processors.correlation.tree import TreeState
 from producers import events
 from producers.context import CustodyContext
 from producers.events import Source
-from schemas.models import Alert, Envelope, StateChange
+from schemas.models import (
+    Alert,
+    CredentialRevokedEvent,
+    DelegationEvent,
+    Envelope,
+    StateChange,
+)
 
 T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 GRACE = 60
@@ -35,14 +41,22 @@ def at(seconds: float) -> datetime:
 @dataclass
 class Tree:
     """A clean custody tree: planner -> researcher -> coder, each with a decision, a
-    token, an access and a timely revocation, then completion (outermost last)."""
+    token, an access and a timely revocation, then completion (outermost last).
+    ``name`` prefixes its task and token ids; ``offset`` shifts its times (seconds)."""
 
-    root: CustodyContext = field(default_factory=lambda: CustodyContext.new_root("root"))
+    name: str = ""
+    offset: float = 0
     events: list[Envelope] = field(default_factory=list)
 
+    def at(self, seconds: float) -> datetime:
+        return at(self.offset + seconds)
+
     def __post_init__(self) -> None:
-        self.research = self.root.child("research")
-        self.code = self.research.child("code")
+        self.root = CustodyContext.new_root(self.name + "root")
+        self.research = self.root.child(self.name + "research")
+        self.code = self.research.child(self.name + "code")
+        at = self.at
+        tok = self.name + "tok-"
         self.add(
             events.task_declared(
                 PLANNER,
@@ -52,7 +66,7 @@ class Tree:
                 event_time=at(0),
             )
         )
-        self.grant(self.root, PLANNER, "tok-root", ["crm:read"], start=1)
+        self.grant(self.root, PLANNER, tok + "root", ["crm:read"], start=1)
         self.add(
             events.delegation(
                 PLANNER,
@@ -74,7 +88,7 @@ class Tree:
                 event_time=at(11),
             )
         )
-        self.grant(self.research, RESEARCHER, "tok-research", ["db:read"], start=12)
+        self.grant(self.research, RESEARCHER, tok + "research", ["db:read"], start=12)
         self.add(
             events.delegation(
                 RESEARCHER,
@@ -92,7 +106,7 @@ class Tree:
                 CODER, self.code, purpose="render", requested_scopes=["db:read"], event_time=at(21)
             )
         )
-        self.grant(self.code, CODER, "tok-code", ["db:read"], start=22)
+        self.grant(self.code, CODER, tok + "code", ["db:read"], start=22)
         for ctx, source, when in (
             (self.code, CODER, 30),
             (self.research, RESEARCHER, 31),
@@ -115,6 +129,7 @@ class Tree:
         resource: str = "db://x",
     ) -> None:
         """Decision, issuance, access and revocation of one token, one second apart."""
+        at = self.at
         decision_id = f"dec-{token}"
         self.add(
             events.authz_decision(
@@ -204,3 +219,106 @@ def run(
     end = to_micros(until) if until else to_micros(at(10**7))
     state, out = expire(state, end, config, DETECTED)
     return Result(state, alerts + out.alerts, changes + out.changes)
+
+
+MISCHIEF = [
+    "leak",
+    "late_use",
+    "shared",
+    "widen",
+    "break_glass",
+    "self_approval",
+    "orphan",
+    "expired_use",
+]
+
+
+def mischievous(mischief: set[str], name: str = "", offset: float = 0) -> list[Envelope]:
+    """A tree with the chosen misbehaviours (see :data:`MISCHIEF`)."""
+    tree = Tree(name, offset)
+    at = tree.at
+    tok = name + "tok-"
+    if "expired_use" in mischief:
+        # expires at 26 s, within the grace after its task ends; used at 27 s
+        tree.grant(tree.code, CODER, tok + "short", ["db:read"], start=23, ttl=2)
+    stream = list(tree.events)
+    if "leak" in mischief:
+        stream = [
+            e
+            for e in stream
+            if not (isinstance(e, CredentialRevokedEvent) and e.body.token_id == tok + "research")
+        ]
+    if "late_use" in mischief or "shared" in mischief:
+        source = RESEARCHER if "shared" in mischief else CODER
+        when = 26 if "late_use" in mischief else 24.5
+        stream.append(
+            events.access(
+                source,
+                tree.code,
+                token_id=tok + "code",
+                tool="sql",
+                resource="db://x",
+                action="read",
+                data_scope=["db:read"],
+                outcome="SUCCESS",
+                decision_id=f"dec-{tok}code",
+                event_time=at(when),
+            )
+        )
+    if "widen" in mischief:
+        stream = [
+            e.model_copy(
+                update={"body": e.body.model_copy(update={"scopes": ["db:read", "db:write"]})}
+            )
+            if isinstance(e, DelegationEvent) and e.body.child_task_id == name + "code"
+            else e
+            for e in stream
+        ]
+    if "break_glass" in mischief:
+        stream.append(
+            events.break_glass(
+                CODER,
+                tree.code,
+                break_glass_id=name + "bg",
+                reason="x",
+                standing_access_unavailable="y",
+                expires_at=at(23.5),
+                event_time=at(21.5),
+            )
+        )
+    if "self_approval" in mischief:
+        stream.append(
+            events.approval(
+                CODER,
+                tree.code,
+                approval_id=name + "appr",
+                approver=ALICE,
+                approves=name + "code",
+                scopes=[],
+                reason="r",
+                event_time=at(21.7),
+            )
+        )
+    if "orphan" in mischief:
+        stream = [e for e in stream if e.task_id != name + "research"]
+    if "expired_use" in mischief:
+        stream = [
+            e
+            for e in stream
+            if not (isinstance(e, CredentialRevokedEvent) and e.body.token_id == tok + "short")
+        ]
+        stream.append(
+            events.access(
+                CODER,
+                tree.code,
+                token_id=tok + "short",
+                tool="sql",
+                resource="db://x",
+                action="read",
+                data_scope=["db:read"],
+                outcome="SUCCESS",
+                decision_id=f"dec-{tok}short",
+                event_time=at(27),
+            )
+        )
+    return stream

@@ -275,6 +275,7 @@ def observe(
         return state, step.out
     state.seen_event_ids.add(event.event_id)
     us = to_micros(event.event_time)
+    state.last_event_us = max(state.last_event_us, us)
     _task_seen(step, event, us)
     handler = _HANDLERS[type(event)]
     handler(step, event, us)

@@ -139,6 +139,7 @@ class TreeState:
 
     tenant: str
     root_task_id: str
+    last_event_us: int = 0
     tasks: dict[str, TaskRec] = field(default_factory=dict)
     tokens: dict[str, TokenRec] = field(default_factory=dict)
     # token_id -> the earliest revocation (by event time)
@@ -167,6 +168,7 @@ class TreeState:
         data: dict[str, Any] = {
             "tenant": self.tenant,
             "root_task_id": self.root_task_id,
+            "last_event_us": self.last_event_us,
             "seen_event_ids": sorted(self.seen_event_ids),
             "fired_alert_ids": sorted(self.fired_alert_ids),
             "deadlines": self.deadlines,
@@ -179,7 +181,7 @@ class TreeState:
     @classmethod
     def from_json(cls, raw: bytes) -> TreeState:
         data = json.loads(raw)
-        state = cls(data["tenant"], data["root_task_id"])
+        state = cls(data["tenant"], data["root_task_id"], data["last_event_us"])
         state.seen_event_ids = set(data["seen_event_ids"])
         state.fired_alert_ids = set(data["fired_alert_ids"])
         state.deadlines = [(int(d[0]), str(d[1]), str(d[2])) for d in data["deadlines"]]

@@ -4,6 +4,13 @@ The watermark is the highest event time seen minus the allowed lateness. When a
 partition goes idle it would otherwise freeze, leaving deadlines (a token never revoked
 after its task ended) undecided forever; with idle advancement it moves on with the wall
 clock from the moment the last event arrived.
+
+Two guards, both for evidence that arrives with old or wrong clocks:
+- the idle advance ends when an event arrives, so a backfill (events hours old) is judged
+  by its own times rather than by the wall-clock time the partition idled up to;
+- an event time ahead of the wall clock counts only up to the wall clock plus the
+  allowed lateness, so one producer with a clock in the future cannot make every other
+  tree's deadlines pass at once.
 """
 
 from __future__ import annotations
@@ -17,21 +24,17 @@ class Watermark:
         self.idle_advance = idle_advance
         self.max_event_us: int | None = None
         self.last_arrival_wall_us = 0
-        self._reported: int | None = None
 
     def observe(self, event_us: int, wall_us: int) -> None:
         """An event with time ``event_us`` arrived at wall-clock time ``wall_us``."""
+        event_us = min(event_us, wall_us + self.lateness_us)
         if self.max_event_us is None or event_us > self.max_event_us:
             self.max_event_us = event_us
         self.last_arrival_wall_us = wall_us
 
     def current(self, wall_us: int) -> int | None:
-        """The watermark now; None before the first event. Never moves backwards: idle
-        advancement stops when an event arrives, but time already granted stays."""
+        """The watermark now; None before the first event."""
         if self.max_event_us is None:
             return None
         idle = max(0, wall_us - self.last_arrival_wall_us) if self.idle_advance else 0
-        value = self.max_event_us - self.lateness_us + idle
-        if self._reported is None or value > self._reported:
-            self._reported = value
-        return self._reported
+        return self.max_event_us - self.lateness_us + idle

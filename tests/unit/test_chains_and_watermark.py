@@ -117,11 +117,23 @@ def test_chain_state_survives_its_changelog_form() -> None:
 def test_watermark_trails_by_the_lateness_and_advances_when_idle() -> None:
     mark = Watermark(lateness_us=30 * US, idle_advance=True)
     assert mark.current(0) is None
-    mark.observe(event_us=1000 * US, wall_us=5 * US)
-    assert mark.current(5 * US) == 970 * US
-    assert mark.current(15 * US) == 980 * US  # idle for 10 s
-    mark.observe(event_us=900 * US, wall_us=16 * US)  # a late event
-    assert mark.current(16 * US) == 980 * US  # never moves backwards
+    mark.observe(event_us=1000 * US, wall_us=1000 * US)
+    assert mark.current(1000 * US) == 970 * US
+    assert mark.current(1010 * US) == 980 * US  # idle for 10 s
     frozen = Watermark(lateness_us=30 * US, idle_advance=False)
-    frozen.observe(1000 * US, 0)
-    assert frozen.current(3600 * US) == 970 * US
+    frozen.observe(1000 * US, 1000 * US)
+    assert frozen.current(4600 * US) == 970 * US
+
+
+def test_a_backfill_after_idling_is_judged_by_its_own_event_times() -> None:
+    mark = Watermark(lateness_us=1 * US, idle_advance=True)
+    mark.observe(event_us=100 * US, wall_us=5000 * US)
+    assert mark.current(9000 * US) == 4099 * US  # idle for an hour
+    mark.observe(event_us=50 * US, wall_us=9000 * US)  # old events arrive
+    assert mark.current(9000 * US) == 99 * US
+
+
+def test_a_clock_in_the_future_cannot_rush_every_deadline() -> None:
+    mark = Watermark(lateness_us=30 * US, idle_advance=False)
+    mark.observe(event_us=10**9 * US, wall_us=1000 * US)
+    assert mark.current(1000 * US) == 1000 * US

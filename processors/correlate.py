@@ -1,0 +1,544 @@
+"""``custody correlate``: the faust-streaming worker around the pure correlator.
+
+Per batch of events (``take_events``):
+
+1. decode each record; what is not a valid contract event goes to ``custody.dlq.v1`` with
+   the original bytes and the reason, topic, partition and offset in headers;
+2. fold each event into its custody tree (:func:`processors.correlation.engine.observe`),
+   then decide the deadlines the partition's watermark has passed;
+3. send the alerts (key ``alert_id``), state changes (key ``root_task_id``) and chain links
+   (key ``producer_instance``, to the chain agent) and **wait until Kafka has them**;
+4. only then write the trees to the table (its changelog).
+
+At-least-once without transactions (Tansu's are unsafe): a crash before step 4 replays
+the batch from the committed offset against the old trees, which re-derives the same
+outputs with the same keys and ids, so downstream sees repeats, never holes. faust
+commits an offset only after flushing its producer, so the table never trails the offsets.
+A timer decides deadlines on idle partitions the same way.
+
+``EVIDENCE_GAP`` needs each producer instance's events in one place: the chain links are
+repartitioned by ``producer_instance`` to ``custody.chain-links.v1`` and checked by a
+second agent with its own table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from processors.correlation.chains import ChainLink, ChainState, expire_chain, observe_link
+from processors.correlation.engine import (
+    CorrelationConfig,
+    Output,
+    expire,
+    observe,
+    to_micros,
+)
+from processors.correlation.tree import TreeState
+from processors.correlation.watermark import Watermark
+from producers.admin import ensure_topics
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec, DecodeError, body_bytes
+
+CHAIN_LINKS = "custody.chain-links.v1"
+APP_ID = "custody-correlate"
+# A single-record batch for this key is appended to each changelog partition before
+# recovery, so Tansu's end offsets are exact again (see DESIGN.md); readers skip it.
+RESERVED_KEY = b"\x00custody-end-offset-marker"
+_BATCH = 1000
+_BATCH_WITHIN = 0.2
+
+_log = logging.getLogger("custody.correlate")
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A record to send: where, with which key, value and headers."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+def dead_letter(
+    value: bytes | None,
+    key: bytes | None,
+    error: DecodeError,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Outbound:
+    """A DLQ record: the original bytes, and why and where from in its headers."""
+    headers = [
+        ("custody-dlq-reason", error.reason.encode()),
+        ("custody-dlq-detail", str(error).encode()[:1000]),
+        ("custody-dlq-stage", b"correlate"),
+        ("custody-source-topic", topic.encode()),
+        ("custody-source-partition", str(partition).encode()),
+        ("custody-source-offset", str(offset).encode()),
+    ]
+    return Outbound(topics.DLQ, key or b"", value, headers)
+
+
+class Correlation:
+    """The worker's state and steps, without faust: trees per root task, chains per
+    producer instance, watermarks per partition, and the outputs of each step."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = CorrelationConfig.of(
+            settings.grace_seconds, settings.max_credential_ttl_seconds
+        )
+        self.lateness_us = int(settings.allowed_lateness_seconds * 1_000_000)
+        self.idle_advance = settings.idle_advance
+        self.codec = AvroCodec()
+        self.trees: dict[str, TreeState] = {}
+        self.chains: dict[str, ChainState] = {}
+        # partition -> root_task_id -> next deadline, for the timer
+        self.tree_deadlines: dict[int, dict[str, int]] = {}
+        self.chain_deadlines: dict[int, dict[str, int]] = {}
+        self.event_marks: dict[int, Watermark] = {}
+        self.link_marks: dict[int, Watermark] = {}
+
+    def _mark(self, marks: dict[int, Watermark], partition: int) -> Watermark:
+        mark = marks.get(partition)
+        if mark is None:
+            mark = marks[partition] = Watermark(self.lateness_us, self.idle_advance)
+        return mark
+
+    def _emit(self, out: Output, into: list[Outbound]) -> None:
+        for alert in out.alerts:
+            into.append(
+                Outbound(topics.ALERTS, alert.alert_id.encode(), self.codec.encode_alert(alert))
+            )
+        for change in out.changes:
+            into.append(
+                Outbound(
+                    topics.STATE, change.root_task_id.encode(), self.codec.encode_state(change)
+                )
+            )
+
+    def on_events(
+        self,
+        records: Iterable[tuple[int, int, bytes | None, bytes | None]],
+        load: Any,
+        wall_us: int,
+    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
+        """Process ``(partition, offset, key, value)`` records; ``load(root)`` returns a
+        tree's stored JSON. Returns what to send and the trees to write afterwards."""
+        sends: list[Outbound] = []
+        dirty: dict[str, tuple[int, TreeState]] = {}
+        detected = _from_us(wall_us)
+        for partition, offset, key, value in records:
+            try:
+                event = self.codec.decode_event(value or b"")
+            except DecodeError as exc:
+                sends.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
+                continue
+            assert value is not None and event.producer_instance and event.seq
+            event_us = to_micros(event.event_time)
+            link = ChainLink(
+                event.event_id,
+                event.tenant,
+                event.root_task_id,
+                event.producer_instance,
+                event.seq,
+                event.prev_hash,
+                hashlib.sha256(body_bytes(value)).hexdigest(),
+                event_us,
+            )
+            sends.append(Outbound(CHAIN_LINKS, event.producer_instance.encode(), link.to_json()))
+            root = event.root_task_id
+            state = self.trees.get(root)
+            if state is None:
+                stored = load(root)
+                state = TreeState.from_json(stored) if stored else None
+            mark = self._mark(self.event_marks, partition)
+            mark.observe(event_us, wall_us)
+            state, out = observe(state, event, self.config, detected)
+            self._emit(out, sends)
+            watermark = mark.current(wall_us)
+            if watermark is not None:
+                state, out = expire(state, watermark, self.config, detected)
+                self._emit(out, sends)
+            self.trees[root] = state
+            dirty[root] = (partition, state)
+        return sends, dirty
+
+    def on_links(
+        self, records: Iterable[tuple[int, bytes | None]], load: Any, wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
+        """Process chain links ``(partition, value)`` of the repartitioned topic."""
+        sends: list[Outbound] = []
+        dirty: dict[str, tuple[int, ChainState]] = {}
+        detected = _from_us(wall_us)
+        for partition, value in records:
+            link = ChainLink.from_json(value or b"{}")
+            state = self.chains.get(link.producer_instance)
+            if state is None:
+                stored = load(link.producer_instance)
+                state = ChainState.from_json(stored) if stored else None
+            mark = self._mark(self.link_marks, partition)
+            mark.observe(link.us, wall_us)
+            state, out = observe_link(state, link, self.config, detected)
+            self._emit(out, sends)
+            watermark = mark.current(wall_us)
+            if watermark is not None:
+                state, out = expire_chain(state, watermark, self.config, detected)
+                self._emit(out, sends)
+            self.chains[link.producer_instance] = state
+            dirty[link.producer_instance] = (partition, state)
+        return sends, dirty
+
+    def due_trees(
+        self, partitions: Iterable[int], wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
+        """Deadlines passed on idle partitions: the timer's step for trees."""
+        sends: list[Outbound] = []
+        dirty: dict[str, tuple[int, TreeState]] = {}
+        detected = _from_us(wall_us)
+        for partition in partitions:
+            mark = self.event_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                continue
+            index = self.tree_deadlines.get(partition, {})
+            for root, due in list(index.items()):
+                if due > watermark or root not in self.trees:
+                    continue
+                state, out = expire(self.trees[root], watermark, self.config, detected)
+                self._emit(out, sends)
+                dirty[root] = (partition, state)
+        return sends, dirty
+
+    def due_chains(
+        self, partitions: Iterable[int], wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
+        """Deadlines passed on idle partitions: the timer's step for chains."""
+        sends: list[Outbound] = []
+        dirty: dict[str, tuple[int, ChainState]] = {}
+        detected = _from_us(wall_us)
+        for partition in partitions:
+            mark = self.link_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                continue
+            index = self.chain_deadlines.get(partition, {})
+            for instance, due in list(index.items()):
+                if due > watermark or instance not in self.chains:
+                    continue
+                state, out = expire_chain(self.chains[instance], watermark, self.config, detected)
+                self._emit(out, sends)
+                dirty[instance] = (partition, state)
+        return sends, dirty
+
+    def written(
+        self, trees: dict[str, tuple[int, TreeState]], chains: dict[str, tuple[int, ChainState]]
+    ) -> None:
+        """Index the next deadline of each stored tree and chain; forget settled ones
+        (their stored form stays in the table)."""
+        for root, (partition, state) in trees.items():
+            index = self.tree_deadlines.setdefault(partition, {})
+            if state.deadlines:
+                index[root] = state.deadlines[0][0]
+            else:
+                index.pop(root, None)
+                self.trees.pop(root, None)
+        for instance, (partition, chain) in chains.items():
+            index = self.chain_deadlines.setdefault(partition, {})
+            if chain.deadlines:
+                index[instance] = chain.deadlines[0][0]
+            else:
+                index.pop(instance, None)
+
+    def recovered_trees(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
+        """After table recovery: index the trees with pending deadlines, and start each
+        partition's watermark from its newest event, so idle advancement decides them
+        even if no new event ever arrives."""
+        for partition, state_json in items:
+            state = TreeState.from_json(state_json)
+            self._mark(self.event_marks, partition).observe(state.last_event_us, wall_us)
+            if state.deadlines:
+                self.trees[state.root_task_id] = state
+                self.tree_deadlines.setdefault(partition, {})[state.root_task_id] = state.deadlines[
+                    0
+                ][0]
+
+    def recovered_chains(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
+        """After table recovery: the same for producer-instance chains."""
+        for partition, state_json in items:
+            chain = ChainState.from_json(state_json)
+            if chain.deadlines:
+                self._mark(self.link_marks, partition).observe(
+                    max(link.us for link in chain.pending.values()), wall_us
+                )
+                self.chains[chain.producer_instance] = chain
+                self.chain_deadlines.setdefault(partition, {})[chain.producer_instance] = (
+                    chain.deadlines[0][0]
+                )
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop what belongs to partitions this worker no longer owns."""
+        for partition in partitions:
+            for root in self.tree_deadlines.pop(partition, {}):
+                self.trees.pop(root, None)
+            for instance in self.chain_deadlines.pop(partition, {}):
+                self.chains.pop(instance, None)
+            self.event_marks.pop(partition, None)
+            self.link_marks.pop(partition, None)
+
+
+def _from_us(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+def build_app(settings: Settings) -> faust.App:
+    """The faust app: two agents, two tables, a timer, the changelog end-offset fix."""
+    partitions = settings.event_partitions
+    consumer = settings.kafka_consumer(APP_ID)
+    session_s = consumer.get("session.timeout.ms", 45_000) / 1000
+    app = faust.App(
+        APP_ID,
+        broker=[f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_disable_leader=True,
+        web_enabled=False,
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=session_s / 6,
+        broker_rebalance_timeout=session_s,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=10_000,
+        stream_buffer_maxsize=16_384,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        producer_acks=-1,
+        producer_linger=0.005,
+        stream_wait_empty=False,
+        **_faust_security(settings),
+    )
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    events_topic = app.topic(topics.EVENTS, partitions=partitions, internal=False, **raw)
+    links_topic = app.topic(CHAIN_LINKS, partitions=partitions, internal=False, **raw)
+    schema: Any = faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    # The types (not only the schema) pick the changelog's serializers.
+    trees = app.Table(
+        "custody-trees",
+        partitions=partitions,
+        default=None,
+        schema=schema,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    chains = app.Table(
+        "custody-chains",
+        partitions=partitions,
+        default=None,
+        schema=schema,
+        key_type=bytes,
+        value_type=bytes,
+    )
+    work = Correlation(settings)
+
+    async def deliver(sends: list[Outbound]) -> None:
+        pending: list[Awaitable[Any]] = [
+            await app.producer.send(s.topic, s.key, s.value, None, None, s.headers) for s in sends
+        ]
+        for fut in pending:
+            await fut
+
+    def store(table: Any, dirty: dict[str, tuple[int, Any]]) -> None:
+        for key, (partition, state) in dirty.items():
+            raw_key = key.encode()
+            value = stored_form(partition, state.to_json())
+            table.data[raw_key] = value
+            table.send_changelog(partition, raw_key, value)
+
+    def loader(table: Any) -> Any:
+        def load(key: str) -> bytes | None:
+            value = table.data.get(key.encode())
+            return stored_state(value)[1] if value else None
+
+        return load
+
+    @app.agent(events_topic)
+    async def correlate(stream: Any) -> None:
+        async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
+            records = [
+                (e.message.partition, e.message.offset, e.message.key, e.message.value)
+                for e in batch
+            ]
+            now = _wall_us()
+            sends, dirty = work.on_events(records, loader(trees), now)
+            # The batch moved these partitions' watermarks: decide the other trees there too.
+            due_sends, due_dirty = work.due_trees({r[0] for r in records}, now)
+            sends += due_sends
+            dirty.update(due_dirty)
+            await deliver(sends)
+            store(trees, dirty)
+            work.written(dirty, {})
+
+    @app.agent(links_topic)
+    async def check_chains(stream: Any) -> None:
+        async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
+            records = [(e.message.partition, e.message.value) for e in batch]
+            sends, dirty = work.on_links(records, loader(chains), _wall_us())
+            await deliver(sends)
+            store(chains, dirty)
+            work.written({}, dirty)
+
+    @app.timer(interval=1.0)
+    async def deadlines() -> None:
+        now = _wall_us()
+        tree_sends, tree_dirty = work.due_trees(owned(topics.EVENTS), now)
+        chain_sends, chain_dirty = work.due_chains(owned(CHAIN_LINKS), now)
+        if tree_sends or chain_sends:
+            await deliver(tree_sends + chain_sends)
+        store(trees, tree_dirty)
+        store(chains, chain_dirty)
+        work.written(tree_dirty, chain_dirty)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
+    async def exact_end_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", set())
+        # Runs before recovery on every rebalance, the first join included.
+        pending = []
+        for table in (trees, chains):
+            name = table.changelog_topic.get_topic_name()
+            for partition in range(partitions):
+                pending.append(
+                    await app.producer.send(name, RESERVED_KEY, None, partition, None, None)
+                )
+        for fut in pending:
+            await fut
+        work.forget_partitions({tp.partition for tp in revoked})
+
+    def owned(topic: str) -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+
+    # The memory store keeps keys of partitions this worker no longer owns: keep only ours.
+    @trees.on_recover
+    async def index_trees() -> None:
+        mine = owned(topics.EVENTS)
+        items = [(p, state) for p, state in _stored_items(trees) if p in mine]
+        work.recovered_trees(items, _wall_us())
+
+    @chains.on_recover
+    async def index_chains() -> None:
+        mine = owned(CHAIN_LINKS)
+        items = [(p, state) for p, state in _stored_items(chains) if p in mine]
+        work.recovered_chains(items, _wall_us())
+
+    return app
+
+
+def stored_form(partition: int, state_json: bytes) -> bytes:
+    """A table value: the partition it belongs to, a newline, the state's JSON. The
+    partition is kept so recovery can index deadlines per partition without assuming
+    which partitioner the producers used."""
+    return b"%d\n%s" % (partition, state_json)
+
+
+def stored_state(value: bytes) -> tuple[int, bytes]:
+    partition, _, state_json = value.partition(b"\n")
+    return int(partition), state_json
+
+
+def _stored_items(table: Any) -> list[tuple[int, bytes]]:
+    return [
+        stored_state(value)
+        for key, value in list(table.data.items())
+        if key != RESERVED_KEY and value
+    ]
+
+
+def _faust_security(settings: Settings) -> dict[str, Any]:
+    """faust's (aiokafka's) form of the SASL/TLS settings."""
+    protocol = settings.security_protocol()
+    if protocol == "PLAINTEXT":
+        return {}
+    context = None
+    if "SSL" in protocol:
+        context = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_ca_location) if settings.kafka_ssl_ca_location else None
+        )
+        if settings.kafka_ssl_certificate_location and settings.kafka_ssl_key_location:
+            context.load_cert_chain(
+                str(settings.kafka_ssl_certificate_location),
+                str(settings.kafka_ssl_key_location),
+                settings.kafka_ssl_key_password.get_secret_value()
+                if settings.kafka_ssl_key_password
+                else None,
+            )
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password
+        assert password is not None and settings.kafka_sasl_username is not None
+        credentials: Any = faust.auth.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    else:
+        credentials = faust.auth.SSLCredentials(context)
+    return {"broker_credentials": credentials}
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics the worker reads, then run it until SIGTERM/SIGINT."""
+    ensure_topics(
+        settings.kafka_admin(),
+        {**settings.event_topic_partitions(), CHAIN_LINKS: settings.event_partitions},
+        settings.topic_replication,
+    )
+    app = build_app(settings)
+    worker = _CommitFreezingWorker(app, loglevel="warn", quiet=True)
+    worker.execute_from_commandline()
+
+
+class _CommitFreezingWorker(faust.Worker):
+    """A worker that stops committing offsets the moment it is asked to stop.
+
+    On a graceful stop faust suspends flow control and then acks (and commits past) the
+    events still queued without handing them to the agent, losing them. Freezing commits
+    at the signal keeps the last periodic commit, so a stop only causes replays, which
+    the correlator absorbs (duplicates change nothing).
+    """
+
+    def _freeze_commits(self) -> None:
+        async def no_commit(*args: Any, **kwargs: Any) -> bool:
+            return False
+
+        consumer: Any = self.app.consumer
+        consumer.commit = no_commit
+        consumer.force_commit = no_commit
+
+    def _on_sigterm(self) -> None:
+        self._freeze_commits()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._freeze_commits()
+        super()._on_sigint()
