@@ -24,6 +24,7 @@ second agent with its own table.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import ssl
 import time
@@ -54,6 +55,8 @@ APP_ID = "custody-correlate"
 # A single-record batch for this key is appended to each changelog partition before
 # recovery, so Tansu's end offsets are exact again (see DESIGN.md); readers skip it.
 RESERVED_KEY = b"\x00custody-end-offset-marker"
+# Key of the source-partition watermark records on the chain-links topic.
+WATERMARK_KEY = b"\x00custody-watermark"
 _BATCH = 1000
 _BATCH_WITHIN = 0.2
 
@@ -68,6 +71,7 @@ class Outbound:
     key: bytes
     value: bytes | None
     headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
 
 
 def dead_letter(
@@ -100,6 +104,7 @@ class Correlation:
         )
         self.lateness_us = int(settings.allowed_lateness_seconds * 1_000_000)
         self.idle_advance = settings.idle_advance
+        self.partitions = settings.event_partitions
         self.codec = AvroCodec()
         self.trees: dict[str, TreeState] = {}
         self.chains: dict[str, ChainState] = {}
@@ -107,7 +112,8 @@ class Correlation:
         self.tree_deadlines: dict[int, dict[str, int]] = {}
         self.chain_deadlines: dict[int, dict[str, int]] = {}
         self.event_marks: dict[int, Watermark] = {}
-        self.link_marks: dict[int, Watermark] = {}
+        # link partition -> source partition -> the watermark it announced
+        self.link_marks: dict[int, dict[int, int]] = {}
 
     def _mark(self, marks: dict[int, Watermark], partition: int) -> Watermark:
         mark = marks.get(partition)
@@ -174,30 +180,64 @@ class Correlation:
             dirty[root] = (partition, state)
         return sends, dirty
 
+    def source_watermarks(self, partitions: Iterable[int], wall_us: int) -> list[Outbound]:
+        """Watermark records for the chain check, one per source partition and link
+        partition. A producer instance's links come from every source partition, each at
+        its own pace (a backlog is read unevenly), so the chain check may only consider
+        event time passed once *every* source partition has passed it."""
+        sends = []
+        for partition in partitions:
+            mark = self.event_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                continue
+            value = json.dumps({"source_partition": partition, "watermark_us": watermark})
+            for link_partition in range(self.partitions):
+                sends.append(
+                    Outbound(CHAIN_LINKS, WATERMARK_KEY, value.encode(), partition=link_partition)
+                )
+        return sends
+
+    def chain_watermark(self, link_partition: int) -> int | None:
+        """The event time every source partition has passed, as seen on a link partition."""
+        marks = self.link_marks.get(link_partition, {})
+        return min(marks.values()) if len(marks) == self.partitions else None
+
     def on_links(
-        self, records: Iterable[tuple[int, bytes | None]], load: Any, wall_us: int
+        self, records: Iterable[tuple[int, bytes | None, bytes | None]], load: Any, wall_us: int
     ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
-        """Process chain links ``(partition, value)`` of the repartitioned topic."""
+        """Process ``(partition, key, value)`` records of the chain-links topic: links,
+        and the source partitions' watermarks."""
         sends: list[Outbound] = []
         dirty: dict[str, tuple[int, ChainState]] = {}
         detected = _from_us(wall_us)
-        for partition, value in records:
+        touched = set()
+        for partition, key, value in records:
+            if key == WATERMARK_KEY:
+                mark = json.loads(value or b"{}")
+                marks = self.link_marks.setdefault(partition, {})
+                source = int(mark["source_partition"])
+                marks[source] = max(marks.get(source, 0), int(mark["watermark_us"]))
+                touched.add(partition)
+                continue
             link = ChainLink.from_json(value or b"{}")
             state = self.chains.get(link.producer_instance)
             if state is None:
                 stored = load(link.producer_instance)
                 state = ChainState.from_json(stored) if stored else None
-            mark = self._mark(self.link_marks, partition)
-            mark.observe(link.us, wall_us)
             state, out = observe_link(state, link, self.config, detected)
             self._emit(out, sends)
-            watermark = mark.current(wall_us)
-            if watermark is not None:
-                state, out = expire_chain(state, watermark, self.config, detected)
-                self._emit(out, sends)
             self.chains[link.producer_instance] = state
             dirty[link.producer_instance] = (partition, state)
-        return sends, dirty
+            touched.add(partition)
+        for link_partition, state in list(dirty.values()):
+            watermark = self.chain_watermark(link_partition)
+            if watermark is not None:
+                _, out = expire_chain(state, watermark, self.config, detected)
+                self._emit(out, sends)
+        more, more_dirty = self.due_chains(touched, wall_us)
+        dirty.update(more_dirty)
+        return sends + more, dirty
 
     def due_trees(
         self, partitions: Iterable[int], wall_us: int
@@ -223,13 +263,12 @@ class Correlation:
     def due_chains(
         self, partitions: Iterable[int], wall_us: int
     ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
-        """Deadlines passed on idle partitions: the timer's step for chains."""
+        """Deadlines passed for chains indexed on these link partitions."""
         sends: list[Outbound] = []
         dirty: dict[str, tuple[int, ChainState]] = {}
         detected = _from_us(wall_us)
         for partition in partitions:
-            mark = self.link_marks.get(partition)
-            watermark = mark.current(wall_us) if mark else None
+            watermark = self.chain_watermark(partition)
             if watermark is None:
                 continue
             index = self.chain_deadlines.get(partition, {})
@@ -273,14 +312,12 @@ class Correlation:
                     0
                 ][0]
 
-    def recovered_chains(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
-        """After table recovery: the same for producer-instance chains."""
+    def recovered_chains(self, items: Iterable[tuple[int, bytes]]) -> None:
+        """After table recovery: index the chains with pending deadlines (the source
+        watermarks arrive again within a timer tick)."""
         for partition, state_json in items:
             chain = ChainState.from_json(state_json)
             if chain.deadlines:
-                self._mark(self.link_marks, partition).observe(
-                    max(link.us for link in chain.pending.values()), wall_us
-                )
                 self.chains[chain.producer_instance] = chain
                 self.chain_deadlines.setdefault(partition, {})[chain.producer_instance] = (
                     chain.deadlines[0][0]
@@ -364,7 +401,8 @@ def build_app(settings: Settings) -> faust.App:
 
     async def deliver(sends: list[Outbound]) -> None:
         pending: list[Awaitable[Any]] = [
-            await app.producer.send(s.topic, s.key, s.value, None, None, s.headers) for s in sends
+            await app.producer.send(s.topic, s.key, s.value, s.partition, None, s.headers)
+            for s in sends
         ]
         for fut in pending:
             await fut
@@ -393,8 +431,10 @@ def build_app(settings: Settings) -> faust.App:
             now = _wall_us()
             sends, dirty = work.on_events(records, loader(trees), now)
             # The batch moved these partitions' watermarks: decide the other trees there too.
-            due_sends, due_dirty = work.due_trees({r[0] for r in records}, now)
-            sends += due_sends
+            touched = {r[0] for r in records}
+            due_sends, due_dirty = work.due_trees(touched, now)
+            # After the batch's links, so each link partition sees them before the mark.
+            sends += due_sends + work.source_watermarks(touched, now)
             dirty.update(due_dirty)
             await deliver(sends)
             store(trees, dirty)
@@ -403,7 +443,7 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(links_topic)
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            records = [(e.message.partition, e.message.value) for e in batch]
+            records = [(e.message.partition, e.message.key, e.message.value) for e in batch]
             sends, dirty = work.on_links(records, loader(chains), _wall_us())
             await deliver(sends)
             store(chains, dirty)
@@ -412,7 +452,9 @@ def build_app(settings: Settings) -> faust.App:
     @app.timer(interval=1.0)
     async def deadlines() -> None:
         now = _wall_us()
-        tree_sends, tree_dirty = work.due_trees(owned(topics.EVENTS), now)
+        sources = owned(topics.EVENTS)
+        tree_sends, tree_dirty = work.due_trees(sources, now)
+        tree_sends += work.source_watermarks(sources, now)
         chain_sends, chain_dirty = work.due_chains(owned(CHAIN_LINKS), now)
         if tree_sends or chain_sends:
             await deliver(tree_sends + chain_sends)
@@ -449,7 +491,7 @@ def build_app(settings: Settings) -> faust.App:
     async def index_chains() -> None:
         mine = owned(CHAIN_LINKS)
         items = [(p, state) for p, state in _stored_items(chains) if p in mine]
-        work.recovered_chains(items, _wall_us())
+        work.recovered_chains(items)
 
     return app
 

@@ -57,13 +57,14 @@ def broker() -> Iterator[RunningBroker]:
 
 @pytest.fixture()
 def settings(broker: RunningBroker) -> Settings:
-    ensure_topics({"bootstrap.servers": broker.bootstrap}, {EVENTS: PARTITIONS})
-    return Settings(
+    settings = Settings(
         kafka_bootstrap=broker.bootstrap,
         kafka_profile="development",
         event_partitions=PARTITIONS,
         producer_delivery_timeout_ms=5000,
     )
+    ensure_topics(settings.kafka_admin(), settings.event_topic_partitions())
+    return settings
 
 
 def consume(

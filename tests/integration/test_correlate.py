@@ -1,0 +1,164 @@
+"""``custody correlate`` against a real broker: the alerts on custody.alerts.v1 are
+exactly the pure correlator's verdict on the same traffic, also across a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from processors.correlation.engine import CorrelationConfig
+from producers.producer import CustodyProducer
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec
+from schemas.models import Envelope
+from tests.correlation_trees import MISCHIEF, mischievous, run
+from tests.integration.conftest import CUSTODY, RunningBroker
+
+GRACE, LATENESS = 3, 1
+CONFIG = CorrelationConfig.of(GRACE, 86_400)
+CODEC = AvroCodec()
+
+
+def traffic(trees: int) -> tuple[list[Envelope], set[str]]:
+    """``trees`` custody trees, each with one misbehaviour in turn (every fourth clean),
+    40 s of event time apart, in event-time order; and the alert ids they must raise."""
+    stream: list[Envelope] = []
+    expected: set[str] = set()
+    for i in range(trees):
+        mischief = set() if i % 4 == 3 else {MISCHIEF[i % len(MISCHIEF)]}
+        tree = mischievous(mischief, name=f"t{i}-", offset=40 * i)
+        expected |= run(tree, CONFIG).ids()
+        stream += tree
+    stream.sort(key=lambda e: (e.event_time, e.event_id))
+    return stream, expected
+
+
+@pytest.fixture()
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CUSTODY_KAFKA_PROFILE": "development",
+        "CUSTODY_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "CUSTODY_EVENT_PARTITIONS": str(settings.event_partitions),
+        "CUSTODY_GRACE_SECONDS": str(GRACE),
+        "CUSTODY_ALLOWED_LATENESS_SECONDS": str(LATENESS),
+    }
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], log: str) -> None:
+        self.env, self.log = env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [CUSTODY, "correlate"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture()
+def worker(worker_env: dict[str, str], tmp_path: object) -> Iterator[Worker]:
+    running = Worker(worker_env, f"{tmp_path}/correlate.log")
+    yield running
+    running.kill()
+
+
+class AlertReader:
+    """Reads custody.alerts.v1 from the beginning, keeping every alert id seen."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "alerts-test", "enable.auto.commit": False}
+        )
+        meta = self.consumer.list_topics(topics.ALERTS, timeout=10)
+        self.consumer.assign(
+            [TopicPartition(topics.ALERTS, p, 0) for p in meta.topics[topics.ALERTS].partitions]
+        )
+        self.ids: list[str] = []
+
+    def poll(self) -> None:
+        for message in self.consumer.consume(1000, timeout=0.5):
+            if message.error() is None:
+                alert = CODEC.decode_alert(message.value())
+                assert message.key() == alert.alert_id.encode()
+                self.ids.append(alert.alert_id)
+
+    def until(self, condition: object, timeout: float, worker: Worker) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():  # type: ignore[operator]
+            assert worker.alive(), f"worker died, see {worker.log}"
+            assert time.monotonic() < deadline, f"{len(set(self.ids))} alerts after {timeout}s"
+            self.poll()
+
+    def settle(self, seconds: float) -> None:
+        """Keep reading for a window in which late alerts would have to appear."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.poll()
+
+
+def publish(settings: Settings, stream: list[Envelope]) -> None:
+    with CustodyProducer(settings, producer_instance="traffic") as producer:
+        for event in stream:
+            producer.publish(event)
+
+
+def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dlq(
+    broker: RunningBroker, settings: Settings, worker: Worker
+) -> None:
+    stream, expected = traffic(24)
+    assert len(expected) >= 15  # every kind of misbehaviour is in the traffic
+    raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    raw.produce(topics.EVENTS, b"not avro at all", key=b"garbage")
+    raw.flush(10)
+    publish(settings, stream)
+    worker.start()
+    reader = AlertReader(settings.kafka_bootstrap)
+    reader.until(lambda: expected <= set(reader.ids), 90, worker)
+    reader.settle(GRACE + LATENESS + 2)
+    assert set(reader.ids) == expected
+    dlq = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "dlq-test"})
+    meta = dlq.list_topics(topics.DLQ, timeout=10)
+    dlq.assign([TopicPartition(topics.DLQ, p, 0) for p in meta.topics[topics.DLQ].partitions])
+    dead = []
+    deadline = time.monotonic() + 30
+    while not dead and time.monotonic() < deadline:
+        dead = [m for m in dlq.consume(100, timeout=0.5) if m.error() is None]
+    assert [m.value() for m in dead] == [b"not avro at all"]
+    headers = dict(dead[0].headers())
+    assert headers["custody-dlq-reason"] == b"unknown_wire_format"
+    assert headers["custody-source-topic"] == topics.EVENTS.encode()
+    assert worker.alive()
+
+
+def test_kill_9_mid_stream_loses_no_alert_and_invents_none(
+    broker: RunningBroker, settings: Settings, worker: Worker
+) -> None:
+    stream, expected = traffic(160)
+    publish(settings, stream)
+    worker.start()
+    reader = AlertReader(settings.kafka_bootstrap)
+    reader.until(lambda: len(reader.ids) >= 5, 90, worker)
+    worker.kill()  # mid-stream: most of the traffic is not processed yet
+    assert not expected <= set(reader.ids)
+    worker.start()
+    reader.until(lambda: expected <= set(reader.ids), 180, worker)
+    reader.settle(GRACE + LATENESS + 2)
+    assert set(reader.ids) == expected
