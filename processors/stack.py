@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +23,9 @@ from producers.admin import ensure_topics
 from producers.settings import Settings
 
 BROKER = "broker"
+CORRELATE = "correlate"
+# In start order.
+PROCESSES = (BROKER, CORRELATE)
 
 
 @dataclass(frozen=True)
@@ -68,23 +73,68 @@ def _alive(record: dict[str, Any]) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(cmdline) and cmdline[0].decode(errors="replace") == record["argv"][0]
+    # A script runs as "<interpreter> <script> ...": its path is then the second word.
+    head = [word.decode(errors="replace") for word in cmdline[:2]]
+    return record["argv"][0] in head
+
+
+def _custody_command(*args: str) -> list[str]:
+    """The installed ``custody`` command next to this interpreter."""
+    return [str(Path(sys.executable).parent / "custody"), *args]
 
 
 def status(settings: Settings) -> list[ProcessStatus]:
     """The state of every process of the local stack."""
-    record = _read_record(settings, BROKER)
-    running = record is not None and _alive(record)
-    return [
-        ProcessStatus(
-            name=BROKER,
-            pid=int(record["pid"]) if record and running else None,
-            running=running,
-            healthy=running and broker.broker_answers(settings.kafka_admin()),
-            address=settings.kafka_bootstrap,
-            log=str(_log_path(settings, BROKER)),
+    statuses = []
+    for name in PROCESSES:
+        record = _read_record(settings, name)
+        running = record is not None and _alive(record)
+        if name == BROKER:
+            healthy = running and broker.broker_answers(settings.kafka_admin())
+            address: str | None = settings.kafka_bootstrap
+        else:
+            # A worker is healthy while it runs; it has no port of its own to ask.
+            healthy, address = running, None
+        statuses.append(
+            ProcessStatus(
+                name=name,
+                pid=int(record["pid"]) if record and running else None,
+                running=running,
+                healthy=healthy,
+                address=address,
+                log=str(_log_path(settings, name)),
+            )
         )
-    ]
+    return statuses
+
+
+def _start(settings: Settings, name: str, argv: list[str]) -> int:
+    log_path = _log_path(settings, name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _run_dir(settings).mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **_child_environment(settings)},
+        )
+    _record_path(settings, name).write_text(
+        json.dumps({"pid": process.pid, "argv": argv, "started_at": time.time()})
+    )
+    return process.pid
+
+
+def _child_environment(settings: Settings) -> dict[str, str]:
+    """What the stack's processes must agree on, whatever the caller's flags were."""
+    return {
+        "CUSTODY_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CUSTODY_KAFKA_PROFILE": settings.kafka_profile,
+        "CUSTODY_EVENT_PARTITIONS": str(settings.event_partitions),
+        "CUSTODY_HOME": str(settings.home),
+    }
 
 
 def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
@@ -92,30 +142,20 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     record = _read_record(settings, BROKER)
     if record is None or not _alive(record):
         host, port = broker.split_bootstrap(settings.kafka_bootstrap)
-        log_path = _log_path(settings, BROKER)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        _run_dir(settings).mkdir(parents=True, exist_ok=True)
-        with log_path.open("ab") as log:
-            process = broker.start_broker(host, port, log=log, detach=True)
-        _record_path(settings, BROKER).write_text(
-            json.dumps(
-                {
-                    "pid": process.pid,
-                    "argv": process.args,
-                    "address": settings.kafka_bootstrap,
-                    "started_at": time.time(),
-                }
-            )
-        )
+        broker.refuse_taken_port(host, port)
+        pid = _start(settings, BROKER, broker.broker_command(host, port))
         try:
             broker.wait_until_ready(settings.kafka_admin(), timeout)
         except broker.BrokerError:
-            _terminate(process.pid, timeout=5)
+            _terminate(pid, timeout=5)
             _record_path(settings, BROKER).unlink(missing_ok=True)
             raise
     ensure_topics(
         settings.kafka_admin(), settings.event_topic_partitions(), settings.topic_replication
     )
+    record = _read_record(settings, CORRELATE)
+    if record is None or not _alive(record):
+        _start(settings, CORRELATE, _custody_command("correlate"))
     return status(settings)
 
 
@@ -142,12 +182,15 @@ def _terminate(pid: int, timeout: float) -> None:
 
 
 def down(settings: Settings, timeout: float = 10.0) -> list[str]:
-    """Stop every running process of the stack; returns the names stopped."""
+    """Stop every running process of the stack, workers before the broker; returns the
+    names stopped."""
     stopped = []
-    record = _read_record(settings, BROKER)
-    if record is not None:
+    for name in reversed(PROCESSES):
+        record = _read_record(settings, name)
+        if record is None:
+            continue
         if _alive(record):
             _terminate(int(record["pid"]), timeout)
-            stopped.append(BROKER)
-        _record_path(settings, BROKER).unlink(missing_ok=True)
+            stopped.append(name)
+        _record_path(settings, name).unlink(missing_ok=True)
     return stopped

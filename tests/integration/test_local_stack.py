@@ -29,8 +29,9 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
         first = _custody(tmp_path, bootstrap, "up")
         assert first.returncode == 0, first.stderr
         code, processes = _status(tmp_path, bootstrap)
-        broker = processes["broker"]
+        broker, correlate = processes["broker"], processes["correlate"]
         assert code == 0 and broker["running"] and broker["healthy"]
+        assert correlate["running"] and isinstance(correlate["pid"], int)
         assert isinstance(broker["pid"], int)
         assert (tmp_path / ".custody" / "logs" / "broker.log").exists()
         existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
@@ -39,12 +40,15 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
 
         again = _custody(tmp_path, bootstrap, "up")
         assert again.returncode == 0, again.stderr
-        assert _status(tmp_path, bootstrap)[1]["broker"]["pid"] == broker["pid"]
+        again_status = _status(tmp_path, bootstrap)[1]
+        assert again_status["broker"]["pid"] == broker["pid"]
+        assert again_status["correlate"]["pid"] == correlate["pid"]
     finally:
         down = _custody(tmp_path, bootstrap, "down")
-    assert down.returncode == 0 and "broker" in down.stdout
+    assert down.returncode == 0 and "broker" in down.stdout and "correlate" in down.stdout
     code, processes = _status(tmp_path, bootstrap)
     assert code == 3 and not processes["broker"]["running"]
+    assert not processes["correlate"]["running"]
     assert (
         not Path(f"/proc/{broker['pid']}").exists()
         or b"tansu" not in Path(f"/proc/{broker['pid']}/cmdline").read_bytes()
