@@ -1,0 +1,78 @@
+"""The worker's steps without faust: dead letters, outputs, and the chain watermark."""
+
+from __future__ import annotations
+
+import json
+
+from processors.correlate import CHAIN_LINKS, WATERMARK_KEY, Correlation, stored_form, stored_state
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec
+from tests.correlation_trees import mischievous
+
+CODEC = AvroCodec()
+WALL = 1_900_000_000 * 1_000_000
+
+
+def _records(events: list, partition: int = 0) -> list[tuple[int, int, bytes, bytes]]:  # type: ignore[type-arg]
+    return [
+        (
+            partition,
+            offset,
+            e.root_task_id.encode(),
+            CODEC.encode_event(
+                e.model_copy(update={"producer_instance": "p/1", "seq": offset + 1})
+            ),
+        )
+        for offset, e in enumerate(events)
+    ]
+
+
+def _work(partitions: int = 2) -> Correlation:
+    return Correlation(
+        Settings(grace_seconds=3, allowed_lateness_seconds=1, event_partitions=partitions)
+    )
+
+
+def test_undecodable_records_become_dead_letters_with_their_origin() -> None:
+    work = _work()
+    sends, dirty = work.on_events([(1, 41, b"k", b"\x00\x01garbage")], lambda _: None, WALL)
+    assert dirty == {}
+    [letter] = sends
+    headers = dict(letter.headers or [])
+    assert (letter.topic, letter.key, letter.value) == (topics.DLQ, b"k", b"\x00\x01garbage")
+    assert headers["custody-source-partition"] == b"1"
+    assert headers["custody-source-offset"] == b"41"
+    assert headers["custody-dlq-reason"] in {b"unknown_schema", b"malformed_avro"}
+
+
+def test_events_give_alerts_state_changes_and_one_chain_link_each() -> None:
+    work = _work()
+    events = mischievous({"shared"}, name="a-")
+    sends, dirty = work.on_events(_records(events), lambda _: None, WALL)
+    by_topic: dict[str, list] = {}  # type: ignore[type-arg]
+    for send in sends:
+        by_topic.setdefault(send.topic, []).append(send)
+    assert len(by_topic[CHAIN_LINKS]) == len(events)
+    alerts = [CODEC.decode_alert(s.value) for s in by_topic[topics.ALERTS]]
+    assert "SHARED_CREDENTIAL" in {a.alert_type for a in alerts}
+    assert all(
+        s.key == a.alert_id.encode() for s, a in zip(by_topic[topics.ALERTS], alerts, strict=True)
+    )
+    assert set(dirty) == {"a-root"}
+
+
+def test_chain_checks_wait_for_every_source_partition() -> None:
+    work = _work(partitions=2)
+    work.on_events(_records(mischievous(set(), name="b-")), lambda _: None, WALL)
+    marks = work.source_watermarks([0], WALL)
+    assert {m.partition for m in marks} == {0, 1} and all(m.key == WATERMARK_KEY for m in marks)
+    work.on_links([(0, m.key, m.value) for m in marks if m.partition == 0], lambda _: None, WALL)
+    assert work.chain_watermark(0) is None  # source partition 1 not heard from yet
+    other = json.dumps({"source_partition": 1, "watermark_us": 5}).encode()
+    work.on_links([(0, WATERMARK_KEY, other)], lambda _: None, WALL)
+    assert work.chain_watermark(0) == 5
+
+
+def test_stored_form_keeps_the_partition() -> None:
+    assert stored_state(stored_form(4, b'{"a":1}')) == (4, b'{"a":1}')
