@@ -49,6 +49,8 @@ from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec, DecodeError, body_bytes
+from schemas.models import CustodyEvent, validate_event
+from schemas.secrets import find_secrets, may_hold_secret, redact_secrets
 
 CHAIN_LINKS = "custody.chain-links.v1"
 APP_ID = "custody-correlate"
@@ -150,6 +152,8 @@ class Correlation:
             except DecodeError as exc:
                 sends.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
                 continue
+            if may_hold_secret(value or b""):
+                event = redacted(event)
             assert value is not None and event.producer_instance and event.seq
             event_us = to_micros(event.event_time)
             link = ChainLink(
@@ -332,6 +336,21 @@ class Correlation:
                 self.chains.pop(instance, None)
             self.event_marks.pop(partition, None)
             self.link_marks.pop(partition, None)
+
+
+def redacted(event: CustodyEvent) -> CustodyEvent:
+    """The event with secret-looking values replaced, flagged in its attributes
+    (``custody.redacted``: the fields) and in the log, so no secret reaches state or
+    alerts. The hash chain still covers the original bytes."""
+    data = event.model_dump()
+    findings = find_secrets(data)
+    if not findings:
+        return event
+    fields = ",".join(sorted({f.field for f in findings}))
+    _log.warning("redacted secret-looking values in event %s: %s", event.event_id, fields)
+    clean = redact_secrets(data)
+    clean["attributes"] = {**clean["attributes"], "custody.redacted": fields}
+    return validate_event(clean)
 
 
 def _from_us(micros: int) -> datetime:

@@ -4,7 +4,8 @@ Run from the repository root: ``python -m tests.bench`` (``make bench``). A benc
 function returning a list of :class:`tests.bench.results.Entry`; add it to
 :data:`BENCHMARKS`.
 
-Environment: ``CUSTODY_BENCH_EVENTS`` (events per run, default 100000) and
+Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
+``CUSTODY_BENCH_CORRELATE_EVENTS`` (events per correlator run, default 30000) and
 ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
 """
 
@@ -17,10 +18,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import bench_producer
+from tests.bench import bench_correlate, bench_producer
 from tests.bench.results import Entry
 
-BENCHMARKS: list[Callable[[], list[Entry]]] = [bench_producer.run]
+BENCHMARKS: list[Callable[[], list[Entry]]] = [bench_producer.run, bench_correlate.run]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
 

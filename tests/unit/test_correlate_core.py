@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from processors.correlate import CHAIN_LINKS, WATERMARK_KEY, Correlation, stored_form, stored_state
+from processors.correlate import (
+    CHAIN_LINKS,
+    WATERMARK_KEY,
+    Correlation,
+    redacted,
+    stored_form,
+    stored_state,
+)
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
@@ -76,3 +83,18 @@ def test_chain_checks_wait_for_every_source_partition() -> None:
 
 def test_stored_form_keeps_the_partition() -> None:
     assert stored_state(stored_form(4, b'{"a":1}')) == (4, b'{"a":1}')
+
+
+def test_secret_looking_values_are_redacted_and_flagged_before_state() -> None:
+    secret = "AKIA" + "Q3EGRZ7EXAMPLEAB"
+    event = mischievous(set(), name="s-")[3]  # an access
+    leaky = event.model_copy(
+        update={"body": event.body.model_copy(update={"detail": f"key {secret}"})}
+    )
+    clean = redacted(leaky)
+    assert secret not in clean.model_dump_json()
+    assert clean.attributes["custody.redacted"] == "body.detail"
+    assert redacted(event) is event
+    work = _work()
+    work.on_events(_records([leaky]), lambda _: None, WALL)
+    assert secret.encode() not in work.trees["s-root"].to_json()

@@ -1,0 +1,504 @@
+"""Correlator: throughput against a bare-faust floor, state memory, alert latency.
+
+**Throughput.** Realistic custody trees (:func:`tests.correlation_trees.mischievous`, each
+misbehaviour in turn, every fourth tree clean, 2 s of event time apart so trees overlap)
+are published once, in event-time order, to a local Tansu broker. Then, alternately and
+each in its own subprocess with its own app id (:mod:`tests.bench.correlate_worker`):
+
+- **floor**: a faust agent with the correlator's app settings that decodes and counts;
+- **correlator**: the real worker, counting the records its ``on_events`` processed.
+
+Rate = events / (time the count reached them - time of the first record), so faust's
+start-up and group join are not counted. Medians over :data:`ROUNDS` rounds.
+
+**State memory.** The pure correlator folds 2,000 trees whose tokens are all live (no
+revocation, no completion), decoding each event from Avro as the worker does; tracemalloc
+measures what the states keep once the events are gone, per live token. Also the size of
+their changelog form (``TreeState.to_json``) per live token.
+
+**Alert latency.** With the last correlator worker caught up, small live trees (event time
+= now) are published at a steady pace, each ending with an access after its token's
+revocation; latency = arrival of its ``TOKEN_USED_AFTER_REVOCATION`` on the alerts topic -
+the call that published the access.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from processors.correlate import CHAIN_LINKS
+from processors.correlation.engine import CorrelationConfig, observe
+from processors.correlation.tree import TreeState
+from producers import events
+from producers.admin import ensure_topics
+from producers.chain import HashChain
+from producers.context import CustodyContext
+from producers.producer import CustodyProducer
+from producers.settings import Settings
+from schemas import catalog, topics
+from schemas.codec import AvroCodec, body_bytes, event_to_avro
+from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
+from tests.bench.bench_producer import local_broker
+from tests.bench.correlate_worker import bench_settings
+from tests.bench.results import Entry, entry
+from tests.correlation_trees import CODER, MISCHIEF, POLICY, VAULT, mischievous
+
+DEFAULT_EVENTS = 30_000
+ROUNDS = 2
+TREE_SPACING_SECONDS = 2.0
+MEMORY_TREES = 2_000
+LATENCY_TREES = 200
+LATENCY_SECONDS = 10.0
+UNIT = "events/s"
+START_TIMEOUT = 60.0
+"""Seconds a worker may take to start, join its group and see its first record."""
+MIN_RATE = 300
+"""The slowest rate (events/s) a run may have before it counts as failed."""
+
+# ---- traffic --------------------------------------------------------------------------
+
+
+def traffic(count: int) -> list[Envelope]:
+    """``count`` events of overlapping custody trees, in event-time order."""
+    stream: list[Envelope] = []
+    index = 0
+    while len(stream) < count:
+        mischief = set() if index % 4 == 3 else {MISCHIEF[index % len(MISCHIEF)]}
+        stream += mischievous(mischief, f"b{index}-", TREE_SPACING_SECONDS * index)
+        index += 1
+    stream.sort(key=lambda e: (e.event_time, e.event_id))
+    return stream[:count]
+
+
+def publish(settings: Settings, stream: list[Envelope]) -> None:
+    """Publish every event through the SDK and wait for every acknowledgement."""
+    with CustodyProducer(
+        settings, producer_instance="bench-correlate", create_topics=False
+    ) as producer:
+        for event in stream:
+            producer.publish(event)
+
+
+# ---- one worker subprocess ------------------------------------------------------------
+
+
+@dataclass
+class WorkerRun:
+    """A worker subprocess and the stats file it writes."""
+
+    mode: str
+    process: subprocess.Popen[bytes]
+    stats_path: Path
+    log_path: Path
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.stats_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        return data
+
+    def wait_done(self, count: int) -> dict[str, Any]:
+        """Poll the stats until ``count`` events were processed; raise on death or timeout."""
+        deadline = time.monotonic() + START_TIMEOUT + count / MIN_RATE
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            if stats.get("done"):
+                return stats
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.mode} worker exited, see {self.log_path}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.mode} worker too slow: {self.stats()}, see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def worker(mode: str, bootstrap: str, count: int, workdir: Path) -> Iterator[WorkerRun]:
+    """Start a worker subprocess under a fresh app id; kill it on the way out."""
+    app_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
+    stats_path = workdir / f"{app_id}.json"
+    log_path = workdir / f"{app_id}.log"
+    command = [sys.executable, "-m", "tests.bench.correlate_worker", mode, bootstrap, app_id]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, str(stats_path), str(count)], stdout=log, stderr=subprocess.STDOUT
+        )
+    run = WorkerRun(mode, process, stats_path, log_path)
+    try:
+        yield run
+    finally:
+        run.stop()
+
+
+def rate(stats: dict[str, Any], count: int) -> float:
+    """Events/s between the first record and the moment ``count`` were processed."""
+    return count / (float(stats["done"]) - float(stats["first"]))
+
+
+# ---- alert latency --------------------------------------------------------------------
+
+
+@dataclass
+class AlertReader:
+    """Reads the alerts topic from the beginning on a thread, timing the awaited ones."""
+
+    bootstrap: str
+    published: dict[str, float] = field(default_factory=dict)
+    """Event id of each triggering access -> wall time it was published."""
+    arrived: dict[str, float] = field(default_factory=dict)
+    drained: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def _consumer(self) -> Consumer:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"bench-alerts-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        partitions = consumer.list_topics(topics.ALERTS, timeout=10).topics[topics.ALERTS]
+        consumer.assign(
+            [TopicPartition(topics.ALERTS, p, OFFSET_BEGINNING) for p in partitions.partitions]
+        )
+        return consumer
+
+    def _read(self) -> None:
+        consumer = self._consumer()
+        codec = AvroCodec()
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(1000, timeout=0.05)
+                now = time.time()
+                if not messages:
+                    self.drained.set()
+                for message in messages:
+                    if message.error() is None:
+                        self._arrived(codec, message.value(), now)
+        finally:
+            consumer.close()
+
+    def _arrived(self, codec: AvroCodec, value: bytes, now: float) -> None:
+        alert = codec.decode_alert(value)
+        if alert.alert_type != AlertType.TOKEN_USED_AFTER_REVOCATION:
+            return
+        with self._lock:
+            for event_id in alert.evidence_event_ids:
+                if event_id in self.published:
+                    self.arrived.setdefault(event_id, now)
+
+    def sent(self, event_id: str, at: float) -> None:
+        with self._lock:
+            self.published[event_id] = at
+
+    def complete(self) -> bool:
+        with self._lock:
+            return len(self.arrived) == len(self.published)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def latencies_ms(self) -> list[float]:
+        with self._lock:
+            return sorted((self.arrived[key] - self.published[key]) * 1000 for key in self.arrived)
+
+
+def late_use_tree(name: str) -> tuple[list[Envelope], Envelope]:
+    """A live tree (event time = now): a token issued, used, revoked, then used again.
+    Returns the setup events and the access that completes the condition."""
+    ctx = CustodyContext.new_root(f"{name}root")
+    token = f"{name}tok"
+    now = datetime.now(UTC)
+    setup = [
+        events.task_declared(
+            CODER, ctx, purpose="render", requested_scopes=["db:read"], event_time=now
+        ),
+        events.authz_decision(
+            POLICY,
+            ctx,
+            decision_id=f"dec-{token}",
+            policy_engine="opa",
+            policy_id="p",
+            policy_version="1",
+            decision="ALLOW",
+            resource="db://x",
+            action="read",
+            data_scope=["db:read"],
+            reasons=["ok"],
+            event_time=now,
+        ),
+        events.credential_issued(
+            VAULT,
+            ctx,
+            token_id=token,
+            token_subject=CODER.actor.workload_id,
+            credential_kind="JWT",
+            audience="db",
+            scopes=["db:read"],
+            issued_at=now,
+            expires_at=now + timedelta(minutes=15),
+            decision_id=f"dec-{token}",
+            event_time=now,
+        ),
+        _use(ctx, token, now),
+        events.credential_revoked(
+            VAULT,
+            ctx,
+            token_id=token,
+            reason="TASK_ENDED",
+            revoked_by=VAULT.actor.workload_id,
+            event_time=now + timedelta(milliseconds=1),
+        ),
+    ]
+    return setup, _use(ctx, token, now + timedelta(milliseconds=2))
+
+
+def _use(ctx: CustodyContext, token: str, when: datetime) -> Envelope:
+    return events.access(
+        CODER,
+        ctx,
+        token_id=token,
+        tool="sql",
+        resource="db://x",
+        action="read",
+        data_scope=["db:read"],
+        outcome="SUCCESS",
+        decision_id=f"dec-{token}",
+        event_time=when,
+    )
+
+
+def measure_latency(settings: Settings) -> tuple[list[float], list[float]]:
+    """Publish live late-use trees at a steady pace; return the alert latencies (ms) and
+    how long each triggering ``publish_sync`` took (ms). The correlator must be running."""
+    reader = AlertReader(settings.kafka_bootstrap)
+    reader.start()
+    acks: list[float] = []
+    try:
+        if not reader.drained.wait(60):
+            raise RuntimeError("alert reader did not catch up with the alerts topic")
+        with CustodyProducer(
+            settings, producer_instance="bench-live", create_topics=False
+        ) as producer:
+            start = time.monotonic()
+            for index in range(LATENCY_TREES):
+                _pace(start + index * LATENCY_SECONDS / LATENCY_TREES)
+                setup, trigger = late_use_tree(f"live{index}-{uuid.uuid4().hex[:6]}-")
+                for event in setup:
+                    producer.publish(event)
+                sent = time.time()
+                producer.publish_sync(trigger)
+                acks.append((time.time() - sent) * 1000)
+                reader.sent(trigger.event_id, sent)
+        deadline = time.monotonic() + 30
+        while not reader.complete() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        reader.stop()
+    missing = len(reader.published) - len(reader.arrived)
+    if missing:
+        raise RuntimeError(f"{missing} of {len(reader.published)} alerts did not arrive")
+    return reader.latencies_ms(), acks
+
+
+def _pace(until: float) -> None:
+    delay = until - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted ``values``."""
+    rank = max(1, math.ceil(fraction * len(values)))
+    return values[min(rank, len(values)) - 1]
+
+
+# ---- state memory ---------------------------------------------------------------------
+
+
+def live_messages(trees: int) -> list[bytes]:
+    """The events of ``trees`` trees with every token still live, stamped and encoded."""
+    codec = AvroCodec()
+    chain = HashChain()
+    messages = []
+    for index in range(trees):
+        for event in mischievous(set(), f"m{index}-", TREE_SPACING_SECONDS * index):
+            if isinstance(event, CredentialRevokedEvent | TaskCompletedEvent):
+                continue
+            link = chain.next_link()
+            datum = event_to_avro(event, ("bench-memory", link.seq, link.prev_hash))
+            message = codec.encode(catalog.EVENT, datum)
+            chain.advance(link.seq, body_bytes(message))
+            messages.append(message)
+    return messages
+
+
+@dataclass(frozen=True)
+class StateMemory:
+    live_tokens: int
+    trees: int
+    state_bytes: int
+    changelog_bytes: int
+
+
+def measure_state_memory(trees: int) -> StateMemory:
+    """Fold live trees decoded from Avro (like the worker) and measure what their states
+    hold once the events are gone."""
+    messages = live_messages(trees)
+    codec = AvroCodec()
+    codec.decode_event(messages[0])  # fill the codec's caches before measuring
+    config = CorrelationConfig.of(3, 86_400)
+    detected = datetime.now(UTC)
+    states: dict[str, TreeState] = {}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for message in messages:
+            event = codec.decode_event(message)
+            state, _ = observe(states.get(event.root_task_id), event, config, detected)
+            states[event.root_task_id] = state
+        del event, state
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    if any(s.revocations for s in states.values()):
+        raise RuntimeError("memory trees hold revocations")
+    tokens = sum(len(s.tokens) for s in states.values())
+    changelog = sum(len(s.to_json()) for s in states.values())
+    return StateMemory(tokens, len(states), held, changelog)
+
+
+# ---- run ------------------------------------------------------------------------------
+
+
+def event_count() -> int:
+    return int(os.environ.get("CUSTODY_BENCH_CORRELATE_EVENTS", DEFAULT_EVENTS))
+
+
+def throughput_round(
+    mode: str, bootstrap: str, count: int, workdir: Path
+) -> tuple[float, dict[str, Any]]:
+    """One floor or correlator run to completion; its rate and stats."""
+    with worker(mode, bootstrap, count, workdir) as run:
+        stats = run.wait_done(count)
+    return rate(stats, count), stats
+
+
+def run() -> list[Entry]:
+    """Memory, then throughput rounds (floor and correlator alternately), then latency
+    against the last correlator worker."""
+    count = event_count()
+    memory = measure_state_memory(MEMORY_TREES)
+    print(
+        f"correlate: {memory.live_tokens:,} live tokens in {memory.trees:,} trees: "
+        f"{memory.state_bytes / memory.live_tokens:,.0f} B state, "
+        f"{memory.changelog_bytes / memory.live_tokens:,.0f} B changelog per token"
+    )
+    print(f"correlate: generating {count:,} events")
+    stream = traffic(count)
+    floors: list[float] = []
+    correlators: list[float] = []
+    latencies: list[float] = []
+    acks: list[float] = []
+    with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        settings = bench_settings(bootstrap)
+        ensure_topics(
+            settings.kafka_admin(),
+            {**settings.event_topic_partitions(), CHAIN_LINKS: settings.event_partitions},
+        )
+        publish(settings, stream)
+        for round_number in range(1, ROUNDS + 1):
+            floors.append(throughput_round("floor", bootstrap, count, workdir)[0])
+            last = round_number == ROUNDS
+            with worker("correlator", bootstrap, count, workdir) as correlator:
+                correlators.append(rate(correlator.wait_done(count), count))
+                print(
+                    f"correlate: round {round_number}: floor {floors[-1]:,.0f} {UNIT}, "
+                    f"correlator {correlators[-1]:,.0f} {UNIT}, "
+                    f"ratio {correlators[-1] / floors[-1]:.3f}"
+                )
+                if last:
+                    latencies, acks = measure_latency(settings)
+    return entries(count, memory, floors, correlators, latencies, acks)
+
+
+def entries(
+    count: int,
+    memory: StateMemory,
+    floors: list[float],
+    correlators: list[float],
+    latencies: list[float],
+    acks: list[float],
+) -> list[Entry]:
+    floor = statistics.median(floors)
+    detail = {
+        "events": count,
+        "rounds": len(floors),
+        "floor_rounds": [round(r) for r in floors],
+        "correlator_rounds": [round(r) for r in correlators],
+        "tree_spacing_seconds": TREE_SPACING_SECONDS,
+    }
+    memory_detail = {"trees": memory.trees, "live_tokens": memory.live_tokens}
+    latency_detail = {
+        "alerts": len(latencies),
+        "trees_per_second": LATENCY_TREES / LATENCY_SECONDS,
+        "max_ms": round(latencies[-1], 1),
+        "publish_sync_p50_ms": round(statistics.median(acks), 1),
+    }
+    return [
+        entry("correlate.throughput", statistics.median(correlators), UNIT, floor, detail),
+        entry("correlate.floor_bare_faust", floor, UNIT, detail=detail),
+        entry(
+            "correlate.state_bytes_per_live_token",
+            memory.state_bytes / memory.live_tokens,
+            "bytes",
+            detail=memory_detail,
+        ),
+        entry(
+            "correlate.changelog_bytes_per_live_token",
+            memory.changelog_bytes / memory.live_tokens,
+            "bytes",
+            detail=memory_detail,
+        ),
+        entry(
+            "correlate.alert_latency_p50", percentile(latencies, 0.5), "ms", detail=latency_detail
+        ),
+        entry(
+            "correlate.alert_latency_p99", percentile(latencies, 0.99), "ms", detail=latency_detail
+        ),
+    ]

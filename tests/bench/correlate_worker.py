@@ -1,0 +1,159 @@
+"""The subprocess side of the correlator benchmark: one faust worker, instrumented.
+
+``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID STATS_PATH TARGET``
+
+- ``floor``: a faust app with the very settings :func:`processors.correlate.build_app`
+  gives its app (captured from it, so they cannot drift apart) and one agent that takes
+  batches like the correlator (``take_events(1000, within=0.2)``), decodes every value with
+  :class:`schemas.codec.AvroCodec` and counts.
+- ``correlator``: the real worker (:func:`processors.correlate.run_worker`) under its own
+  app id and its own chain-links topic, so every run starts from nothing and does the same
+  work; :meth:`processors.correlate.Correlation.on_events` is wrapped to count records.
+
+Both write a small JSON file (``STATS_PATH``): the wall time of the first record, the
+count, and the wall time the count reached ``TARGET`` (after that batch was processed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import faust
+
+from processors import correlate
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec
+
+BATCH = 1000
+BATCH_WITHIN = 0.2
+
+
+def bench_settings(bootstrap: str) -> Settings:
+    """The correlator's settings in the benchmark (short session timeout and grace)."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_profile="development",
+        kafka_session_timeout_ms=2000,
+        grace_seconds=3,
+        allowed_lateness_seconds=1,
+        event_partitions=6,
+    )
+
+
+class Stats:
+    """Counts records and writes the timings to a JSON file, atomically."""
+
+    def __init__(self, path: Path, target: int) -> None:
+        self.path = path
+        self.target = target
+        self.count = 0
+        self.first: float | None = None
+        self.done: float | None = None
+
+    def started(self) -> None:
+        """A batch arrived: remember the wall time of the very first one."""
+        if self.first is None:
+            self.first = time.time()
+            self.write()
+
+    def add(self, records: int) -> None:
+        """A batch of ``records`` was processed."""
+        self.count += records
+        if self.done is None and self.count >= self.target:
+            self.done = time.time()
+            self.write()
+
+    def write(self) -> None:
+        data = {"pid": os.getpid(), "first": self.first, "done": self.done, "count": self.count}
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(json.dumps(data), encoding="utf-8")
+        partial.replace(self.path)
+
+
+class _Captured(Exception):
+    """Raised by the stand-in ``faust.App`` once it has the arguments."""
+
+
+def correlator_app_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments ``build_app`` passes to ``faust.App``, captured from it."""
+    captured: dict[str, Any] = {}
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        captured.update(kwargs)
+        raise _Captured
+
+    with mock.patch.object(faust, "App", record), contextlib.suppress(_Captured):
+        correlate.build_app(settings)
+    return captured
+
+
+def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
+    """A bare faust app: same settings, one agent that decodes and counts."""
+    app = faust.App(app_id, **correlator_app_options(settings))
+    events = app.topic(
+        topics.EVENTS,
+        partitions=settings.event_partitions,
+        internal=False,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    codec = AvroCodec()
+
+    @app.agent(events)  # type: ignore[misc]
+    async def count(stream: Any) -> None:
+        async for batch in stream.take_events(BATCH, within=BATCH_WITHIN):
+            stats.started()
+            for event in batch:
+                codec.decode_event(event.message.value)
+            stats.add(len(batch))
+
+    faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
+
+
+def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
+    """The real worker, with its own app id and chain-links topic, counting records."""
+    correlate.APP_ID = app_id
+    correlate.CHAIN_LINKS = f"{app_id}-chain-links"
+    original = correlate.Correlation.on_events
+
+    def on_events(
+        self: correlate.Correlation,
+        records: Iterable[tuple[int, int, bytes | None, bytes | None]],
+        load: Any,
+        wall_us: int,
+    ) -> Any:
+        batch = list(records)
+        stats.started()
+        result = original(self, batch, load, wall_us)
+        stats.add(len(batch))
+        return result
+
+    correlate.Correlation.on_events = on_events  # type: ignore[method-assign]
+    correlate.run_worker(settings)
+
+
+def main(argv: list[str]) -> None:
+    mode, bootstrap, app_id, stats_path, target = argv
+    stats = Stats(Path(stats_path), int(target))
+    settings = bench_settings(bootstrap)
+    if mode == "floor":
+        run_floor(settings, app_id, stats)
+    elif mode == "correlator":
+        run_correlator(settings, app_id, stats)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
