@@ -8,8 +8,13 @@ each in its own subprocess with its own app id (:mod:`tests.bench.correlate_work
 - **floor**: a faust agent with the correlator's app settings that decodes and counts;
 - **correlator**: the real worker, counting the records its ``on_events`` processed.
 
-Rate = events / (time the count reached them - time of the first record), so faust's
-start-up and group join are not counted. Medians over :data:`ROUNDS` rounds.
+Rate = events processed / (time the last published offset of every partition was
+processed - time of the first record), so faust's start-up and group join are not counted;
+events a worker never handed to its code are reported as skipped. Medians over
+:data:`ROUNDS` rounds. The events come from :data:`PRODUCER_INSTANCES` producer instances
+(hash chains), each serving whole trees: with a single instance, the chain check's pending
+links (a backlog is read unevenly across partitions) grew past 1 MB in one changelog
+record and aiokafka's ``MessageSizeTooLargeError`` crashed the worker.
 
 **State memory.** The pure correlator folds 2,000 trees whose tokens are all live (no
 revocation, no completion), decoding each event from Avro as the worker does; tracemalloc
@@ -28,6 +33,7 @@ import gc
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,6 +42,7 @@ import threading
 import time
 import tracemalloc
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,7 +59,7 @@ from producers import events
 from producers.admin import ensure_topics
 from producers.chain import HashChain
 from producers.context import CustodyContext
-from producers.producer import CustodyProducer
+from producers.producer import CustodyProducer, DeliveryReport
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
@@ -65,6 +72,7 @@ from tests.correlation_trees import CODER, MISCHIEF, POLICY, VAULT, mischievous
 DEFAULT_EVENTS = 30_000
 ROUNDS = 2
 TREE_SPACING_SECONDS = 2.0
+PRODUCER_INSTANCES = 32
 MEMORY_TREES = 2_000
 LATENCY_TREES = 200
 LATENCY_SECONDS = 10.0
@@ -89,13 +97,46 @@ def traffic(count: int) -> list[Envelope]:
     return stream[:count]
 
 
-def publish(settings: Settings, stream: list[Envelope]) -> None:
-    """Publish every event through the SDK and wait for every acknowledgement."""
+def stamped(stream: list[Envelope], instances: int) -> list[Envelope]:
+    """The events stamped with the hash chains of ``instances`` producer instances, each
+    serving whole trees (one chain holding a whole backlog crashes the worker: see the
+    module docstring)."""
+    codec = AvroCodec()
+    chains = [HashChain() for _ in range(instances)]
+    found = []
+    for event in stream:
+        index = zlib.crc32(event.root_task_id.encode()) % instances
+        link = chains[index].next_link()
+        model = event.model_copy(
+            update={
+                "producer_instance": f"bench-correlate/{index}",
+                "seq": link.seq,
+                "prev_hash": link.prev_hash,
+            }
+        )
+        chains[index].advance(link.seq, body_bytes(codec.encode_event(model)))
+        found.append(model)
+    return found
+
+
+def publish(settings: Settings, stream: list[Envelope]) -> dict[int, int]:
+    """Publish every event through the SDK, wait for every acknowledgement and return
+    the last offset written to each partition."""
+    ends: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def delivered(report: DeliveryReport) -> None:
+        if report.partition is None or report.offset is None:
+            raise RuntimeError(f"event {report.event_id} not delivered: {report.error}")
+        with lock:
+            ends[report.partition] = max(ends.get(report.partition, -1), report.offset)
+
     with CustodyProducer(
         settings, producer_instance="bench-correlate", create_topics=False
     ) as producer:
         for event in stream:
-            producer.publish(event)
+            producer.publish(event, on_delivery=delivered)
+    return ends
 
 
 # ---- one worker subprocess ------------------------------------------------------------
@@ -118,7 +159,8 @@ class WorkerRun:
         return data
 
     def wait_done(self, count: int) -> dict[str, Any]:
-        """Poll the stats until ``count`` events were processed; raise on death or timeout."""
+        """Poll the stats until the worker processed the last of the ``count`` events
+        published; raise if it dies or is too slow."""
         deadline = time.monotonic() + START_TIMEOUT + count / MIN_RATE
         while time.monotonic() < deadline:
             stats = self.stats()
@@ -136,15 +178,16 @@ class WorkerRun:
 
 
 @contextmanager
-def worker(mode: str, bootstrap: str, count: int, workdir: Path) -> Iterator[WorkerRun]:
-    """Start a worker subprocess under a fresh app id; kill it on the way out."""
+def worker(mode: str, bootstrap: str, ends_path: Path, workdir: Path) -> Iterator[WorkerRun]:
+    """Start a worker subprocess under a fresh app id; kill it on the way out.
+    ``ends_path`` holds the last offset published to each partition."""
     app_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
     stats_path = workdir / f"{app_id}.json"
     log_path = workdir / f"{app_id}.log"
     command = [sys.executable, "-m", "tests.bench.correlate_worker", mode, bootstrap, app_id]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, str(stats_path), str(count)], stdout=log, stderr=subprocess.STDOUT
+            [*command, str(stats_path), str(ends_path)], stdout=log, stderr=subprocess.STDOUT
         )
     run = WorkerRun(mode, process, stats_path, log_path)
     try:
@@ -153,9 +196,20 @@ def worker(mode: str, bootstrap: str, count: int, workdir: Path) -> Iterator[Wor
         run.stop()
 
 
-def rate(stats: dict[str, Any], count: int) -> float:
-    """Events/s between the first record and the moment ``count`` were processed."""
-    return count / (float(stats["done"]) - float(stats["first"]))
+@dataclass(frozen=True)
+class Round:
+    """One worker's run over the published events."""
+
+    rate: float
+    """Events processed / (time the last published offset was processed - first record)."""
+    skipped: int
+    """Published events the worker never handed to its code (faust lost them)."""
+
+
+def finished(stats: dict[str, Any], count: int) -> Round:
+    processed = int(stats["count_at_done"])
+    elapsed = float(stats["done"]) - float(stats["first"])
+    return Round(processed / elapsed, count - processed)
 
 
 # ---- alert latency --------------------------------------------------------------------
@@ -174,6 +228,7 @@ class AlertReader:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._read, daemon=True)
 
     def _consumer(self) -> Consumer:
@@ -192,6 +247,13 @@ class AlertReader:
         return consumer
 
     def _read(self) -> None:
+        try:
+            self._consume()
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def _consume(self) -> None:
         consumer = self._consumer()
         codec = AvroCodec()
         try:
@@ -409,13 +471,65 @@ def event_count() -> int:
     return int(os.environ.get("CUSTODY_BENCH_CORRELATE_EVENTS", DEFAULT_EVENTS))
 
 
-def throughput_round(
-    mode: str, bootstrap: str, count: int, workdir: Path
-) -> tuple[float, dict[str, Any]]:
-    """One floor or correlator run to completion; its rate and stats."""
-    with worker(mode, bootstrap, count, workdir) as run:
-        stats = run.wait_done(count)
-    return rate(stats, count), stats
+def floor_round(bootstrap: str, count: int, ends_path: Path, workdir: Path) -> Round:
+    """One bare-faust run to completion."""
+    with worker("floor", bootstrap, ends_path, workdir) as run:
+        return finished(run.wait_done(count), count)
+
+
+def profiler_path() -> Path | None:
+    """``CUSTODY_BENCH_PYSPY=/tmp/corr.svg``: record the first correlator run with py-spy
+    (an ``.svg`` flame graph, or collapsed stacks for any other suffix)."""
+    value = os.environ.get("CUSTODY_BENCH_PYSPY")
+    return Path(value) if value else None
+
+
+@contextmanager
+def py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs (nothing if ``output`` is None)."""
+    if output is None:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    kind = "flamegraph" if output.suffix == ".svg" else "raw"
+    command = [
+        str(spy),
+        "record",
+        "--pid",
+        str(pid),
+        "-o",
+        str(output),
+        "-f",
+        kind,
+        "-r",
+        "200",
+        "--nonblocking",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def correlator_round(
+    bootstrap: str,
+    count: int,
+    ends_path: Path,
+    workdir: Path,
+    settings: Settings | None,
+    profile: Path | None,
+) -> tuple[Round, list[float], list[float]]:
+    """One correlator run to completion; then, given ``settings``, the alert latency
+    against the same worker (caught up, and with the state of the whole run)."""
+    with worker("correlator", bootstrap, ends_path, workdir) as run:
+        with py_spy(run.process.pid, profile):
+            result = finished(run.wait_done(count), count)
+        if settings is None:
+            return result, [], []
+        latencies, acks = measure_latency(settings)
+        return result, latencies, acks
 
 
 def run() -> list[Entry]:
@@ -429,11 +543,9 @@ def run() -> list[Entry]:
         f"{memory.changelog_bytes / memory.live_tokens:,.0f} B changelog per token"
     )
     print(f"correlate: generating {count:,} events")
-    stream = traffic(count)
-    floors: list[float] = []
-    correlators: list[float] = []
-    latencies: list[float] = []
-    acks: list[float] = []
+    stream = stamped(traffic(count), PRODUCER_INSTANCES)
+    floors: list[Round] = []
+    correlators: list[Round] = []
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         settings = bench_settings(bootstrap)
@@ -441,37 +553,46 @@ def run() -> list[Entry]:
             settings.kafka_admin(),
             {**settings.event_topic_partitions(), CHAIN_LINKS: settings.event_partitions},
         )
-        publish(settings, stream)
-        for round_number in range(1, ROUNDS + 1):
-            floors.append(throughput_round("floor", bootstrap, count, workdir)[0])
-            last = round_number == ROUNDS
-            with worker("correlator", bootstrap, count, workdir) as correlator:
-                correlators.append(rate(correlator.wait_done(count), count))
-                print(
-                    f"correlate: round {round_number}: floor {floors[-1]:,.0f} {UNIT}, "
-                    f"correlator {correlators[-1]:,.0f} {UNIT}, "
-                    f"ratio {correlators[-1] / floors[-1]:.3f}"
-                )
-                if last:
-                    latencies, acks = measure_latency(settings)
+        ends_path = workdir / "ends.json"
+        ends_path.write_text(json.dumps(publish(settings, stream)), encoding="utf-8")
+        for number in range(1, ROUNDS + 1):
+            floors.append(floor_round(bootstrap, count, ends_path, workdir))
+            result, latencies, acks = correlator_round(
+                bootstrap,
+                count,
+                ends_path,
+                workdir,
+                settings if number == ROUNDS else None,
+                profiler_path() if number == 1 else None,
+            )
+            correlators.append(result)
+            print(
+                f"correlate: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
+                f"correlator {result.rate:,.0f} {UNIT}, "
+                f"ratio {result.rate / floors[-1].rate:.3f}, "
+                f"skipped {floors[-1].skipped} / {result.skipped}"
+            )
     return entries(count, memory, floors, correlators, latencies, acks)
 
 
 def entries(
     count: int,
     memory: StateMemory,
-    floors: list[float],
-    correlators: list[float],
+    floors: list[Round],
+    correlators: list[Round],
     latencies: list[float],
     acks: list[float],
 ) -> list[Entry]:
-    floor = statistics.median(floors)
+    floor = statistics.median(r.rate for r in floors)
     detail = {
         "events": count,
         "rounds": len(floors),
-        "floor_rounds": [round(r) for r in floors],
-        "correlator_rounds": [round(r) for r in correlators],
+        "floor_rounds": [round(r.rate) for r in floors],
+        "correlator_rounds": [round(r.rate) for r in correlators],
+        "floor_skipped": [r.skipped for r in floors],
+        "correlator_skipped": [r.skipped for r in correlators],
         "tree_spacing_seconds": TREE_SPACING_SECONDS,
+        "producer_instances": PRODUCER_INSTANCES,
     }
     memory_detail = {"trees": memory.trees, "live_tokens": memory.live_tokens}
     latency_detail = {
@@ -480,8 +601,9 @@ def entries(
         "max_ms": round(latencies[-1], 1),
         "publish_sync_p50_ms": round(statistics.median(acks), 1),
     }
+    correlator = statistics.median(r.rate for r in correlators)
     return [
-        entry("correlate.throughput", statistics.median(correlators), UNIT, floor, detail),
+        entry("correlate.throughput", correlator, UNIT, floor, detail),
         entry("correlate.floor_bare_faust", floor, UNIT, detail=detail),
         entry(
             "correlate.state_bytes_per_live_token",

@@ -1,6 +1,6 @@
 """The subprocess side of the correlator benchmark: one faust worker, instrumented.
 
-``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID STATS_PATH TARGET``
+``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID STATS_PATH ENDS_PATH``
 
 - ``floor``: a faust app with the very settings :func:`processors.correlate.build_app`
   gives its app (captured from it, so they cannot drift apart) and one agent that takes
@@ -11,7 +11,8 @@
   work; :meth:`processors.correlate.Correlation.on_events` is wrapped to count records.
 
 Both write a small JSON file (``STATS_PATH``): the wall time of the first record, the
-count, and the wall time the count reached ``TARGET`` (after that batch was processed).
+count, and the wall time (and count) when the last offset of every partition, as read from
+``ENDS_PATH`` (``{partition: offset}``), was processed.
 """
 
 from __future__ import annotations
@@ -50,14 +51,20 @@ def bench_settings(bootstrap: str) -> Settings:
 
 
 class Stats:
-    """Counts records and writes the timings to a JSON file, atomically."""
+    """Counts records and writes the timings to a JSON file, atomically.
 
-    def __init__(self, path: Path, target: int) -> None:
+    Done when every partition's last published offset was processed: a count alone would
+    hang if the worker skipped a record, and the skipped ones are worth reporting.
+    """
+
+    def __init__(self, path: Path, ends: dict[int, int]) -> None:
         self.path = path
-        self.target = target
+        self.ends = ends
+        self.waiting = set(ends)
         self.count = 0
         self.first: float | None = None
         self.done: float | None = None
+        self.count_at_done: int | None = None
 
     def started(self) -> None:
         """A batch arrived: remember the wall time of the very first one."""
@@ -65,15 +72,27 @@ class Stats:
             self.first = time.time()
             self.write()
 
-    def add(self, records: int) -> None:
-        """A batch of ``records`` was processed."""
-        self.count += records
-        if self.done is None and self.count >= self.target:
+    def add(self, positions: Iterable[tuple[int, int]]) -> None:
+        """A batch of ``(partition, offset)`` was processed (written each time: the file
+        shows progress, for diagnosis)."""
+        ends, waiting = self.ends, self.waiting
+        for partition, offset in positions:
+            self.count += 1
+            if partition in waiting and offset >= ends[partition]:
+                waiting.discard(partition)
+        if self.done is None and not waiting:
             self.done = time.time()
-            self.write()
+            self.count_at_done = self.count
+        self.write()
 
     def write(self) -> None:
-        data = {"pid": os.getpid(), "first": self.first, "done": self.done, "count": self.count}
+        data = {
+            "pid": os.getpid(),
+            "first": self.first,
+            "done": self.done,
+            "count": self.count,
+            "count_at_done": self.count_at_done,
+        }
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(data), encoding="utf-8")
         partial.replace(self.path)
@@ -116,7 +135,7 @@ def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
             stats.started()
             for event in batch:
                 codec.decode_event(event.message.value)
-            stats.add(len(batch))
+            stats.add((e.message.partition, e.message.offset) for e in batch)
 
     faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
 
@@ -136,7 +155,7 @@ def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
         batch = list(records)
         stats.started()
         result = original(self, batch, load, wall_us)
-        stats.add(len(batch))
+        stats.add((partition, offset) for partition, offset, _, _ in batch)
         return result
 
     correlate.Correlation.on_events = on_events  # type: ignore[method-assign]
@@ -144,8 +163,9 @@ def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
 
 
 def main(argv: list[str]) -> None:
-    mode, bootstrap, app_id, stats_path, target = argv
-    stats = Stats(Path(stats_path), int(target))
+    mode, bootstrap, app_id, stats_path, ends_path = argv
+    ends = json.loads(Path(ends_path).read_text(encoding="utf-8"))
+    stats = Stats(Path(stats_path), {int(p): int(o) for p, o in ends.items()})
     settings = bench_settings(bootstrap)
     if mode == "floor":
         run_floor(settings, app_id, stats)
