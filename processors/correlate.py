@@ -110,6 +110,7 @@ class Correlation:
         self.codec = AvroCodec()
         self.trees: dict[str, TreeState] = {}
         self.chains: dict[str, ChainState] = {}
+        self.chain_partitions: dict[int, set[str]] = {}
         # partition -> root_task_id -> next deadline, for the timer
         self.tree_deadlines: dict[int, dict[str, int]] = {}
         self.chain_deadlines: dict[int, dict[str, int]] = {}
@@ -208,7 +209,7 @@ class Correlation:
         return min(marks.values()) if len(marks) == self.partitions else None
 
     def on_links(
-        self, records: Iterable[tuple[int, bytes | None, bytes | None]], load: Any, wall_us: int
+        self, records: Iterable[tuple[int, bytes | None, bytes | None]], wall_us: int
     ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
         """Process ``(partition, key, value)`` records of the chain-links topic: links,
         and the source partitions' watermarks."""
@@ -225,13 +226,13 @@ class Correlation:
                 touched.add(partition)
                 continue
             link = ChainLink.from_json(value or b"{}")
-            state = self.chains.get(link.producer_instance)
-            if state is None:
-                stored = load(link.producer_instance)
-                state = ChainState.from_json(stored) if stored else None
-            state, out = observe_link(state, link, self.config, detected)
+            # Every chain of an owned partition is in memory (restored at recovery).
+            state, out = observe_link(
+                self.chains.get(link.producer_instance), link, self.config, detected
+            )
             self._emit(out, sends)
             self.chains[link.producer_instance] = state
+            self.chain_partitions.setdefault(partition, set()).add(link.producer_instance)
             dirty[link.producer_instance] = (partition, state)
             touched.add(partition)
         for link_partition, state in list(dirty.values()):
@@ -316,23 +317,31 @@ class Correlation:
                     0
                 ][0]
 
-    def recovered_chains(self, items: Iterable[tuple[int, bytes]]) -> None:
-        """After table recovery: index the chains with pending deadlines (the source
-        watermarks arrive again within a timer tick)."""
-        for partition, state_json in items:
-            chain = ChainState.from_json(state_json)
+    def recovered_chains(
+        self, prefixes: Iterable[tuple[int, bytes]], pending: Iterable[bytes]
+    ) -> None:
+        """After table recovery: every chain of the owned partitions back in memory, with
+        its pending links, and those with deadlines indexed (the source watermarks
+        arrive again within a timer tick)."""
+        links: dict[str, list[ChainLink]] = {}
+        for link_json in pending:
+            link = ChainLink.from_json(link_json)
+            links.setdefault(link.producer_instance, []).append(link)
+        for partition, prefix_json in prefixes:
+            instance = json.loads(prefix_json)["producer_instance"]
+            chain = ChainState.from_json(prefix_json, links.get(instance, []), self.config)
+            self.chains[instance] = chain
+            self.chain_partitions.setdefault(partition, set()).add(instance)
             if chain.deadlines:
-                self.chains[chain.producer_instance] = chain
-                self.chain_deadlines.setdefault(partition, {})[chain.producer_instance] = (
-                    chain.deadlines[0][0]
-                )
+                self.chain_deadlines.setdefault(partition, {})[instance] = chain.deadlines[0][0]
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop what belongs to partitions this worker no longer owns."""
         for partition in partitions:
             for root in self.tree_deadlines.pop(partition, {}):
                 self.trees.pop(root, None)
-            for instance in self.chain_deadlines.pop(partition, {}):
+            self.chain_deadlines.pop(partition, None)
+            for instance in self.chain_partitions.pop(partition, set()):
                 self.chains.pop(instance, None)
             self.event_marks.pop(partition, None)
             self.link_marks.pop(partition, None)
@@ -408,6 +417,14 @@ def build_app(settings: Settings) -> faust.App:
         key_type=bytes,
         value_type=bytes,
     )
+    pending = app.Table(
+        "custody-chain-pending",
+        partitions=partitions,
+        default=None,
+        schema=schema,
+        key_type=bytes,
+        value_type=bytes,
+    )
     chains = app.Table(
         "custody-chains",
         partitions=partitions,
@@ -432,6 +449,21 @@ def build_app(settings: Settings) -> faust.App:
             value = stored_form(partition, state.to_json())
             table.data[raw_key] = value
             table.send_changelog(partition, raw_key, value)
+
+    def store_chains(dirty: dict[str, tuple[int, ChainState]]) -> None:
+        store(chains, dirty)
+        for instance, (partition, chain) in dirty.items():
+            for seq in chain.added:
+                key = pending_key(instance, seq)
+                value = stored_form(partition, chain.pending[seq].to_json())
+                pending.data[key] = value
+                pending.send_changelog(partition, key, value)
+            for seq in chain.removed:
+                key = pending_key(instance, seq)
+                pending.data.pop(key, None)
+                pending.send_changelog(partition, key, None)
+            chain.added.clear()
+            chain.removed.clear()
 
     def loader(table: Any) -> Any:
         def load(key: str) -> bytes | None:
@@ -463,9 +495,9 @@ def build_app(settings: Settings) -> faust.App:
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
             records = [(e.message.partition, e.message.key, e.message.value) for e in batch]
-            sends, dirty = work.on_links(records, loader(chains), _wall_us())
+            sends, dirty = work.on_links(records, _wall_us())
             await deliver(sends)
-            store(chains, dirty)
+            store_chains(dirty)
             work.written({}, dirty)
 
     @app.timer(interval=1.0)
@@ -478,21 +510,21 @@ def build_app(settings: Settings) -> faust.App:
         if tree_sends or chain_sends:
             await deliver(tree_sends + chain_sends)
         store(trees, tree_dirty)
-        store(chains, chain_dirty)
+        store_chains(chain_dirty)
         work.written(tree_dirty, chain_dirty)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def exact_end_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:
         revoked = args[0] if args else kwargs.get("revoked", set())
         # Runs before recovery on every rebalance, the first join included.
-        pending = []
-        for table in (trees, chains):
+        sent = []
+        for table in (trees, chains, pending):
             name = table.changelog_topic.get_topic_name()
             for partition in range(partitions):
-                pending.append(
+                sent.append(
                     await app.producer.send(name, RESERVED_KEY, None, partition, None, None)
                 )
-        for fut in pending:
+        for fut in sent:
             await fut
         work.forget_partitions({tp.partition for tp in revoked})
 
@@ -506,11 +538,13 @@ def build_app(settings: Settings) -> faust.App:
         items = [(p, state) for p, state in _stored_items(trees) if p in mine]
         work.recovered_trees(items, _wall_us())
 
-    @chains.on_recover
+    # One callback for both chain tables: it needs the prefixes and the pending links.
+    @pending.on_recover
     async def index_chains() -> None:
         mine = owned(CHAIN_LINKS)
-        items = [(p, state) for p, state in _stored_items(chains) if p in mine]
-        work.recovered_chains(items)
+        prefixes = [(p, state) for p, state in _stored_items(chains) if p in mine]
+        links = [link for p, link in _stored_items(pending) if p in mine]
+        work.recovered_chains(prefixes, links)
 
     return app
 
@@ -525,6 +559,10 @@ def stored_form(partition: int, state_json: bytes) -> bytes:
 def stored_state(value: bytes) -> tuple[int, bytes]:
     partition, _, state_json = value.partition(b"\n")
     return int(partition), state_json
+
+
+def pending_key(instance: str, seq: int) -> bytes:
+    return f"{instance}\x1f{seq}".encode()
 
 
 def _stored_items(table: Any) -> list[tuple[int, bytes]]:

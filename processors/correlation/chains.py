@@ -46,7 +46,14 @@ class ChainLink:
 
 @dataclass(slots=True)
 class ChainState:
-    """The verified prefix of one producer instance's chain and the links beyond it."""
+    """The verified prefix of one producer instance's chain and the links beyond it.
+
+    Stored in two parts: the prefix (:meth:`to_json`, bounded) in one record, and each
+    pending link in a record of its own. A busy producer read unevenly across partitions
+    can have tens of thousands of links waiting; one record for all of them would outgrow
+    Kafka's message size. ``added`` and ``removed`` name the pending links to write or
+    delete since the state was last stored.
+    """
 
     producer_instance: str
     verified_seq: int = 0
@@ -56,24 +63,44 @@ class ChainState:
     recent: dict[int, str] = field(default_factory=dict)
     fired_alert_ids: set[str] = field(default_factory=set)
     deadlines: list[tuple[int, int]] = field(default_factory=list)
+    added: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+
+    def hold(self, link: ChainLink, due_us: int) -> None:
+        """Keep a link that waits for its predecessors until ``due_us``."""
+        self.pending[link.seq] = link
+        heapq.heappush(self.deadlines, (due_us, link.seq))
+        self.added.add(link.seq)
+        self.removed.discard(link.seq)
+
+    def release(self, seq: int) -> ChainLink:
+        """Take a waiting link out, now that it is verified."""
+        link = self.pending.pop(seq)
+        if seq in self.added:
+            self.added.discard(seq)
+        else:
+            self.removed.add(seq)
+        return link
 
     def to_json(self) -> bytes:
+        """The prefix record (pending links are stored one by one)."""
         return json.dumps(
             {
                 "producer_instance": self.producer_instance,
                 "verified_seq": self.verified_seq,
                 "last_hash": self.last_hash,
                 "last_event_id": self.last_event_id,
-                "pending": [asdict(link) for link in self.pending.values()],
                 "recent": list(self.recent.items()),
                 "fired_alert_ids": sorted(self.fired_alert_ids),
-                "deadlines": self.deadlines,
             },
             separators=(",", ":"),
         ).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> ChainState:
+    def from_json(
+        cls, raw: bytes, pending: list[ChainLink], config: CorrelationConfig
+    ) -> ChainState:
+        """A state from its prefix record and its stored pending links."""
         data = json.loads(raw)
         state = cls(
             data["producer_instance"],
@@ -81,10 +108,11 @@ class ChainState:
             data["last_hash"],
             data["last_event_id"],
         )
-        state.pending = {link["seq"]: ChainLink(**link) for link in data["pending"]}
         state.recent = {int(seq): event_id for seq, event_id in data["recent"]}
         state.fired_alert_ids = set(data["fired_alert_ids"])
-        state.deadlines = [(int(due), int(seq)) for due, seq in data["deadlines"]]
+        state.pending = {link.seq: link for link in pending if link.seq > state.verified_seq}
+        # Every pending link was held with the deadline its event time gives it.
+        state.deadlines = [(link.us + config.grace_us, link.seq) for link in state.pending.values()]
         heapq.heapify(state.deadlines)
         return state
 
@@ -130,9 +158,11 @@ def observe_link(
                 f"two different events claim seq {link.seq}",
             )
         return state, step.out
-    state.pending[link.seq] = link
-    if link.seq > state.verified_seq + 1:
-        heapq.heappush(state.deadlines, (link.us + config.grace_us, link.seq))
+    if link.seq == state.verified_seq + 1:
+        state.pending[link.seq] = link
+        state.added.add(link.seq)
+    else:
+        state.hold(link, link.us + config.grace_us)
     _advance(step)
     return state, step.out
 
@@ -141,7 +171,7 @@ def _advance(step: _ChainStep) -> None:
     """Verify every link that directly follows the verified prefix."""
     state = step.state
     while state.verified_seq + 1 in state.pending:
-        link = state.pending.pop(state.verified_seq + 1)
+        link = state.release(state.verified_seq + 1)
         if state.last_hash != _UNKNOWN and link.prev_hash != state.last_hash:
             evidence = [link.event_id] + ([state.last_event_id] if state.last_event_id else [])
             expected = "null (first event)" if state.last_hash is None else "the previous body"

@@ -102,16 +102,23 @@ def test_two_events_claiming_one_seq_are_reported_and_a_replay_is_not() -> None:
     assert len(alerts) == 1 and "two different events claim seq 2" in alerts[0].detail
 
 
-def test_chain_state_survives_its_changelog_form() -> None:
+def test_chain_state_survives_its_stored_form() -> None:
     links = _chain(8)
     del links[3]
     state, _ = _run(links, until_us=0)
-    restored = ChainState.from_json(state.to_json())
+    assert state.added == {5, 6, 7, 8} and not state.removed
+    restored = ChainState.from_json(state.to_json(), list(state.pending.values()), CONFIG)
     assert restored.to_json() == state.to_json()
-    assert (
-        _run(links)[1][0].alert_id
-        == expire_chain(restored, 10**12, CONFIG, DETECTED)[1].alerts[0].alert_id
-    )
+    assert sorted(restored.deadlines) == sorted(state.deadlines)
+    expected = _run(links)[1][0].alert_id
+    assert expire_chain(restored, 10**12, CONFIG, DETECTED)[1].alerts[0].alert_id == expected
+
+
+def test_links_verified_in_one_go_leave_nothing_to_store_or_delete() -> None:
+    links = _chain(5)
+    state, _ = _run([links[1], links[2], links[0], links[4], links[3]], until_us=0)
+    assert state.verified_seq == 5 and not state.pending
+    assert not state.added and not state.removed
 
 
 def test_watermark_trails_by_the_lateness_and_advances_when_idle() -> None:

@@ -74,10 +74,10 @@ def test_chain_checks_wait_for_every_source_partition() -> None:
     work.on_events(_records(mischievous(set(), name="b-")), lambda _: None, WALL)
     marks = work.source_watermarks([0], WALL)
     assert {m.partition for m in marks} == {0, 1} and all(m.key == WATERMARK_KEY for m in marks)
-    work.on_links([(0, m.key, m.value) for m in marks if m.partition == 0], lambda _: None, WALL)
+    work.on_links([(0, m.key, m.value) for m in marks if m.partition == 0], WALL)
     assert work.chain_watermark(0) is None  # source partition 1 not heard from yet
     other = json.dumps({"source_partition": 1, "watermark_us": 5}).encode()
-    work.on_links([(0, WATERMARK_KEY, other)], lambda _: None, WALL)
+    work.on_links([(0, WATERMARK_KEY, other)], WALL)
     assert work.chain_watermark(0) == 5
 
 
