@@ -28,14 +28,21 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
-from processors.correlation.chains import ChainLink, ChainState, expire_chain, observe_link
+from processors.correlation.chains import (
+    ChainLink,
+    ChainState,
+    expire_chain,
+    links_from_json,
+    links_to_json,
+    observe_link,
+)
 from processors.correlation.engine import (
     CorrelationConfig,
     Output,
@@ -49,7 +56,7 @@ from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec, DecodeError, body_bytes
-from schemas.models import CustodyEvent, validate_event
+from schemas.models import Alert, CustodyEvent, StateChange, validate_event
 from schemas.secrets import find_secrets, may_hold_secret, redact_secrets
 
 CHAIN_LINKS = "custody.chain-links.v1"
@@ -96,6 +103,15 @@ def dead_letter(
     return Outbound(topics.DLQ, key or b"", value, headers)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """Outputs gathered over one batch, turned into records at its end."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    changes: dict[tuple[str, str], StateChange] = field(default_factory=dict)
+    links: dict[str, list[ChainLink]] = field(default_factory=dict)
+
+
 class Correlation:
     """The worker's state and steps, without faust: trees per root task, chains per
     producer instance, watermarks per partition, and the outputs of each step."""
@@ -124,50 +140,63 @@ class Correlation:
             mark = marks[partition] = Watermark(self.lateness_us, self.idle_advance)
         return mark
 
-    def _emit(self, out: Output, into: list[Outbound]) -> None:
-        for alert in out.alerts:
-            into.append(
-                Outbound(topics.ALERTS, alert.alert_id.encode(), self.codec.encode_alert(alert))
-            )
+    def _emit(self, out: Output, into: _Pending) -> None:
+        into.alerts += out.alerts
         for change in out.changes:
-            into.append(
-                Outbound(
-                    topics.STATE, change.root_task_id.encode(), self.codec.encode_state(change)
-                )
-            )
+            # Downstream keeps the highest version per (kind, key): within a batch only the
+            # last change of each needs to be sent.
+            into.changes[(change.kind, change.key)] = change
+
+    def _outbound(self, pending: _Pending) -> list[Outbound]:
+        sends = [
+            Outbound(topics.ALERTS, alert.alert_id.encode(), self.codec.encode_alert(alert))
+            for alert in pending.alerts
+        ]
+        sends += [
+            Outbound(topics.STATE, change.root_task_id.encode(), self.codec.encode_state(change))
+            for change in pending.changes.values()
+        ]
+        sends += [
+            Outbound(CHAIN_LINKS, instance.encode(), links_to_json(links))
+            for instance, links in pending.links.items()
+        ]
+        return sends
 
     def on_events(
         self,
-        records: Iterable[tuple[int, int, bytes | None, bytes | None]],
+        records: Sequence[tuple[int, int, bytes | None, bytes | None]],
         load: Any,
         wall_us: int,
     ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
         """Process ``(partition, offset, key, value)`` records; ``load(root)`` returns a
-        tree's stored JSON. Returns what to send and the trees to write afterwards."""
-        sends: list[Outbound] = []
+        tree's stored JSON. Returns what to send and the trees to write afterwards; the
+        trees of these partitions whose deadlines the batch passed are decided too."""
+        pending = _Pending()
+        letters: list[Outbound] = []
         dirty: dict[str, tuple[int, TreeState]] = {}
         detected = _from_us(wall_us)
         for partition, offset, key, value in records:
             try:
                 event = self.codec.decode_event(value or b"")
             except DecodeError as exc:
-                sends.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
+                letters.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
                 continue
             if may_hold_secret(value or b""):
                 event = redacted(event)
             assert value is not None and event.producer_instance and event.seq
             event_us = to_micros(event.event_time)
-            link = ChainLink(
-                event.event_id,
-                event.tenant,
-                event.root_task_id,
-                event.producer_instance,
-                event.seq,
-                event.prev_hash,
-                hashlib.sha256(body_bytes(value)).hexdigest(),
-                event_us,
+            pending.links.setdefault(event.producer_instance, []).append(
+                ChainLink(
+                    event.event_id,
+                    event.tenant,
+                    event.root_task_id,
+                    event.producer_instance,
+                    event.seq,
+                    event.prev_hash,
+                    hashlib.sha256(body_bytes(value)).hexdigest(),
+                    event_us,
+                )
             )
-            sends.append(Outbound(CHAIN_LINKS, event.producer_instance.encode(), link.to_json()))
             root = event.root_task_id
             state = self.trees.get(root)
             if state is None:
@@ -176,13 +205,18 @@ class Correlation:
             mark = self._mark(self.event_marks, partition)
             mark.observe(event_us, wall_us)
             state, out = observe(state, event, self.config, detected)
-            self._emit(out, sends)
+            self._emit(out, pending)
             watermark = mark.current(wall_us)
             if watermark is not None:
                 state, out = expire(state, watermark, self.config, detected)
-                self._emit(out, sends)
+                self._emit(out, pending)
             self.trees[root] = state
             dirty[root] = (partition, state)
+        touched = {record[0] for record in records}
+        dirty.update(self._due_trees(touched, wall_us, pending))
+        # The watermark records go after the batch's links, so that every link partition
+        # sees an instance's links before the mark that covers them.
+        sends = letters + self._outbound(pending) + self.source_watermarks(touched, wall_us)
         return sends, dirty
 
     def source_watermarks(self, partitions: Iterable[int], wall_us: int) -> list[Outbound]:
@@ -213,42 +247,50 @@ class Correlation:
     ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
         """Process ``(partition, key, value)`` records of the chain-links topic: links,
         and the source partitions' watermarks."""
-        sends: list[Outbound] = []
+        pending = _Pending()
         dirty: dict[str, tuple[int, ChainState]] = {}
         detected = _from_us(wall_us)
         touched = set()
         for partition, key, value in records:
+            touched.add(partition)
             if key == WATERMARK_KEY:
                 mark = json.loads(value or b"{}")
                 marks = self.link_marks.setdefault(partition, {})
                 source = int(mark["source_partition"])
                 marks[source] = max(marks.get(source, 0), int(mark["watermark_us"]))
-                touched.add(partition)
                 continue
-            link = ChainLink.from_json(value or b"{}")
-            # Every chain of an owned partition is in memory (restored at recovery).
-            state, out = observe_link(
-                self.chains.get(link.producer_instance), link, self.config, detected
-            )
-            self._emit(out, sends)
-            self.chains[link.producer_instance] = state
-            self.chain_partitions.setdefault(partition, set()).add(link.producer_instance)
-            dirty[link.producer_instance] = (partition, state)
-            touched.add(partition)
+            for link in links_from_json(value or b"[]"):
+                # Every chain of an owned partition is in memory (restored at recovery).
+                state, out = observe_link(
+                    self.chains.get(link.producer_instance), link, self.config, detected
+                )
+                self._emit(out, pending)
+                self.chains[link.producer_instance] = state
+                self.chain_partitions.setdefault(partition, set()).add(link.producer_instance)
+                dirty[link.producer_instance] = (partition, state)
         for link_partition, state in list(dirty.values()):
             watermark = self.chain_watermark(link_partition)
             if watermark is not None:
                 _, out = expire_chain(state, watermark, self.config, detected)
-                self._emit(out, sends)
-        more, more_dirty = self.due_chains(touched, wall_us)
-        dirty.update(more_dirty)
-        return sends + more, dirty
+                self._emit(out, pending)
+        dirty.update(self._due_chains(touched, wall_us, pending))
+        return self._outbound(pending), dirty
 
-    def due_trees(
-        self, partitions: Iterable[int], wall_us: int
-    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
-        """Deadlines passed on idle partitions: the timer's step for trees."""
-        sends: list[Outbound] = []
+    def due(
+        self, event_partitions: Iterable[int], link_partitions: Iterable[int], wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]], dict[str, tuple[int, ChainState]]]:
+        """The timer's step: deadlines passed on idle partitions, and the source
+        watermarks the chain check waits for."""
+        pending = _Pending()
+        event_partitions = set(event_partitions)
+        trees = self._due_trees(event_partitions, wall_us, pending)
+        chains = self._due_chains(link_partitions, wall_us, pending)
+        sends = self._outbound(pending) + self.source_watermarks(event_partitions, wall_us)
+        return sends, trees, chains
+
+    def _due_trees(
+        self, partitions: Iterable[int], wall_us: int, pending: _Pending
+    ) -> dict[str, tuple[int, TreeState]]:
         dirty: dict[str, tuple[int, TreeState]] = {}
         detected = _from_us(wall_us)
         for partition in partitions:
@@ -261,15 +303,13 @@ class Correlation:
                 if due > watermark or root not in self.trees:
                     continue
                 state, out = expire(self.trees[root], watermark, self.config, detected)
-                self._emit(out, sends)
+                self._emit(out, pending)
                 dirty[root] = (partition, state)
-        return sends, dirty
+        return dirty
 
-    def due_chains(
-        self, partitions: Iterable[int], wall_us: int
-    ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
-        """Deadlines passed for chains indexed on these link partitions."""
-        sends: list[Outbound] = []
+    def _due_chains(
+        self, partitions: Iterable[int], wall_us: int, pending: _Pending
+    ) -> dict[str, tuple[int, ChainState]]:
         dirty: dict[str, tuple[int, ChainState]] = {}
         detected = _from_us(wall_us)
         for partition in partitions:
@@ -281,9 +321,9 @@ class Correlation:
                 if due > watermark or instance not in self.chains:
                     continue
                 state, out = expire_chain(self.chains[instance], watermark, self.config, detected)
-                self._emit(out, sends)
+                self._emit(out, pending)
                 dirty[instance] = (partition, state)
-        return sends, dirty
+        return dirty
 
     def written(
         self, trees: dict[str, tuple[int, TreeState]], chains: dict[str, tuple[int, ChainState]]
@@ -479,14 +519,7 @@ def build_app(settings: Settings) -> faust.App:
                 (e.message.partition, e.message.offset, e.message.key, e.message.value)
                 for e in batch
             ]
-            now = _wall_us()
-            sends, dirty = work.on_events(records, loader(trees), now)
-            # The batch moved these partitions' watermarks: decide the other trees there too.
-            touched = {r[0] for r in records}
-            due_sends, due_dirty = work.due_trees(touched, now)
-            # After the batch's links, so each link partition sees them before the mark.
-            sends += due_sends + work.source_watermarks(touched, now)
-            dirty.update(due_dirty)
+            sends, dirty = work.on_events(records, loader(trees), _wall_us())
             await deliver(sends)
             store(trees, dirty)
             work.written(dirty, {})
@@ -502,13 +535,11 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=1.0)
     async def deadlines() -> None:
-        now = _wall_us()
-        sources = owned(topics.EVENTS)
-        tree_sends, tree_dirty = work.due_trees(sources, now)
-        tree_sends += work.source_watermarks(sources, now)
-        chain_sends, chain_dirty = work.due_chains(owned(CHAIN_LINKS), now)
-        if tree_sends or chain_sends:
-            await deliver(tree_sends + chain_sends)
+        sends, tree_dirty, chain_dirty = work.due(
+            owned(topics.EVENTS), owned(CHAIN_LINKS), _wall_us()
+        )
+        if sends:
+            await deliver(sends)
         store(trees, tree_dirty)
         store_chains(chain_dirty)
         work.written(tree_dirty, chain_dirty)
@@ -614,6 +645,8 @@ def run_worker(settings: Settings) -> None:
     )
     app = build_app(settings)
     worker = _CommitFreezingWorker(app, loglevel="warn", quiet=True)
+    # aiokafka logs every send at debug level, which costs a few percent even unseen.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     worker.execute_from_commandline()
 
 

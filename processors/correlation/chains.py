@@ -44,6 +44,15 @@ class ChainLink:
         return cls(**json.loads(raw))
 
 
+def links_to_json(links: list[ChainLink]) -> bytes:
+    """One record for several links of one producer instance (one per batch)."""
+    return json.dumps([asdict(link) for link in links], separators=(",", ":")).encode()
+
+
+def links_from_json(raw: bytes) -> list[ChainLink]:
+    return [ChainLink(**link) for link in json.loads(raw)]
+
+
 @dataclass(slots=True)
 class ChainState:
     """The verified prefix of one producer instance's chain and the links beyond it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -172,10 +172,10 @@ class TreeState:
             "seen_event_ids": sorted(self.seen_event_ids),
             "fired_alert_ids": sorted(self.fired_alert_ids),
             "deadlines": self.deadlines,
-            "accesses": {k: [asdict(a) for a in v] for k, v in self.accesses.items()},
+            "accesses": {k: [_row(a) for a in v] for k, v in self.accesses.items()},
         }
         for name in _RECORDS:
-            data[name] = {k: asdict(v) for k, v in getattr(self, name).items()}
+            data[name] = {k: _row(v) for k, v in getattr(self, name).items()}
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
@@ -186,9 +186,9 @@ class TreeState:
         state.fired_alert_ids = set(data["fired_alert_ids"])
         state.deadlines = [(int(d[0]), str(d[1]), str(d[2])) for d in data["deadlines"]]
         heapq.heapify(state.deadlines)
-        state.accesses = {k: [AccessRec(**a) for a in v] for k, v in data["accesses"].items()}
+        state.accesses = {k: [AccessRec(*a) for a in v] for k, v in data["accesses"].items()}
         for name, record in _RECORDS.items():
-            setattr(state, name, {k: record(**v) for k, v in data[name].items()})
+            setattr(state, name, {k: record(*v) for k, v in data[name].items()})
         return state
 
     def __eq__(self, other: object) -> bool:
@@ -198,6 +198,12 @@ class TreeState:
             _comparable(getattr(self, f.name)) == _comparable(getattr(other, f.name))
             for f in fields(self)
         )
+
+
+def _row(record: Any) -> list[Any]:
+    """A record's fields in declaration order: the stored form is positional, as
+    ``asdict`` walks every value recursively and costs several times more per write."""
+    return [getattr(record, name) for name in record.__slots__]
 
 
 def _comparable(value: Any) -> Any:
