@@ -437,6 +437,7 @@ def build_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         **_faust_security(settings),
     )
+    _keep_queued_events_on_resume(app)
     raw: dict[str, Any] = {
         "key_type": bytes,
         "value_type": bytes,
@@ -578,6 +579,29 @@ def build_app(settings: Settings) -> faust.App:
         work.recovered_chains(prefixes, links)
 
     return app
+
+
+def _keep_queued_events_on_resume(app: faust.App) -> None:
+    """Stop faust from dropping fetched events when it resumes a flow that is not paused.
+
+    ``FlowControlEvent.resume`` empties every stream's queue. faust calls it at the end of
+    table recovery (``Recovery.on_recovery_completed``) *after* resuming the source
+    partitions, while the fetcher (started for the changelog replay) is already running:
+    events fetched in between were thrown away, never acked, and the fetcher had moved
+    past them, so the agent never saw them and the next commit skipped them (seen in about
+    a third of the starts that follow another consumer group's run). Clearing belongs only
+    after a suspension (a rebalance), when queued events are stale; a resume of a running
+    flow now keeps them (at worst they are replayed after the seek, which the correlator
+    absorbs).
+    """
+    flow = app.flow_control
+    resume = flow.resume
+
+    def resume_if_suspended() -> None:
+        if not flow.is_active():
+            resume()
+
+    flow.resume = resume_if_suspended  # type: ignore[method-assign]
 
 
 def stored_form(partition: int, state_json: bytes) -> bytes:
