@@ -30,11 +30,11 @@ import ssl
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
 
+from processors.correlation.alerts import from_micros
 from processors.correlation.chains import (
     ChainLink,
     ChainState,
@@ -174,7 +174,7 @@ class Correlation:
         pending = _Pending()
         letters: list[Outbound] = []
         dirty: dict[str, tuple[int, TreeState]] = {}
-        detected = _from_us(wall_us)
+        detected = from_micros(wall_us)
         for partition, offset, key, value in records:
             try:
                 event = self.codec.decode_event(value or b"")
@@ -249,7 +249,7 @@ class Correlation:
         and the source partitions' watermarks."""
         pending = _Pending()
         dirty: dict[str, tuple[int, ChainState]] = {}
-        detected = _from_us(wall_us)
+        detected = from_micros(wall_us)
         touched = set()
         for partition, key, value in records:
             touched.add(partition)
@@ -292,7 +292,7 @@ class Correlation:
         self, partitions: Iterable[int], wall_us: int, pending: _Pending
     ) -> dict[str, tuple[int, TreeState]]:
         dirty: dict[str, tuple[int, TreeState]] = {}
-        detected = _from_us(wall_us)
+        detected = from_micros(wall_us)
         for partition in partitions:
             mark = self.event_marks.get(partition)
             watermark = mark.current(wall_us) if mark else None
@@ -311,7 +311,7 @@ class Correlation:
         self, partitions: Iterable[int], wall_us: int, pending: _Pending
     ) -> dict[str, tuple[int, ChainState]]:
         dirty: dict[str, tuple[int, ChainState]] = {}
-        detected = _from_us(wall_us)
+        detected = from_micros(wall_us)
         for partition in partitions:
             watermark = self.chain_watermark(partition)
             if watermark is None:
@@ -402,10 +402,6 @@ def redacted(event: CustodyEvent) -> CustodyEvent:
     return validate_event(clean)
 
 
-def _from_us(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
-
-
 def _wall_us() -> int:
     return time.time_ns() // 1000
 
@@ -449,31 +445,21 @@ def build_app(settings: Settings) -> faust.App:
     schema: Any = faust.Schema(
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
-    # The types (not only the schema) pick the changelog's serializers.
-    trees = app.Table(
-        "custody-trees",
-        partitions=partitions,
-        default=None,
-        schema=schema,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    pending = app.Table(
-        "custody-chain-pending",
-        partitions=partitions,
-        default=None,
-        schema=schema,
-        key_type=bytes,
-        value_type=bytes,
-    )
-    chains = app.Table(
-        "custody-chains",
-        partitions=partitions,
-        default=None,
-        schema=schema,
-        key_type=bytes,
-        value_type=bytes,
-    )
+
+    def raw_table(name: str) -> Any:
+        # The types (not only the schema) pick the changelog's serializers.
+        return app.Table(
+            name,
+            partitions=partitions,
+            default=None,
+            schema=schema,
+            key_type=bytes,
+            value_type=bytes,
+        )
+
+    trees = raw_table("custody-trees")
+    chains = raw_table("custody-chains")
+    pending_links = raw_table("custody-chain-pending")
     work = Correlation(settings)
 
     async def deliver(sends: list[Outbound]) -> None:
@@ -497,12 +483,12 @@ def build_app(settings: Settings) -> faust.App:
             for seq in chain.added:
                 key = pending_key(instance, seq)
                 value = stored_form(partition, chain.pending[seq].to_json())
-                pending.data[key] = value
-                pending.send_changelog(partition, key, value)
+                pending_links.data[key] = value
+                pending_links.send_changelog(partition, key, value)
             for seq in chain.removed:
                 key = pending_key(instance, seq)
-                pending.data.pop(key, None)
-                pending.send_changelog(partition, key, None)
+                pending_links.data.pop(key, None)
+                pending_links.send_changelog(partition, key, None)
             chain.added.clear()
             chain.removed.clear()
 
@@ -550,7 +536,7 @@ def build_app(settings: Settings) -> faust.App:
         revoked = args[0] if args else kwargs.get("revoked", set())
         # Runs before recovery on every rebalance, the first join included.
         sent = []
-        for table in (trees, chains, pending):
+        for table in (trees, chains, pending_links):
             name = table.changelog_topic.get_topic_name()
             for partition in range(partitions):
                 sent.append(
@@ -571,11 +557,11 @@ def build_app(settings: Settings) -> faust.App:
         work.recovered_trees(items, _wall_us())
 
     # One callback for both chain tables: it needs the prefixes and the pending links.
-    @pending.on_recover
+    @pending_links.on_recover
     async def index_chains() -> None:
         mine = owned(CHAIN_LINKS)
         prefixes = [(p, state) for p, state in _stored_items(chains) if p in mine]
-        links = [link for p, link in _stored_items(pending) if p in mine]
+        links = [link for p, link in _stored_items(pending_links) if p in mine]
         work.recovered_chains(prefixes, links)
 
     return app
