@@ -23,16 +23,19 @@ second agent with its own table.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from pydantic import ValidationError
 
 from processors.correlation.alerts import from_micros
 from processors.correlation.chains import (
@@ -55,8 +58,14 @@ from processors.correlation.watermark import Watermark
 from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
-from schemas.codec import AvroCodec, DecodeError, body_bytes
-from schemas.models import Alert, CustodyEvent, StateChange, validate_event
+from schemas.codec import AvroCodec, ContractViolationError, DecodeError, body_bytes
+from schemas.models import (
+    Alert,
+    CustodyEvent,
+    StateChange,
+    describe_validation_error,
+    validate_event,
+)
 from schemas.secrets import find_secrets, may_hold_secret, redact_secrets
 
 CHAIN_LINKS = "custody.chain-links.v1"
@@ -182,7 +191,11 @@ class Correlation:
                 letters.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
                 continue
             if may_hold_secret(value or b""):
-                event = redacted(event)
+                try:
+                    event = redacted(event)
+                except DecodeError as exc:
+                    letters.append(dead_letter(value, key, exc, topics.EVENTS, partition, offset))
+                    continue
             assert value is not None and event.producer_instance and event.seq
             event_us = to_micros(event.event_time)
             pending.links.setdefault(event.producer_instance, []).append(
@@ -227,9 +240,11 @@ class Correlation:
         sends = []
         for partition in partitions:
             mark = self.event_marks.get(partition)
+            # A partition that never had an event holds nothing back: it announces the
+            # wall clock less the lateness, or no chain check could ever decide.
             watermark = mark.current(wall_us) if mark else None
             if watermark is None:
-                continue
+                watermark = wall_us - self.lateness_us
             value = json.dumps({"source_partition": partition, "watermark_us": watermark})
             for link_partition in range(self.partitions):
                 sends.append(
@@ -398,8 +413,14 @@ def redacted(event: CustodyEvent) -> CustodyEvent:
     fields = ",".join(sorted({f.field for f in findings}))
     _log.warning("redacted secret-looking values in event %s: %s", event.event_id, fields)
     clean = redact_secrets(data)
-    clean["attributes"] = {**clean["attributes"], "custody.redacted": fields}
-    return validate_event(clean)
+    clean["attributes"] = {**clean["attributes"], "custody.redacted": fields[:1000]}
+    try:
+        return validate_event(clean)
+    except ValidationError as exc:
+        # e.g. the flag is one attribute too many: the record cannot be kept clean.
+        raise ContractViolationError(
+            f"redacted event invalid: {describe_validation_error(exc)}"
+        ) from None
 
 
 def _wall_us() -> int:
@@ -506,30 +527,48 @@ def build_app(settings: Settings) -> faust.App:
                 (e.message.partition, e.message.offset, e.message.key, e.message.value)
                 for e in batch
             ]
-            sends, dirty = work.on_events(records, loader(trees), _wall_us())
-            await deliver(sends)
-            store(trees, dirty)
-            work.written(dirty, {})
+            async with one_step_at_a_time():
+                sends, dirty = work.on_events(records, loader(trees), _wall_us())
+                await deliver(sends)
+                store(trees, dirty)
+                work.written(dirty, {})
 
     @app.agent(links_topic)
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
             records = [(e.message.partition, e.message.key, e.message.value) for e in batch]
-            sends, dirty = work.on_links(records, _wall_us())
-            await deliver(sends)
-            store_chains(dirty)
-            work.written({}, dirty)
+            async with one_step_at_a_time():
+                sends, dirty = work.on_links(records, _wall_us())
+                await deliver(sends)
+                store_chains(dirty)
+                work.written({}, dirty)
 
     @app.timer(interval=1.0)
     async def deadlines() -> None:
-        sends, tree_dirty, chain_dirty = work.due(
-            owned(topics.EVENTS), owned(CHAIN_LINKS), _wall_us()
-        )
-        if sends:
+        async with one_step_at_a_time():
+            sends, tree_dirty, chain_dirty = work.due(
+                owned(topics.EVENTS), owned(CHAIN_LINKS), _wall_us()
+            )
             await deliver(sends)
-        store(trees, tree_dirty)
-        store_chains(chain_dirty)
-        work.written(tree_dirty, chain_dirty)
+            store(trees, tree_dirty)
+            store_chains(chain_dirty)
+            work.written(tree_dirty, chain_dirty)
+
+    step_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def one_step_at_a_time() -> AsyncIterator[None]:
+        """Compute, deliver and store as one step. The agents and the timer share the
+        in-memory trees and chains; interleaved at ``await deliver``, one could store a
+        state whose alerts the other has not delivered yet, and a crash would lose them.
+        Any failure crashes the worker: memory may be ahead of Kafka, and faust would
+        otherwise ack the batch. A restart rebuilds memory from the tables."""
+        async with step_lock:
+            try:
+                yield
+            except Exception as exc:
+                await app.crash(exc)
+                raise
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
     async def exact_end_offsets(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -307,7 +307,11 @@ def _task_seen(step: _Step, event: Envelope, us: int) -> None:
         if task.declared_event_id is None:
             # Until the declaration arrives, the earliest event speaks for the task.
             _set_actor(task, event.actor)
-    if event.parent_task_id is not None and event.parent_task_id not in state.tasks:
+    else:
+        return
+    # The task's earliest event is (now) this one: the parent it names must appear by
+    # this event's time + grace, whether or not it has arrived yet.
+    if event.parent_task_id is not None:
         state.schedule(us + step.config.grace_us, BROKEN_CHAIN, event.parent_task_id)
 
 
@@ -365,6 +369,21 @@ def _on_decision(step: _Step, event: AuthzDecisionEvent, us: int) -> None:
 
 def _on_issued(step: _Step, event: CredentialIssuedEvent, us: int) -> None:
     body, state, config = event.body, step.state, step.config
+    # Judged on every issuance, also a later duplicate of the token id: which one is kept
+    # below must not decide whether this alert exists.
+    lifetime = to_micros(body.expires_at) - to_micros(body.issued_at)
+    if lifetime > config.max_credential_ttl_us:
+        step.alert(
+            AlertType.LONG_LIVED_CREDENTIAL,
+            body.token_id,
+            us,
+            [event.event_id],
+            f"lifetime {lifetime / _US:.0f}s exceeds the maximum "
+            f"{config.max_credential_ttl_us / _US:.0f}s",
+            task_id=event.task_id,
+            token_id=body.token_id,
+            workload_id=body.token_subject,
+        )
     old = state.tokens.get(body.token_id)
     if old is not None and not _earlier(us, event.event_id, old.event_us, old.issued_event_id):
         return
@@ -384,19 +403,6 @@ def _on_issued(step: _Step, event: CredentialIssuedEvent, us: int) -> None:
     )
     state.tokens[body.token_id] = token
     step.token_changed(token)
-    lifetime = token.expires_us - token.issued_us
-    if lifetime > config.max_credential_ttl_us:
-        step.alert(
-            AlertType.LONG_LIVED_CREDENTIAL,
-            token.token_id,
-            us,
-            [event.event_id],
-            f"lifetime {lifetime / _US:.0f}s exceeds the maximum "
-            f"{config.max_credential_ttl_us / _US:.0f}s",
-            task_id=token.task_id,
-            token_id=token.token_id,
-            workload_id=token.subject,
-        )
     state.schedule(us + config.grace_us, ORPHANED, token.token_id)
     state.schedule(token.expires_us, EXPIRY, token.token_id)
     task = state.tasks.get(token.task_id)
@@ -476,15 +482,14 @@ def _on_delegation(step: _Step, event: DelegationEvent, us: int) -> None:
     if body.delegator == body.delegatee:
         step.alert(
             AlertType.DELEGATION_IDENTITY_REUSE,
-            event.event_id,
+            body.child_task_id,
             us,
             [event.event_id],
             f"{body.delegatee} delegated to itself: no distinct identity for this step",
             task_id=body.child_task_id,
             workload_id=body.delegatee,
         )
-    if body.child_task_id not in state.tasks:
-        state.schedule(us + step.config.grace_us, BROKEN_CHAIN, body.child_task_id)
+    state.schedule(us + step.config.grace_us, BROKEN_CHAIN, body.child_task_id)
     state.schedule(us + step.config.grace_us, ESCALATION, body.child_task_id)
     _check_escalation(step, delegation, final=False)
     # The child's own delegations can now be judged against what it was granted.
@@ -497,7 +502,13 @@ def _on_approval(step: _Step, event: ApprovalEvent, us: int) -> None:
     if old is not None and not _earlier(us, event.event_id, old.us, old.event_id):
         return
     approval = ApprovalRec(
-        body.approval_id, event.event_id, us, body.approver, body.approves, list(body.scopes)
+        body.approval_id,
+        event.event_id,
+        us,
+        body.approver,
+        body.approves,
+        list(body.scopes),
+        human=event.actor.kind == "HUMAN",
     )
     state.approvals[body.approval_id] = approval
     # The requester is known once the approved task's declaration (or the break-glass)
@@ -624,7 +635,7 @@ def _check_escalation(step: _Step, delegation: DelegationRec, final: bool) -> No
     if widened:
         step.alert(
             AlertType.SCOPE_ESCALATION,
-            delegation.event_id,
+            "delegation:" + delegation.child_task_id,
             delegation.us,
             [delegation.event_id, *sources],
             f"delegation to {delegation.delegatee} grants {', '.join(widened)}, "
@@ -715,11 +726,12 @@ def _deadline_orphaned(step: _Step, token_id: str, due: int) -> None:
     task = state.tasks.get(token.task_id)
     reasons = []
     evidence = [token.issued_event_id]
-    if task is None or task.declared_event_id is None:
-        reasons.append(f"task {token.task_id} was never declared")
+    deadline = token.event_us + step.config.grace_us
+    if task is None or task.declared_us is None or task.declared_us > deadline:
+        reasons.append(f"task {token.task_id} was not declared within the grace period")
     decision = state.decisions.get(token.decision_id)
-    if decision is None or not decision.allow:
-        reasons.append(f"decision {token.decision_id} is not an ALLOW")
+    if decision is None or not decision.allow or decision.us > deadline:
+        reasons.append(f"decision {token.decision_id} is not an ALLOW within the grace period")
         if decision is not None:
             evidence.append(decision.event_id)
     if reasons:
@@ -780,20 +792,25 @@ def _deadline_escalation(step: _Step, child_task_id: str, due: int) -> None:
 
 def _deadline_broken_chain(step: _Step, missing: str, due: int) -> None:
     state = step.state
-    if missing in state.tasks:
-        return
-    # Every event that names the missing task, whatever order they came in.
-    naming = [t.first_event_id for t in state.tasks.values() if t.parent_task_id == missing]
+    # Every event that names the task, whatever order they came in: the earliest one
+    # starts the grace period.
+    naming = [
+        (t.first_us, t.first_event_id) for t in state.tasks.values() if t.parent_task_id == missing
+    ]
     delegation = state.delegations.get(missing)
     if delegation is not None:
-        naming.append(delegation.event_id)
+        naming.append((delegation.us, delegation.event_id))
+    earliest = min(us for us, _ in naming)
+    named = state.tasks.get(missing)
+    if named is not None and named.first_us <= earliest + step.config.grace_us:
+        return
     step.alert(
         AlertType.BROKEN_CHAIN,
         missing,
-        due - step.config.grace_us,
-        naming,
-        f"task {missing} is named but no event of it arrived within "
-        f"{step.config.grace_us / _US:.0f}s",
+        earliest,
+        [event_id for _, event_id in naming],
+        f"task {missing} is named but no event of it came within "
+        f"{step.config.grace_us / _US:.0f}s of event time",
         task_id=missing,
     )
 
@@ -802,7 +819,8 @@ def _deadline_bg_unapproved(step: _Step, break_glass_id: str, due: int) -> None:
     state = step.state
     bg = state.break_glass[break_glass_id]
     for approval in state.approvals.values():
-        if approval.approves == break_glass_id or approval.approval_id == bg.approval_id:
+        names_it = approval.approves == break_glass_id or approval.approval_id == bg.approval_id
+        if names_it and approval.human and approval.us <= bg.us + step.config.grace_us:
             return
     step.alert(
         AlertType.BREAK_GLASS_UNAPPROVED,

@@ -108,6 +108,7 @@ class ApprovalRec:
     approver: str
     approves: str
     scopes: list[str]
+    human: bool
 
 
 @dataclass(slots=True)

@@ -46,7 +46,7 @@ def test_undecodable_records_become_dead_letters_with_their_origin() -> None:
     work = _work()
     sends, dirty = work.on_events([(1, 41, b"k", b"\x00\x01garbage")], lambda _: None, WALL)
     assert dirty == {}
-    [letter] = sends
+    [letter] = [send for send in sends if send.topic == topics.DLQ]
     headers = dict(letter.headers or [])
     assert (letter.topic, letter.key, letter.value) == (topics.DLQ, b"k", b"\x00\x01garbage")
     assert headers["custody-source-partition"] == b"1"
@@ -106,3 +106,22 @@ def test_secret_looking_values_are_redacted_and_flagged_before_state() -> None:
     work = _work()
     work.on_events(_records([leaky]), lambda _: None, WALL)
     assert secret.encode() not in work.trees["s-root"].to_json()
+
+
+def test_a_source_partition_without_events_does_not_hold_the_chain_check_back() -> None:
+    work = _work(partitions=2)
+    marks = work.source_watermarks([0, 1], WALL)
+    work.on_links([(0, m.key, m.value) for m in marks if m.partition == 0], WALL)
+    assert work.chain_watermark(0) == WALL - 1_000_000
+
+
+def test_an_event_that_cannot_carry_the_redaction_flag_goes_to_the_dlq() -> None:
+    secret = "AKIA" + "Q3EGRZ7EXAMPLEAB"
+    event = mischievous(set(), name="f-")[0]
+    crowded = event.model_copy(
+        update={"attributes": {**{f"k{i}": "v" for i in range(255)}, "leak": secret}}
+    )
+    sends, dirty = _work().on_events(_records([crowded]), lambda _: None, WALL)
+    [letter] = [send for send in sends if send.topic == topics.DLQ]
+    assert dict(letter.headers or [])["custody-dlq-reason"] == b"contract_violation"
+    assert dirty == {}

@@ -7,6 +7,7 @@ from datetime import timedelta
 from processors.correlation.engine import CorrelationConfig
 from producers import events
 from schemas.models import (
+    CredentialIssuedEvent,
     CredentialRevokedEvent,
     DelegationEvent,
     Envelope,
@@ -421,3 +422,65 @@ def test_configuration_comes_from_settings() -> None:
     config = CorrelationConfig.of(grace_seconds=1.5, max_credential_ttl_seconds=10)
     assert (config.grace_us, config.max_credential_ttl_us) == (1_500_000, 10_000_000)
     assert timedelta(microseconds=config.grace_us).total_seconds() == 1.5
+
+
+# ---- late pieces are judged by their event time, not by their arrival -----------------
+
+
+def _shift(events: list[Envelope], predicate: object, seconds: float) -> list[Envelope]:
+    return [
+        e.model_copy(update={"event_time": e.event_time + timedelta(seconds=seconds)})
+        if predicate(e)  # type: ignore[operator]
+        else e
+        for e in events
+    ]
+
+
+def test_a_declaration_long_after_the_grace_period_leaves_the_token_orphaned() -> None:
+    tree = Tree()
+    late = _shift(
+        tree.events, lambda e: isinstance(e, TaskDeclaredEvent) and e.task_id == "code", GRACE * 10
+    )
+    for stream in (late, list(reversed(late))):
+        assert "ORPHANED_TOKEN" in run(stream).types()
+
+
+def test_a_parent_whose_events_come_long_after_its_child_is_a_broken_chain() -> None:
+    tree = Tree()
+    late = _shift(tree.events, lambda e: e.task_id == "research", 1000)
+    for stream in (late, list(reversed(late))):
+        broken = [a for a in run(stream).alerts if a.alert_type == "BROKEN_CHAIN"]
+        assert [a.task_id for a in broken] == ["research"]
+
+
+def test_break_glass_approved_by_a_non_human_is_unapproved() -> None:
+    tree = Tree()
+    bg = _break_glass(tree, expires=600)
+    by_agent = events.approval(
+        CODER,
+        tree.code,
+        approval_id="appr-9",
+        approver="bob",
+        approves="bg-1",
+        scopes=[],
+        reason="x",
+        event_time=at(21.6),
+    )
+    assert "BREAK_GLASS_UNAPPROVED" in run([*tree.events, bg, by_agent]).types()
+
+
+def test_a_long_lived_duplicate_issuance_is_flagged_whatever_arrives_first() -> None:
+    tree = Tree()
+    issued = next(
+        e
+        for e in tree.events
+        if isinstance(e, CredentialIssuedEvent) and e.body.token_id == "tok-code"
+    )
+    longer = issued.model_copy(
+        update={
+            "event_id": "00000000-0000-4000-8000-000000000001",
+            "body": issued.body.model_copy(update={"expires_at": at(23 + 7200)}),
+        }
+    )
+    assert "LONG_LIVED_CREDENTIAL" in run([*tree.events, longer]).types()
+    assert "LONG_LIVED_CREDENTIAL" in run([longer, *tree.events]).types()
