@@ -136,6 +136,8 @@ class Correlation:
         self.trees: dict[str, TreeState] = {}
         self.chains: dict[str, ChainState] = {}
         self.chain_partitions: dict[int, set[str]] = {}
+        # source partition -> wall time it was first seen without any event
+        self.silent_since: dict[int, int] = {}
         # partition -> root_task_id -> next deadline, for the timer
         self.tree_deadlines: dict[int, dict[str, int]] = {}
         self.chain_deadlines: dict[int, dict[str, int]] = {}
@@ -240,10 +242,14 @@ class Correlation:
         sends = []
         for partition in partitions:
             mark = self.event_marks.get(partition)
-            # A partition that never had an event holds nothing back: it announces the
-            # wall clock less the lateness, or no chain check could ever decide.
             watermark = mark.current(wall_us) if mark else None
             if watermark is None:
+                # A partition with no event yet may be empty, or not read yet (a backlog
+                # is read unevenly). Once it has stayed silent for a grace period of wall
+                # time, it is taken as empty and stops holding the chain check back.
+                since = self.silent_since.setdefault(partition, wall_us)
+                if wall_us - since < self.config.grace_us:
+                    continue
                 watermark = wall_us - self.lateness_us
             value = json.dumps({"source_partition": partition, "watermark_us": watermark})
             for link_partition in range(self.partitions):
@@ -400,6 +406,7 @@ class Correlation:
                 self.chains.pop(instance, None)
             self.event_marks.pop(partition, None)
             self.link_marks.pop(partition, None)
+            self.silent_since.pop(partition, None)
 
 
 def redacted(event: CustodyEvent) -> CustodyEvent:
