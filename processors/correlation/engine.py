@@ -684,12 +684,29 @@ def _check_self_approval(step: _Step, approval: ApprovalRec) -> None:
 def expire(
     state: TreeState, watermark_us: int, config: CorrelationConfig, detected_at: datetime
 ) -> tuple[TreeState, Output]:
-    """Decide every check whose deadline the watermark has passed."""
+    """Decide every check whose deadline the watermark has passed, then forget the
+    accesses that nothing on time can join any more."""
     step = _Step(state, config, detected_at)
     while state.deadlines and state.deadlines[0][0] <= watermark_us:
         due, kind, key = heapq.heappop(state.deadlines)
         _DEADLINE_CHECKS[kind](step, key, due)
+    _forget_settled_accesses(state, watermark_us - config.grace_us)
     return state, step.out
+
+
+def _forget_settled_accesses(state: TreeState, before_us: int) -> None:
+    """Drop accesses older than ``before_us`` (the watermark less the grace period).
+
+    Their own deadline (UNAUTHORIZED_ACCESS) is decided, and a revocation or issuance
+    that could still join them would be later than the allowed lateness. A long batch job
+    makes thousands of accesses; kept, they would outgrow a changelog record.
+    """
+    for token_id, accesses in list(state.accesses.items()):
+        kept = [access for access in accesses if access.us > before_us]
+        if not kept:
+            del state.accesses[token_id]
+        elif len(kept) != len(accesses):
+            state.accesses[token_id] = kept
 
 
 def _deadline_unrevoked(step: _Step, token_id: str, due: int) -> None:

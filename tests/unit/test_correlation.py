@@ -484,3 +484,39 @@ def test_a_long_lived_duplicate_issuance_is_flagged_whatever_arrives_first() -> 
     )
     assert "LONG_LIVED_CREDENTIAL" in run([*tree.events, longer]).types()
     assert "LONG_LIVED_CREDENTIAL" in run([longer, *tree.events]).types()
+
+
+def test_a_long_job_s_accesses_are_forgotten_once_settled() -> None:
+    tree = Tree()
+    ctx, token = tree.code, "tok-batch"
+    tree.grant(ctx, CODER, token, ["db:read"], start=23, ttl=3000)
+    uses = [
+        events.access(
+            CODER,
+            ctx,
+            token_id=token,
+            tool="sql",
+            resource="db://x",
+            action="read",
+            data_scope=["db:read"],
+            outcome="SUCCESS",
+            decision_id=f"dec-{token}",
+            event_time=at(25 + i / 1000),
+        )
+        for i in range(5000)
+    ]
+    stream = [e for e in tree.events if not _revocation_of(token)(e)] + uses
+    stream.append(
+        _revoke(tree, "tok-code", 0).model_copy(
+            update={
+                "body": _revoke(tree, "tok-code", 0).body.model_copy(update={"token_id": token}),
+                "event_time": at(40),
+            }
+        )
+    )
+    during = run(stream, until=at(30))
+    assert sum(map(len, during.state.accesses.values())) > 5000
+    settled = run(stream)
+    assert settled.state.accesses == {}
+    assert len(settled.state.to_json()) < len(during.state.to_json()) / 2
+    assert settled.types() == during.types() == []
