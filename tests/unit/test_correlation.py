@@ -507,11 +507,13 @@ def test_a_long_job_s_accesses_are_forgotten_once_settled() -> None:
     ]
     stream = [e for e in tree.events if not _revocation_of(token)(e)] + uses
     stream.append(
-        _revoke(tree, "tok-code", 0).model_copy(
-            update={
-                "body": _revoke(tree, "tok-code", 0).body.model_copy(update={"token_id": token}),
-                "event_time": at(40),
-            }
+        events.credential_revoked(
+            VAULT,
+            ctx,
+            token_id=token,
+            reason="TASK_ENDED",
+            revoked_by="spiffe://acme/vault",
+            event_time=at(40),
         )
     )
     during = run(stream, until=at(30))
