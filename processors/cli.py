@@ -92,7 +92,7 @@ def up(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     try:
         statuses = stack.up(settings)
-    except (BrokerError, TopicSetupError) as exc:
+    except (BrokerError, TopicSetupError, stack.StackError) as exc:
         err.print(f"[red]custody up failed:[/] {exc}")
         raise typer.Exit(1) from None
     _print_status(statuses, as_json=False)

@@ -55,6 +55,7 @@ from processors.correlation.engine import (
 )
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
+from processors.stack import heartbeat_path
 from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
@@ -550,8 +551,13 @@ def build_app(settings: Settings) -> faust.App:
                 store_chains(dirty)
                 work.written({}, dirty)
 
+    heartbeat = heartbeat_path(settings)
+
     @app.timer(interval=1.0)
     async def deadlines() -> None:
+        # Proof of life for `custody status`: the timer runs only while the worker does.
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+        heartbeat.touch()
         async with one_step_at_a_time():
             sends, tree_dirty, chain_dirty = work.due(
                 owned(topics.EVENTS), owned(CHAIN_LINKS), _wall_us()

@@ -28,6 +28,10 @@ CORRELATE = "correlate"
 PROCESSES = (BROKER, CORRELATE)
 
 
+class StackError(RuntimeError):
+    """A process of the local stack did not start."""
+
+
 @dataclass(frozen=True)
 class ProcessStatus:
     """What ``custody status`` reports for one process."""
@@ -93,8 +97,8 @@ def status(settings: Settings) -> list[ProcessStatus]:
             healthy = running and broker.broker_answers(settings.kafka_admin())
             address: str | None = settings.kafka_bootstrap
         else:
-            # A worker is healthy while it runs; it has no port of its own to ask.
-            healthy, address = running, None
+            # A worker has no port to ask: it is healthy while its heartbeat is fresh.
+            healthy, address = running and _heartbeat_fresh(settings), None
         statuses.append(
             ProcessStatus(
                 name=name,
@@ -106,6 +110,19 @@ def status(settings: Settings) -> list[ProcessStatus]:
             )
         )
     return statuses
+
+
+def heartbeat_path(settings: Settings) -> Path:
+    """The file the correlate worker touches every second while it runs."""
+    return _run_dir(settings) / "correlate.heartbeat"
+
+
+def _heartbeat_fresh(settings: Settings, max_age: float = 10.0) -> bool:
+    try:
+        age = time.time() - heartbeat_path(settings).stat().st_mtime
+    except OSError:
+        return False
+    return age <= max_age
 
 
 def _start(settings: Settings, name: str, argv: list[str]) -> int:
@@ -155,8 +172,24 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     )
     record = _read_record(settings, CORRELATE)
     if record is None or not _alive(record):
+        heartbeat_path(settings).unlink(missing_ok=True)
         _start(settings, CORRELATE, _custody_command("correlate"))
+        _wait_for_heartbeat(settings, timeout=60.0)
     return status(settings)
+
+
+def _wait_for_heartbeat(settings: Settings, timeout: float) -> None:
+    """Wait until the correlator has joined its group and runs its timer."""
+    deadline = time.monotonic() + timeout
+    while not _heartbeat_fresh(settings):
+        record = _read_record(settings, CORRELATE)
+        if record is None or not _alive(record):
+            raise StackError(f"correlate exited at start: see {_log_path(settings, CORRELATE)}")
+        if time.monotonic() >= deadline:
+            raise StackError(
+                f"correlate not running after {timeout}s: see {_log_path(settings, CORRELATE)}"
+            )
+        time.sleep(0.2)
 
 
 def _terminate(pid: int, timeout: float) -> None:
