@@ -125,7 +125,7 @@ def _heartbeat_fresh(settings: Settings, max_age: float = 10.0) -> bool:
     return age <= max_age
 
 
-def _start(settings: Settings, name: str, argv: list[str]) -> int:
+def _start(settings: Settings, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
     log_path = _log_path(settings, name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _run_dir(settings).mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def _start(settings: Settings, name: str, argv: list[str]) -> int:
     _record_path(settings, name).write_text(
         json.dumps({"pid": process.pid, "argv": argv, "started_at": time.time()})
     )
-    return process.pid
+    return process
 
 
 def _child_environment(settings: Settings) -> dict[str, str]:
@@ -160,7 +160,7 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     if record is None or not _alive(record):
         host, port = broker.split_bootstrap(settings.kafka_bootstrap)
         broker.refuse_taken_port(host, port)
-        pid = _start(settings, BROKER, broker.broker_command(host, port))
+        pid = _start(settings, BROKER, broker.broker_command(host, port)).pid
         try:
             broker.wait_until_ready(settings.kafka_admin(), timeout)
         except broker.BrokerError:
@@ -173,17 +173,18 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     record = _read_record(settings, CORRELATE)
     if record is None or not _alive(record):
         heartbeat_path(settings).unlink(missing_ok=True)
-        _start(settings, CORRELATE, _custody_command("correlate"))
-        _wait_for_heartbeat(settings, timeout=60.0)
+        worker = _start(settings, CORRELATE, _custody_command("correlate"))
+        _wait_for_heartbeat(settings, worker, timeout=60.0)
     return status(settings)
 
 
-def _wait_for_heartbeat(settings: Settings, timeout: float) -> None:
+def _wait_for_heartbeat(
+    settings: Settings, worker: subprocess.Popen[bytes], timeout: float
+) -> None:
     """Wait until the correlator has joined its group and runs its timer."""
     deadline = time.monotonic() + timeout
     while not _heartbeat_fresh(settings):
-        record = _read_record(settings, CORRELATE)
-        if record is None or not _alive(record):
+        if worker.poll() is not None:
             raise StackError(f"correlate exited at start: see {_log_path(settings, CORRELATE)}")
         if time.monotonic() >= deadline:
             raise StackError(
