@@ -596,7 +596,9 @@ def build_app(settings: Settings) -> faust.App:
                 )
         for fut in sent:
             await fut
-        work.forget_partitions({tp.partition for tp in revoked})
+        # After any step in flight, so it cannot put back what is forgotten here.
+        async with step_lock:
+            work.forget_partitions({tp.partition for tp in revoked})
 
     def owned(topic: str) -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
