@@ -139,6 +139,28 @@ class _Step:
             self.state.fired_alert_ids.add(record.alert_id)
             self.out.alerts.append(record)
 
+    def _change(
+        self,
+        kind: StateKind,
+        key: str,
+        version: int,
+        updated_us: int,
+        sources: list[str],
+        **payload: Any,
+    ) -> None:
+        self.out.changes.append(
+            StateChange(
+                kind=kind,
+                tenant=self.state.tenant,
+                root_task_id=self.state.root_task_id,
+                key=key,
+                version=version,
+                updated_at=from_micros(updated_us),
+                source_event_ids=sorted(set(sources)),
+                **payload,
+            )
+        )
+
     def task_changed(self, task: TaskRec) -> None:
         status = (
             TaskStatus.COMPLETED
@@ -150,39 +172,29 @@ class _Step:
         sources = [
             e for e in (task.first_event_id, task.declared_event_id, task.completed_event_id) if e
         ]
-        self.out.changes.append(
-            StateChange(
-                kind=StateKind.TASK,
-                tenant=self.state.tenant,
-                root_task_id=self.state.root_task_id,
-                key=task.task_id,
-                version=1 + (task.declared_us is not None) + (task.completed_us is not None),
-                updated_at=from_micros(
-                    max(
-                        u
-                        for u in (task.first_us, task.declared_us, task.completed_us)
-                        if u is not None
-                    )
+        self._change(
+            StateKind.TASK,
+            task.task_id,
+            1 + (task.declared_us is not None) + (task.completed_us is not None),
+            max(u for u in (task.first_us, task.declared_us, task.completed_us) if u is not None),
+            sources,
+            task=TaskState(
+                task_id=task.task_id,
+                parent_task_id=task.parent_task_id,
+                depth=task.depth,
+                actor=Actor(
+                    workload_id=task.workload_id,
+                    kind=task.kind,
+                    instance_id=task.instance_id,
+                    on_behalf_of=task.on_behalf_of,
                 ),
-                source_event_ids=sorted(set(sources)),
-                task=TaskState(
-                    task_id=task.task_id,
-                    parent_task_id=task.parent_task_id,
-                    depth=task.depth,
-                    actor=Actor(
-                        workload_id=task.workload_id,
-                        kind=task.kind,
-                        instance_id=task.instance_id,
-                        on_behalf_of=task.on_behalf_of,
-                    ),
-                    purpose=task.purpose,
-                    requested_scopes=task.requested_scopes,
-                    status=status,
-                    outcome=task.outcome,
-                    declared_at=_opt_time(task.declared_us),
-                    completed_at=_opt_time(task.completed_us),
-                ),
-            )
+                purpose=task.purpose,
+                requested_scopes=task.requested_scopes,
+                status=status,
+                outcome=task.outcome,
+                declared_at=_opt_time(task.declared_us),
+                completed_at=_opt_time(task.completed_us),
+            ),
         )
 
     def token_changed(self, token: TokenRec) -> None:
@@ -199,54 +211,46 @@ class _Step:
         updated = max(token.event_us, revocation.us if revocation else 0)
         if token.expired:
             updated = max(updated, token.expires_us)
-        self.out.changes.append(
-            StateChange(
-                kind=StateKind.CREDENTIAL,
-                tenant=self.state.tenant,
-                root_task_id=self.state.root_task_id,
-                key=token.token_id,
-                version=1 + (revocation is not None) + token.expired,
-                updated_at=from_micros(updated),
-                source_event_ids=sorted(sources),
-                credential=CredentialState(
-                    token_id=token.token_id,
-                    task_id=token.task_id,
-                    token_subject=token.subject,
-                    credential_kind=token.credential_kind,
-                    audience=token.audience,
-                    scopes=token.scopes,
-                    issued_at=from_micros(token.issued_us),
-                    expires_at=from_micros(token.expires_us),
-                    decision_id=token.decision_id,
-                    parent_token_id=token.parent_token_id,
-                    state=lifecycle,
-                    revoked_at=from_micros(revocation.us) if revocation else None,
-                    revocation_reason=revocation.reason if revocation else None,
-                    revoked_by=revocation.revoked_by if revocation else None,
-                ),
-            )
+        self._change(
+            StateKind.CREDENTIAL,
+            token.token_id,
+            1 + (revocation is not None) + token.expired,
+            updated,
+            sources,
+            credential=CredentialState(
+                token_id=token.token_id,
+                task_id=token.task_id,
+                token_subject=token.subject,
+                credential_kind=token.credential_kind,
+                audience=token.audience,
+                scopes=token.scopes,
+                issued_at=from_micros(token.issued_us),
+                expires_at=from_micros(token.expires_us),
+                decision_id=token.decision_id,
+                parent_token_id=token.parent_token_id,
+                state=lifecycle,
+                revoked_at=_opt_time(revocation.us if revocation else None),
+                revocation_reason=revocation.reason if revocation else None,
+                revoked_by=revocation.revoked_by if revocation else None,
+            ),
         )
 
     def delegation_changed(self, delegation: DelegationRec) -> None:
-        self.out.changes.append(
-            StateChange(
-                kind=StateKind.DELEGATION,
-                tenant=self.state.tenant,
-                root_task_id=self.state.root_task_id,
-                key=delegation.child_task_id,
-                version=1,
-                updated_at=from_micros(delegation.us),
-                source_event_ids=[delegation.event_id],
-                delegation=DelegationState(
-                    delegator=delegation.delegator,
-                    delegatee=delegation.delegatee,
-                    parent_task_id=delegation.task_id,
-                    child_task_id=delegation.child_task_id,
-                    scopes=delegation.scopes,
-                    decision_id=delegation.decision_id,
-                    delegated_at=from_micros(delegation.us),
-                ),
-            )
+        self._change(
+            StateKind.DELEGATION,
+            delegation.child_task_id,
+            1,
+            delegation.us,
+            [delegation.event_id],
+            delegation=DelegationState(
+                delegator=delegation.delegator,
+                delegatee=delegation.delegatee,
+                parent_task_id=delegation.task_id,
+                child_task_id=delegation.child_task_id,
+                scopes=delegation.scopes,
+                decision_id=delegation.decision_id,
+                delegated_at=from_micros(delegation.us),
+            ),
         )
 
 
