@@ -19,7 +19,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Envelope
 from tests.correlation_trees import MISCHIEF, mischievous, run
-from tests.integration.conftest import CUSTODY, RunningBroker
+from tests.integration.conftest import CUSTODY, RunningBroker, read_to_end
 
 GRACE, LATENESS = 3, 1
 CONFIG = CorrelationConfig.of(GRACE, 86_400)
@@ -134,13 +134,7 @@ def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dl
     reader.until(lambda: expected <= set(reader.ids), 90, worker)
     reader.settle(GRACE + LATENESS + 2)
     assert set(reader.ids) == expected
-    dlq = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "dlq-test"})
-    meta = dlq.list_topics(topics.DLQ, timeout=10)
-    dlq.assign([TopicPartition(topics.DLQ, p, 0) for p in meta.topics[topics.DLQ].partitions])
-    dead = []
-    deadline = time.monotonic() + 30
-    while not dead and time.monotonic() < deadline:
-        dead = [m for m in dlq.consume(100, timeout=0.5) if m.error() is None]
+    dead = read_to_end(settings, topics.DLQ)
     assert [m.value() for m in dead] == [b"not avro at all"]
     headers = dict(dead[0].headers())
     assert headers["custody-dlq-reason"] == b"unknown_wire_format"
