@@ -7,20 +7,25 @@ Settings come from ``CUSTODY_*`` environment variables; the global flags overrid
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from processors import stack
 from processors.broker import BrokerError
+from processors.serving.reader import Reader
 from producers.admin import TopicSetupError
 from producers.jsonlines import parse_event_lines
 from producers.producer import CustodyProducer, DeliveryReport, PublishError
@@ -209,6 +214,219 @@ def publish(
         f"{len(parsed.events)} events in {elapsed:.2f}s, {len(partitions)} partition(s), "
         f"producer_instance {producer.producer_instance}"
     )
+
+
+# ---- storage: migrate, ingest, serve ---------------------------------------------------
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Apply the ClickHouse migrations (CUSTODY_CLICKHOUSE_URL) that are not applied yet."""
+    from processors.storage.backend import StorageError
+    from processors.storage.migrations import MigrationError
+    from processors.storage.migrations import migrate as apply_migrations
+    from processors.storage.target import TargetError, parse_target
+
+    settings = _settings(ctx)
+    try:
+        target = parse_target(settings.clickhouse())
+        applied = apply_migrations(target, settings.retention_days)
+    except (TargetError, MigrationError, StorageError) as exc:
+        err.print(f"[red]custody migrate failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    out.print(
+        f"{target.describe()}: "
+        + (f"applied {', '.join(applied)}" if applied else "already up to date")
+        + f"; retention {settings.retention_days} days"
+    )
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    serve: Annotated[
+        bool | None,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Also run the query API (default: yes on the embedded engine).",
+        ),
+    ] = None,
+) -> None:
+    """Run the ingest role: events, state and alerts from Kafka into ClickHouse."""
+    from processors.ingest import run
+    from processors.storage.backend import StorageError
+    from processors.storage.migrations import MigrationError
+    from processors.storage.target import TargetError
+
+    _log_to_stderr()
+    try:
+        run(_settings(ctx), serve)
+    except (TargetError, MigrationError, StorageError) as exc:
+        err.print(f"[red]custody ingest failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run the query API alone (with a ClickHouse server; on chdb, ingest serves)."""
+    import signal
+    import threading
+
+    from processors.serve import QueryApi
+    from processors.storage.backend import StorageError, open_backend
+    from processors.storage.target import TargetError, parse_target
+
+    _log_to_stderr()
+    settings = _settings(ctx)
+    try:
+        backend = open_backend(parse_target(settings.clickhouse()))
+    except (TargetError, StorageError) as exc:
+        err.print(f"[red]custody serve failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    api = QueryApi(settings, backend)
+    api.start()
+    try:
+        stop.wait()
+    finally:
+        api.stop()
+        backend.close()
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---- reading: trace, alerts, query, export ---------------------------------------------
+
+
+@contextmanager
+def _reader(ctx: typer.Context) -> Iterator[Reader]:
+    """A reader, with every read failure turned into a clear message and exit code 1."""
+    from processors.serving.reader import QueryError, open_reader
+    from processors.serving.readonly import ReadOnlyError
+    from processors.serving.trace import TreeNotFound
+    from processors.storage.target import TargetError
+
+    try:
+        with open_reader(_settings(ctx)) as reader:
+            yield reader
+    except TreeNotFound as exc:
+        err.print(f"[red]not found:[/] {escape(str(exc))}")
+        raise typer.Exit(4) from None
+    except (QueryError, ReadOnlyError, TargetError) as exc:
+        err.print(f"[red]query failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    from processors.serving.render import rows_table
+
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    if not rows:
+        err.print(f"{title}: no rows")
+        return
+    out.print(rows_table(rows, title=f"{title} ({len(rows)})"))
+
+
+@app.command()
+def trace(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Any task of the tree.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """The custody tree of a task: tasks, delegations, credentials, accesses, alerts."""
+    from processors.serving.render import trace_tree
+    from processors.serving.trace import trace as build_trace
+
+    with _reader(ctx) as reader:
+        tree = build_trace(reader, task_id)
+    if as_json:
+        sys.stdout.write(json.dumps(tree) + "\n")
+    else:
+        out.print(trace_tree(tree))
+
+
+@app.command()
+def alerts(
+    ctx: typer.Context,
+    alert_type: Annotated[str | None, typer.Option("--type", help="One alert type.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Event time from: ISO-8601, or 90s / 15m / 2h / 7d.")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option("--of-tenant", help="One tenant.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Stored alerts, oldest first."""
+    from processors.serving.alerts import list_alerts, parse_since
+
+    try:
+        start = parse_since(since) if since else None
+        with _reader(ctx) as reader:
+            rows = list_alerts(reader, alert_type, start, tenant)
+    except ValueError as exc:
+        err.print(f"[red]invalid option:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if as_json:
+        _print_rows(rows, True, "")
+        return
+    shown = [
+        {
+            key: row[key]
+            for key in (
+                "event_time",
+                "alert_type",
+                "severity",
+                "root_task_id",
+                "token_id",
+                "workload_id",
+                "detail",
+            )
+        }
+        for row in rows
+    ]
+    _print_rows(shown, False, "Alerts")
+
+
+@app.command()
+def query(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(help="A read-only query (SELECT or WITH).")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Run read-only SQL against the custody database (each key read once: FINAL)."""
+    with _reader(ctx) as reader:
+        rows = reader.select(sql)
+    _print_rows(rows, as_json, "Rows")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    task_id: Annotated[str, typer.Argument(metavar="ID", help="Any task of the tree.")],
+    output_format: Annotated[
+        str, typer.Option("--format", help="Only prov-json for now.")
+    ] = "prov-json",
+) -> None:
+    """The custody tree of a task as evidence: a W3C PROV-JSON document."""
+    from processors.serving.prov_export import to_prov_json
+    from processors.serving.trace import trace as build_trace
+
+    if output_format != "prov-json":
+        err.print(f"[red]unknown format {escape(output_format)!r}:[/] use prov-json")
+        raise typer.Exit(2)
+    with _reader(ctx) as reader:
+        tree = build_trace(reader, task_id)
+    sys.stdout.write(json.dumps(to_prov_json(tree), sort_keys=True, indent=2) + "\n")
 
 
 def main() -> None:

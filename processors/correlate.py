@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
 from processors.correlation.alerts import from_micros
 from processors.correlation.chains import (
@@ -55,19 +54,18 @@ from processors.correlation.engine import (
 )
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
+from processors.dead_letters import dlq_headers
+from processors.redaction import redacted
 from processors.stack import heartbeat_path
 from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
-from schemas.codec import AvroCodec, ContractViolationError, DecodeError, body_bytes
+from schemas.codec import AvroCodec, DecodeError, body_bytes
 from schemas.models import (
     Alert,
-    CustodyEvent,
     StateChange,
-    describe_validation_error,
-    validate_event,
 )
-from schemas.secrets import find_secrets, may_hold_secret, redact_secrets
+from schemas.secrets import may_hold_secret
 
 CHAIN_LINKS = "custody.chain-links.v1"
 APP_ID = "custody-correlate"
@@ -102,14 +100,7 @@ def dead_letter(
     offset: int,
 ) -> Outbound:
     """A DLQ record: the original bytes, and why and where from in its headers."""
-    headers = [
-        ("custody-dlq-reason", error.reason.encode()),
-        ("custody-dlq-detail", str(error).encode()[:1000]),
-        ("custody-dlq-stage", b"correlate"),
-        ("custody-source-topic", topic.encode()),
-        ("custody-source-partition", str(partition).encode()),
-        ("custody-source-offset", str(offset).encode()),
-    ]
+    headers = dlq_headers(error.reason, str(error), "correlate", topic, partition, offset)
     return Outbound(topics.DLQ, key or b"", value, headers)
 
 
@@ -408,27 +399,6 @@ class Correlation:
             self.event_marks.pop(partition, None)
             self.link_marks.pop(partition, None)
             self.silent_since.pop(partition, None)
-
-
-def redacted(event: CustodyEvent) -> CustodyEvent:
-    """The event with secret-looking values replaced, flagged in its attributes
-    (``custody.redacted``: the fields) and in the log, so no secret reaches state or
-    alerts. The hash chain still covers the original bytes."""
-    data = event.model_dump()
-    findings = find_secrets(data)
-    if not findings:
-        return event
-    fields = ",".join(sorted({f.field for f in findings}))
-    _log.warning("redacted secret-looking values in event %s: %s", event.event_id, fields)
-    clean = redact_secrets(data)
-    clean["attributes"] = {**clean["attributes"], "custody.redacted": fields[:1000]}
-    try:
-        return validate_event(clean)
-    except ValidationError as exc:
-        # e.g. the flag is one attribute too many: the record cannot be kept clean.
-        raise ContractViolationError(
-            f"redacted event invalid: {describe_validation_error(exc)}"
-        ) from None
 
 
 def _wall_us() -> int:

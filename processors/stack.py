@@ -14,18 +14,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from processors import broker
+from processors.serving.reader import running_api
 from producers.admin import ensure_topics
 from producers.settings import Settings
 
 BROKER = "broker"
 CORRELATE = "correlate"
+INGEST = "ingest"
 # In start order.
-PROCESSES = (BROKER, CORRELATE)
+PROCESSES = (BROKER, CORRELATE, INGEST)
 
 
 class StackError(RuntimeError):
@@ -96,9 +99,18 @@ def status(settings: Settings) -> list[ProcessStatus]:
         if name == BROKER:
             healthy = running and broker.broker_answers(settings.kafka_admin())
             address: str | None = settings.kafka_bootstrap
+        elif name == INGEST:
+            # ingest+serve: its loop beats, and its query API answers.
+            address = running_api(settings) if running else None
+            healthy = (
+                running
+                and _heartbeat_fresh(settings, name)
+                and address is not None
+                and _api_answers(address)
+            )
         else:
             # A worker has no port to ask: it is healthy while its heartbeat is fresh.
-            healthy, address = running and _heartbeat_fresh(settings), None
+            healthy, address = running and _heartbeat_fresh(settings, name), None
         statuses.append(
             ProcessStatus(
                 name=name,
@@ -112,14 +124,22 @@ def status(settings: Settings) -> list[ProcessStatus]:
     return statuses
 
 
-def heartbeat_path(settings: Settings) -> Path:
-    """The file the correlate worker touches every second while it runs."""
-    return _run_dir(settings) / "correlate.heartbeat"
+def heartbeat_path(settings: Settings, name: str = CORRELATE) -> Path:
+    """The file a worker (correlate, ingest) touches every second while it runs."""
+    return _run_dir(settings) / f"{name}.heartbeat"
 
 
-def _heartbeat_fresh(settings: Settings, max_age: float = 10.0) -> bool:
+def _api_answers(address: str) -> bool:
     try:
-        age = time.time() - heartbeat_path(settings).stat().st_mtime
+        with urllib.request.urlopen(f"{address}/health", timeout=2) as response:
+            return bool(json.loads(response.read()).get("status") == "ok")
+    except (OSError, ValueError):
+        return False
+
+
+def _heartbeat_fresh(settings: Settings, name: str, max_age: float = 10.0) -> bool:
+    try:
+        age = time.time() - heartbeat_path(settings, name).stat().st_mtime
     except OSError:
         return False
     return age <= max_age
@@ -170,25 +190,40 @@ def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     ensure_topics(
         settings.kafka_admin(), settings.event_topic_partitions(), settings.topic_replication
     )
-    record = _read_record(settings, CORRELATE)
-    if record is None or not _alive(record):
-        heartbeat_path(settings).unlink(missing_ok=True)
-        worker = _start(settings, CORRELATE, _custody_command("correlate"))
-        _wait_for_heartbeat(settings, worker, timeout=60.0)
+    # Both workers start before either is waited for: their group joins overlap.
+    started = {
+        name: _start_worker(settings, name)
+        for name in (CORRELATE, INGEST)
+        if not _running(settings, name)
+    }
+    for name, worker in started.items():
+        _wait_for_heartbeat(settings, name, worker, timeout=60.0)
     return status(settings)
 
 
+def _running(settings: Settings, name: str) -> bool:
+    record = _read_record(settings, name)
+    return record is not None and _alive(record)
+
+
+def _start_worker(settings: Settings, name: str) -> subprocess.Popen[bytes]:
+    heartbeat_path(settings, name).unlink(missing_ok=True)
+    return _start(settings, name, _custody_command(name))
+
+
 def _wait_for_heartbeat(
-    settings: Settings, worker: subprocess.Popen[bytes], timeout: float
+    settings: Settings, name: str, worker: subprocess.Popen[bytes], timeout: float
 ) -> None:
-    """Wait until the correlator has joined its group and runs its timer."""
+    """Wait until a worker has joined its group and beats (ingest: and serves queries)."""
     deadline = time.monotonic() + timeout
-    while not _heartbeat_fresh(settings):
+    while not _heartbeat_fresh(settings, name) or (
+        name == INGEST and running_api(settings) is None
+    ):
         if worker.poll() is not None:
-            raise StackError(f"correlate exited at start: see {_log_path(settings, CORRELATE)}")
+            raise StackError(f"{name} exited at start: see {_log_path(settings, name)}")
         if time.monotonic() >= deadline:
             raise StackError(
-                f"correlate not running after {timeout}s: see {_log_path(settings, CORRELATE)}"
+                f"{name} not running after {timeout}s: see {_log_path(settings, name)}"
             )
         time.sleep(0.2)
 

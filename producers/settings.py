@@ -49,7 +49,10 @@ class Settings(BaseSettings):
 
     # URLs may carry credentials (user:password@host), so they are kept out of reprs.
     schema_registry_url: SecretStr | None = None
-    clickhouse_url: SecretStr = SecretStr("chdb://.custody/chdb")
+    clickhouse_url: SecretStr | None = Field(
+        None, description="chdb://PATH or clickhouse://user:password@host:port/db; "
+        "default: the embedded engine under the stack's home (chdb://.custody/chdb)."
+    )
     tenant: str = "default"
     home: Path = Field(Path(".custody"), description="Local stack state and logs.")
 
@@ -78,6 +81,22 @@ class Settings(BaseSettings):
     idle_advance: bool = Field(
         True, description="Advance an idle partition's watermark with the wall clock."
     )
+
+    retention_days: int = Field(
+        400, ge=1, description="ClickHouse TTL of stored events, state and alerts (days)."
+    )
+    ingest_batch_rows: int = Field(
+        10_000, ge=1, description="ingest writes a batch once it holds this many records..."
+    )
+    ingest_batch_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="...or bytes...")
+    ingest_batch_seconds: float = Field(
+        1.0, gt=0, description="...or once its first record has waited this long."
+    )
+    ingest_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest pause between retries while ClickHouse is down."
+    )
+    serve_host: str = Field("127.0.0.1", description="Where the query API listens.")
+    serve_port: int = Field(8470, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
@@ -144,6 +163,12 @@ class Settings(BaseSettings):
             config["session.timeout.ms"] = self.kafka_session_timeout_ms
             config["heartbeat.interval.ms"] = max(100, self.kafka_session_timeout_ms // 6)
         return config
+
+    def clickhouse(self) -> str:
+        """The ClickHouse URL in effect (it may hold a password: never log it)."""
+        if self.clickhouse_url is not None:
+            return self.clickhouse_url.get_secret_value()
+        return f"chdb://{self.home / 'chdb'}"
 
     def kafka_admin(self) -> dict[str, Any]:
         return self.kafka_common()

@@ -156,8 +156,12 @@ class AvroCodec:
         self._writers_by_id[schema_id] = shipped
         return shipped
 
-    def decode(self, message: bytes) -> Decoded:
-        """Decode a message in either wire format into the newest schema's shape."""
+    def writer_of(self, message: bytes) -> tuple[SchemaVersion, int]:
+        """The schema a message was written with, and where its Avro body starts.
+
+        Reads only the wire header, so a sink that lets ClickHouse parse the body can
+        check framing and schema without decoding.
+        """
         if message[:2] == SINGLE_OBJECT_MAGIC:
             if len(message) < SINGLE_OBJECT_HEADER_SIZE:
                 raise MalformedAvroError("truncated single-object header")
@@ -165,15 +169,17 @@ class AvroCodec:
             if writer is None:
                 fp = message[2:SINGLE_OBJECT_HEADER_SIZE].hex()
                 raise UnknownSchemaError(f"unknown schema fingerprint {fp}")
-            offset = SINGLE_OBJECT_HEADER_SIZE
-        elif message[:1] == b"\x00" and len(message) >= CONFLUENT_HEADER_SIZE:
+            return writer, SINGLE_OBJECT_HEADER_SIZE
+        if message[:1] == b"\x00" and len(message) >= CONFLUENT_HEADER_SIZE:
             (schema_id,) = struct.unpack(">I", message[1:CONFLUENT_HEADER_SIZE])
-            writer = self._writer_for_id(schema_id)
-            offset = CONFLUENT_HEADER_SIZE
-        else:
-            raise UnknownFormatError(
-                "neither Avro single-object encoding (C3 01) nor Confluent wire format (00)"
-            )
+            return self._writer_for_id(schema_id), CONFLUENT_HEADER_SIZE
+        raise UnknownFormatError(
+            "neither Avro single-object encoding (C3 01) nor Confluent wire format (00)"
+        )
+
+    def decode(self, message: bytes) -> Decoded:
+        """Decode a message in either wire format into the newest schema's shape."""
+        writer, offset = self.writer_of(message)
         reader = catalog.latest(writer.record)
         stream = io.BytesIO(message)
         stream.seek(offset)

@@ -8,11 +8,11 @@ from processors.correlate import (
     CHAIN_LINKS,
     WATERMARK_KEY,
     Correlation,
-    redacted,
     stored_form,
     stored_state,
 )
 from processors.correlation.chains import links_from_json
+from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec

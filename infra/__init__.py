@@ -1,0 +1,1 @@
+"""Deployment assets; the ClickHouse migrations ship with the installed package."""

@@ -1,0 +1,1 @@
+"""Versioned ClickHouse migrations, applied in order by ``custody migrate``."""

@@ -1,0 +1,1 @@
+"""The serve role: exports of stored custody trees."""

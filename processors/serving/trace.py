@@ -1,0 +1,176 @@
+"""``custody trace``: one custody tree from the stored tables, as the documented JSON object.
+
+Tasks, delegations and credentials come from the correlator's state tables (latest
+version of each); decisions, accesses, approvals and break-glass from the raw events; and
+the tree's alerts. A credential stored as ACTIVE whose ``expires_at`` has passed is
+reported EXPIRED: expiry needs no event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from processors.serving.reader import Reader
+from processors.storage.backend import Row
+
+_TREE = "tenant = {tenant:String} AND root_task_id = {root:String}"
+
+_TASKS = f"""
+SELECT task_id, parent_task_id, depth, workload_id, actor_kind, instance_id, on_behalf_of,
+       purpose, requested_scopes, status, outcome, declared_at, completed_at
+FROM tasks WHERE {_TREE}
+ORDER BY depth, declared_at, task_id"""
+
+_DELEGATIONS = f"""
+SELECT delegator, delegatee, parent_task_id, child_task_id, scopes, decision_id, delegated_at
+FROM delegations WHERE {_TREE}
+ORDER BY delegated_at, child_task_id"""
+
+_CREDENTIALS = f"""
+SELECT token_id, task_id, token_subject, credential_kind, audience, scopes, issued_at,
+       expires_at, decision_id, parent_token_id,
+       if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
+       revoked_at, revocation_reason, revoked_by
+FROM credentials WHERE {_TREE}
+ORDER BY issued_at, token_id"""
+
+_EVENTS = f"""
+SELECT event_id, event_type, event_time, task_id, actor_workload_id AS workload_id,
+       actor_instance_id AS instance_id, decision_id, policy_engine, policy_id,
+       policy_version, decision, resource, action, data_scope, reasons, token_id, tool,
+       outcome, detail, approval_id, approver, approves, scopes, expires_at, reason,
+       break_glass_id, standing_access_unavailable
+FROM events
+WHERE {_TREE}
+  AND event_type IN ('AUTHZ_DECISION', 'ACCESS', 'APPROVAL', 'BREAK_GLASS')
+ORDER BY event_time, event_id"""
+
+ALERT_COLUMNS = """alert_id, alert_type, severity, tenant, root_task_id, task_id, token_id,
+       workload_id, event_time, detected_at, evidence_event_ids, detail"""
+
+_ALERTS = f"""
+SELECT {ALERT_COLUMNS}
+FROM alerts WHERE {_TREE}
+ORDER BY event_time, alert_id"""
+
+# The fields each kind of event contributes to the trace, in output order.
+_EVENT_FIELDS = {
+    "AUTHZ_DECISION": (
+        "decisions",
+        (
+            "event_id",
+            "event_time",
+            "task_id",
+            "decision_id",
+            "policy_engine",
+            "policy_id",
+            "policy_version",
+            "decision",
+            "resource",
+            "action",
+            "data_scope",
+            "reasons",
+        ),
+    ),
+    "ACCESS": (
+        "accesses",
+        (
+            "event_id",
+            "event_time",
+            "task_id",
+            "workload_id",
+            "instance_id",
+            "token_id",
+            "tool",
+            "resource",
+            "action",
+            "data_scope",
+            "decision_id",
+            "outcome",
+            "detail",
+        ),
+    ),
+    "APPROVAL": (
+        "approvals",
+        (
+            "event_id",
+            "event_time",
+            "task_id",
+            "approval_id",
+            "approver",
+            "approves",
+            "scopes",
+            "expires_at",
+            "reason",
+        ),
+    ),
+    "BREAK_GLASS": (
+        "break_glass",
+        (
+            "event_id",
+            "event_time",
+            "task_id",
+            "workload_id",
+            "break_glass_id",
+            "reason",
+            "standing_access_unavailable",
+            "approval_id",
+            "expires_at",
+        ),
+    ),
+}
+
+
+class TreeNotFound(LookupError):
+    """No stored event names this task."""
+
+
+def find_tree(reader: Reader, task_id: str) -> tuple[str, str]:
+    """(tenant, root_task_id) of the tree ``task_id`` belongs to."""
+    rows = reader.select(
+        "SELECT tenant, root_task_id FROM task_roots WHERE task_id = {id:String} LIMIT 1",
+        {"id": task_id},
+    )
+    if not rows:
+        raise TreeNotFound(f"no stored event names task {task_id}")
+    return str(rows[0]["tenant"]), str(rows[0]["root_task_id"])
+
+
+def _task(row: Row) -> Row:
+    return {
+        "task_id": row["task_id"],
+        "parent_task_id": row["parent_task_id"],
+        "depth": row["depth"],
+        "actor": {
+            "workload_id": row["workload_id"],
+            "kind": row["actor_kind"],
+            "instance_id": row["instance_id"],
+            "on_behalf_of": row["on_behalf_of"],
+        },
+        "purpose": row["purpose"],
+        "requested_scopes": row["requested_scopes"],
+        "status": row["status"],
+        "outcome": row["outcome"],
+        "declared_at": row["declared_at"],
+        "completed_at": row["completed_at"],
+    }
+
+
+def trace(reader: Reader, task_id: str) -> dict[str, Any]:
+    """The custody tree of any task of it (TreeNotFound when none is stored)."""
+    tenant, root = find_tree(reader, task_id)
+    tree = {"tenant": tenant, "root": root}
+    result: dict[str, Any] = {
+        "root_task_id": root,
+        "tenant": tenant,
+        "tasks": [_task(row) for row in reader.select(_TASKS, tree)],
+        "delegations": reader.select(_DELEGATIONS, tree),
+        "credentials": reader.select(_CREDENTIALS, tree),
+    }
+    for kind, _ in _EVENT_FIELDS.values():
+        result[kind] = []
+    for row in reader.select(_EVENTS, tree):
+        kind, fields = _EVENT_FIELDS[row["event_type"]]
+        result[kind].append({name: row[name] for name in fields})
+    result["alerts"] = reader.select(_ALERTS, tree)
+    return result

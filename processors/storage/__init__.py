@@ -1,0 +1,1 @@
+"""ClickHouse storage: targets, backends, migrations and the ingest sink's writers."""

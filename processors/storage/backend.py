@@ -1,0 +1,299 @@
+"""Two ways to reach ClickHouse behind one interface: embedded chdb and a server.
+
+Both speak the same SQL. Query parameters are written ClickHouse-style, ``{name:Type}``;
+rows come back as dicts of JSON-ready values (timestamps as ISO-8601 UTC strings ending in
+``Z``), so everything above this module is backend-agnostic.
+
+Failures are split the way the sink must treat them: :class:`StorageUnavailable` (the
+server cannot be reached: retry later, keep the batch) and :class:`StorageRejected` (the
+data or the statement is wrong: retrying will not help).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+from processors.storage.target import ChdbTarget, ServerTarget, Target
+
+Row = dict[str, Any]
+
+_PARAM = re.compile(r"\{(\w+):[^{}]+\}")
+
+
+class StorageError(RuntimeError):
+    """ClickHouse did not do what was asked."""
+
+
+class StorageUnavailable(StorageError):
+    """ClickHouse cannot be reached right now; the same request may succeed later."""
+
+
+class StorageRejected(StorageError):
+    """ClickHouse refused the statement or the data; repeating it will fail again.
+
+    ``data_error`` tells a record ClickHouse cannot read (isolate it, dead-letter it) from
+    a refusal of the statement itself (a missing table, a permission: fix and retry).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code if code is not None else _code_in(message)
+
+    @property
+    def data_error(self) -> bool:
+        return self.code in _DATA_ERROR_CODES
+
+
+# ClickHouse error codes that blame the data being inserted, not the statement: cannot
+# parse, incorrect data, type mismatch, too large; 1001 is a std::exception, which is how
+# the Avro reader reports a body it cannot read.
+_DATA_ERROR_CODES = frozenset({6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 1001})
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def _code_in(message: str) -> int | None:
+    match = _CODE.search(message)
+    return int(match[1]) if match else None
+
+
+class Backend(Protocol):
+    """A connection to one ClickHouse database (the migrations' tables live there)."""
+
+    @property
+    def target(self) -> Target:
+        """Where this backend is connected."""
+
+    @property
+    def parses_avro(self) -> bool:
+        """Whether :meth:`insert_avro` is available (inserting raw Avro container bytes)."""
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing (DDL, INSERT ... SELECT)."""
+
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        """Run a query and return its rows as dicts of JSON-ready values."""
+
+    def insert_avro(self, table: str, container: bytes) -> int:
+        """Insert an Avro object container (ClickHouse parses it); returns rows written."""
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        """Insert Python rows (datetimes as aware datetimes) into ``columns`` of ``table``."""
+
+    def version(self) -> str:
+        """The server's ``version()``."""
+
+    def close(self) -> None:
+        """Release the connection (and, for chdb, the data directory)."""
+
+
+def iso(value: datetime) -> str:
+    """A timestamp as the ISO-8601 UTC string every row and every ``--json`` output uses."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _settings_clause(settings: Mapping[str, Any] | None) -> str:
+    if not settings:
+        return ""
+    return " SETTINGS " + ", ".join(f"{key} = {int(value)}" for key, value in settings.items())
+
+
+class ChdbBackend:
+    """The embedded engine. One per process: chdb lets one process open a data directory.
+
+    A lock serialises calls, because the ingest loop and the query API share the session.
+    """
+
+    parses_avro = True
+
+    def __init__(self, target: ChdbTarget) -> None:
+        from chdb import session  # imported here: loading the engine takes a while
+
+        self.target = target
+        target.path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._session = session.Session(str(target.path))
+        except Exception as exc:
+            raise StorageUnavailable(
+                f"cannot open {target.describe()}: {exc} "
+                "(is another process, such as `custody ingest`, holding it?)"
+            ) from None
+        self._run(f"CREATE DATABASE IF NOT EXISTS {target.database}")
+        self._run(f"USE {target.database}")
+
+    def _run(self, sql: str, params: Mapping[str, Any] | None = None, fmt: str = "TSV") -> Any:
+        with self._lock:
+            try:
+                return self._session.query(sql, fmt, params=dict(params) if params else None)
+            except RuntimeError as exc:
+                raise StorageRejected(str(exc)) from None
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._run(sql, params)
+
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        output = {
+            "date_time_output_format": "iso",
+            "output_format_json_quote_64bit_integers": 0,
+            **(settings or {}),
+        }
+        clause = " SETTINGS " + ", ".join(
+            f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {int(value)}"
+            for key, value in output.items()
+        )
+        result = self._run(sql + clause, params, fmt="JSONEachRow")
+        return [json.loads(line) for line in result.bytes().splitlines() if line]
+
+    def insert_avro(self, table: str, container: bytes) -> int:
+        with self._lock:
+            try:
+                with self._session.send_insert(f"INSERT INTO {table}", "Avro") as inserter:
+                    inserter.append(container)
+                    written: int = inserter.finish().rows_written
+            except RuntimeError as exc:
+                raise StorageRejected(str(exc)) from None
+        return written
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        # Only the server path inserts Python rows in production; on chdb this serves the
+        # tests that compare both paths. JSONEachRow with 'seconds.micros' strings, because
+        # chdb reads integer micros as seconds there.
+        lines = []
+        for row in rows:
+            record = {
+                name: (f"{value.timestamp():.6f}" if isinstance(value, datetime) else value)
+                for name, value in zip(columns, row, strict=True)
+            }
+            lines.append(json.dumps(record))
+        with self._lock:
+            try:
+                with self._session.send_insert(
+                    f"INSERT INTO {table} ({', '.join(columns)})", "JSONEachRow"
+                ) as inserter:
+                    inserter.append("\n".join(lines).encode())
+                    written: int = inserter.finish().rows_written
+            except RuntimeError as exc:
+                raise StorageRejected(str(exc)) from None
+        return written
+
+    def version(self) -> str:
+        return str(self.select("SELECT version() AS v")[0]["v"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class ServerBackend:
+    """A ClickHouse server through clickhouse-driver (native protocol).
+
+    The driver reconnects on the next call after a failure, so one client lives as long as
+    the process; a lock serialises calls because a connection is not shared across threads.
+    """
+
+    parses_avro = False
+
+    def __init__(self, target: ServerTarget, database: str | None = None) -> None:
+        from clickhouse_driver import Client
+
+        self.target = target
+        self._lock = threading.Lock()
+        self._client = Client(
+            target.host,
+            port=target.port,
+            user=target.user,
+            password=target.password,
+            database=database or target.database,
+            connect_timeout=5,
+            send_receive_timeout=30,
+            settings={"use_numpy": False},
+        )
+
+    def _call(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        from clickhouse_driver import errors
+
+        with self._lock:
+            try:
+                return self._client.execute(sql, *args, **kwargs)
+            except errors.ServerException as exc:
+                message = f"{self.target.describe()}: {exc.message}"
+                raise StorageRejected(message, exc.code) from None
+            except (errors.TypeMismatchError, TypeError, ValueError) as exc:
+                # The driver serialises columns itself, so a value the column cannot hold
+                # fails here, before anything is sent.
+                raise StorageRejected(f"{type(exc).__name__}: {exc}", 53) from None
+            except (errors.Error, OSError, EOFError) as exc:
+                self._client.disconnect()
+                raise StorageUnavailable(
+                    f"{self.target.describe()}: {type(exc).__name__}: {exc}"
+                ) from None
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._call(_PARAM.sub(r"%(\1)s", sql), dict(params or {}))
+
+    def select(
+        self,
+        sql: str,
+        params: Mapping[str, Any] | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[Row]:
+        rows, columns = self._call(
+            _PARAM.sub(r"%(\1)s", sql),
+            dict(params or {}),
+            with_column_types=True,
+            settings=dict(settings or {}),
+        )
+        names = [name for name, _ in columns]
+        return [dict(zip(names, map(_json_ready, row), strict=True)) for row in rows]
+
+    def insert_avro(self, table: str, container: bytes) -> int:
+        raise StorageRejected("the native protocol carries blocks, not Avro: use insert_rows")
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        if not rows:
+            return 0
+        self._call(f"INSERT INTO {table} ({', '.join(columns)}) VALUES", list(rows))
+        return len(rows)
+
+    def version(self) -> str:
+        return str(self.select("SELECT version() AS v")[0]["v"])
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.disconnect()
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value if value.tzinfo else value.replace(tzinfo=UTC))
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    return value
+
+
+def open_backend(target: Target, database: str | None = None) -> Backend:
+    """Connect to ``target``; ``database`` overrides the target's (migrations start elsewhere)."""
+    if isinstance(target, ChdbTarget):
+        return ChdbBackend(target)
+    return ServerBackend(target, database)

@@ -1,0 +1,240 @@
+"""Writing one batch of Kafka records to ClickHouse: what ingest does between poll and commit.
+
+Where the backend parses Avro (chdb), a record's body goes to ClickHouse untouched, framed
+in an Avro container for the ``*_avro`` table of its topic, and the views of the
+migrations flatten it. Otherwise (a server over the native protocol) records are decoded
+here and inserted as rows of the target tables.
+
+Every table is a ReplacingMergeTree keyed so that a replayed record is the same row, which
+makes a write idempotent: the ingest loop can write a batch again after a crash.
+
+What cannot be stored comes back as :class:`Rejected` (for the dead-letter topic): a bad
+wire header, a schema that is not the topic's contract, a body ClickHouse cannot parse. A
+failing insert is split in halves until the bad records are isolated, so one bad record
+costs a few extra inserts and never holds back the good ones. :class:`StorageUnavailable`
+(ClickHouse cannot be reached) and a :class:`StorageRejected` that is not about the data
+(a missing table, a permission) propagate: the caller keeps the batch and retries it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.redaction import redacted
+from processors.storage import rows
+from processors.storage.avro_frames import container
+from processors.storage.backend import Backend, StorageRejected
+from schemas import catalog, topics
+from schemas.catalog import SchemaVersion
+from schemas.codec import AvroCodec, DecodeError, body_bytes, event_to_avro
+from schemas.secrets import may_hold_secret
+
+TOPIC_RECORDS = {
+    topics.EVENTS: catalog.EVENT,
+    topics.STATE: catalog.STATE,
+    topics.ALERTS: catalog.ALERT,
+}
+AVRO_TABLES = {
+    catalog.EVENT: "events_avro",
+    catalog.STATE: "state_avro",
+    catalog.ALERT: "alerts_avro",
+}
+# An event body starts with its event_id, a UUID: the Avro length prefix of 36 (0x48)
+# and 36 characters. Checking that is cheap and turns away bytes that are not an event
+# (JSON, zeros, noise) which ClickHouse could otherwise read as a well-formed prefix.
+_EVENT_BODY_START = re.compile(
+    rb"H[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be stored, and why (a DecodeError reason code or ``unstorable``)."""
+
+    record: Record
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class WriteResult:
+    stored: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+    redacted: int = 0
+
+
+class BatchWriter:
+    """Stores batches of records from the contract topics into one ClickHouse database."""
+
+    def __init__(self, backend: Backend, codec: AvroCodec | None = None) -> None:
+        self.backend = backend
+        self.codec = codec or AvroCodec()
+        self._columns: dict[str, list[str]] = {}
+
+    def write(self, records: Sequence[Record]) -> WriteResult:
+        """Store what can be stored; report the rest. Raises StorageUnavailable."""
+        result = WriteResult()
+        if self.backend.parses_avro:
+            self._write_avro(records, result)
+        else:
+            self._write_rows(records, result)
+        return result
+
+    # ---- embedded: ClickHouse parses the Avro --------------------------------------
+
+    def _write_avro(self, records: Sequence[Record], result: WriteResult) -> None:
+        writers: dict[tuple[str, int], SchemaVersion] = {}
+        groups: dict[tuple[str, int], list[tuple[Record, bytes]]] = {}
+        for record in records:
+            framed = self._frame(record, result)
+            if framed is not None:
+                writer, body = framed
+                key = (writer.record, writer.version)
+                writers[key] = writer
+                groups.setdefault(key, []).append((record, body))
+        for key, items in groups.items():
+            writer = writers[key]
+            table = AVRO_TABLES[writer.record]
+            schema_json = json.dumps(writer.raw)
+            self._insert_isolating(
+                items,
+                lambda part, t=table, s=schema_json: self.backend.insert_avro(  # type: ignore[misc]
+                    t, container(s, [body for _, body in part])
+                ),
+                result,
+            )
+
+    def _frame(self, record: Record, result: WriteResult) -> tuple[SchemaVersion, bytes] | None:
+        value = record.value or b""
+        try:
+            writer, offset = self.codec.writer_of(value)
+        except DecodeError as exc:
+            result.rejected.append(Rejected(record, exc.reason, str(exc)))
+            return None
+        expected = TOPIC_RECORDS[record.topic]
+        if writer.record != expected:
+            result.rejected.append(
+                Rejected(record, "contract_violation", f"a {writer.record} on {record.topic}")
+            )
+            return None
+        body = value[offset:]
+        if expected != catalog.EVENT:
+            return writer, body
+        if not _EVENT_BODY_START.match(body):
+            result.rejected.append(
+                Rejected(record, "malformed_avro", "body does not start with a UUID event_id")
+            )
+            return None
+        if may_hold_secret(value):
+            try:
+                clean = redacted(self.codec.decode_event(value))
+            except DecodeError as exc:
+                result.rejected.append(Rejected(record, exc.reason, str(exc)))
+                return None
+            encoded = self.codec.encode(catalog.EVENT, event_to_avro(clean))
+            result.redacted += 1
+            return catalog.latest(catalog.EVENT), body_bytes(encoded)
+        return writer, body
+
+    # ---- server: rows decoded in Python ----------------------------------------------
+
+    def _write_rows(self, records: Sequence[Record], result: WriteResult) -> None:
+        by_table: dict[str, list[tuple[Record, rows.Row]]] = {}
+        for record in records:
+            decoded = self._decode(record, result)
+            if decoded is not None:
+                table, row = decoded
+                by_table.setdefault(table, []).append((record, row))
+        for table, items in by_table.items():
+            columns = self._table_columns(table)
+            self._insert_isolating(
+                items,
+                lambda part, t=table, c=columns: self.backend.insert_rows(  # type: ignore[misc]
+                    t, c, [[_value(row, name) for name in c] for _, row in part]
+                ),
+                result,
+            )
+
+    def _decode(self, record: Record, result: WriteResult) -> tuple[str, rows.Row] | None:
+        value = record.value or b""
+        try:
+            decoded = self.codec.decode(value)
+            if decoded.record != TOPIC_RECORDS[record.topic]:
+                result.rejected.append(
+                    Rejected(record, "contract_violation", f"a {decoded.record} on {record.topic}")
+                )
+                return None
+            if decoded.record == catalog.EVENT:
+                datum = decoded.datum
+                if may_hold_secret(value):
+                    clean = redacted(self.codec.decode_event(value))
+                    datum = event_to_avro(clean)
+                    result.redacted += 1
+                return "events", rows.event_row(datum)
+        except DecodeError as exc:
+            result.rejected.append(Rejected(record, exc.reason, str(exc)))
+            return None
+        if decoded.record == catalog.STATE:
+            return rows.state_row(decoded.datum)
+        return "alerts", rows.alert_row(decoded.datum)
+
+    def _table_columns(self, table: str) -> list[str]:
+        """The columns of ``table`` this writer fills (those without a default expression)."""
+        known = self._columns.get(table)
+        if known is None:
+            known = [
+                str(row["name"])
+                for row in self.backend.select(
+                    "SELECT name FROM system.columns WHERE database = currentDatabase() "
+                    "AND table = {table:String} AND default_kind = '' ORDER BY position",
+                    {"table": table},
+                )
+            ]
+            if not known:
+                raise StorageRejected(f"table {table} not found: run `custody migrate`")
+            self._columns[table] = known
+        return known
+
+    # ---- shared ------------------------------------------------------------------------
+
+    def _insert_isolating(
+        self,
+        items: list[tuple[Record, Any]],
+        insert: Callable[[list[tuple[Record, Any]]], int],
+        result: WriteResult,
+    ) -> None:
+        """Insert ``items``; on a rejection, split until the records at fault are alone."""
+        try:
+            insert(items)
+        except StorageRejected as exc:
+            if not exc.data_error:
+                raise
+            if len(items) == 1:
+                result.rejected.append(Rejected(items[0][0], "unstorable", str(exc)))
+                return
+            middle = len(items) // 2
+            self._insert_isolating(items[:middle], insert, result)
+            self._insert_isolating(items[middle:], insert, result)
+            return
+        result.stored += len(items)
+
+
+def _value(row: rows.Row, column: str) -> Any:
+    if column in row:
+        return row[column]
+    return rows.event_defaults(column)
