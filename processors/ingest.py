@@ -91,6 +91,10 @@ class Ingest:
         self.settings = settings
         self.writer = writer
         self.heartbeat = heartbeat
+        if heartbeat is not None:
+            # `custody ingest` run on its own (a server deployment, not `custody up`) may be
+            # the first to use CUSTODY_HOME.
+            heartbeat.parent.mkdir(parents=True, exist_ok=True)
         self.stats = IngestStats()
         self.stop = threading.Event()
         self._consumer = Consumer(
@@ -186,9 +190,11 @@ class Ingest:
     def _wait(self, seconds: float) -> None:
         """Wait while keeping the group membership alive (paused: nothing is fetched)."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
             self._beat()
-            messages = self._consumer.consume(1, timeout=min(0.5, deadline - time.monotonic()))
+            # ``left`` is computed once: a negative timeout means "block forever" to
+            # confluent-kafka, and paused partitions would never end that wait.
+            messages = self._consumer.consume(1, timeout=min(0.5, left))
             # Paused partitions deliver nothing; a message here is from a partition assigned
             # during the pause, and it will be fetched again after the commit of this batch.
             if messages:

@@ -1,6 +1,7 @@
 -- Raw events: every envelope and body field as a column, named as in the contract.
 -- Body fields shared by several event types (token_id, decision_id, scopes, ...) share
--- one column, so an analyst filters on token_id whatever the event type.
+-- one column, so an analyst filters on token_id whatever the event type. (An array of a
+-- NULL body reads as [], not NULL, so shared arrays are picked with multiIf, not coalesce.)
 -- ReplacingMergeTree over a sorting key that ends in event_id: a replayed event is the
 -- same row, collapsed within an insert and at merges; readers use FINAL (custody query
 -- sets final=1) so each event_id is read once even before a merge.
@@ -136,7 +137,8 @@ SELECT
     body_authz_decision.decision AS decision,
     coalesce(body_authz_decision.resource, body_access.resource) AS resource,
     coalesce(body_authz_decision.action, body_access.action) AS action,
-    coalesce(body_authz_decision.data_scope, body_access.data_scope, []) AS data_scope,
+    multiIf(body_authz_decision IS NOT NULL, body_authz_decision.data_scope,
+            body_access IS NOT NULL, body_access.data_scope, []) AS data_scope,
     ifNull(body_authz_decision.reasons, []) AS reasons,
     ifNull(body_authz_decision.context, map()) AS context,
     coalesce(body_credential_issued.token_id, body_access.token_id,
@@ -144,8 +146,9 @@ SELECT
     body_credential_issued.token_subject AS token_subject,
     body_credential_issued.credential_kind AS credential_kind,
     body_credential_issued.audience AS audience,
-    coalesce(body_credential_issued.scopes, body_delegation.scopes,
-             body_approval.scopes, []) AS scopes,
+    multiIf(body_credential_issued IS NOT NULL, body_credential_issued.scopes,
+            body_delegation IS NOT NULL, body_delegation.scopes,
+            body_approval IS NOT NULL, body_approval.scopes, []) AS scopes,
     body_credential_issued.issued_at AS issued_at,
     coalesce(body_credential_issued.expires_at, body_approval.expires_at,
              body_break_glass.expires_at) AS expires_at,

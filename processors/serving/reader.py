@@ -9,7 +9,6 @@ With a ClickHouse server the CLI always queries the server directly.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -83,7 +82,10 @@ def running_api(settings: Settings) -> str | None:
     """The address of the query API if one runs for this working directory."""
     try:
         record = json.loads(serve_record_path(settings).read_text())
-        os.kill(int(record["pid"]), 0)
+        # A killed process whose parent is gone may linger as a zombie, which signal 0
+        # still reaches; a zombie has an empty command line.
+        if not Path(f"/proc/{int(record['pid'])}/cmdline").read_bytes():
+            return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     address: str = record["address"]

@@ -194,14 +194,19 @@ class BatchWriter:
         return "alerts", rows.alert_row(decoded.datum)
 
     def _table_columns(self, table: str) -> list[str]:
-        """The columns of ``table`` this writer fills (those without a default expression)."""
+        """The columns of ``table`` this writer fills (those without a default expression).
+
+        Rows are inserted by column name, so their order does not matter; there is no
+        ``ORDER BY position`` because older servers (18.16) have no ``position`` column in
+        ``system.columns`` (it lists a table's columns in declaration order anyway).
+        """
         known = self._columns.get(table)
         if known is None:
             known = [
                 str(row["name"])
                 for row in self.backend.select(
                     "SELECT name FROM system.columns WHERE database = currentDatabase() "
-                    "AND table = {table:String} AND default_kind = '' ORDER BY position",
+                    "AND table = {table:String} AND default_kind = ''",
                     {"table": table},
                 )
             ]

@@ -118,13 +118,19 @@ CUSTODY = str(Path(sys.executable).parent / "custody")
 
 
 def run_custody(
-    bootstrap: str, *args: str, cwd: Path | None = None
+    bootstrap: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``custody`` command against ``bootstrap``."""
+    """Run the installed ``custody`` command against ``bootstrap``; a query API it starts
+    listens on a port of the system's choosing (its address is recorded under .custody)."""
     return subprocess.run(
         [CUSTODY, *args],
         cwd=cwd,
-        env={**os.environ, "CUSTODY_KAFKA_BOOTSTRAP": bootstrap},
+        env={
+            **os.environ,
+            "CUSTODY_KAFKA_BOOTSTRAP": bootstrap,
+            "CUSTODY_SERVE_PORT": "0",
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=300,

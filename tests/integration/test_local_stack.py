@@ -32,6 +32,9 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
         broker, correlate = processes["broker"], processes["correlate"]
         assert code == 0 and broker["running"] and broker["healthy"]
         assert correlate["running"] and isinstance(correlate["pid"], int)
+        ingest = processes["ingest"]
+        assert ingest["running"] and ingest["healthy"] and isinstance(ingest["pid"], int)
+        assert str(ingest["address"]).startswith("http://127.0.0.1:")
         assert isinstance(broker["pid"], int)
         assert (tmp_path / ".custody" / "logs" / "broker.log").exists()
         existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
@@ -43,12 +46,14 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
         again_status = _status(tmp_path, bootstrap)[1]
         assert again_status["broker"]["pid"] == broker["pid"]
         assert again_status["correlate"]["pid"] == correlate["pid"]
+        assert again_status["ingest"]["pid"] == ingest["pid"]
     finally:
         down = _custody(tmp_path, bootstrap, "down")
-    assert down.returncode == 0 and "broker" in down.stdout and "correlate" in down.stdout
+    assert down.returncode == 0
+    assert all(name in down.stdout for name in ("broker", "correlate", "ingest"))
     code, processes = _status(tmp_path, bootstrap)
     assert code == 3 and not processes["broker"]["running"]
-    assert not processes["correlate"]["running"]
+    assert not processes["correlate"]["running"] and not processes["ingest"]["running"]
     assert (
         not Path(f"/proc/{broker['pid']}").exists()
         or b"tansu" not in Path(f"/proc/{broker['pid']}/cmdline").read_bytes()

@@ -1,0 +1,167 @@
+-- Misused tokens: the four alerts the correlator raises on an ACCESS event, one row per
+-- (alert_type, access event):
+--   TOKEN_USED_AFTER_REVOCATION  the access is after the token's revocation;
+--   TOKEN_USED_AFTER_EXPIRY      the access is after the token's expires_at;
+--   SHARED_CREDENTIAL            the access's actor is neither the token's subject
+--                                workload nor the instance it was issued to;
+--   SCOPE_ESCALATION             the access touches data_scope outside the token's scopes
+--                                (the access form only; the delegation form of this alert,
+--                                a delegation granting scopes its task did not hold, is not
+--                                computed here and has no token_id).
+-- The SQL twin of processors/correlation/engine.py, _check_access_against_token and
+-- _check_access_after_revocation, computed from the raw `events` table alone.
+--
+-- Parameters
+--   {as_of:DateTime64(6, 'UTC')}  accesses with event_time at or before as_of
+--                                 ('YYYY-MM-DD hh:mm:ss[.ffffff]', UTC). No grace period:
+--                                 these conditions hold between two facts and have no
+--                                 deadline.
+--
+-- Result: one row per alert, with the columns of the `alerts` table (without detected_at)
+-- plus the access event. alert_id is the streaming alert's id (its subject is the access
+-- event), so the result can be matched against `alerts` row for row.
+--
+-- How it is judged (as the correlator does):
+--   * one custody tree (tenant, root_task_id) at a time; each event_id once (FINAL);
+--     an access joins the token and revocation of the same token_id in its tree;
+--   * the token is its earliest CREDENTIAL_ISSUED in the tree, by (event_time, event_id):
+--     its token_subject, scopes and expires_at; later issuances of the token_id do not
+--     count. Without an issuance, only the revocation check applies;
+--   * the revocation is the token's earliest CREDENTIAL_REVOKED in the tree, by
+--     (event_time, event_id), whatever its reason; it needs no issuance;
+--   * after revocation: access event_time > revocation event_time (strictly: an access at
+--     the revocation's instant is not reported);
+--   * after expiry: access event_time > expires_at (strictly);
+--   * shared: token_subject differs from both the access's actor_workload_id and its
+--     actor_instance_id (a token issued to an instance id is not shared when that
+--     instance uses it);
+--   * scope escalation: some element of the access's data_scope is not in the token's
+--     scopes (an empty data_scope never is);
+--   * the access outcome does not matter (a DENIED access is still a use);
+--   * task_id and workload_id are the access's; alert event_time = the access's
+--     event_time; evidence = the access and the issuance (the revocation for the first).
+--
+-- Differences from the streaming rule
+--   * as_of bounds the access time: the correlator raises these alerts as soon as both
+--     events have arrived, whatever its watermark, so at a given watermark it may already
+--     have alerted on accesses up to the allowed lateness beyond it. With as_of at or
+--     after the last access, the two agree.
+--   * The correlator checks an access against the issuance and revocation it knows at the
+--     time; if an earlier issuance or revocation of the same token_id arrives out of order
+--     afterwards, it checks again, but an alert already raised stays (its evidence can
+--     name the later revocation). This query judges against the earliest ones only.
+--   * The correlator forgets accesses older than its watermark less the grace period, so
+--     an issuance or revocation arriving later than that (beyond the allowed lateness)
+--     is not checked against them there; this query still checks them.
+--   * The correlator keys a tree by root_task_id alone (tenant taken from its first
+--     event); this query by (tenant, root_task_id). Equal unless two tenants share a
+--     root_task_id.
+WITH
+    accesses AS (
+        SELECT
+            tenant, root_task_id, task_id, token_id,
+            event_id AS access_event_id,
+            event_time AS accessed_at,
+            actor_workload_id, actor_instance_id, data_scope
+        FROM events FINAL
+        WHERE event_type = 'ACCESS' AND event_time <= {as_of:DateTime64(6, 'UTC')}
+    ),
+    tokens AS (
+        SELECT
+            tenant, root_task_id, token_id,
+            argMin(event_id, (event_time, event_id)) AS issued_event_id,
+            argMin(token_subject, (event_time, event_id)) AS token_subject,
+            argMin(scopes, (event_time, event_id)) AS token_scopes,
+            argMin(expires_at, (event_time, event_id)) AS expires_at
+        FROM events FINAL
+        WHERE event_type = 'CREDENTIAL_ISSUED'
+        GROUP BY tenant, root_task_id, token_id
+    ),
+    revocations AS (
+        SELECT
+            tenant, root_task_id, token_id,
+            min(event_time) AS revoked_at,
+            argMin(event_id, (event_time, event_id)) AS revocation_event_id,
+            argMin(reason, (event_time, event_id)) AS revocation_reason
+        FROM events FINAL
+        WHERE event_type = 'CREDENTIAL_REVOKED'
+        GROUP BY tenant, root_task_id, token_id
+    ),
+    used AS (
+        SELECT
+            a.tenant AS tenant, a.root_task_id AS root_task_id, a.task_id AS task_id,
+            a.token_id AS token_id, a.access_event_id AS access_event_id,
+            a.accessed_at AS accessed_at, a.actor_workload_id AS actor_workload_id,
+            a.actor_instance_id AS actor_instance_id, a.data_scope AS data_scope,
+            t.issued_event_id AS issued_event_id, t.token_subject AS token_subject,
+            t.token_scopes AS token_scopes, t.expires_at AS expires_at
+        FROM accesses AS a
+        INNER JOIN tokens AS t USING (tenant, root_task_id, token_id)
+    ),
+    findings AS (
+        SELECT
+            'TOKEN_USED_AFTER_REVOCATION' AS alert_type, 'CRITICAL' AS severity,
+            a.tenant AS tenant, a.root_task_id AS root_task_id, a.task_id AS task_id,
+            a.token_id AS token_id, a.actor_workload_id AS workload_id,
+            a.accessed_at AS event_time, a.access_event_id AS access_event_id,
+            [a.access_event_id, r.revocation_event_id] AS evidence,
+            format('used {}s after revocation ({})',
+                   toString(dateDiff('second', r.revoked_at, a.accessed_at)),
+                   ifNull(r.revocation_reason, '')) AS detail
+        FROM accesses AS a
+        INNER JOIN revocations AS r USING (tenant, root_task_id, token_id)
+        WHERE a.accessed_at > r.revoked_at
+
+        UNION ALL
+
+        SELECT
+            'TOKEN_USED_AFTER_EXPIRY', 'HIGH',
+            tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
+            access_event_id, [access_event_id, issued_event_id],
+            format('used {}s after it expired',
+                   toString(dateDiff('second', expires_at, accessed_at)))
+        FROM used
+        WHERE accessed_at > expires_at
+
+        UNION ALL
+
+        SELECT
+            'SHARED_CREDENTIAL', 'HIGH',
+            tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
+            access_event_id, [access_event_id, issued_event_id],
+            format('issued to {}, used by {} ({})',
+                   token_subject, actor_workload_id, actor_instance_id)
+        FROM used
+        WHERE token_subject != actor_workload_id AND token_subject != actor_instance_id
+
+        UNION ALL
+
+        SELECT
+            'SCOPE_ESCALATION', 'HIGH',
+            tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
+            access_event_id, [access_event_id, issued_event_id],
+            format('access touched {} outside the token''s scopes',
+                   arrayStringConcat(
+                       arraySort(arrayDistinct(
+                           arrayFilter(s -> NOT has(token_scopes, s), data_scope))),
+                       ', '))
+        FROM used
+        WHERE NOT hasAll(token_scopes, data_scope)
+    )
+SELECT
+    substring(lower(hex(SHA256(concat(
+        alert_type, char(31), tenant, char(31), root_task_id, char(31), access_event_id
+    )))), 1, 32) AS alert_id,
+    alert_type,
+    severity,
+    tenant,
+    root_task_id,
+    task_id,
+    token_id,
+    workload_id,
+    event_time,
+    arraySort(arrayDistinct(evidence)) AS evidence_event_ids,
+    detail,
+    access_event_id
+FROM findings
+ORDER BY event_time, alert_type, alert_id

@@ -1,0 +1,220 @@
+"""Ingest throughput: ``custody ingest`` on the embedded engine against a floor measured
+in the same run.
+
+Realistic custody trees (:class:`tests.bench.bench_producer.TreeGenerator`; about 580
+bytes per event, unique event ids) are stamped with a hash chain
+(``event_to_avro(event, chain=...)``), encoded with ``AvroCodec`` and produced raw, keyed
+by ``root_task_id``, to ``custody.events.v1`` (6 partitions) of a fresh local Tansu broker
+before anything is timed. Then, alternately, each in its own subprocess
+(:mod:`tests.bench.ingest_worker`) on a fresh, migrated chdb directory:
+
+- **floor**: a confluent-kafka consumer (partitions assigned directly) reads every record
+  with ``consume(10000)``, strips the 10-byte single-object header, frames 10,000 bodies
+  per Avro container (:func:`processors.storage.avro_frames.container`) and inserts it
+  with ``send_insert("INSERT INTO events_avro", "Avro")``: consuming plus ClickHouse's own
+  Avro parsing of the same events, nothing else.
+- **ingest**: the real :class:`processors.ingest.Ingest` with
+  :class:`processors.storage.sink.BatchWriter` (``ingest_batch_rows`` 10,000, development
+  profile, 2 s session timeout) in a thread, under a fresh consumer group; it also
+  subscribes to the (empty) state and alerts topics, checks every record, commits after
+  every batch.
+
+Rate = events / (time the ``events`` table answers ``SELECT count() FROM events FINAL`` =
+N - time the first ``consume`` call returned records). Starting at the first record keeps
+ingest's group join (about 1 s on Tansu) and both processes' start-up (importing chdb,
+migrating) out of both figures. Medians of :data:`ROUNDS` alternating rounds; ratio =
+ingest / floor. Goal: ratio >= 0.8 and >= 80k events/s.
+
+``CUSTODY_BENCH_INGEST_EVENTS`` (default 200,000) sets N; ``CUSTODY_BENCH_INGEST_PYSPY=
+/tmp/ingest.svg`` records the first ingest run with py-spy (``.svg``: a flame graph, any
+other suffix: collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from producers.admin import ensure_topics
+from producers.chain import HashChain
+from producers.settings import Settings
+from schemas import catalog, topics
+from schemas.codec import AvroCodec, body_bytes, event_to_avro
+from tests.bench.bench_correlate import py_spy
+from tests.bench.bench_producer import generate, local_broker
+from tests.bench.results import Entry, entry
+
+DEFAULT_EVENTS = 200_000
+ROUNDS = 3
+PARTITIONS = 6
+INSTANCES = 8
+UNIT = "events/s"
+GOAL_RATIO = 0.8
+GOAL_RATE = 80_000
+RUN_TIMEOUT = 300.0
+
+
+# ---- the events -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Messages:
+    """The encoded events, as produced: (key, value) pairs."""
+
+    pairs: list[tuple[bytes, bytes]]
+
+    @property
+    def mean_bytes(self) -> float:
+        return sum(len(value) for _, value in self.pairs) / len(self.pairs)
+
+
+def encoded(count: int) -> Messages:
+    """``count`` realistic events, stamped with :data:`INSTANCES` hash chains (one per
+    tree, round-robin) and encoded as the SDK sends them."""
+    codec = AvroCodec()
+    chains: dict[str, HashChain] = {}
+    owner: dict[str, str] = {}
+    pairs = []
+    for event in generate(count):
+        root = event.root_task_id
+        instance = owner.setdefault(root, f"bench-ingest/{len(owner) % INSTANCES}")
+        chain = chains.setdefault(instance, HashChain())
+        link = chain.next_link()
+        message = codec.encode(
+            catalog.EVENT, event_to_avro(event, chain=(instance, link.seq, link.prev_hash))
+        )
+        chain.advance(link.seq, body_bytes(message))
+        pairs.append((root.encode(), message))
+    return Messages(pairs)
+
+
+def produce(settings: Settings, messages: Messages) -> None:
+    """Every message to the events topic, keyed by root task; waits for every ack."""
+    producer = Producer(settings.kafka_producer())
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for key, value in messages.pairs:
+        while True:
+            try:
+                producer.produce(topics.EVENTS, value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{remaining} events unacknowledged, failures: {failures[:3]}")
+
+
+# ---- one run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    mode: str
+    rate: float
+    result: dict[str, Any]
+
+
+def run_worker(
+    mode: str, bootstrap: str, count: int, workdir: Path, profile: Path | None = None
+) -> Run:
+    """One worker subprocess on a fresh chdb directory, to completion."""
+    base = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=workdir))
+    result_path = base / "result.json"
+    log_path = base / "worker.log"
+    command = [
+        sys.executable,
+        "-m",
+        "tests.bench.ingest_worker",
+        mode,
+        bootstrap,
+        str(count),
+        str(base / "chdb"),
+        str(result_path),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with py_spy(process.pid, profile):
+            code = process.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    if code != 0 or not result_path.exists():
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"{mode} worker failed ({code}):\n{tail}")
+    result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
+    if result["count"] != count:
+        raise RuntimeError(f"{mode}: events holds {result['count']} rows, expected {count}")
+    return Run(mode, count / (result["done"] - result["first"]), result)
+
+
+# ---- run ------------------------------------------------------------------------------
+
+
+def event_count() -> int:
+    return int(os.environ.get("CUSTODY_BENCH_INGEST_EVENTS", DEFAULT_EVENTS))
+
+
+def profiler_path() -> Path | None:
+    value = os.environ.get("CUSTODY_BENCH_INGEST_PYSPY")
+    return Path(value) if value else None
+
+
+def run() -> list[Entry]:
+    """Produce once, then floor and ingest alternately; medians as entries."""
+    count = event_count()
+    started = time.perf_counter()
+    print(f"ingest: generating {count:,} events")
+    messages = encoded(count)
+    floors: list[Run] = []
+    ingests: list[Run] = []
+    with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(kafka_bootstrap=bootstrap, event_partitions=PARTITIONS)
+        ensure_topics(settings.kafka_admin(), settings.event_topic_partitions())
+        produce(settings, messages)
+        print(f"ingest: {count:,} events produced ({messages.mean_bytes:,.0f} bytes each)")
+        workdir = Path(tmp)
+        for number in range(1, ROUNDS + 1):
+            floors.append(run_worker("floor", bootstrap, count, workdir))
+            profile = profiler_path() if number == 1 else None
+            ingests.append(run_worker("ingest", bootstrap, count, workdir, profile))
+            print(
+                f"ingest: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
+                f"ingest {ingests[-1].rate:,.0f} {UNIT}, "
+                f"ratio {ingests[-1].rate / floors[-1].rate:.3f}"
+            )
+    floor = statistics.median(r.rate for r in floors)
+    rate = statistics.median(r.rate for r in ingests)
+    last = ingests[-1].result
+    detail = {
+        "events": count,
+        "rounds": ROUNDS,
+        "mean_message_bytes": round(messages.mean_bytes, 1),
+        "floor_rounds": [round(r.rate) for r in floors],
+        "ingest_rounds": [round(r.rate) for r in ingests],
+        "ingest_batches": last["batches"],
+        "dead_lettered": last["dead_lettered"],
+        "goal": f"ratio >= {GOAL_RATIO} and >= {GOAL_RATE:,} {UNIT}",
+        "goal_met": rate / floor >= GOAL_RATIO and rate >= GOAL_RATE,
+        "bench_seconds": round(time.perf_counter() - started, 1),
+    }
+    return [
+        entry("ingest.throughput", rate, UNIT, floor, detail),
+        entry("ingest.floor_consume_chdb_avro", floor, UNIT, detail=detail),
+    ]
