@@ -400,12 +400,34 @@ def alerts(
 @app.command()
 def query(
     ctx: typer.Context,
-    sql: Annotated[str, typer.Argument(help="A read-only query (SELECT or WITH).")],
+    sql: Annotated[
+        str,
+        typer.Argument(help="A read-only query (SELECT or WITH), @FILE for a file, - for stdin."),
+    ],
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="NAME=VALUE for a {NAME:Type} placeholder (repeatable)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Run read-only SQL against the custody database (each key read once: FINAL)."""
+    params = {}
+    for item in param or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            err.print(f"[red]invalid --param {escape(item)!r}:[/] expected NAME=VALUE")
+            raise typer.Exit(2)
+        params[name] = value
+    if sql == "-":
+        sql = sys.stdin.read()
+    elif sql.startswith("@"):
+        try:
+            sql = Path(sql[1:]).read_text()
+        except OSError as exc:
+            err.print(f"[red]cannot read {escape(sql[1:])}:[/] {escape(str(exc))}")
+            raise typer.Exit(2) from None
     with _reader(ctx) as reader:
-        rows = reader.select(sql)
+        rows = reader.select(sql, params)
     _print_rows(rows, as_json, "Rows")
 
 

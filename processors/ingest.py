@@ -304,6 +304,9 @@ def run(settings: Settings, serve: bool | None = None) -> None:
     from processors.storage.migrations import migrate
     from processors.storage.target import ChdbTarget, parse_target
 
+    # The driver logs a traceback per failed connection attempt; the retry loop already
+    # logs each failure once, in one line.
+    logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
     target = parse_target(settings.clickhouse())
     embedded = isinstance(target, ChdbTarget)
     backend = open_backend(target)

@@ -17,6 +17,14 @@
 --                                 these conditions hold between two facts and have no
 --                                 deadline.
 --
+-- Run it with clickhouse-client:
+--   clickhouse-client --database custody --param_as_of='2026-11-29 10:00:00' \
+--       --queries-file dashboards/queries/misused_tokens.sql
+-- or with the CLI:
+--   custody query @dashboards/queries/misused_tokens.sql --param as_of='2026-11-29 10:00:00'
+-- or through the query API of `custody serve`: POST /query with
+--   {"sql": <this file>, "params": {"as_of": "2026-11-29 10:00:00"}}
+--
 -- Result: one row per alert, with the columns of the `alerts` table (without detected_at)
 -- plus the access event. alert_id is the streaming alert's id (its subject is the access
 -- event), so the result can be matched against `alerts` row for row.
@@ -39,17 +47,23 @@
 --     scopes (an empty data_scope never is);
 --   * the access outcome does not matter (a DENIED access is still a use);
 --   * task_id and workload_id are the access's; alert event_time = the access's
---     event_time; evidence = the access and the issuance (the revocation for the first).
+--     event_time; evidence = the access and the token's issuance, or for
+--     TOKEN_USED_AFTER_REVOCATION the access and the revocation;
+--   * the issuance is taken whatever its event time (also after as_of, or after the
+--     access), as the correlator checks an access against any issuance it receives.
 --
 -- Differences from the streaming rule
 --   * as_of bounds the access time: the correlator raises these alerts as soon as both
 --     events have arrived, whatever its watermark, so at a given watermark it may already
 --     have alerted on accesses up to the allowed lateness beyond it. With as_of at or
---     after the last access, the two agree.
+--     after the last access, this difference vanishes.
 --   * The correlator checks an access against the issuance and revocation it knows at the
 --     time; if an earlier issuance or revocation of the same token_id arrives out of order
---     afterwards, it checks again, but an alert already raised stays (its evidence can
---     name the later revocation). This query judges against the earliest ones only.
+--     afterwards, it checks again, but an alert already raised stays. So with two
+--     issuances of one token_id arriving latest first, it can hold an alert judged
+--     against the later issuance that this query, judging against the earliest only,
+--     does not report; and the evidence of TOKEN_USED_AFTER_REVOCATION can name a later
+--     revocation than the earliest one named here.
 --   * The correlator forgets accesses older than its watermark less the grace period, so
 --     an issuance or revocation arriving later than that (beyond the allowed lateness)
 --     is not checked against them there; this query still checks them.

@@ -10,6 +10,16 @@
 --                                 UTC). A token is reported only once its deadline
 --                                 (issuance event_time + grace) is at or before as_of.
 --
+-- Run it with clickhouse-client:
+--   clickhouse-client --database custody --param_grace_seconds=60 \
+--       --param_as_of='2026-11-29 10:00:00' --queries-file dashboards/queries/orphaned_tokens.sql
+-- or with the CLI:
+--   custody query @dashboards/queries/orphaned_tokens.sql --param grace_seconds=60 --param as_of='2026-11-29 10:00:00'
+-- or through the query API of `custody serve`: POST /query with
+--   {"sql": <this file>, "params": {"grace_seconds": 60, "as_of": "2026-11-29 10:00:00"}}
+-- For a Grafana alert rule, as_of is now() less the correlator's allowed lateness (its
+-- watermark).
+--
 -- Result: one row per alert, with the columns of the `alerts` table (without detected_at)
 -- plus the deadline and which of the two conditions failed. alert_id is the streaming
 -- alert's id, so the result can be matched against `alerts` row for row.

@@ -21,13 +21,14 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
 from schemas.models import Envelope
-from tests.correlation_trees import MISCHIEF, mischievous, run
+from tests.correlation_trees import GRACE, MISCHIEF, mischievous, run
 from tests.factories import one_of_each
 from tests.integration.conftest import CUSTODY
 
 pytestmark = pytest.mark.integration
 
 CODEC = AvroCodec()
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
@@ -316,6 +317,20 @@ def test_read_commands_without_a_running_stack(tmp_path: Path) -> None:
 
     queried = _cli(tmp_path, "query", "SELECT count() AS n FROM events", "--json")
     assert json.loads(queried.stdout) == {"n": len(tree)}
+    twin = _cli(
+        tmp_path,
+        "query",
+        f"@{REPO / 'dashboards' / 'queries' / 'unrevoked_tokens.sql'}",
+        "--param",
+        f"grace_seconds={GRACE}",
+        "--param",
+        "as_of=2030-01-01 00:00:00",
+        "--json",
+    )
+    assert twin.returncode == 0, twin.stderr
+    assert {json.loads(line)["alert_id"] for line in twin.stdout.splitlines()} == {
+        a.alert_id for a in result.alerts if a.alert_type == "UNREVOKED_TOKEN"
+    }
     refused = _cli(tmp_path, "query", "DROP TABLE events")
     assert refused.returncode == 1 and "refused" in refused.stderr
 
