@@ -64,12 +64,15 @@ class _Batch:
     records: list[Record] = field(default_factory=list)
     size: int = 0
     opened_at: float = 0.0
+    # The offset to commit per partition: a partition's records arrive in offset order.
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def add(self, record: Record) -> None:
         if not self.records:
             self.opened_at = time.monotonic()
         self.records.append(record)
         self.size += len(record.value or b"")
+        self.ends[record.topic, record.partition] = record.offset + 1
 
 
 def _record(message: Message) -> Record:
@@ -152,7 +155,7 @@ class Ingest:
     def _flush(self, batch: _Batch) -> None:
         result = self._store_with_retry(batch.records)
         self._dead_letter(result.rejected)
-        self._commit(batch.records)
+        self._commit(batch.ends)
         self.stats.batches += 1
         self.stats.stored += result.stored
         self.stats.dead_lettered += len(result.rejected)
@@ -249,11 +252,7 @@ class Ingest:
                 f"{remaining} dead letters unacknowledged, {len(failures)} failed: {failures[:3]}"
             )
 
-    def _commit(self, records: list[Record]) -> None:
-        ends: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            ends[key] = max(ends.get(key, -1), record.offset + 1)
+    def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         # A partition revoked while the batch was stored now belongs to another consumer,
         # which will store those records again (idempotently); it is not ours to commit.
         offsets = [

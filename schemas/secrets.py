@@ -12,10 +12,15 @@ mention a secret (``token_id``, ``"api-key rotation"``) are not flagged.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import re
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import hyperscan
 
 # kind -> (marker, rest): every secret starts with its literal-ish marker, so one cheap
 # search for the markers rules out nearly every clean value before the full patterns run.
@@ -39,11 +44,49 @@ _PATTERNS: dict[str, tuple[str, str]] = {
 _ANY_SECRET = re.compile(
     "|".join(f"(?P<{kind}>{marker}{rest})" for kind, (marker, rest) in _PATTERNS.items())
 )
-_MARKERS = "|".join(marker for marker, _ in _PATTERNS.values())
-_ANY_MARKER = re.compile(_MARKERS)
-_ANY_MARKER_BYTES = re.compile(_MARKERS.encode())
+_ANY_MARKER = re.compile("|".join(marker for marker, _ in _PATTERNS.values()))
 # Values are joined by a separator no pattern can cross.
 _SEPARATOR = "\x00"
+
+
+class _MarkerScanner:
+    """The markers compiled for Hyperscan, which scans bytes at about 6 GB/s where
+    Python's ``re`` manages 0.1-0.2 GB/s on this alternation: the pre-check runs on every
+    published, correlated and ingested record.
+
+    A scratch space must not be shared by concurrent scans, so each thread gets its own.
+    """
+
+    def __init__(self) -> None:
+        markers = [marker.encode() for marker, _ in _PATTERNS.values()]
+        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._database.compile(
+            expressions=markers,
+            ids=list(range(len(markers))),
+            elements=len(markers),
+        )
+        self._local = threading.local()
+
+    def _scratch(self) -> hyperscan.Scratch:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._database)
+        return scratch
+
+    def ends(self, data: bytes, first_only: bool = False) -> list[int]:
+        """Where marker matches end in ``data`` (only the first one with ``first_only``)."""
+        found: list[int] = []
+
+        def on_match(_id: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+            found.append(end)
+            return first_only  # True stops the scan
+
+        with contextlib.suppress(hyperscan.ScanTerminated):
+            self._database.scan(data, match_event_handler=on_match, scratch=self._scratch())
+        return found
+
+
+_SCANNER = _MarkerScanner()
 
 REDACTED = "[REDACTED]"
 
@@ -109,7 +152,20 @@ def may_hold_secret(encoded: bytes) -> bool:
     """Cheap pre-check of an encoded record (Avro or UTF-8 JSON store each string as
     contiguous bytes): False means no field can hold a secret; True means look closer
     with :func:`find_secrets`."""
-    return _ANY_MARKER_BYTES.search(encoded) is not None
+    return bool(_SCANNER.ends(encoded, first_only=True))
+
+
+def records_that_may_hold_secrets(records: Sequence[bytes]) -> set[int]:
+    """:func:`may_hold_secret` over a batch in one scan: the indexes of the records to
+    look at closer. The records are joined by a byte no marker contains, so a match never
+    spans two of them."""
+    starts = []
+    position = 0
+    for record in records:
+        starts.append(position)
+        position += len(record) + 1
+    ends = _SCANNER.ends(b"\x00".join(records))
+    return {bisect.bisect_right(starts, end - 1) - 1 for end in ends}
 
 
 def reject_secrets(value: Any) -> None:

@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS events
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (tenant, root_task_id, event_time, event_id)
-TTL toDateTime(event_time) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(event_time) + INTERVAL {{retention_days}} DAY
+-- Small granules: a custody tree is a few dozen rows, read by key.
+SETTINGS index_granularity = 1024;
 
 -- The Avro layout of custody.events.v1 (one optional record per body type). ingest
 -- inserts Avro container blocks here and ClickHouse parses them; the Null engine keeps
@@ -167,7 +169,12 @@ SELECT
     body_break_glass.break_glass_id AS break_glass_id,
     body_break_glass.standing_access_unavailable AS standing_access_unavailable,
     body_credential_revoked.revoked_by AS revoked_by
-FROM events_avro;
+FROM events_avro
+-- ClickHouse does not check that a body was read to its end, so bytes that are not an
+-- event could pass as one; an event_id that is not a UUID fails the insert instead, and
+-- ingest isolates the record and dead-letters it.
+WHERE throwIf(NOT match(event_id, '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$'),
+              'event_id is not a UUID') = 0;
 
 -- Which tree a task belongs to, so `custody trace` finds a tree from any of its tasks
 -- without scanning events (events is ordered by root_task_id, not task_id).
@@ -180,7 +187,8 @@ CREATE TABLE IF NOT EXISTS task_roots
 )
 ENGINE = ReplacingMergeTree
 ORDER BY task_id
-TTL toDateTime(first_seen) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(first_seen) + INTERVAL {{retention_days}} DAY
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS task_roots_mv TO task_roots AS
 SELECT

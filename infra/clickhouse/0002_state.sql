@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS tasks
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (tenant, root_task_id, task_id)
-TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY
+-- Small granules: a custody tree is a few dozen rows, read by key.
+SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS delegations
 (
@@ -43,7 +45,9 @@ CREATE TABLE IF NOT EXISTS delegations
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (tenant, root_task_id, child_task_id)
-TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY
+-- Small granules: a custody tree is a few dozen rows, read by key.
+SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS credentials
 (
@@ -70,7 +74,9 @@ CREATE TABLE IF NOT EXISTS credentials
 )
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (tenant, root_task_id, token_id)
-TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY
+-- Small granules: a custody tree is a few dozen rows, read by key.
+SETTINGS index_granularity = 1024;
 
 -- The Avro layout of custody.state.v1; each view below takes its kind of change.
 CREATE TABLE IF NOT EXISTS state_avro

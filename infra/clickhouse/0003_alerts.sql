@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS alerts
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (tenant, root_task_id, alert_id)
-TTL toDateTime(event_time) + INTERVAL {{retention_days}} DAY;
+TTL toDateTime(event_time) + INTERVAL {{retention_days}} DAY
+-- Small granules: a custody tree is a few dozen rows, read by key.
+SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS alerts_avro
 (

@@ -4,6 +4,13 @@ Tasks, delegations and credentials come from the correlator's state tables (late
 version of each); decisions, accesses, approvals and break-glass from the raw events; and
 the tree's alerts. A credential stored as ACTIVE whose ``expires_at`` has passed is
 reported EXPIRED: expiry needs no event.
+
+Every query names its tree (or, in ``task_roots``, its task) in ``PREWHERE``. Readers run
+with ``final = 1``, and ClickHouse does not move conditions to PREWHERE under FINAL on its
+own, so without it FINAL reads and merges every column of the selected granules before
+filtering (on 10M events the events query took 110 ms instead of 19). Filtering first is
+exact here: those columns lead each table's sorting key, so the rows FINAL collapses
+together always pass or fail the filter together.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ _TREE = "tenant = {tenant:String} AND root_task_id = {root:String}"
 _TASKS = f"""
 SELECT task_id, parent_task_id, depth, workload_id, actor_kind, instance_id, on_behalf_of,
        purpose, requested_scopes, status, outcome, declared_at, completed_at
-FROM tasks WHERE {_TREE}
+FROM tasks PREWHERE {_TREE}
 ORDER BY depth, declared_at, task_id"""
 
 _DELEGATIONS = f"""
 SELECT delegator, delegatee, parent_task_id, child_task_id, scopes, decision_id, delegated_at
-FROM delegations WHERE {_TREE}
+FROM delegations PREWHERE {_TREE}
 ORDER BY delegated_at, child_task_id"""
 
 _CREDENTIALS = f"""
@@ -31,7 +38,7 @@ SELECT token_id, task_id, token_subject, credential_kind, audience, scopes, issu
        expires_at, decision_id, parent_token_id,
        if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
        revoked_at, revocation_reason, revoked_by
-FROM credentials WHERE {_TREE}
+FROM credentials PREWHERE {_TREE}
 ORDER BY issued_at, token_id"""
 
 _EVENTS = f"""
@@ -41,8 +48,8 @@ SELECT event_id, event_type, event_time, task_id, actor_workload_id AS workload_
        outcome, detail, approval_id, approver, approves, scopes, expires_at, reason,
        break_glass_id, standing_access_unavailable
 FROM events
-WHERE {_TREE}
-  AND event_type IN ('AUTHZ_DECISION', 'ACCESS', 'APPROVAL', 'BREAK_GLASS')
+PREWHERE {_TREE}
+WHERE event_type IN ('AUTHZ_DECISION', 'ACCESS', 'APPROVAL', 'BREAK_GLASS')
 ORDER BY event_time, event_id"""
 
 ALERT_COLUMNS = """alert_id, alert_type, severity, tenant, root_task_id, task_id, token_id,
@@ -50,7 +57,7 @@ ALERT_COLUMNS = """alert_id, alert_type, severity, tenant, root_task_id, task_id
 
 _ALERTS = f"""
 SELECT {ALERT_COLUMNS}
-FROM alerts WHERE {_TREE}
+FROM alerts PREWHERE {_TREE}
 ORDER BY event_time, alert_id"""
 
 # The fields each kind of event contributes to the trace, in output order.
@@ -128,7 +135,7 @@ class TreeNotFound(LookupError):
 def find_tree(reader: Reader, task_id: str) -> tuple[str, str]:
     """(tenant, root_task_id) of the tree ``task_id`` belongs to."""
     rows = reader.select(
-        "SELECT tenant, root_task_id FROM task_roots WHERE task_id = {id:String} LIMIT 1",
+        "SELECT tenant, root_task_id FROM task_roots PREWHERE task_id = {id:String} LIMIT 1",
         {"id": task_id},
     )
     if not rows:

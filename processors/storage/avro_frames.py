@@ -34,6 +34,21 @@ def _bytes(value: bytes) -> bytes:
     return _long(len(value)) + value
 
 
+# A block's head (object count 1, then the body's byte size) for each size seen so far,
+# up to _CACHED_SIZES: building it costs more than the rest of the block.
+_CACHED_SIZES = 1 << 16
+_BLOCK_HEADS: dict[int, bytes] = {}
+
+
+def _block_head(size: int) -> bytes:
+    head = _BLOCK_HEADS.get(size)
+    if head is None:
+        head = _long(1) + _long(size)
+        if size < _CACHED_SIZES:
+            _BLOCK_HEADS[size] = head
+    return head
+
+
 def container(schema_json: str, bodies: Sequence[bytes]) -> bytes:
     """One uncompressed Avro object container holding ``bodies``, one block each."""
     sync = os.urandom(16)
@@ -45,6 +60,13 @@ def container(schema_json: str, bodies: Sequence[bytes]) -> bytes:
         + _bytes(b"null")
         + _long(0)
     )
-    one = _long(1)
-    blocks = [one + _long(len(body)) + body + sync for body in bodies]
-    return b"".join((_MAGIC, metadata, sync, *blocks))
+    # One join over the pieces, without building each block as its own bytes first.
+    parts = [_MAGIC, metadata, sync]
+    append = parts.append
+    heads = _BLOCK_HEADS
+    for body in bodies:
+        head = heads.get(len(body))
+        append(head if head is not None else _block_head(len(body)))
+        append(body)
+        append(sync)
+    return b"".join(parts)

@@ -9,7 +9,9 @@ Every table is a ReplacingMergeTree keyed so that a replayed record is the same 
 makes a write idempotent: the ingest loop can write a batch again after a crash.
 
 What cannot be stored comes back as :class:`Rejected` (for the dead-letter topic): a bad
-wire header, a schema that is not the topic's contract, a body ClickHouse cannot parse. A
+wire header, a schema that is not the topic's contract, a body ClickHouse cannot parse
+(including, through a check in ``events_avro_mv``, bytes whose event_id is not a UUID:
+ClickHouse could otherwise read noise as a well-formed prefix). A
 failing insert is split in halves until the bad records are isolated, so one bad record
 costs a few extra inserts and never holds back the good ones. :class:`StorageUnavailable`
 (ClickHouse cannot be reached) and a :class:`StorageRejected` that is not about the data
@@ -19,10 +21,9 @@ costs a few extra inserts and never holds back the good ones. :class:`StorageUna
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors.redaction import redacted
 from processors.storage import rows
@@ -30,8 +31,14 @@ from processors.storage.avro_frames import container
 from processors.storage.backend import Backend, StorageRejected
 from schemas import catalog, topics
 from schemas.catalog import SchemaVersion
-from schemas.codec import AvroCodec, DecodeError, body_bytes, event_to_avro
-from schemas.secrets import may_hold_secret
+from schemas.codec import (
+    SINGLE_OBJECT_HEADER_SIZE,
+    AvroCodec,
+    DecodeError,
+    body_bytes,
+    event_to_avro,
+)
+from schemas.secrets import may_hold_secret, records_that_may_hold_secrets
 
 TOPIC_RECORDS = {
     topics.EVENTS: catalog.EVENT,
@@ -43,17 +50,10 @@ AVRO_TABLES = {
     catalog.STATE: "state_avro",
     catalog.ALERT: "alerts_avro",
 }
-# An event body starts with its event_id, a UUID: the Avro length prefix of 36 (0x48)
-# and 36 characters. Checking that is cheap and turns away bytes that are not an event
-# (JSON, zeros, noise) which ClickHouse could otherwise read as a well-formed prefix.
-_EVENT_BODY_START = re.compile(
-    rb"H[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka record."""
+class Record(NamedTuple):
+    """One consumed Kafka record (a tuple: ingest builds one per record)."""
 
     topic: str
     partition: int
@@ -85,6 +85,7 @@ class BatchWriter:
         self.backend = backend
         self.codec = codec or AvroCodec()
         self._columns: dict[str, list[str]] = {}
+        self._headers: dict[bytes, tuple[SchemaVersion, int]] = {}
 
     def write(self, records: Sequence[Record]) -> WriteResult:
         """Store what can be stored; report the rest. Raises StorageUnavailable."""
@@ -98,10 +99,13 @@ class BatchWriter:
     # ---- embedded: ClickHouse parses the Avro --------------------------------------
 
     def _write_avro(self, records: Sequence[Record], result: WriteResult) -> None:
+        values = [record.value or b"" for record in records]
+        events = [i for i, record in enumerate(records) if record.topic == topics.EVENTS]
+        suspects = {events[i] for i in records_that_may_hold_secrets([values[i] for i in events])}
         writers: dict[tuple[str, int], SchemaVersion] = {}
         groups: dict[tuple[str, int], list[tuple[Record, bytes]]] = {}
-        for record in records:
-            framed = self._frame(record, result)
+        for index, record in enumerate(records):
+            framed = self._frame(record, values[index], index in suspects, result)
             if framed is not None:
                 writer, body = framed
                 key = (writer.record, writer.version)
@@ -119,37 +123,35 @@ class BatchWriter:
                 result,
             )
 
-    def _frame(self, record: Record, result: WriteResult) -> tuple[SchemaVersion, bytes] | None:
-        value = record.value or b""
-        try:
-            writer, offset = self.codec.writer_of(value)
-        except DecodeError as exc:
-            result.rejected.append(Rejected(record, exc.reason, str(exc)))
-            return None
-        expected = TOPIC_RECORDS[record.topic]
-        if writer.record != expected:
+    def _frame(
+        self, record: Record, value: bytes, suspect: bool, result: WriteResult
+    ) -> tuple[SchemaVersion, bytes] | None:
+        # A batch carries few distinct wire headers, so each is resolved once.
+        header = value[:SINGLE_OBJECT_HEADER_SIZE] if value[:1] == b"\xc3" else value[:5]
+        known = self._headers.get(header)
+        if known is None:
+            try:
+                known = self.codec.writer_of(value)
+            except DecodeError as exc:
+                result.rejected.append(Rejected(record, exc.reason, str(exc)))
+                return None
+            self._headers[header] = known
+        writer, offset = known
+        if writer.record != TOPIC_RECORDS[record.topic]:
             result.rejected.append(
                 Rejected(record, "contract_violation", f"a {writer.record} on {record.topic}")
             )
             return None
-        body = value[offset:]
-        if expected != catalog.EVENT:
-            return writer, body
-        if not _EVENT_BODY_START.match(body):
-            result.rejected.append(
-                Rejected(record, "malformed_avro", "body does not start with a UUID event_id")
-            )
+        if not suspect:
+            return writer, value[offset:]
+        try:
+            clean = redacted(self.codec.decode_event(value))
+        except DecodeError as exc:
+            result.rejected.append(Rejected(record, exc.reason, str(exc)))
             return None
-        if may_hold_secret(value):
-            try:
-                clean = redacted(self.codec.decode_event(value))
-            except DecodeError as exc:
-                result.rejected.append(Rejected(record, exc.reason, str(exc)))
-                return None
-            encoded = self.codec.encode(catalog.EVENT, event_to_avro(clean))
-            result.redacted += 1
-            return catalog.latest(catalog.EVENT), body_bytes(encoded)
-        return writer, body
+        result.redacted += 1
+        encoded = self.codec.encode(catalog.EVENT, event_to_avro(clean))
+        return catalog.latest(catalog.EVENT), body_bytes(encoded)
 
     # ---- server: rows decoded in Python ----------------------------------------------
 
@@ -220,7 +222,7 @@ class BatchWriter:
     def _insert_isolating(
         self,
         items: list[tuple[Record, Any]],
-        insert: Callable[[list[tuple[Record, Any]]], int],
+        insert: Callable[[list[tuple[Record, Any]]], None],
         result: WriteResult,
     ) -> None:
         """Insert ``items``; on a rejection, split until the records at fault are alone."""

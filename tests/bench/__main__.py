@@ -1,27 +1,41 @@
-"""Run every benchmark, print a table and write ``bench-results.json`` at the repo root.
+"""Run the benchmarks, print a table and write ``bench-results.json`` at the repo root.
 
-Run from the repository root: ``python -m tests.bench`` (``make bench``). A benchmark is a
-function returning a list of :class:`tests.bench.results.Entry`; add it to
+Run from the repository root: ``python -m tests.bench`` (``make bench``) runs them all;
+``python -m tests.bench ingest trace`` (or ``CUSTODY_BENCH_ONLY=ingest,trace``) only the
+named ones (a name is the module's, without ``bench_``: producer, correlate, ingest,
+trace), and then updates their entries in ``bench-results.json``, keeping the others. A
+benchmark is a function returning a list of :class:`tests.bench.results.Entry`; add it to
 :data:`BENCHMARKS`.
 
 Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
-``CUSTODY_BENCH_CORRELATE_EVENTS`` (events per correlator run, default 30000) and
-``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
+``CUSTODY_BENCH_CORRELATE_EVENTS`` (events per correlator run, default 30000),
+``CUSTODY_BENCH_INGEST_EVENTS`` (events per ingest run, default 200000),
+``CUSTODY_BENCH_TRACE_EVENTS`` (events stored for the trace latency, default 10000000)
+and ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import bench_correlate, bench_producer
+from tests.bench import bench_correlate, bench_ingest, bench_producer, bench_trace
 from tests.bench.results import Entry
 
-BENCHMARKS: list[Callable[[], list[Entry]]] = [bench_producer.run, bench_correlate.run]
+Benchmark = Callable[[], list[Entry]]
+
+BENCHMARKS: list[Benchmark] = [
+    bench_producer.run,
+    bench_correlate.run,
+    bench_ingest.run,
+    bench_trace.run,
+]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
 
@@ -49,11 +63,43 @@ def render(entries: list[Entry]) -> Table:
     return table
 
 
-def main() -> None:
-    """Run all benchmarks in order, then report."""
-    entries = [result for benchmark in BENCHMARKS for result in benchmark()]
+def name_of(benchmark: Benchmark) -> str:
+    """``ingest`` for ``tests.bench.bench_ingest.run``."""
+    return benchmark.__module__.rsplit(".", 1)[-1].removeprefix("bench_")
+
+
+def selected(names: list[str]) -> list[Benchmark]:
+    """The benchmarks named (all of them, in order, if none is); exits on an unknown name."""
+    if not names:
+        return list(BENCHMARKS)
+    known = {name_of(benchmark): benchmark for benchmark in BENCHMARKS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown benchmark {', '.join(unknown)}; known: {', '.join(known)}")
+    return [benchmark for name, benchmark in known.items() if name in names]
+
+
+def merged(entries: list[Entry], path: Path) -> list[Entry]:
+    """The entries of ``path`` with those of ``entries`` replaced or added (by name)."""
+    try:
+        previous: list[Entry] = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        previous = []
+    fresh = {item["name"]: item for item in entries}
+    kept = [item for item in previous if item["name"] not in fresh]
+    return kept + entries
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the selected benchmarks in order, then report."""
+    names = sys.argv[1:] if argv is None else argv
+    if not names and os.environ.get("CUSTODY_BENCH_ONLY"):
+        names = [n.strip() for n in os.environ["CUSTODY_BENCH_ONLY"].split(",") if n.strip()]
+    benchmarks = selected(names)
+    entries = [result for benchmark in benchmarks for result in benchmark()]
     Console().print(render(entries))
-    RESULTS_PATH.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+    written = entries if len(benchmarks) == len(BENCHMARKS) else merged(entries, RESULTS_PATH)
+    RESULTS_PATH.write_text(json.dumps(written, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {RESULTS_PATH}")
 
 

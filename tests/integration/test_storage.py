@@ -171,6 +171,7 @@ def test_records_that_cannot_be_stored_are_reported_and_the_rest_stored(
         good[2][:10] + bytes(range(7, 200)),  # noise behind a valid header
         alert_on_events,
         b"",
+        good[3][:10] + b"\x00" * 40,  # zeros read as a well-formed, empty event
     ]
     values = good[:4] + bad + good[4:]
     result = BatchWriter(backend).write(records(values))
@@ -179,10 +180,12 @@ def test_records_that_cannot_be_stored_are_reported_and_the_rest_stored(
         4: "unknown_wire_format",
         5: "unknown_schema",
         6: "unstorable",
-        7: "malformed_avro",
+        7: "unstorable",
         8: "contract_violation",
         9: "unknown_wire_format",
+        10: "unstorable",
     }
+    assert "not a UUID" in next(r.detail for r in result.rejected if r.record.offset == 10)
     assert result.stored == len(good)
     assert count(backend, "events") == (len(good), len(good))
 

@@ -16,6 +16,7 @@ from schemas.secrets import (
     SecretValueError,
     find_secrets,
     may_hold_secret,
+    records_that_may_hold_secrets,
     redact_secrets,
     reject_secrets,
 )
@@ -123,3 +124,14 @@ def test_the_encoded_precheck_sees_every_kind(kind: str, value: str) -> None:
     leaky = event.model_copy(update={"attributes": {"x": value}})
     assert may_hold_secret(CODEC.encode_event(leaky))
     assert may_hold_secret(json.dumps({"x": value}).encode())
+
+
+def test_a_batch_screen_flags_exactly_the_records_holding_markers() -> None:
+    clean = [CODEC.encode_event(stamped(e, n)) for n, e in enumerate(one_of_each(), 1)]
+    values = [*clean, b"key AKIA" + b"Q3EGRZ7EXAMPLEAB", *clean, b"eyJ", b"x eyJ y", b""]
+    first = len(clean)
+    assert records_that_may_hold_secrets(values) == {first, 2 * first + 1, 2 * first + 2}
+    assert records_that_may_hold_secrets(clean) == set()
+    assert records_that_may_hold_secrets([]) == set()
+    # A marker split across two records is in neither.
+    assert records_that_may_hold_secrets([b"xx ey", b"J yy"]) == set()
