@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     # URLs may carry credentials (user:password@host), so they are kept out of reprs.
     schema_registry_url: SecretStr | None = None
     clickhouse_url: SecretStr | None = Field(
-        None, description="chdb://PATH or clickhouse://user:password@host:port/db; "
-        "default: the embedded engine under the stack's home (chdb://.custody/chdb)."
+        None,
+        description="chdb://PATH or clickhouse://user:password@host:port/db; "
+        "default: the embedded engine under the stack's home (chdb://.custody/chdb).",
     )
     tenant: str = "default"
     home: Path = Field(Path(".custody"), description="Local stack state and logs.")
