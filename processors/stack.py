@@ -208,7 +208,9 @@ def _running(settings: Settings, name: str) -> bool:
 
 def _start_worker(settings: Settings, name: str) -> subprocess.Popen[bytes]:
     heartbeat_path(settings, name).unlink(missing_ok=True)
-    return _start(settings, name, _custody_command(name))
+    # The local stack always serves queries, whichever ClickHouse it writes to.
+    extra = ("--serve",) if name == INGEST else ()
+    return _start(settings, name, _custody_command(name, *extra))
 
 
 def _wait_for_heartbeat(
