@@ -7,7 +7,6 @@ Settings come from ``CUSTODY_*`` environment variables; the global flags overrid
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from processors import stack
 from processors.broker import BrokerError
+from processors.logs import log_json_to_stderr
 from processors.serving.reader import Reader
 from producers.admin import TopicSetupError
 from producers.jsonlines import parse_event_lines
@@ -258,7 +258,7 @@ def ingest(
     from processors.storage.migrations import MigrationError
     from processors.storage.target import TargetError
 
-    _log_to_stderr()
+    log_json_to_stderr()
     try:
         run(_settings(ctx), serve)
     except (TargetError, MigrationError, StorageError) as exc:
@@ -276,7 +276,7 @@ def serve(ctx: typer.Context) -> None:
     from processors.storage.backend import StorageError, open_backend
     from processors.storage.target import TargetError, parse_target
 
-    _log_to_stderr()
+    log_json_to_stderr()
     settings = _settings(ctx)
     try:
         backend = open_backend(parse_target(settings.clickhouse()))
@@ -293,14 +293,6 @@ def serve(ctx: typer.Context) -> None:
     finally:
         api.stop()
         backend.close()
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 # ---- reading: trace, alerts, query, export ---------------------------------------------
