@@ -303,7 +303,7 @@ def _reader(ctx: typer.Context) -> Iterator[Reader]:
     """A reader, with every read failure turned into a clear message and exit code 1."""
     from processors.serving.reader import QueryError, open_reader
     from processors.serving.readonly import ReadOnlyError
-    from processors.serving.trace import TreeNotFound
+    from processors.serving.trace import AmbiguousTask, TreeNotFound
     from processors.storage.target import TargetError
 
     try:
@@ -312,6 +312,9 @@ def _reader(ctx: typer.Context) -> Iterator[Reader]:
     except TreeNotFound as exc:
         err.print(f"[red]not found:[/] {escape(str(exc))}")
         raise typer.Exit(4) from None
+    except AmbiguousTask as exc:
+        err.print(f"[red]ambiguous:[/] {escape(str(exc))} with --of-tenant")
+        raise typer.Exit(2) from None
     except (QueryError, ReadOnlyError, TargetError) as exc:
         err.print(f"[red]query failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -334,6 +337,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
 def trace(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Any task of the tree.")],
+    tenant: Annotated[str | None, typer.Option("--of-tenant", help="The task's tenant.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """The custody tree of a task: tasks, delegations, credentials, accesses, alerts."""
@@ -341,7 +345,7 @@ def trace(
     from processors.serving.trace import trace as build_trace
 
     with _reader(ctx) as reader:
-        tree = build_trace(reader, task_id)
+        tree = build_trace(reader, task_id, tenant)
     if as_json:
         sys.stdout.write(json.dumps(tree) + "\n")
     else:
@@ -430,6 +434,7 @@ def export(
     output_format: Annotated[
         str, typer.Option("--format", help="Only prov-json for now.")
     ] = "prov-json",
+    tenant: Annotated[str | None, typer.Option("--of-tenant", help="The task's tenant.")] = None,
 ) -> None:
     """The custody tree of a task as evidence: a W3C PROV-JSON document."""
     from processors.serving.prov_export import to_prov_json
@@ -439,7 +444,7 @@ def export(
         err.print(f"[red]unknown format {escape(output_format)!r}:[/] use prov-json")
         raise typer.Exit(2)
     with _reader(ctx) as reader:
-        tree = build_trace(reader, task_id)
+        tree = build_trace(reader, task_id, tenant)
     sys.stdout.write(json.dumps(to_prov_json(tree), sort_keys=True, indent=2) + "\n")
 
 

@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from processors.dead_letters import dlq_headers
 from processors.storage.backend import StorageError, StorageRejected
-from processors.storage.sink import BatchWriter, Record, Rejected
+from processors.storage.sink import BatchWriter, Record, Rejected, WriteResult
 from producers.settings import Settings
 from schemas import topics
 
@@ -37,8 +38,16 @@ _FETCH_MAX = 10_000
 _log = logging.getLogger("custody.ingest")
 
 
-class DeadLetterError(RuntimeError):
-    """The broker did not acknowledge the dead letters of a batch; it will be replayed."""
+class Stopped(Exception):
+    """A stop was requested while a batch waited to be stored; it was not committed."""
+
+
+class _Retry(Exception):
+    """A step failed in a way that waiting can cure (ClickHouse or the broker is away)."""
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -133,6 +142,8 @@ class Ingest:
                     batch = _Batch()
             if batch.records:
                 self._flush(batch)
+        except Stopped as exc:
+            _log.warning("%s", exc)
         finally:
             self._consumer.close()
             self._producer.flush(10)
@@ -153,39 +164,51 @@ class Ingest:
     # ---- one batch -----------------------------------------------------------------------
 
     def _flush(self, batch: _Batch) -> None:
-        result = self._store_with_retry(batch.records)
-        self._dead_letter(result.rejected)
+        result = self._retrying("ClickHouse cannot take the batch", self._store, batch.records)
+        if result.rejected:
+            self._retrying(
+                "the broker has not acknowledged the dead letters",
+                self._dead_letter,
+                list(result.rejected),
+            )
         self._commit(batch.ends)
         self.stats.batches += 1
         self.stats.stored += result.stored
         self.stats.dead_lettered += len(result.rejected)
         self.stats.redacted += result.redacted
 
-    def _store_with_retry(self, records: list[Record]) -> Any:
+    def _store(self, records: list[Record]) -> WriteResult:
+        try:
+            return self.writer.write(records)
+        except StorageRejected as exc:
+            if exc.data_error:
+                raise  # the writer isolates bad records itself: this is a bug, not an outage
+            raise _Retry(str(exc)) from None
+        except StorageError as exc:
+            raise _Retry(str(exc)) from None
+
+    def _retrying(self, what: str, step: Callable[[_T], _R], argument: _T) -> _R:
+        """Run ``step`` until it succeeds, pausing the partitions and backing off between
+        attempts, staying in the group. A stop request ends the wait with :class:`Stopped`
+        (the batch is not committed, so it is replayed after a restart)."""
         delay = 0.5
         paused = False
         try:
             while True:
                 try:
-                    result = self.writer.write(records)
+                    outcome = step(argument)
                     self.stats.waiting_for_clickhouse = False
-                    return result
-                except StorageError as exc:
-                    if isinstance(exc, StorageRejected) and exc.data_error:
-                        raise
+                    return outcome
+                except _Retry as exc:
                     self.stats.retries += 1
                     self.stats.waiting_for_clickhouse = True
-                    self.stats.last_error = str(exc)[:500]
-                    _log.warning(
-                        "ClickHouse cannot take the batch (%s); retrying in %.1fs",
-                        str(exc)[:300],
-                        delay,
-                    )
-                    if not paused:
-                        self._consumer.pause(self._assignment())
-                        paused = True
-                    self._wait(delay)
-                    delay = min(delay * 2, self.settings.ingest_retry_max_seconds)
+                    self.stats.last_error = f"{what}: {exc}"[:500]
+                    _log.warning("%s (%s); retrying in %.1fs", what, str(exc)[:300], delay)
+                if not paused:
+                    self._consumer.pause(self._assignment())
+                    paused = True
+                self._wait(delay)
+                delay = min(delay * 2, self.settings.ingest_retry_max_seconds)
         finally:
             if paused:
                 self._consumer.resume(self._assignment())
@@ -194,6 +217,8 @@ class Ingest:
         """Wait while keeping the group membership alive (paused: nothing is fetched)."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
+            if self.stop.is_set():
+                raise Stopped("stopped while waiting to retry; the batch was not committed")
             self._beat()
             # ``left`` is computed once: a negative timeout means "block forever" to
             # confluent-kafka, and paused partitions would never end that wait.
@@ -211,13 +236,16 @@ class Ingest:
         self._consumer.pause(self._assignment())
 
     def _dead_letter(self, rejected: list[Rejected]) -> None:
-        if not rejected:
-            return
-        failures: list[str] = []
+        """Send dead letters and wait for the broker's ack; what fails is sent again on the
+        next attempt (the DLQ is at-least-once, like every output)."""
+        failed: list[Rejected] = []
 
-        def delivered(error: Any, _message: Message) -> None:
-            if error is not None:
-                failures.append(str(error))
+        def delivered(item: Rejected) -> Callable[[Any, Message], None]:
+            def report(error: Any, _message: Message) -> None:
+                if error is not None:
+                    failed.append(item)
+
+            return report
 
         for item in rejected:
             record = item.record
@@ -244,13 +272,14 @@ class Ingest:
                 key=record.key,
                 value=record.value,
                 headers=headers,
-                on_delivery=delivered,
+                on_delivery=delivered(item),
             )
-        remaining = self._producer.flush(60)
-        if remaining or failures:
-            raise DeadLetterError(
-                f"{remaining} dead letters unacknowledged, {len(failures)} failed: {failures[:3]}"
-            )
+        while self._producer.flush(5):
+            if self.stop.is_set():
+                raise Stopped("stopped while dead letters were unacknowledged")
+        if failed:
+            rejected[:] = failed
+            raise _Retry(f"{len(failed)} dead letters failed")
 
     def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         # A partition revoked while the batch was stored now belongs to another consumer,

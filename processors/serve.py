@@ -3,9 +3,9 @@
 A small HTTP server on the loopback interface by default:
 
 - ``GET /health``: ``{"status": "ok", "clickhouse": ..., "ingest": {counters} | null}``;
-- ``POST /query`` with ``{"sql": ..., "params": {...}}``: ``{"rows": [...]}``. Only
-  read-only queries run (see :mod:`processors.serving.readonly`); an error answers 400
-  with ``{"error": ...}``.
+- ``POST /query`` with ``{"sql": ..., "params": {...}}`` as ``application/json`` and a
+  ``Host`` header naming this API: ``{"rows": [...]}``. Only read-only queries run (see
+  :mod:`processors.serving.readonly`); an error answers 400 with ``{"error": ...}``.
 
 It announces its address in ``.custody/run/serve.json`` so the CLI finds it, and removes
 the file when it stops. The standard library's threading server is enough: queries are
@@ -56,6 +56,14 @@ class QueryApi:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def host_allowed(self, host: str) -> bool:
+        """Whether a request's Host header names this API (by address or as localhost)."""
+        name, _, port = host.rpartition(":")
+        if port != str(self.server.server_address[1]):
+            return False
+        allowed = {"127.0.0.1", "localhost", "[::1]", str(self.server.server_address[0])}
+        return name in allowed or name == self.settings.serve_host
+
     def start(self) -> None:
         """Serve in a background thread and announce the address."""
         self._thread = threading.Thread(target=self.server.serve_forever, name="serve")
@@ -103,6 +111,18 @@ class QueryApi:
             def do_POST(self) -> None:
                 if self.path != "/query":
                     self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+                    return
+                # A web page can POST plain text to a loopback port (CSRF), and DNS
+                # rebinding can make its own name point here; neither can send JSON
+                # without a CORS preflight, nor a Host header naming this API.
+                if self.headers.get_content_type() != "application/json":
+                    self._answer(
+                        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                        {"error": "send the query as application/json"},
+                    )
+                    return
+                if not api.host_allowed(self.headers.get("Host", "")):
+                    self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > _MAX_BODY:

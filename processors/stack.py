@@ -130,11 +130,14 @@ def heartbeat_path(settings: Settings, name: str = CORRELATE) -> Path:
 
 
 def _api_answers(address: str) -> bool:
+    """The API answers, and its ingest (if any) is not stuck waiting for ClickHouse."""
     try:
         with urllib.request.urlopen(f"{address}/health", timeout=2) as response:
-            return bool(json.loads(response.read()).get("status") == "ok")
+            health = json.loads(response.read())
     except (OSError, ValueError):
         return False
+    ingest = health.get("ingest") or {}
+    return bool(health.get("status") == "ok" and not ingest.get("waiting_for_clickhouse"))
 
 
 def _heartbeat_fresh(settings: Settings, name: str, max_age: float = 10.0) -> bool:

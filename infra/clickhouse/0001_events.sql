@@ -186,7 +186,9 @@ CREATE TABLE IF NOT EXISTS task_roots
     first_seen DateTime64(6, 'UTC')
 )
 ENGINE = ReplacingMergeTree
-ORDER BY task_id
+-- Task ids are unique in practice, not by contract: a task id seen in two trees (or two
+-- tenants) keeps a row for each, and trace asks which one is meant.
+ORDER BY (task_id, tenant, root_task_id)
 TTL toDateTime(first_seen) + INTERVAL {{retention_days}} DAY
 SETTINGS index_granularity = 1024;
 

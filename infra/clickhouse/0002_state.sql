@@ -78,7 +78,9 @@ TTL toDateTime(updated_at) + INTERVAL {{retention_days}} DAY
 -- Small granules: a custody tree is a few dozen rows, read by key.
 SETTINGS index_granularity = 1024;
 
--- The Avro layout of custody.state.v1; each view below takes its kind of change.
+-- The Avro layout of custody.state.v1; each view below takes its kind of change, and
+-- fails the insert (ingest then isolates and dead-letters the record) when a change lacks
+-- the payload of its kind, which the Avro schema cannot require.
 CREATE TABLE IF NOT EXISTS state_avro
 (
     kind String,
@@ -118,7 +120,9 @@ SELECT
     task.status AS status, task.outcome AS outcome,
     task.declared_at AS declared_at, task.completed_at AS completed_at,
     version, updated_at, source_event_ids
-FROM state_avro WHERE kind = 'TASK' AND task IS NOT NULL;
+FROM state_avro
+WHERE kind = 'TASK'
+  AND throwIf(kind = 'TASK' AND task IS NULL, 'a TASK change without its task') = 0;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS state_avro_delegations_mv TO delegations AS
 SELECT
@@ -129,7 +133,9 @@ SELECT
     delegation.scopes AS scopes, delegation.decision_id AS decision_id,
     delegation.delegated_at AS delegated_at,
     version, updated_at, source_event_ids
-FROM state_avro WHERE kind = 'DELEGATION' AND delegation IS NOT NULL;
+FROM state_avro
+WHERE kind = 'DELEGATION'
+  AND throwIf(kind = 'DELEGATION' AND delegation IS NULL, 'a DELEGATION change without its delegation') = 0;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS state_avro_credentials_mv TO credentials AS
 SELECT
@@ -144,4 +150,6 @@ SELECT
     credential.revocation_reason AS revocation_reason,
     credential.revoked_by AS revoked_by,
     version, updated_at, source_event_ids
-FROM state_avro WHERE kind = 'CREDENTIAL' AND credential IS NOT NULL;
+FROM state_avro
+WHERE kind = 'CREDENTIAL'
+  AND throwIf(kind = 'CREDENTIAL' AND credential IS NULL, 'a CREDENTIAL change without its credential') = 0;

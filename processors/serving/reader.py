@@ -16,7 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from processors.serving.readonly import READ_SETTINGS, readonly_sql
+from processors.serving.readonly import (
+    READ_SETTINGS,
+    ReadOnlyError,
+    outside_reads,
+    readonly_sql,
+)
 from processors.storage.backend import Backend, Row, StorageError, open_backend
 from processors.storage.target import ChdbTarget, parse_target
 from producers.settings import Settings
@@ -38,8 +43,15 @@ class BackendReader:
         self.backend = backend
 
     def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
+        wrapped = readonly_sql(sql)
         try:
-            return self.backend.select(readonly_sql(sql), params, READ_SETTINGS)
+            ast = self.backend.select(f"EXPLAIN AST {wrapped}", params)
+            refused = outside_reads("\n".join(str(row["explain"]) for row in ast))
+            if refused:
+                raise ReadOnlyError(
+                    f"{', '.join(sorted(refused))}() reads outside the custody database: refused"
+                )
+            return self.backend.select(wrapped, params, READ_SETTINGS)
         except StorageError as exc:
             raise QueryError(str(exc)) from None
 

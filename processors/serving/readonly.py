@@ -5,6 +5,12 @@ A query is accepted only if it is a SELECT (or WITH ... SELECT); it then runs as
 error, with ``readonly = 1``, so the engine itself refuses any write that slips through.
 ``final = 1`` makes every ReplacingMergeTree read as if merged: each event_id, alert_id
 and state key once, the latest version of each.
+
+``readonly = 1`` does not stop functions that read outside the database (``file()`` as a
+plain function reads any file the process can, ``/proc/self/environ`` included), so the
+parsed query is checked for them too (:func:`outside_reads`). Limits on time, result size
+and memory keep one query from holding the engine that ingest shares; under
+``readonly = 1`` a query cannot lift them.
 """
 
 from __future__ import annotations
@@ -12,7 +18,27 @@ from __future__ import annotations
 import re
 
 # The order matters: readonly = 1 last, after the settings it would forbid changing.
-READ_SETTINGS = {"final": 1, "readonly": 1}
+READ_SETTINGS = {
+    "final": 1,
+    "max_execution_time": 30,
+    "max_result_rows": 1_000_000,
+    "max_result_bytes": 256 * 1024 * 1024,
+    "max_memory_usage": 2 * 1024 * 1024 * 1024,
+    "readonly": 1,
+}
+
+# Functions (and table functions) that read files, other servers, processes or the
+# embedding Python process: nothing an analyst of the custody database needs.
+_OUTSIDE = frozenset(
+    {
+        "file", "filecluster", "url", "urlcluster", "s3", "s3cluster", "gcs", "oss", "cosn",
+        "hdfs", "hdfscluster", "azureblobstorage", "azureblobstoragecluster", "iceberg",
+        "icebergs3", "deltalake", "hudi", "mysql", "postgresql", "mongodb", "redis",
+        "sqlite", "jdbc", "odbc", "remote", "remotesecure", "cluster", "clusterallreplicas",
+        "executable", "input", "python",
+    }
+)  # fmt: skip
+_FUNCTION = re.compile(r"^\s*Function (\w+)", re.M)
 
 _COMMENTS = re.compile(r"(--[^\n]*\n|/\*.*?\*/|\s)+", re.S)
 _READ = re.compile(r"(SELECT|WITH)\b", re.I)
@@ -32,3 +58,8 @@ def readonly_sql(sql: str) -> str:
             f"only read-only queries run here (SELECT or WITH ... SELECT); {word} is refused"
         )
     return f"SELECT * FROM (\n{text}\n)"
+
+
+def outside_reads(ast: str) -> set[str]:
+    """The functions of :data:`_OUTSIDE` named in an ``EXPLAIN AST`` text."""
+    return {name for name in _FUNCTION.findall(ast) if name.lower() in _OUTSIDE}

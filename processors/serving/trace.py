@@ -132,14 +132,23 @@ class TreeNotFound(LookupError):
     """No stored event names this task."""
 
 
-def find_tree(reader: Reader, task_id: str) -> tuple[str, str]:
+class AmbiguousTask(LookupError):
+    """The task id names several trees (two tenants reused it): say which tenant."""
+
+
+def find_tree(reader: Reader, task_id: str, tenant: str | None = None) -> tuple[str, str]:
     """(tenant, root_task_id) of the tree ``task_id`` belongs to."""
     rows = reader.select(
-        "SELECT tenant, root_task_id FROM task_roots PREWHERE task_id = {id:String} LIMIT 1",
-        {"id": task_id},
+        "SELECT DISTINCT tenant, root_task_id FROM task_roots PREWHERE task_id = {id:String}"
+        + (" AND tenant = {tenant:String}" if tenant is not None else "")
+        + " LIMIT 10",
+        {"id": task_id, **({"tenant": tenant} if tenant is not None else {})},
     )
     if not rows:
         raise TreeNotFound(f"no stored event names task {task_id}")
+    if len(rows) > 1:
+        trees = ", ".join(f"{row['tenant']}/{row['root_task_id']}" for row in rows)
+        raise AmbiguousTask(f"task {task_id} is in several trees ({trees}): name the tenant")
     return str(rows[0]["tenant"]), str(rows[0]["root_task_id"])
 
 
@@ -163,9 +172,9 @@ def _task(row: Row) -> Row:
     }
 
 
-def trace(reader: Reader, task_id: str) -> dict[str, Any]:
+def trace(reader: Reader, task_id: str, tenant: str | None = None) -> dict[str, Any]:
     """The custody tree of any task of it (TreeNotFound when none is stored)."""
-    tenant, root = find_tree(reader, task_id)
+    tenant, root = find_tree(reader, task_id, tenant)
     tree = {"tenant": tenant, "root": root}
     result: dict[str, Any] = {
         "root_task_id": root,

@@ -12,8 +12,9 @@ data or the statement is wrong: retrying will not help).
 from __future__ import annotations
 
 import json
-import os
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -127,7 +128,9 @@ class ChdbBackend:
         target.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         shm = Path("/dev/shm")
-        self._spool = (shm if shm.is_dir() else target.path) / f"custody-insert-{os.getpid()}"
+        # A private directory (mode 0700), in memory where the machine has it.
+        self._spool = Path(tempfile.mkdtemp(prefix="custody-", dir=shm if shm.is_dir() else None))
+        self._spool_file = self._spool / "insert"
         try:
             self._session = session.Session(str(target.path))
         except Exception as exc:
@@ -193,13 +196,16 @@ class ChdbBackend:
         # materialized view fails (e.g. the event_id check of events_avro_mv) without an
         # error, while INSERT ... SELECT reports it. The file lives in memory (/dev/shm).
         with self._lock:
-            self._spool.write_bytes(data)
             try:
-                self._session.query(f"{insert} SELECT * FROM file('{self._spool}', '{fmt}')")
+                self._spool_file.write_bytes(data)
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot spool the insert: {exc}") from None
+            try:
+                self._session.query(f"{insert} SELECT * FROM file('{self._spool_file}', '{fmt}')")
             except RuntimeError as exc:
                 raise StorageRejected(str(exc)) from None
             finally:
-                self._spool.unlink(missing_ok=True)
+                self._spool_file.unlink(missing_ok=True)
 
     def version(self) -> str:
         return str(self.select("SELECT version() AS v")[0]["v"])
@@ -207,6 +213,7 @@ class ChdbBackend:
     def close(self) -> None:
         with self._lock:
             self._session.close()
+            shutil.rmtree(self._spool, ignore_errors=True)
 
 
 class ServerBackend:
@@ -254,7 +261,7 @@ class ServerBackend:
                 ) from None
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-        self._call(_PARAM.sub(r"%(\1)s", sql), dict(params or {}))
+        self._call(_driver_sql(sql), dict(params or {}))
 
     def select(
         self,
@@ -263,7 +270,7 @@ class ServerBackend:
         settings: Mapping[str, Any] | None = None,
     ) -> list[Row]:
         rows, columns = self._call(
-            _PARAM.sub(r"%(\1)s", sql),
+            _driver_sql(sql),
             dict(params or {}),
             with_column_types=True,
             settings=dict(settings or {}),
@@ -286,6 +293,12 @@ class ServerBackend:
     def close(self) -> None:
         with self._lock:
             self._client.disconnect()
+
+
+def _driver_sql(sql: str) -> str:
+    """ClickHouse-style ``{name:Type}`` placeholders as the driver's ``%(name)s``; a literal
+    ``%`` (``LIKE '%x%'``) doubled, since the driver always %-formats."""
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
 
 
 def _json_ready(value: Any) -> Any:

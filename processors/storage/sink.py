@@ -21,6 +21,7 @@ costs a few extra inserts and never holds back the good ones. :class:`StorageUna
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -34,12 +35,14 @@ from schemas.catalog import SchemaVersion
 from schemas.codec import (
     SINGLE_OBJECT_HEADER_SIZE,
     AvroCodec,
+    ContractViolationError,
     DecodeError,
     body_bytes,
     event_to_avro,
 )
 from schemas.secrets import may_hold_secret, records_that_may_hold_secrets
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 TOPIC_RECORDS = {
     topics.EVENTS: catalog.EVENT,
     topics.STATE: catalog.STATE,
@@ -107,10 +110,10 @@ class BatchWriter:
         for index, record in enumerate(records):
             framed = self._frame(record, values[index], index in suspects, result)
             if framed is not None:
-                writer, body = framed
+                stored, writer, body = framed
                 key = (writer.record, writer.version)
                 writers[key] = writer
-                groups.setdefault(key, []).append((record, body))
+                groups.setdefault(key, []).append((stored, body))
         for key, items in groups.items():
             writer = writers[key]
             table = AVRO_TABLES[writer.record]
@@ -125,7 +128,7 @@ class BatchWriter:
 
     def _frame(
         self, record: Record, value: bytes, suspect: bool, result: WriteResult
-    ) -> tuple[SchemaVersion, bytes] | None:
+    ) -> tuple[Record, SchemaVersion, bytes] | None:
         # A batch carries few distinct wire headers, so each is resolved once.
         header = value[:SINGLE_OBJECT_HEADER_SIZE] if value[:1] == b"\xc3" else value[:5]
         known = self._headers.get(header)
@@ -143,7 +146,7 @@ class BatchWriter:
             )
             return None
         if not suspect:
-            return writer, value[offset:]
+            return record, writer, value[offset:]
         try:
             clean = redacted(self.codec.decode_event(value))
         except DecodeError as exc:
@@ -151,7 +154,8 @@ class BatchWriter:
             return None
         result.redacted += 1
         encoded = self.codec.encode(catalog.EVENT, event_to_avro(clean))
-        return catalog.latest(catalog.EVENT), body_bytes(encoded)
+        # Should ClickHouse refuse it after all, the dead letter carries the redacted bytes.
+        return record._replace(value=encoded), catalog.latest(catalog.EVENT), body_bytes(encoded)
 
     # ---- server: rows decoded in Python ----------------------------------------------
 
@@ -177,23 +181,28 @@ class BatchWriter:
         try:
             decoded = self.codec.decode(value)
             if decoded.record != TOPIC_RECORDS[record.topic]:
-                result.rejected.append(
-                    Rejected(record, "contract_violation", f"a {decoded.record} on {record.topic}")
-                )
-                return None
-            if decoded.record == catalog.EVENT:
-                datum = decoded.datum
-                if may_hold_secret(value):
-                    clean = redacted(self.codec.decode_event(value))
-                    datum = event_to_avro(clean)
-                    result.redacted += 1
-                return "events", rows.event_row(datum)
+                raise ContractViolationError(f"a {decoded.record} on {record.topic}")
+            if decoded.record == catalog.STATE:
+                return rows.state_row(decoded.datum)
+            if decoded.record == catalog.ALERT:
+                return "alerts", rows.alert_row(decoded.datum)
+            datum = decoded.datum
+            if not _UUID.fullmatch(datum["event_id"]):
+                # The same check as events_avro_mv's on the embedded path.
+                raise ContractViolationError("event_id is not a UUID")
+            if may_hold_secret(value):
+                datum = event_to_avro(redacted(self.codec.decode_event(value)))
+                result.redacted += 1
+            return "events", rows.event_row(datum)
         except DecodeError as exc:
             result.rejected.append(Rejected(record, exc.reason, str(exc)))
-            return None
-        if decoded.record == catalog.STATE:
-            return rows.state_row(decoded.datum)
-        return "alerts", rows.alert_row(decoded.datum)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Well-formed Avro that does not hold together, e.g. a TASK change without
+            # its task: the schema cannot say that every kind carries its own payload.
+            result.rejected.append(
+                Rejected(record, "contract_violation", f"{type(exc).__name__}: {exc}")
+            )
+        return None
 
     def _table_columns(self, table: str) -> list[str]:
         """The columns of ``table`` this writer fills (those without a default expression).

@@ -3,6 +3,7 @@ the read commands. No broker: records are handed to the sink as ingest would."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 from collections.abc import Iterator
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from processors.serve import QueryApi
 from processors.serving.prov_export import qualified_name
-from processors.serving.reader import BackendReader, QueryError
+from processors.serving.reader import BackendReader, HttpReader, QueryError
 from processors.serving.readonly import ReadOnlyError
 from processors.storage.backend import ChdbBackend, StorageRejected
 from processors.storage.migrations import MigrationError, check_version, migrate
@@ -123,15 +125,17 @@ def test_every_field_of_every_event_type_is_a_column(backend: ChdbBackend) -> No
     assert rows["TASK_DECLARED"]["requested_scopes"] == ["crm:read"]
 
 
+class _RowsOnly(ChdbBackend):
+    """The embedded engine fed the way a server is: decoded rows, not Avro."""
+
+    parses_avro = False
+
+
 def test_the_row_path_stores_what_the_avro_path_stores(tmp_path: Path) -> None:
     """The server path flattens in Python what the migrations' views flatten in SQL."""
-
-    class RowsOnly(ChdbBackend):
-        parses_avro = False
-
     values = encoded(one_of_each())
     tables = []
-    for name, kind in (("avro", ChdbBackend), ("rows", RowsOnly)):
+    for name, kind in (("avro", ChdbBackend), ("rows", _RowsOnly)):
         target = ChdbTarget(tmp_path / name)
         backend = kind(target)
         try:
@@ -250,6 +254,9 @@ def test_state_and_alerts_keep_the_latest_version_and_each_alert_once(
         "SELECT 1; DROP TABLE events",
         "ALTER TABLE events DELETE WHERE 1",
         "  -- a comment\n  TRUNCATE TABLE alerts",
+        "SELECT file('/etc/hostname') AS f",
+        "SELECT * FROM url('http://127.0.0.1:9/x', CSV)",
+        "SELECT length(FiLe('/proc/self/environ')) AS n",
     ],
 )
 def test_only_read_only_queries_run(backend: ChdbBackend, sql: str) -> None:
@@ -260,6 +267,48 @@ def test_only_read_only_queries_run(backend: ChdbBackend, sql: str) -> None:
         "SELECT count() AS n FROM system.tables "
         "WHERE database = currentDatabase() AND name IN ('events', 'alerts')"
     ) == [{"n": 2}]
+
+
+def test_the_query_api_answers_only_json_naming_itself(backend: ChdbBackend) -> None:
+    """A web page can POST text to a loopback port, or rebind its own name to it."""
+    api = QueryApi(Settings(serve_port=0, home=backend.target.path.parent), backend)
+    api.start()
+    try:
+        port = api.server.server_address[1]
+
+        def post(content_type: str, host: str) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            body = json.dumps({"sql": "SELECT count() AS n FROM events"})
+            connection.request("POST", "/query", body, {"Content-Type": content_type, "Host": host})
+            status = connection.getresponse().status
+            connection.close()
+            return status
+
+        assert post("text/plain", f"127.0.0.1:{port}") == 415
+        assert post("application/json", f"evil.example:{port}") == 403
+        assert post("application/json", f"localhost:{port}") == 200
+        assert HttpReader(api.address).select("SELECT 1 AS x") == [{"x": 1}]
+    finally:
+        api.stop()
+
+
+def test_a_state_change_without_its_payload_is_dead_lettered(tmp_path: Path) -> None:
+    change = CODEC.encode_state(run(mischievous(set(), name="p-")).changes[0])
+    datum = CODEC.decode(change).datum
+    broken = CODEC.encode(catalog.STATE, {**datum, "kind": "CREDENTIAL"})
+    for name, kind in (("avro", ChdbBackend), ("rows", _RowsOnly)):
+        target = ChdbTarget(tmp_path / name)
+        backend = kind(target)
+        try:
+            migrate(target, 400, backend)
+            result = BatchWriter(backend).write(records([change, broken], topics.STATE))
+            assert result.stored == 1
+            assert [(r.record.offset, r.reason) for r in result.rejected] in (
+                [(1, "unstorable")],
+                [(1, "contract_violation")],
+            )
+        finally:
+            backend.close()
 
 
 # ---- the read commands, straight on the directory -------------------------------------
