@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,6 @@ from processors.storage.sink import BatchWriter, Record, Rejected, WriteResult
 from producers.settings import Settings
 from schemas import topics
 
-GROUP = "custody-ingest"
 TOPICS = (topics.EVENTS, topics.STATE, topics.ALERTS)
 _FETCH_MAX = 10_000
 
@@ -56,6 +56,7 @@ class IngestStats:
 
     batches: int = 0
     stored: int = 0
+    stored_by_topic: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
     redacted: int = 0
     retries: int = 0
@@ -111,7 +112,7 @@ class Ingest:
         self.stop = threading.Event()
         self._consumer = Consumer(
             {
-                **settings.kafka_consumer(GROUP),
+                **settings.kafka_consumer(settings.ingest_group),
                 "fetch.max.bytes": 64 * 1024 * 1024,
             }
         )
@@ -174,6 +175,10 @@ class Ingest:
         self._commit(batch.ends)
         self.stats.batches += 1
         self.stats.stored += result.stored
+        by_topic = Counter(record.topic for record in batch.records)
+        by_topic.subtract(item.record.topic for item in result.rejected)
+        for topic, count in by_topic.items():
+            self.stats.stored_by_topic[topic] = self.stats.stored_by_topic.get(topic, 0) + count
         self.stats.dead_lettered += len(result.rejected)
         self.stats.redacted += result.redacted
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     ingest_batch_seconds: float = Field(
         1.0, gt=0, description="...or once its first record has waited this long."
     )
+    ingest_group: str = Field(
+        "custody-ingest", description="ingest's consumer group (a new one replays the topics)."
+    )
     ingest_retry_max_seconds: float = Field(
         30.0, gt=0, description="Longest pause between retries while ClickHouse is down."
     )

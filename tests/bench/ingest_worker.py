@@ -10,8 +10,8 @@
   parsing, no project logic (no batching rules, commits, DLQ or secret checks).
 - ``ingest``: the real :class:`processors.ingest.Ingest` with a
   :class:`processors.storage.sink.BatchWriter` on the embedded backend, run in a thread,
-  under a consumer group of its own (``processors.ingest.GROUP`` is patched per run, so a
-  round never resumes from an earlier round's commits).
+  under a consumer group of its own (``ingest_group`` is set per run, so a round never
+  resumes from an earlier round's commits).
 
 Both start the clock when their first ``consume`` call returns records (the group join
 of ``ingest`` and any client start-up are not timed) and stop it once
@@ -31,7 +31,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
@@ -171,8 +170,10 @@ def run_ingest(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]
     from processors.storage.sink import BatchWriter
 
     backend = migrated(chdb_dir, settings)
-    with mock.patch.object(ingest_module, "GROUP", f"bench-ingest-{uuid.uuid4().hex[:8]}"):
-        ingest = ingest_module.Ingest(settings, BatchWriter(backend))
+    fresh_group = settings.model_copy(
+        update={"ingest_group": f"bench-ingest-{uuid.uuid4().hex[:8]}"}
+    )
+    ingest = ingest_module.Ingest(fresh_group, BatchWriter(backend))
     clock = ClockedConsumer(ingest._consumer)
     ingest._consumer = clock  # type: ignore[assignment]
     failure: list[BaseException] = []

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from producers.producer import CustodyProducer
 from producers.settings import Settings
+from schemas import topics
 from schemas.models import Envelope
 from tests.factories import many_trees
 from tests.integration.conftest import free_port, run_custody
@@ -73,6 +75,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     running = Stack(tmp_path)
     yield running
     running.custody("down")
+
+
+def api_address(stack: Stack) -> str:
+    record = json.loads((stack.home / ".custody" / "run" / "serve.json").read_text())
+    return str(record["address"])
 
 
 def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -156,5 +163,20 @@ def test_ingest_killed_mid_stream_stores_every_event_exactly_once(tmp_path: Path
         final = stack.query("SELECT count() AS n, uniqExact(event_id) AS d FROM events")
         assert final == [{"n": len(stream), "d": len(stream)}]
         assert "Traceback" not in stack.log("ingest")
+
+        # The whole topic again: a new consumer group reads it from the beginning.
+        os.kill(stack.ingest_pid(), signal.SIGTERM)
+        until(lambda: stack.custody("status").returncode == 3, 30, "ingest stopped")
+        stack.env["CUSTODY_INGEST_GROUP"] = "custody-ingest-replay"
+        stack.up()
+
+        def replayed() -> bool:
+            with urllib.request.urlopen(f"{api_address(stack)}/health", timeout=5) as answer:
+                stored = json.loads(answer.read())["ingest"]["stored_by_topic"]
+            return int(stored.get(topics.EVENTS, 0)) >= len(stream)
+
+        until(replayed, 120, "the topic replayed by a new group")
+        again = stack.query("SELECT count() AS n, uniqExact(event_id) AS d FROM events")
+        assert again == [{"n": len(stream), "d": len(stream)}]
     finally:
         stack.custody("down")
