@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -26,6 +27,7 @@ from processors import stack
 from processors.broker import BrokerError
 from processors.logs import log_json_to_stderr
 from processors.serving.reader import Reader
+from producers import simulator
 from producers.admin import TopicSetupError
 from producers.jsonlines import parse_event_lines
 from producers.producer import CustodyProducer, DeliveryReport, PublishError
@@ -213,6 +215,106 @@ def publish(
     out.print(
         f"{len(parsed.events)} events in {elapsed:.2f}s, {len(partitions)} partition(s), "
         f"producer_instance {producer.producer_instance}"
+    )
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    roots: Annotated[int, typer.Option(min=1, help="Root tasks (custody trees).")] = 100,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events per second; 0 = as fast as possible.")
+    ] = 0,
+    misbehaviour_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of root tasks that misbehave.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Same seed, same events.")] = 1,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop publishing after this many seconds.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Publish realistic multi-agent traffic (see producers/simulator.py).
+
+    Event times start now and follow the simulated work (a batch job runs for hours), so
+    when publishing faster than real time they run ahead of the wall clock.
+    """
+    settings = _settings(ctx)
+    config = simulator.SimulationConfig(
+        roots=roots,
+        misbehaviour_rate=misbehaviour_rate,
+        seed=seed,
+        start=datetime.now(UTC).replace(microsecond=0),
+        tenant=settings.tenant,
+    )
+    trees = {tree.root_task_id: tree for tree in simulator.plan(config)}
+    stream = list(simulator.simulate(config))
+    try:
+        producer = CustodyProducer(settings)
+    except TopicSetupError as exc:
+        err.print(f"[red]cannot publish:[/] {exc}")
+        raise typer.Exit(2) from None
+    by_type: Counter[str] = Counter()
+    published_roots: set[str] = set()
+    progress = Progress(
+        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+    )
+    started = time.monotonic()
+    deadline = started + duration if duration is not None else float("inf")
+    try:
+        with progress:
+            bar = progress.add_task("simulate", total=len(stream))
+            for sent, event in enumerate(stream):
+                # Traffic shaping: the n-th event is due n/rate seconds after the start.
+                due = started + sent / rate if rate else started
+                now = time.monotonic()
+                if max(due, now) >= deadline:
+                    break
+                if due > now:
+                    time.sleep(due - now)
+                producer.publish(event)
+                by_type[str(event.event_type)] += 1
+                published_roots.add(event.root_task_id)
+                # Redrawing per event would cost more than publishing it.
+                if sent % 100 == 0:
+                    progress.update(bar, completed=sent + 1)
+            progress.update(bar, completed=sum(by_type.values()))
+            producer.close()
+    except PublishError as exc:
+        err.print(f"[red]simulate failed:[/] {exc}")
+        err.print(f"{producer.delivered} events were acknowledged before the failure.")
+        raise typer.Exit(2) from None
+    elapsed = time.monotonic() - started
+    published = sum(by_type.values())
+    misbehaviours = Counter(
+        str(trees[root].misbehaviour) for root in published_roots if trees[root].misbehaviour
+    )
+    summary = {
+        "events": published,
+        "planned_events": len(stream),
+        "trees": len(published_roots),
+        "events_by_type": dict(sorted(by_type.items())),
+        "misbehaviours": dict(sorted(misbehaviours.items())),
+        "seed": seed,
+        "elapsed_seconds": round(elapsed, 3),
+        "events_per_second": round(published / elapsed, 1) if elapsed > 0 else None,
+        "producer_instance": producer.producer_instance,
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return
+    table = Table(title=f"Simulated to {EVENTS} on {settings.kafka_bootstrap}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for event_type, count in sorted(by_type.items()):
+        table.add_row(event_type, str(count))
+    table.add_row("[bold]events[/]", f"[bold]{published}[/] of {len(stream)}")
+    table.add_row("[bold]trees[/]", f"[bold]{len(published_roots)}[/] of {roots}")
+    for kind, count in sorted(misbehaviours.items()):
+        table.add_row(f"misbehaviour: {kind}", str(count))
+    out.print(table)
+    out.print(
+        f"{published} events in {elapsed:.2f}s ({summary['events_per_second']}/s), seed {seed}"
     )
 
 
