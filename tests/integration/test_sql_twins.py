@@ -32,6 +32,7 @@ from processors.storage.migrations import migrate
 from processors.storage.sink import BatchWriter, Record
 from processors.storage.target import ChdbTarget
 from producers import events
+from producers.context import CustodyContext
 from producers.events import Source
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
@@ -262,10 +263,16 @@ def earliest_decision_wins(name: str, offset: float) -> list[Envelope]:
         deny = with_body(allow, decision="DENY").model_copy(update={"event_id": str(uuid.uuid4())})
         stream.insert(stream.index(allow), moved(deny, at(when)))
     research = decision(stream, f"dec-{name}tok-research")
-    elsewhere = events.authz_decision(
+    elsewhere = allow_in(tree.root, research)
+    return swap(stream, research, elsewhere)
+
+
+def allow_in(task: CustodyContext, decision: AuthzDecisionEvent) -> Envelope:
+    """An ALLOW with ``decision``'s id and time, decided in ``task``."""
+    return events.authz_decision(
         POLICY,
-        tree.root,
-        decision_id=research.body.decision_id,
+        task,
+        decision_id=decision.body.decision_id,
         policy_engine="opa",
         policy_id="p",
         policy_version="1",
@@ -274,9 +281,8 @@ def earliest_decision_wins(name: str, offset: float) -> list[Envelope]:
         action="read",
         data_scope=["db:read"],
         reasons=["ok"],
-        event_time=research.event_time,
+        event_time=decision.event_time,
     )
-    return swap(stream, research, elsewhere)
 
 
 def foreign_facts(name: str, offset: float) -> list[list[Envelope]]:
@@ -287,20 +293,7 @@ def foreign_facts(name: str, offset: float) -> list[list[Envelope]]:
     stream = first.events
     allow = decision(stream, f"dec-{name}a-tok-code")
     stream = swap(stream, allow, None)
-    elsewhere = events.authz_decision(
-        POLICY,
-        second.code,
-        decision_id=allow.body.decision_id,
-        policy_engine="opa",
-        policy_id="p",
-        policy_version="1",
-        decision="ALLOW",
-        resource="db://x",
-        action="read",
-        data_scope=["db:read"],
-        reasons=["ok"],
-        event_time=allow.event_time,
-    )
+    elsewhere = allow_in(second.code, allow)
     other = [*second.events, elsewhere, revoke(second, f"{name}a-tok-code", second.at(20))]
     return [stream, other]
 
