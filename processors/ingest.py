@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -175,9 +174,7 @@ class Ingest:
         self._commit(batch.ends)
         self.stats.batches += 1
         self.stats.stored += result.stored
-        by_topic = Counter(record.topic for record in batch.records)
-        by_topic.subtract(item.record.topic for item in result.rejected)
-        for topic, count in by_topic.items():
+        for topic, count in result.stored_by_topic.items():
             self.stats.stored_by_topic[topic] = self.stats.stored_by_topic.get(topic, 0) + count
         self.stats.dead_lettered += len(result.rejected)
         self.stats.redacted += result.redacted

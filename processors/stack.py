@@ -179,8 +179,7 @@ def _child_environment(settings: Settings) -> dict[str, str]:
 
 def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
     """Start whatever part of the stack is not running, then create the topics."""
-    record = _read_record(settings, BROKER)
-    if record is None or not _alive(record):
+    if not _running(settings, BROKER):
         host, port = broker.split_bootstrap(settings.kafka_bootstrap)
         broker.refuse_taken_port(host, port)
         pid = _start(settings, BROKER, broker.broker_command(host, port)).pid

@@ -33,12 +33,12 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 def _uuid(value: str) -> str:
     # A regex, not uuid.UUID(): this runs once per published event.
-    if not _UUID.fullmatch(value):
+    if not UUID_PATTERN.fullmatch(value):
         raise ValueError("must be a UUID")
     return value
 

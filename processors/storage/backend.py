@@ -107,12 +107,6 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _settings_clause(settings: Mapping[str, Any] | None) -> str:
-    if not settings:
-        return ""
-    return " SETTINGS " + ", ".join(f"{key} = {int(value)}" for key, value in settings.items())
-
-
 class ChdbBackend:
     """The embedded engine. One per process: chdb lets one process open a data directory.
 

@@ -21,7 +21,6 @@ costs a few extra inserts and never holds back the good ones. :class:`StorageUna
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -40,9 +39,9 @@ from schemas.codec import (
     body_bytes,
     event_to_avro,
 )
+from schemas.models import UUID_PATTERN
 from schemas.secrets import may_hold_secret, records_that_may_hold_secrets
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 TOPIC_RECORDS = {
     topics.EVENTS: catalog.EVENT,
     topics.STATE: catalog.STATE,
@@ -77,6 +76,8 @@ class Rejected:
 @dataclass(slots=True)
 class WriteResult:
     stored: int = 0
+    # Every insert group holds records of one topic (one table or one Avro layout each).
+    stored_by_topic: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
     redacted: int = 0
 
@@ -187,7 +188,7 @@ class BatchWriter:
             if decoded.record == catalog.ALERT:
                 return "alerts", rows.alert_row(decoded.datum)
             datum = decoded.datum
-            if not _UUID.fullmatch(datum["event_id"]):
+            if not UUID_PATTERN.fullmatch(datum["event_id"]):
                 # The same check as events_avro_mv's on the embedded path.
                 raise ContractViolationError("event_id is not a UUID")
             if may_hold_secret(value):
@@ -248,6 +249,8 @@ class BatchWriter:
             self._insert_isolating(items[middle:], insert, result)
             return
         result.stored += len(items)
+        topic = items[0][0].topic
+        result.stored_by_topic[topic] = result.stored_by_topic.get(topic, 0) + len(items)
 
 
 def _value(row: rows.Row, column: str) -> Any:

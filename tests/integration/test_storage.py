@@ -191,6 +191,7 @@ def test_records_that_cannot_be_stored_are_reported_and_the_rest_stored(
     }
     assert "not a UUID" in next(r.detail for r in result.rejected if r.record.offset == 10)
     assert result.stored == len(good)
+    assert result.stored_by_topic == {topics.EVENTS: len(good)}
     assert count(backend, "events") == (len(good), len(good))
 
 
