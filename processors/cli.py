@@ -32,6 +32,7 @@ from producers.admin import TopicSetupError
 from producers.jsonlines import parse_event_lines
 from producers.producer import CustodyProducer, DeliveryReport, PublishError
 from producers.settings import Settings
+from producers.traffic import publish_simulation
 from schemas.models import describe_validation_error
 from schemas.topics import EVENTS
 
@@ -232,73 +233,59 @@ def simulate(
     duration: Annotated[
         float | None, typer.Option(min=0, help="Stop publishing after this many seconds.")
     ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="When the simulated work begins: an ISO-8601 time or a duration back from "
+            "now (8h, 2d). Default: now."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Publish realistic multi-agent traffic (see producers/simulator.py).
 
-    Event times start now and follow the simulated work (a batch job runs for hours), so
-    when publishing faster than real time they run ahead of the wall clock.
+    Event times follow the simulated work (a batch job runs for hours), so when publishing
+    faster than real time from now they run ahead of the wall clock, and alerts that wait
+    for a deadline (an unrevoked token) fire only when the wall clock gets there. Start in
+    the past (--start 8h) to see every alert at once.
     """
+    from processors.serving.alerts import parse_since
+    from processors.storage.backend import iso
+
     settings = _settings(ctx)
+    try:
+        begin = parse_since(start) if start else datetime.now(UTC)
+    except ValueError as exc:
+        err.print(f"[red]{escape(str(exc).replace('--since', '--start'))}[/]")
+        raise typer.Exit(2) from None
     config = simulator.SimulationConfig(
         roots=roots,
         misbehaviour_rate=misbehaviour_rate,
         seed=seed,
-        start=datetime.now(UTC).replace(microsecond=0),
+        start=begin.replace(microsecond=0),
         tenant=settings.tenant,
     )
-    trees = {tree.root_task_id: tree for tree in simulator.plan(config)}
-    stream = list(simulator.simulate(config))
     try:
-        producer = CustodyProducer(settings)
+        run = publish_simulation(settings, config, rate, duration, err)
     except TopicSetupError as exc:
         err.print(f"[red]cannot publish:[/] {exc}")
         raise typer.Exit(2) from None
-    by_type: Counter[str] = Counter()
-    published_roots: set[str] = set()
-    progress = Progress(
-        TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
-    )
-    started = time.monotonic()
-    deadline = started + duration if duration is not None else float("inf")
-    try:
-        with progress:
-            bar = progress.add_task("simulate", total=len(stream))
-            for sent, event in enumerate(stream):
-                # Traffic shaping: the n-th event is due n/rate seconds after the start.
-                due = started + sent / rate if rate else started
-                now = time.monotonic()
-                if max(due, now) >= deadline:
-                    break
-                if due > now:
-                    time.sleep(due - now)
-                producer.publish(event)
-                by_type[str(event.event_type)] += 1
-                published_roots.add(event.root_task_id)
-                # Redrawing per event would cost more than publishing it.
-                if sent % 100 == 0:
-                    progress.update(bar, completed=sent + 1)
-            progress.update(bar, completed=sum(by_type.values()))
-            producer.close()
     except PublishError as exc:
         err.print(f"[red]simulate failed:[/] {exc}")
-        err.print(f"{producer.delivered} events were acknowledged before the failure.")
         raise typer.Exit(2) from None
-    elapsed = time.monotonic() - started
-    published = sum(by_type.values())
-    misbehaviours = Counter(
-        str(trees[root].misbehaviour) for root in published_roots if trees[root].misbehaviour
-    )
     summary = {
-        "events": published,
-        "planned_events": len(stream),
-        "trees": len(published_roots),
-        "events_by_type": dict(sorted(by_type.items())),
-        "misbehaviours": dict(sorted(misbehaviours.items())),
+        "events": run.published,
+        "planned_events": run.planned_events,
+        "trees": len(run.published_roots),
+        "events_by_type": dict(sorted(run.by_type.items())),
+        "misbehaviours": dict(sorted(run.misbehaviours().items())),
         "seed": seed,
-        "elapsed_seconds": round(elapsed, 3),
-        "events_per_second": round(published / elapsed, 1) if elapsed > 0 else None,
-        "producer_instance": producer.producer_instance,
+        "start": iso(config.start),
+        "elapsed_seconds": round(run.elapsed_seconds, 3),
+        "events_per_second": (
+            round(run.published / run.elapsed_seconds, 1) if run.elapsed_seconds > 0 else None
+        ),
+        "producer_instance": run.producer_instance,
     }
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
@@ -306,15 +293,16 @@ def simulate(
     table = Table(title=f"Simulated to {EVENTS} on {settings.kafka_bootstrap}")
     table.add_column("")
     table.add_column("count", justify="right")
-    for event_type, count in sorted(by_type.items()):
+    for event_type, count in sorted(run.by_type.items()):
         table.add_row(event_type, str(count))
-    table.add_row("[bold]events[/]", f"[bold]{published}[/] of {len(stream)}")
-    table.add_row("[bold]trees[/]", f"[bold]{len(published_roots)}[/] of {roots}")
-    for kind, count in sorted(misbehaviours.items()):
+    table.add_row("[bold]events[/]", f"[bold]{run.published}[/] of {run.planned_events}")
+    table.add_row("[bold]trees[/]", f"[bold]{len(run.published_roots)}[/] of {roots}")
+    for kind, count in sorted(run.misbehaviours().items()):
         table.add_row(f"misbehaviour: {kind}", str(count))
     out.print(table)
     out.print(
-        f"{published} events in {elapsed:.2f}s ({summary['events_per_second']}/s), seed {seed}"
+        f"{run.published} events in {run.elapsed_seconds:.2f}s "
+        f"({summary['events_per_second']}/s), seed {seed}"
     )
 
 

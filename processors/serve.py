@@ -1,11 +1,19 @@
-"""The query API (``custody serve``, and the serving half of ``custody ingest`` on chdb).
+"""The query API and web explorer (``custody serve``, and the serving half of
+``custody ingest`` on chdb).
 
 A small HTTP server on the loopback interface by default:
 
 - ``GET /health``: ``{"status": "ok", "clickhouse": ..., "ingest": {counters} | null}``;
-- ``POST /query`` with ``{"sql": ..., "params": {...}}`` as ``application/json`` and a
-  ``Host`` header naming this API: ``{"rows": [...]}``. Only read-only queries run (see
+- ``POST /query`` with ``{"sql": ..., "params": {...}}`` as ``application/json``:
+  ``{"rows": [...]}``. Only read-only queries run (see
   :mod:`processors.serving.readonly`); an error answers 400 with ``{"error": ...}``.
+- ``GET /`` and ``GET /static/...``: the web explorer (``dashboards/explorer/``), and the
+  JSON it reads: ``GET /api/search?q=``, ``/api/tree?id=``, ``/api/alerts``,
+  ``/api/token?id=`` (each takes ``tenant=``; see :mod:`processors.serving.explorer`).
+
+Everything but ``/health`` answers only to a ``Host`` header naming this API (localhost,
+``serve_host`` or one of ``serve_hostnames``): otherwise a web page whose own name was
+rebound to 127.0.0.1 could read the evidence.
 
 It announces its address in ``.custody/run/serve.json`` so the CLI finds it, and removes
 the file when it stops. The standard library's threading server is enough: queries are
@@ -16,20 +24,48 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 import os
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from processors.serving.alerts import list_alerts, parse_since
+from processors.serving.explorer import AmbiguousToken, search, token_timeline
+from processors.serving.graph import custody_graph
 from processors.serving.reader import BackendReader, QueryError, serve_record_path
 from processors.serving.readonly import ReadOnlyError
+from processors.serving.trace import AmbiguousTask, TreeNotFound, trace
 from processors.storage.backend import Backend
 from producers.settings import Settings
 
 _MAX_BODY = 1024 * 1024
 _log = logging.getLogger("custody.serve")
+# The page loads only its own files and talks only to this API.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def explorer_dir() -> Path:
+    """The web explorer's files (dashboards/explorer, package data when installed)."""
+    return Path(str(files("dashboards").joinpath("explorer")))
+
+
+class BadRequest(ValueError):
+    """A request parameter is missing or malformed."""
+
+
+class UnknownRoute(LookupError):
+    """No explorer route has this name."""
 
 
 class QueryApi:
@@ -62,7 +98,35 @@ class QueryApi:
         if port != str(self.server.server_address[1]):
             return False
         allowed = {"127.0.0.1", "localhost", "[::1]", str(self.server.server_address[0])}
-        return name in allowed or name == self.settings.serve_host
+        allowed.add(self.settings.serve_host)
+        allowed.update(n.strip() for n in self.settings.serve_hostnames.split(",") if n)
+        return name in allowed
+
+    def explore(self, route: str, query: dict[str, str]) -> dict[str, Any]:
+        """The JSON of an explorer route."""
+        tenant = query.get("tenant") or None
+        if route == "search":
+            return {"results": search(self.reader, query.get("q", ""), tenant)}
+        if route == "tree":
+            tree = trace(self.reader, _required(query, "id"), tenant)
+            return {**tree, "graph": custody_graph(tree)}
+        if route == "token":
+            return token_timeline(self.reader, _required(query, "id"), tenant)
+        if route == "alerts":
+            since = query.get("since")
+            try:
+                limit = int(query.get("limit", "200"))
+                rows = list_alerts(
+                    self.reader,
+                    query.get("type") or None,
+                    parse_since(since) if since else None,
+                    tenant,
+                    limit=max(1, min(limit, 5000)),
+                )
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            return {"alerts": rows}
+        raise UnknownRoute(route)
 
     def start(self) -> None:
         """Serve in a background thread and announce the address."""
@@ -87,26 +151,76 @@ class QueryApi:
             def log_message(self, format: str, *args: Any) -> None:
                 _log.debug("%s " + format, self.address_string(), *args)
 
-            def _answer(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-                body = json.dumps(payload).encode()
+            def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                for name, value in _PAGE_HEADERS.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _answer(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+                self._send(status, json.dumps(payload).encode(), "application/json")
+
             def do_GET(self) -> None:
-                if self.path != "/health":
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+                url = urlsplit(self.path)
+                if url.path == "/health":
+                    self._answer(
+                        HTTPStatus.OK,
+                        {
+                            "status": "ok",
+                            "clickhouse": api.backend.target.describe(),
+                            "ingest": api.health(),
+                        },
+                    )
                     return
-                self._answer(
-                    HTTPStatus.OK,
-                    {
-                        "status": "ok",
-                        "clickhouse": api.backend.target.describe(),
-                        "ingest": api.health(),
-                    },
-                )
+                if not api.host_allowed(self.headers.get("Host", "")):
+                    self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
+                    return
+                if url.path.startswith("/api/"):
+                    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+                    self._explore(url.path.removeprefix("/api/"), query)
+                elif url.path in ("/", "/index.html"):
+                    self._file("index.html")
+                elif url.path.startswith("/static/"):
+                    self._file(url.path.removeprefix("/static/"))
+                else:
+                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
+
+            def _explore(self, route: str, query: dict[str, str]) -> None:
+                try:
+                    self._answer(HTTPStatus.OK, api.explore(route, query))
+                except UnknownRoute:
+                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such route {route}"})
+                except TreeNotFound as exc:
+                    self._answer(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+                except (AmbiguousTask, AmbiguousToken) as exc:
+                    self._answer(HTTPStatus.CONFLICT, {"error": str(exc)})
+                except (BadRequest, QueryError, ReadOnlyError) as exc:
+                    self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+                except Exception:
+                    _log.exception("explorer route %s failed", route)
+                    self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+
+            def _file(self, name: str) -> None:
+                root = explorer_dir().resolve()
+                path = (root / name).resolve()
+                # Only the page's own files: no way out of the directory, no dotfiles, no
+                # npm manifests.
+                if (
+                    not path.is_relative_to(root)
+                    or not path.is_file()
+                    or any(part.startswith(".") for part in path.relative_to(root).parts)
+                    or path.suffix not in (".html", ".js", ".css", ".svg", ".png")
+                ):
+                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such file {name}"})
+                    return
+                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                if content_type.startswith("text/") or content_type.endswith("javascript"):
+                    content_type += "; charset=utf-8"
+                self._send(HTTPStatus.OK, path.read_bytes(), content_type)
 
             def do_POST(self) -> None:
                 if self.path != "/query":
@@ -144,3 +258,10 @@ class QueryApi:
                 self._answer(HTTPStatus.OK, {"rows": rows})
 
         return Handler
+
+
+def _required(query: dict[str, str], name: str) -> str:
+    value = query.get(name, "").strip()
+    if not value:
+        raise BadRequest(f"missing parameter {name}")
+    return value

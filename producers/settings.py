@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     )
     serve_host: str = Field("127.0.0.1", description="Where the query API listens.")
     serve_port: int = Field(8470, ge=0, le=65535)
+    serve_hostnames: str = Field(
+        "",
+        description="Comma-separated host names, besides localhost and serve_host, that "
+        "the API and explorer answer to (Host header check against DNS rebinding).",
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:

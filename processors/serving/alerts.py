@@ -36,13 +36,15 @@ def list_alerts(
     alert_type: str | None = None,
     since: datetime | None = None,
     tenant: str | None = None,
+    limit: int | None = None,
 ) -> list[Row]:
-    """Alerts in event-time order; ``since`` compares with the alert's ``event_time``."""
+    """Alerts in event-time order, or the newest ``limit`` of them newest first; ``since``
+    compares with the alert's ``event_time``."""
     if alert_type is not None and alert_type not in AlertType.__members__:
         known = ", ".join(AlertType.__members__)
         raise ValueError(f"--type {alert_type!r}: not an alert type ({known})")
     conditions = []
-    params: dict[str, str] = {}
+    params: dict[str, str | int] = {}
     if alert_type is not None:
         conditions.append("alert_type = {type:String}")
         params["type"] = alert_type
@@ -53,6 +55,8 @@ def list_alerts(
         conditions.append("tenant = {tenant:String}")
         params["tenant"] = tenant
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    return reader.select(
-        f"SELECT {ALERT_COLUMNS} FROM alerts {where} ORDER BY event_time, alert_id", params
-    )
+    order = "ORDER BY event_time, alert_id"
+    if limit is not None:
+        order = "ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32}"
+        params["limit"] = limit
+    return reader.select(f"SELECT {ALERT_COLUMNS} FROM alerts {where} {order}", params)
