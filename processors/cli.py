@@ -306,6 +306,107 @@ def simulate(
     )
 
 
+@app.command()
+def demo(
+    ctx: typer.Context,
+    roots: Annotated[int, typer.Option(min=1, help="Root tasks (custody trees).")] = 300,
+    misbehaviour_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of root tasks that misbehave.")
+    ] = 0.1,
+    seed: Annotated[
+        int | None, typer.Option(help="Same seed, same trees (default: a new one each run).")
+    ] = None,
+    hours_ago: Annotated[
+        float, typer.Option(min=0, help="When the simulated work began, hours back.")
+    ] = 8.0,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for everything to be stored.")
+    ] = 180.0,
+) -> None:
+    """Start the local stack, simulate a few hundred custody trees, wait until ClickHouse
+    holds them, and print a summary, one tree, the alerts by type and the explorer's URL.
+    The stack keeps running (custody down stops it)."""
+    from datetime import timedelta
+
+    from processors import demo as demo_run
+    from processors.serving.reader import running_api
+    from processors.serving.render import rows_table, trace_tree
+    from processors.serving.trace import trace as build_trace
+
+    settings = _settings(ctx)
+    with err.status("starting the local stack (broker, correlate, ingest+serve)"):
+        try:
+            statuses = stack.up(settings)
+        except (BrokerError, TopicSetupError, stack.StackError) as exc:
+            err.print(f"[red]cannot start the stack:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+    _print_status(statuses, as_json=False)
+    seed = seed if seed is not None else int(time.time())
+    with _reader(ctx) as reader:
+        start = demo_run.simulation_start(reader, datetime.now(UTC), hours_ago)
+    config = simulator.SimulationConfig(
+        roots=roots,
+        misbehaviour_rate=misbehaviour_rate,
+        seed=seed,
+        start=start,
+        tenant=settings.tenant,
+    )
+    try:
+        run = publish_simulation(settings, config, console=err)
+    except (TopicSetupError, PublishError) as exc:
+        err.print(f"[red]simulate failed:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    out.print(
+        f"Published {run.published} events of {len(run.published_roots)} custody trees "
+        f"(seed {seed}, {sum(run.misbehaviours().values())} misbehaving) "
+        f"in {run.elapsed_seconds:.1f}s"
+    )
+    with _reader(ctx) as reader:
+        with err.status("waiting for ClickHouse") as spinner:
+            progress = demo_run.wait_until_stored(
+                reader,
+                run,
+                timeout,
+                # A deadline passes once the watermark (event time less the allowed
+                # lateness) is the grace beyond a tree's last event; then one more tick.
+                timedelta(seconds=settings.grace_seconds + settings.allowed_lateness_seconds + 30),
+                lambda p: spinner.update(
+                    f"waiting for ClickHouse: {p.events}/{run.published} events, "
+                    f"{p.finished_tasks}/{run.by_type['TASK_COMPLETED']} tasks finished, "
+                    f"{len(p.missing_alerts)} expected alerts to come"
+                ),
+            )
+        if not progress.complete(run):
+            err.print(
+                f"[yellow]not all stored after {timeout:.0f}s:[/] {progress.events}/"
+                f"{run.published} events, {len(progress.missing_alerts)} expected alerts "
+                "missing; showing what is there"
+            )
+        counts = demo_run.summary(reader, run)
+        by_type = demo_run.alerts_by_type(reader, run)
+        root = demo_run.showcase_tree(run)
+        tree = build_trace(reader, root)
+    table = Table(title="Stored in ClickHouse")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for name, value in counts.items():
+        table.add_row(name.replace("_", " "), str(value))
+    out.print(table)
+    out.print(trace_tree(tree))
+    out.print(rows_table(by_type, title="Alerts by type (planted = misbehaviours simulated)"))
+    if progress.due_later:
+        out.print(
+            f"{progress.due_later} planted alerts are due later: their trees ended less than "
+            "the grace period ago (custody alerts shows them when they fire)."
+        )
+    address = running_api(settings)
+    if address:
+        out.print(f"Explorer: [bold]{address}/#tree={root}&tenant={settings.tenant}[/]")
+    out.print("The stack keeps running; stop it with: custody down")
+    if not progress.complete(run):
+        raise typer.Exit(3)
+
+
 # ---- storage: migrate, ingest, serve ---------------------------------------------------
 
 

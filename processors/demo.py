@@ -1,0 +1,172 @@
+"""``custody demo``: the product end to end on the local stack, for a newcomer.
+
+Starts what is not running, publishes a simulation (:mod:`producers.simulator`) that
+began ``hours_ago`` hours back, so that deadline-driven alerts (a token left unrevoked
+after its task ended) are due by the time the events arrive, waits until ClickHouse holds
+every event, every task's final state and every alert the misbehaviours must raise, then
+reports from ClickHouse alone.
+
+A run is scoped by its producer instance (each ``CustodyProducer`` has its own), so a
+second demo on the same stack reports only its own trees. A second demo never starts
+before the latest stored event: the correlator's watermark already passed that time, and
+evidence older than the watermark is judged late (deadlines that are already past fire
+before the rest of the backfilled tree arrives). It then starts nearer to now, and alerts
+whose deadline has not come yet are reported as due later rather than waited for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from processors.serving.reader import Reader
+from producers.traffic import SimulationRun
+
+# The run's trees, found through its events (only the events table knows the producer).
+_ROOTS = "SELECT DISTINCT root_task_id FROM events WHERE producer_instance = {producer:String}"
+
+_PROGRESS = f"""
+SELECT
+    (SELECT count() FROM events WHERE producer_instance = {{producer:String}}) AS events,
+    (SELECT countIf(status = 'COMPLETED') FROM tasks WHERE root_task_id IN ({_ROOTS}))
+        AS finished_tasks,
+    (SELECT count() FROM credentials WHERE root_task_id IN ({_ROOTS})) AS credentials"""
+
+_ALERTED = f"""
+SELECT DISTINCT root_task_id, alert_type FROM alerts WHERE root_task_id IN ({_ROOTS})"""
+
+_SUMMARY = f"""
+SELECT
+    (SELECT uniqExact(root_task_id) FROM events
+        WHERE producer_instance = {{producer:String}}) AS trees,
+    (SELECT count() FROM events WHERE producer_instance = {{producer:String}}) AS events,
+    (SELECT count() FROM tasks WHERE root_task_id IN ({_ROOTS})) AS tasks,
+    (SELECT max(depth) FROM tasks WHERE root_task_id IN ({_ROOTS})) AS deepest_delegation,
+    (SELECT count() FROM delegations WHERE root_task_id IN ({_ROOTS})) AS delegations,
+    (SELECT count() FROM credentials WHERE root_task_id IN ({_ROOTS})) AS credentials,
+    (SELECT countIf(state = 'REVOKED') FROM credentials WHERE root_task_id IN ({_ROOTS}))
+        AS revoked,
+    (SELECT countIf(event_type = 'ACCESS') FROM events
+        WHERE producer_instance = {{producer:String}}) AS accesses,
+    (SELECT countIf(event_type = 'APPROVAL') FROM events
+        WHERE producer_instance = {{producer:String}}) AS human_approvals,
+    (SELECT countIf(event_type = 'BREAK_GLASS') FROM events
+        WHERE producer_instance = {{producer:String}}) AS break_glass,
+    (SELECT count() FROM alerts WHERE root_task_id IN ({_ROOTS})) AS alerts"""
+
+_ALERTS_BY_TYPE = f"""
+SELECT alert_type, any(severity) AS severity, count() AS alerts,
+       uniqExact(root_task_id) AS trees
+FROM alerts WHERE root_task_id IN ({_ROOTS})
+GROUP BY alert_type ORDER BY alerts DESC, alert_type"""
+
+_LATEST = "SELECT max(event_time) AS latest, count() AS events FROM events"
+
+# The misbehaviours whose trees show the most in one picture, best first.
+_SHOWCASE = ("SCOPE_ESCALATION", "SHARED_CREDENTIAL", "SELF_APPROVAL", "UNREVOKED_TOKEN")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProgress:
+    """How much of a run ClickHouse holds."""
+
+    events: int
+    finished_tasks: int
+    credentials: int
+    missing_alerts: dict[str, str]
+    due_later: int
+
+    def complete(self, run: SimulationRun) -> bool:
+        return (
+            self.events >= run.published
+            and self.finished_tasks >= run.by_type["TASK_COMPLETED"]
+            and self.credentials >= run.by_type["CREDENTIAL_ISSUED"]
+            and not self.missing_alerts
+        )
+
+
+def simulation_start(reader: Reader, now: datetime, hours_ago: float) -> datetime:
+    """``hours_ago`` before ``now``, or just after the latest stored event if later."""
+    start = now - timedelta(hours=hours_ago)
+    row = reader.select(_LATEST)[0]
+    if row["events"]:
+        start = max(start, datetime.fromisoformat(row["latest"]) + timedelta(seconds=1))
+    return start.replace(microsecond=0)
+
+
+def stored_progress(
+    reader: Reader, run: SimulationRun, now: datetime, settle: timedelta
+) -> StoredProgress:
+    """What ClickHouse holds of ``run`` now, and which expected alerts it still lacks.
+
+    An expected alert counts only once its tree's last event is ``settle`` behind ``now``
+    (the grace and lateness a deadline waits for, and a margin); the rest are due later.
+    """
+    params = {"producer": run.producer_instance}
+    counts = reader.select(_PROGRESS, params)[0]
+    alerted = {(row["root_task_id"], row["alert_type"]) for row in reader.select(_ALERTED, params)}
+    expected = run.expected_alerts()
+    due = {
+        root: alert for root, alert in expected.items() if run.last_event_time[root] + settle <= now
+    }
+    absent = {root: alert for root, alert in expected.items() if (root, alert) not in alerted}
+    missing = {root: alert for root, alert in absent.items() if root in due}
+    return StoredProgress(
+        int(counts["events"]),
+        int(counts["finished_tasks"]),
+        int(counts["credentials"]),
+        missing,
+        due_later=len(absent) - len(missing),
+    )
+
+
+def wait_until_stored(
+    reader: Reader,
+    run: SimulationRun,
+    timeout: float,
+    settle: timedelta,
+    on_progress: Callable[[StoredProgress], None] = lambda _: None,
+) -> StoredProgress:
+    """Poll until ClickHouse holds all of ``run`` that is due or ``timeout`` seconds pass;
+    the last progress either way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        progress = stored_progress(reader, run, datetime.now(UTC), settle)
+        on_progress(progress)
+        if progress.complete(run) or time.monotonic() >= deadline:
+            return progress
+        time.sleep(0.5)
+
+
+def summary(reader: Reader, run: SimulationRun) -> dict[str, Any]:
+    """Counts of the run as stored: trees, tasks, delegations, credentials, alerts."""
+    row: dict[str, Any] = reader.select(_SUMMARY, {"producer": run.producer_instance})[0]
+    return row
+
+
+def alerts_by_type(reader: Reader, run: SimulationRun) -> list[dict[str, Any]]:
+    """Stored alerts of the run by type, with the number the misbehaviours called for."""
+    expected: dict[str, int] = {}
+    for alert in run.expected_alerts().values():
+        expected[alert] = expected.get(alert, 0) + 1
+    rows = reader.select(_ALERTS_BY_TYPE, {"producer": run.producer_instance})
+    for row in rows:
+        row["planted"] = expected.pop(row["alert_type"], 0)
+    rows.extend(
+        {"alert_type": kind, "severity": "-", "alerts": 0, "trees": 0, "planted": count}
+        for kind, count in expected.items()
+    )
+    return rows
+
+
+def showcase_tree(run: SimulationRun) -> str:
+    """A root task worth printing: a misbehaving delegation if there is one."""
+    expected = run.expected_alerts()
+    for alert in _SHOWCASE:
+        for root, kind in sorted(expected.items()):
+            if kind == alert:
+                return root
+    return min(run.published_roots)
