@@ -30,18 +30,11 @@ system-deps:
 		echo "not root: skipping clickhouse-server (its tests will be skipped)"; \
 	fi
 
-## Start the local stack, publish the sample custody tree, show it as stored in ClickHouse.
+## Start the local stack, simulate 300 custody trees (10% misbehaving), wait until
+## ClickHouse holds them, print a summary, one tree, the alerts by type and the
+## explorer's URL. The stack keeps running: `make down` (or custody down) stops it.
 demo: install
-	CUSTODY_KAFKA_PROFILE=development $(BIN)/custody up
-	CUSTODY_KAFKA_PROFILE=development $(BIN)/custody publish examples/sample-tree.jsonl
-	@# Stored within a second or two; the correlator's state follows.
-	@for i in $$(seq 60); do \
-		[ "$$($(BIN)/custody query "SELECT count() AS n FROM tasks WHERE root_task_id = 'task-6513270e'" --json 2>/dev/null)" = '{"n": 3}' ] && break; \
-		sleep 0.5; \
-	done
-	$(BIN)/custody trace task-6513270e
-	$(BIN)/custody status
-	@echo "Stop the stack with: $(BIN)/custody down"
+	CUSTODY_KAFKA_PROFILE=development $(BIN)/custody demo
 
 lint: install
 	$(BIN)/ruff check schemas producers processors tests
