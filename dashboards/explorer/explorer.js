@@ -317,9 +317,14 @@
         tabindex: "0",
         role: "button"
       });
+      // The label often starts with the id ("<workload> in <tree> at <time>"): show the rest.
+      var about = result.label && result.label !== result.id ? result.label : "";
+      if (about.indexOf(result.id + " ") === 0) about = about.slice(result.id.length + 1);
+      if (about) about += " · ";
+      item.setAttribute("title", result.label || result.id);
       item.appendChild(el("span", { "class": "chip " + result.kind }, result.kind));
-      item.appendChild(el("span", { "class": "title" }, result.label || result.id));
-      item.appendChild(el("span", { "class": "line2" }, result.id + " · " + result.tenant));
+      item.appendChild(el("span", { "class": "title" }, result.id));
+      item.appendChild(el("span", { "class": "line2" }, about + "tenant " + result.tenant));
       item.addEventListener("click", function () {
         openResult(result);
       });
@@ -402,8 +407,15 @@
         tabindex: "0",
         role: "button"
       }, "⚠ " + alert.alert_type);
-      chip.addEventListener("click", function () {
+      var pick = function () {
         replaceSelection({ alert: alert.alert_id, node: null, token: null });
+      };
+      chip.addEventListener("click", pick);
+      chip.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          pick();
+        }
       });
       chips.appendChild(chip);
     });
