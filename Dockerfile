@@ -26,8 +26,9 @@ COPY producers ./producers
 COPY processors ./processors
 COPY infra/__init__.py ./infra/__init__.py
 COPY infra/clickhouse ./infra/clickhouse
-# Not editable, no dev extras: the migrations (infra/clickhouse/*.sql) and the Avro
-# schemas are package data and land in site-packages.
+COPY dashboards ./dashboards
+# Not editable, no dev extras: the migrations (infra/clickhouse/*.sql), the Avro schemas
+# and the web explorer (dashboards/explorer) are package data and land in site-packages.
 RUN pip install --upgrade pip && pip install .
 
 # ---- runtime: the virtualenv, a non-root user, nothing else -------------------------

@@ -14,20 +14,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Debian's clickhouse-server (18.16) for the native-protocol tests; they skip without it.
-## Installed only as root; the package's own service is kept from starting (the tests run
-## private servers on free ports).
+## Debian packages the tests use: clickhouse-server (18.16) for the native-protocol tests and
+## chromium for the explorer's browser tests; each group of tests skips without its
+## package. Installed only as root; clickhouse-server's own service is kept from starting
+## (the tests run private servers on free ports).
+SYSTEM_PACKAGES := clickhouse-server chromium
 system-deps:
-	@if command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ]; then \
-		echo "clickhouse-server present"; \
+	@missing=; \
+	{ command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ]; } || missing="$$missing clickhouse-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then \
+		echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		created=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
 			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; created=1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends clickhouse-server >/dev/null; status=$$?; \
+			--no-install-recommends $$missing >/dev/null; status=$$?; \
 		if [ -n "$$created" ]; then rm -f /usr/sbin/policy-rc.d; fi; exit $$status; \
 	else \
-		echo "not root: skipping clickhouse-server (its tests will be skipped)"; \
+		echo "not root: skipping$$missing (their tests will be skipped)"; \
 	fi
 
 ## Start the local stack, simulate 300 custody trees (10% misbehaving), wait until

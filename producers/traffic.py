@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
@@ -29,8 +28,6 @@ class SimulationRun:
     producer_instance: str
     by_type: Counter[str] = field(default_factory=Counter)
     published_roots: set[str] = field(default_factory=set)
-    # The latest event time published of each tree: when its deadlines start to run.
-    last_event_time: dict[str, datetime] = field(default_factory=dict)
     elapsed_seconds: float = 0.0
 
     @property
@@ -116,9 +113,6 @@ def _publish(
         producer.publish(event)
         run.by_type[str(event.event_type)] += 1
         run.published_roots.add(event.root_task_id)
-        last = run.last_event_time.get(event.root_task_id)
-        if last is None or event.event_time > last:
-            run.last_event_time[event.root_task_id] = event.event_time
         # Redrawing per event would cost more than publishing it.
         if sent % 100 == 0:
             progress.update(bar, completed=sent + 1)

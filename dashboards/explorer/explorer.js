@@ -630,6 +630,7 @@
       { selector: "edge.used", style: { "line-color": "#5fb8b3", "target-arrow-color": "#5fb8b3", "line-style": "dashed" } },
       { selector: "edge.approved", style: { width: 2, "line-color": "#3c9a4a", "target-arrow-color": "#3c9a4a" } },
       { selector: "edge.on_behalf_of", style: { "line-color": "#93c49a", "target-arrow-color": "#93c49a", "line-style": "dotted" } },
+      { selector: "edge.used_by", style: { width: 2, "line-color": "#c62828", "target-arrow-color": "#c62828", "line-style": "dashed" } },
       { selector: "edge.rotated", style: { width: 2, "line-color": "#e0a31a", "target-arrow-color": "#e0a31a", "line-style": "dashed" } },
       { selector: "edge:selected", style: { width: 3, "line-color": "#2557a7", "target-arrow-color": "#2557a7" } }
     ];

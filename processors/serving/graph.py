@@ -128,7 +128,10 @@ def custody_graph(tree: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         graph.edge(task_node_id(credential["task_id"]), token.id, "holds", "holds")
         if credential["parent_token_id"]:
             graph.edge(f"token:{credential['parent_token_id']}", token.id, "rotated", "rotated to")
+    runs_as = {task["task_id"]: task["actor"]["workload_id"] for task in tree["tasks"]}
+    holders = {c["token_id"]: c["task_id"] for c in tree["credentials"]}
     for access in tree["accesses"]:
+        _foreign_use(graph, access, runs_as.get(holders.get(access["token_id"] or "", "")))
         tool = graph.node(f"tool:{access['tool']}", "tool", access["tool"], tool=access["tool"])
         tool.data.setdefault("resources", [])
         if access["resource"] not in tool.data["resources"]:
@@ -157,6 +160,18 @@ def custody_graph(tree: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         "nodes": [asdict(node) for node in graph.nodes.values()],
         "edges": [asdict(edge) for edge in graph.edges.values()],
     }
+
+
+def _foreign_use(graph: _Graph, access: Row, holder_workload: str | None) -> None:
+    """A token used by a workload other than the one its task runs as (a shared
+    credential): the user is drawn, with a "used by" edge from the token."""
+    workload = access["workload_id"]
+    if not access["token_id"] or holder_workload is None or workload == holder_workload:
+        return
+    agent = graph.node(
+        f"agent:{workload}", "agent", workload.rsplit("/", 1)[-1], workload_id=workload
+    )
+    graph.edge(f"token:{access['token_id']}", agent.id, "used_by", "used by")
 
 
 def _mark_alerts(graph: _Graph, alerts: list[Row]) -> None:

@@ -54,7 +54,9 @@ class Tree:
         humans |= {e.body.approver for e in self.of(ApprovalEvent)}
         return {
             "task": {f"task:{e.task_id}" for e in self.events},
-            "agent": {f"agent:{e.actor.workload_id}" for e in declared},
+            # Task actors, and a workload using a token its task does not run as.
+            "agent": {f"agent:{e.actor.workload_id}" for e in declared}
+            | {f"agent:{e.actor.workload_id}" for e in self.of(AccessEvent) if e.body.token_id},
             "token": {f"token:{body.token_id}" for body in issued},
             "tool": {f"tool:{e.body.tool}" for e in self.of(AccessEvent)},
             "human": {f"human:{name}" for name in humans},

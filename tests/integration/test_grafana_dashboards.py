@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,13 +25,9 @@ import pytest
 
 from processors.storage.backend import ChdbBackend, Row
 from processors.storage.migrations import migrate
-from processors.storage.sink import BatchWriter, Record
 from processors.storage.target import ChdbTarget
 from producers.simulator import SimulationConfig, simulate
-from schemas import catalog, topics
-from schemas.codec import AvroCodec, event_to_avro
-from schemas.models import Alert, Envelope, StateChange
-from tests.correlation_trees import run
+from tests.stored_simulation import store
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +38,6 @@ DATASOURCE = {"type": PLUGIN, "uid": "${datasource}"}
 # that goes with it (src/types/sql.ts: QueryType).
 QUERY_TYPES = {0: "timeSeries", 1: "table"}
 
-CODEC = AvroCodec()
 TENANT = "acme"
 START = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 SIMULATION = SimulationConfig(roots=30, misbehaviour_rate=0.5, seed=3, start=START)
@@ -209,24 +203,6 @@ def expanded(name: str, sql: str) -> str:
 # ---- the engine, holding a simulation ----------------------------------------------------
 
 
-def _records(topic: str, values: list[bytes]) -> list[Record]:
-    return [Record(topic, 0, offset, None, value) for offset, value in enumerate(values)]
-
-
-def _correlate(events: list[Envelope]) -> tuple[list[StateChange], list[Alert]]:
-    """The pure correlator over each custody tree, every deadline passed."""
-    trees: dict[str, list[Envelope]] = defaultdict(list)
-    for event in events:
-        trees[event.root_task_id].append(event)
-    changes: list[StateChange] = []
-    alerts: list[Alert] = []
-    for tree in trees.values():
-        result = run(tree)
-        changes += result.changes
-        alerts += result.alerts
-    return changes, alerts
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbBackend]:
     """chdb with the migrations applied and a simulation stored through the sink."""
@@ -234,20 +210,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbBackend]:
     backend = ChdbBackend(target)
     try:
         migrate(target, 400, backend)
-        events = list(simulate(SIMULATION))
-        changes, alerts = _correlate(events)
-        values = [
-            CODEC.encode(catalog.EVENT, event_to_avro(event, chain=("sim/1", i + 1, None)))
-            for i, event in enumerate(events)
-        ]
-        writer = BatchWriter(backend)
-        for batch in (
-            _records(topics.EVENTS, values),
-            _records(topics.STATE, [CODEC.encode_state(change) for change in changes]),
-            _records(topics.ALERTS, [CODEC.encode_alert(alert) for alert in alerts]),
-        ):
-            result = writer.write(batch)
-            assert (result.stored, result.rejected) == (len(batch), [])
+        alerts = store(backend, list(simulate(SIMULATION)))
         assert alerts, "the simulation should misbehave"
         yield backend
     finally:

@@ -451,7 +451,7 @@ def dockerfile_problems(text: str) -> list[str]:
     if not users or users[-1].split(":")[0] in ("root", "0"):
         problems.append("the image runs as root (no USER, or USER root last)")
     copied = " ".join(args for keyword, args in instructions if keyword == "COPY")
-    for package in ("schemas", "producers", "processors", "infra/clickhouse"):
+    for package in ("schemas", "producers", "processors", "infra/clickhouse", "dashboards"):
         if package not in copied:
             problems.append(f"{package} is not copied into the image")
     for keyword, args in instructions:
@@ -474,6 +474,7 @@ def test_dockerfile() -> None:
         ('ENTRYPOINT ["custody"]', 'ENTRYPOINT ["python"]'),
         ("FROM python:3.11-slim-bookworm AS runtime", "FROM python:3.12 AS runtime"),
         ("COPY infra/clickhouse ./infra/clickhouse", ""),
+        ("COPY dashboards ./dashboards", ""),
         ("CUSTODY_HOME=/var/lib/custody", "CUSTODY_HOME=/var/lib/custody CUSTODY_SASL_PASSWORD=x"),
     ],
 )

@@ -1,0 +1,114 @@
+"""The custody graph the explorer draws, from a hand-written trace: the cases a simulation
+does not reach (a rotation from another tree, repeated and denied calls)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from processors.serving.graph import custody_graph
+
+
+def _task(task_id: str, parent: str | None, workload: str, human: str | None) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "parent_task_id": parent,
+        "depth": 0 if parent is None else 1,
+        "actor": {
+            "workload_id": workload,
+            "kind": "AGENT",
+            "instance_id": "i-1",
+            "on_behalf_of": human,
+        },
+        "purpose": f"purpose of {task_id}",
+        "requested_scopes": [],
+        "status": "COMPLETED",
+        "outcome": "SUCCEEDED",
+        "declared_at": "2026-01-01T00:00:00.000000Z",
+        "completed_at": "2026-01-01T00:10:00.000000Z",
+    }
+
+
+def _token(token_id: str, task_id: str, state: str, parent: str | None = None) -> dict[str, Any]:
+    return {"token_id": token_id, "task_id": task_id, "state": state, "parent_token_id": parent}
+
+
+def _access(token_id: str | None, task_id: str, outcome: str) -> dict[str, Any]:
+    return {
+        "token_id": token_id,
+        "task_id": task_id,
+        "workload_id": "spiffe://a/coder",
+        "tool": "db.query",
+        "resource": "db://x",
+        "action": "read",
+        "outcome": outcome,
+    }
+
+
+def _alert(alert_type: str, **named: str) -> dict[str, Any]:
+    return {
+        "alert_type": alert_type,
+        "task_id": named.get("task_id"),
+        "token_id": named.get("token_id"),
+        "workload_id": named.get("workload_id"),
+    }
+
+
+TRACE: dict[str, Any] = {
+    "tasks": [
+        _task("t1", None, "spiffe://a/planner", "alice"),
+        _task("t2", "t1", "spiffe://a/coder", "alice"),
+    ],
+    "delegations": [{"parent_task_id": "t1", "child_task_id": "t2", "scopes": ["repo:read"]}],
+    "credentials": [
+        _token("k1", "t2", "REVOKED", parent="k0-elsewhere"),
+        _token("k2", "t2", "EXPIRED"),
+    ],
+    "accesses": [
+        _access("k1", "t2", "SUCCESS"),
+        _access("k1", "t2", "SUCCESS"),
+        _access("k1", "t2", "DENIED"),
+        _access(None, "t1", "SUCCESS"),
+    ],
+    "approvals": [{"approver": "alice", "task_id": "t2", "approves": "t2"}],
+    "alerts": [
+        _alert("SELF_APPROVAL", task_id="t2", workload_id="alice"),
+        _alert("TOKEN_USED_AFTER_EXPIRY", token_id="k2"),
+    ],
+}
+
+
+def test_nodes_states_and_alert_marks() -> None:
+    graph = custody_graph(TRACE)
+    nodes = {node["id"]: node for node in graph["nodes"]}
+    assert {n for n, node in nodes.items() if node["kind"] == "task"} == {"task:t1", "task:t2"}
+    assert nodes["token:k1"]["revoked"] and not nodes["token:k1"]["expired"]
+    assert nodes["token:k2"]["expired"] and not nodes["token:k2"]["revoked"]
+    assert nodes["human:alice"]["alert_types"] == ["SELF_APPROVAL"]
+    assert nodes["task:t2"]["alert_types"] == ["SELF_APPROVAL"]
+    assert nodes["token:k2"]["alert_types"] == ["TOKEN_USED_AFTER_EXPIRY"]
+    assert not nodes["task:t1"]["alerting"] and not nodes["token:k1"]["alerting"]
+
+
+def test_a_rotation_from_outside_the_tree_is_a_stub_node() -> None:
+    nodes = {node["id"]: node for node in custody_graph(TRACE)["nodes"]}
+    stub = nodes["token:k0-elsewhere"]
+    assert stub["data"] == {"missing": True} and stub["status"] == "NOT IN TREE"
+
+
+def test_repeated_calls_are_counted_and_a_denied_one_is_its_own_edge() -> None:
+    edges = [e for e in custody_graph(TRACE)["edges"] if e["kind"] == "used"]
+    by_label = {(e["source"], e["label"]): e["count"] for e in edges}
+    assert by_label == {
+        ("token:k1", "read SUCCESS"): 2,
+        ("token:k1", "read DENIED"): 1,
+        # A call made without a token hangs off its task.
+        ("task:t1", "read SUCCESS"): 1,
+    }
+
+
+def test_a_token_used_by_another_workload_draws_that_workload() -> None:
+    foreign = {**_access("k1", "t2", "SUCCESS"), "workload_id": "svc/shared-automation"}
+    graph = custody_graph({**TRACE, "accesses": [*TRACE["accesses"], foreign]})
+    assert "agent:svc/shared-automation" in {node["id"] for node in graph["nodes"]}
+    used_by = [(e["source"], e["target"]) for e in graph["edges"] if e["kind"] == "used_by"]
+    assert used_by == [("token:k1", "agent:svc/shared-automation")]
