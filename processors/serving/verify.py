@@ -1,0 +1,290 @@
+"""``custody verify``: re-check every producer instance's hash chain from ClickHouse.
+
+Each producer instance numbers its events ``seq`` = 1, 2, ... and stamps each with
+``prev_hash``, the SHA-256 of the previous event's Avro binary body
+(:mod:`producers.chain`). ClickHouse stores the fields, not the bytes, so verify encodes
+every stored event again from its columns with the contract's schema (Avro binary
+encoding of a datum is deterministic) and hashes it. A stored event altered after it was
+published no longer hashes to what its successor names; a deleted one leaves a gap in
+``seq``; an inserted one repeats a ``seq`` or breaks a link.
+
+What it reports, per producer instance:
+
+- ``GAP``: seq numbers missing, with the stored event ids either side;
+- ``DUPLICATE_SEQ``: two stored events with one seq (a fork, or an injected event);
+- ``BROKEN_LINK``: an event's ``prev_hash`` is not the hash of the stored event before it
+  (that one, or the link itself, was altered);
+- ``REDACTED_LINK``: the same, where the earlier event carries the ``custody.redacted``
+  flag: Custody itself replaced a secret-looking value before storage, so the mismatch is
+  expected and says which event was changed, and why;
+- ``BAD_START``: seq 1 with a ``prev_hash``.
+
+Limits, by construction: the newest event of each chain has no successor to vouch for it
+(counted as ``unvouched``); with ``--since`` the link into the window from the event
+before it is not checked; events are re-encoded with the newest shipped schema, which is
+the only released version (a second version will need the writer's fingerprint stored
+with each event).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import fastavro
+
+from processors.serving.reader import Reader
+from processors.storage.backend import Row, iso
+from schemas import catalog
+
+PAGE_ROWS = 20_000
+_REDACTED_FLAG = "custody.redacted"
+
+_ACTOR = {
+    "workload_id": "actor_workload_id",
+    "kind": "actor_kind",
+    "instance_id": "actor_instance_id",
+    "on_behalf_of": "actor_on_behalf_of",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One break in one producer instance's chain."""
+
+    kind: str
+    producer_instance: str
+    seq: int
+    event_id: str | None
+    detail: str
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """What verify found: every chain's length and every finding."""
+
+    chains: int = 0
+    events: int = 0
+    vouched: int = 0
+    unvouched: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        """True when nothing but Custody's own redactions broke a link."""
+        return all(finding.kind == "REDACTED_LINK" for finding in self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "chains": self.chains,
+            "events": self.events,
+            "vouched": self.vouched,
+            "unvouched": self.unvouched,
+            "findings": [asdict(finding) for finding in self.findings],
+        }
+
+
+# ---- re-encoding a stored row ---------------------------------------------------------
+
+
+@cache
+def _event_schema() -> tuple[Any, dict[str, Any]]:
+    """The parsed writer schema, and the raw field types by name."""
+    latest = catalog.latest(catalog.EVENT)
+    return latest.parsed, {f["name"]: f["type"] for f in latest.raw["fields"]}
+
+
+def _avro_value(value: Any, avro_type: Any) -> Any:
+    """A JSON-read column value as the Python value fastavro encodes for ``avro_type``."""
+    if isinstance(avro_type, list):
+        if value is None:
+            return None
+        branch = next(t for t in avro_type if t != "null")
+        return _avro_value(value, branch)
+    if isinstance(avro_type, dict):
+        kind = avro_type["type"]
+        if avro_type.get("logicalType") == "timestamp-micros":
+            return datetime.fromisoformat(value)
+        if kind == "array":
+            return [_avro_value(item, avro_type["items"]) for item in value]
+        if kind == "map":
+            return {key: _avro_value(item, avro_type["values"]) for key, item in value.items()}
+        return _avro_value(value, kind) if kind in ("string", "int", "long") else value
+    if avro_type in ("int", "long"):
+        return int(value)
+    return value
+
+
+def _body_field(event_type: str) -> str:
+    return "body_" + event_type.lower()
+
+
+def event_datum(row: Row) -> dict[str, Any]:
+    """The Avro datum of a stored ``events`` row, as the producer encoded it."""
+    _, types = _event_schema()
+    datum: dict[str, Any] = {}
+    for name, avro_type in types.items():
+        if name == "actor":
+            datum["actor"] = {key: row[column] for key, column in _ACTOR.items()}
+        elif name.startswith("body_"):
+            datum[name] = None
+        else:
+            datum[name] = _avro_value(row[name], avro_type)
+    body_name = _body_field(row["event_type"])
+    body_type = next(t for t in types[body_name] if t != "null")
+    datum[body_name] = {
+        f["name"]: _avro_value(row[f["name"]], f["type"]) for f in body_type["fields"]
+    }
+    return datum
+
+
+def stored_body_hash(row: Row) -> str:
+    """SHA-256 (hex) of the Avro binary body a stored row encodes to."""
+    parsed, _ = _event_schema()
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, parsed, event_datum(row))
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+# ---- checking the chains ----------------------------------------------------------------
+
+
+class ChainChecker:
+    """Checks one producer instance's stored events fed in seq order, in O(1) memory."""
+
+    def __init__(self, producer: str, from_start: bool) -> None:
+        """``from_start``: the chain should begin at seq 1 (no --since window)."""
+        self.producer = producer
+        self.from_start = from_start
+        self.report = ChainReport(chains=1)
+        self._previous: Row | None = None
+        self._previous_hash: str | None = None
+
+    def _find(self, kind: str, seq: int, event_id: str | None, detail: str) -> None:
+        self.report.findings.append(Finding(kind, self.producer, seq, event_id, detail))
+
+    def add(self, row: Row) -> None:
+        """The next stored event (by seq, then event id)."""
+        self.report.events += 1
+        seq, event_id, previous = int(row["seq"]), str(row["event_id"]), self._previous
+        if previous is None:
+            if self.from_start and seq > 1:
+                self._find("GAP", 1, None, f"seq 1-{seq - 1} missing before {event_id}")
+            if seq == 1 and row["prev_hash"] is not None:
+                self._find("BAD_START", seq, event_id, "seq 1 names a prev_hash")
+        else:
+            expected = int(previous["seq"]) + 1
+            if seq < expected:
+                self._find(
+                    "DUPLICATE_SEQ",
+                    seq,
+                    event_id,
+                    f"{event_id} and {previous['event_id']} both have seq {seq}",
+                )
+                return
+            if seq > expected:
+                self._find(
+                    "GAP",
+                    expected,
+                    None,
+                    f"seq {expected}-{seq - 1} missing between {previous['event_id']} "
+                    f"and {event_id}",
+                )
+            elif row["prev_hash"] != self._previous_hash:
+                flag = (previous["attributes"] or {}).get(_REDACTED_FLAG)
+                self._find(
+                    "REDACTED_LINK" if flag else "BROKEN_LINK",
+                    seq,
+                    event_id,
+                    f"prev_hash of {event_id} is not the hash of stored event "
+                    f"{previous['event_id']} (seq {previous['seq']})"
+                    + (
+                        f": Custody redacted its {flag}"
+                        if flag
+                        else ": one of them was altered after publication"
+                    ),
+                )
+            else:
+                self.report.vouched += 1
+        self._previous, self._previous_hash = row, stored_body_hash(row)
+
+    def finish(self) -> ChainReport:
+        """The chain's report; its newest event is unvouched (nothing names its hash)."""
+        self.report.unvouched = 1 if self.report.events else 0
+        return self.report
+
+
+def check_chain(producer: str, rows: list[Row], from_start: bool = True) -> ChainReport:
+    """Findings of one producer instance's stored events, ordered by seq."""
+    checker = ChainChecker(producer, from_start)
+    for row in rows:
+        checker.add(row)
+    return checker.finish()
+
+
+_COLUMNS = (
+    "event_id, event_type, event_time, tenant, producer, root_task_id, task_id, "
+    "parent_task_id, depth, actor_workload_id, actor_kind, actor_instance_id, "
+    "actor_on_behalf_of, producer_instance, seq, prev_hash, attributes, purpose, "
+    "requested_scopes, deadline, decision_id, policy_engine, policy_id, policy_version, "
+    "decision, resource, action, data_scope, reasons, context, token_id, token_subject, "
+    "credential_kind, audience, scopes, issued_at, expires_at, parent_token_id, tool, "
+    "outcome, detail, delegator, delegatee, child_task_id, approval_id, approver, approves, "
+    "reason, break_glass_id, standing_access_unavailable, revoked_by"
+)
+
+
+def _pages(reader: Reader, since: datetime | None) -> Iterator[list[Row]]:
+    """Stored events by (producer_instance, seq, event_id), a page at a time (keyset)."""
+    window = (
+        " AND event_time >= parseDateTime64BestEffort({since:String}, 6, 'UTC')" if since else ""
+    )
+    params: dict[str, Any] = {"limit": PAGE_ROWS}
+    if since:
+        params["since"] = iso(since)
+    after = ""
+    while True:
+        rows = reader.select(
+            f"SELECT {_COLUMNS} FROM events WHERE 1{window}{after} "
+            "ORDER BY producer_instance, seq, event_id LIMIT {limit:UInt32}",
+            params,
+        )
+        if not rows:
+            return
+        yield rows
+        if len(rows) < PAGE_ROWS:
+            return
+        last = rows[-1]
+        after = " AND (producer_instance, seq, event_id) > ({p:String}, {s:Int64}, {e:String})"
+        params.update(p=last["producer_instance"], s=int(last["seq"]), e=last["event_id"])
+
+
+def verify(reader: Reader, since: datetime | None = None) -> ChainReport:
+    """Check every stored chain (or the part of each from ``since``)."""
+    report = ChainReport()
+    checker: ChainChecker | None = None
+
+    def close(checker: ChainChecker) -> None:
+        part = checker.finish()
+        report.chains += part.chains
+        report.events += part.events
+        report.vouched += part.vouched
+        report.unvouched += part.unvouched
+        report.findings.extend(part.findings)
+
+    for page in _pages(reader, since):
+        for row in page:
+            if checker is None or row["producer_instance"] != checker.producer:
+                if checker is not None:
+                    close(checker)
+                checker = ChainChecker(row["producer_instance"], from_start=since is None)
+            checker.add(row)
+    if checker is not None:
+        close(checker)
+    return report
