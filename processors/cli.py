@@ -643,6 +643,56 @@ def export(
     sys.stdout.write(json.dumps(to_prov_json(tree), sort_keys=True, indent=2) + "\n")
 
 
+@app.command()
+def verify(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only events from this time: ISO-8601, or 90s / 15m / 2h / 7d."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Re-check every producer instance's seq and prev_hash chain from ClickHouse: gaps,
+    duplicated seq numbers, and stored events that no longer hash to what their successor
+    names. Exit code 5 when evidence is missing or altered."""
+    from processors.serving.alerts import parse_since
+    from processors.serving.verify import verify as verify_chains
+
+    try:
+        start = parse_since(since) if since else None
+    except ValueError as exc:
+        err.print(f"[red]invalid option:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    with _reader(ctx) as reader, err.status("verifying hash chains"):
+        report = verify_chains(reader, start)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+    else:
+        if report.findings:
+            _print_rows(
+                [
+                    {
+                        "kind": f.kind,
+                        "producer_instance": f.producer_instance,
+                        "seq": f.seq,
+                        "event_id": f.event_id or "-",
+                        "detail": f.detail,
+                    }
+                    for f in report.findings
+                ],
+                as_json=False,
+                title="Chain findings",
+            )
+        verdict = "[green]intact[/]" if report.intact else "[red]EVIDENCE MISSING OR ALTERED[/]"
+        out.print(
+            f"{report.chains} chains, {report.events} events: {report.vouched} vouched for by "
+            f"their successor, {report.unvouched} newest (nothing vouches for them yet), "
+            f"{len(report.findings)} findings: {verdict}"
+        )
+    if not report.intact:
+        raise typer.Exit(5)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
