@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from producers.admin import ensure_topics
 from producers.chain import HashChain
@@ -130,10 +130,16 @@ class CustodyProducer:
                 {topics.EVENTS: self.settings.event_partitions},
                 self.settings.topic_replication,
             )
-        self._producer = Producer(
-            # librdkafka's own log lines go through Python logging, not straight to stderr.
-            {**self.settings.kafka_producer(), "logger": _kafka_log, **(config_overrides or {})}
-        )
+        # librdkafka's own log lines go through Python logging, not straight to stderr.
+        self._config = {
+            **self.settings.kafka_producer(),
+            "logger": _kafka_log,
+            **(config_overrides or {}),
+        }
+        self._producer = Producer(self._config)
+        # Set by a delivery report with a fatal error; the next publish replaces the
+        # Kafka producer (see _replace_if_fatal).
+        self._fatal = threading.Event()
         self._lock = threading.Lock()
         self._chain = HashChain()
         self._failures: dict[str, str] = {}
@@ -223,10 +229,16 @@ class CustodyProducer:
             )
         key = model.root_task_id.encode()
         deadline: float | None = None
+        self._replace_if_fatal()
         while True:
             try:
                 self._producer.produce(topics.EVENTS, message, key, on_delivery=report)
                 break
+            except KafkaException as exc:
+                if not exc.args[0].fatal():
+                    raise
+                self._fatal.set()
+                self._replace_if_fatal()
             except BufferError:
                 now = time.monotonic()
                 deadline = deadline or now + self.settings.producer_buffer_timeout_seconds
@@ -242,6 +254,22 @@ class CustodyProducer:
             self._chain.advance(stamp.seq, body_bytes(message))
         self.published += 1
 
+    def _replace_if_fatal(self) -> None:
+        """After a fatal error, start a new Kafka producer (called under ``_lock``).
+
+        An idempotent producer whose message timed out must bump its epoch; a broker that
+        refuses the bump (the local Tansu answers PRODUCER_FENCED) leaves it unusable for
+        good. Its undelivered events are reported failed, as every failure is; the chain
+        goes on, so an event that was never stored shows as a gap to ``custody verify``.
+        """
+        if not self._fatal.is_set():
+            return
+        _log.warning("Kafka producer hit a fatal error: starting a new one")
+        old, self._producer = self._producer, Producer(self._config)
+        self._fatal.clear()
+        # Its remaining reports (failures) reach the callbacks before it goes.
+        old.flush(1.0)
+
     def _on_delivery(
         self,
         error: KafkaError | None,
@@ -252,6 +280,8 @@ class CustodyProducer:
     ) -> None:
         """librdkafka's report for one event; runs on whichever thread polls."""
         reason = None if error is None else f"{error.name()}: {error.str()}"
+        if error is not None and (error.fatal() or error.code() == KafkaError.PRODUCER_FENCED):
+            self._fatal.set()
         with self._counts_lock:
             if reason is None:
                 self.delivered += 1

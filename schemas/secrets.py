@@ -184,3 +184,25 @@ def redact_secrets(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_secrets(item) for item in value]
     return value
+
+
+def mask_secrets(raw: bytes | None) -> tuple[bytes | None, list[str]]:
+    """``raw`` bytes of any format with every secret-looking match overwritten by ``*`` of
+    the same length, and the kinds found.
+
+    For dead letters, which keep a record's bytes to lose nothing: the same length keeps an
+    Avro record's framing (strings are length-prefixed) and any other format's layout, so
+    the record still shows where the secret was without holding it.
+    """
+    if raw is None or not may_hold_secret(raw):
+        return raw, []
+    # latin-1 maps each byte to one character and back, so spans stay byte offsets.
+    text = raw.decode("latin-1")
+    kinds: list[str] = []
+
+    def mask(match: re.Match[str]) -> str:
+        kinds.append(str(match.lastgroup))
+        return "*" * len(match.group())
+
+    masked = _ANY_SECRET.sub(mask, text)
+    return masked.encode("latin-1"), sorted(set(kinds))

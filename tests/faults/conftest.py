@@ -23,6 +23,11 @@ from typing import Any
 
 import pytest
 
+# The integration suite's fixtures (a private Tansu per test, settings pointing at it).
+from tests.integration.conftest import broker, settings
+
+__all__ = ["broker", "record_fault", "scaled", "settings"]
+
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = os.environ.get("CUSTODY_FAULTS_SCALE", "short")
 _RESULTS: list[dict[str, Any]] = []
