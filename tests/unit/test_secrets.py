@@ -15,6 +15,7 @@ from schemas.secrets import (
     REDACTED,
     SecretValueError,
     find_secrets,
+    mask_secrets,
     may_hold_secret,
     records_that_may_hold_secrets,
     redact_secrets,
@@ -135,3 +136,20 @@ def test_a_batch_screen_flags_exactly_the_records_holding_markers() -> None:
     assert records_that_may_hold_secrets([]) == set()
     # A marker split across two records is in neither.
     assert records_that_may_hold_secrets([b"xx ey", b"J yy"]) == set()
+
+
+@pytest.mark.parametrize(("kind", "value"), SAMPLES.items())
+def test_masking_keeps_length_and_framing_and_names_the_kind(kind: str, value: str) -> None:
+    event = stamped(one_of_each()[3])
+    leaky = CODEC.encode_event(event.model_copy(update={"attributes": {"x": f"a {value} b"}}))
+    masked, kinds = mask_secrets(leaky)
+    assert masked is not None and len(masked) == len(leaky) and kinds == [kind]
+    assert value.encode() not in masked
+    # Still the same Avro record, the secret overwritten in place.
+    assert CODEC.decode_event(masked).attributes["x"] == f"a {'*' * len(value)} b"
+
+
+def test_masking_leaves_clean_and_missing_values_alone() -> None:
+    clean = CODEC.encode_event(stamped(one_of_each()[3]))
+    assert mask_secrets(clean) == (clean, [])
+    assert mask_secrets(None) == (None, [])
