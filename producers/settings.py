@@ -54,6 +54,17 @@ class Settings(BaseSettings):
         description="chdb://PATH or clickhouse://user:password@host:port/db; "
         "default: the embedded engine under the stack's home (chdb://.custody/chdb).",
     )
+    # Least privilege (processors/storage/migrations.py): with a password set, `custody
+    # migrate` keeps that user on a server with SQL access control; only its SHA-256 is sent.
+    clickhouse_writer_user: str = Field(
+        "custody_ingest", description="The ClickHouse user for ingest (role custody_writer)."
+    )
+    clickhouse_writer_password: SecretStr | None = None
+    clickhouse_analyst_user: str = Field(
+        "custody_reader",
+        description="The ClickHouse user for query/serve (role custody_analyst).",
+    )
+    clickhouse_analyst_password: SecretStr | None = None
     tenant: str = "default"
     home: Path = Field(Path(".custody"), description="Local stack state and logs.")
 

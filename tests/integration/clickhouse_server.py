@@ -112,14 +112,21 @@ class ClickHouseServer:
     """
 
     def __init__(
-        self, root: Path, *, binary: Path | None = None, start_timeout: float = 30.0
+        self,
+        root: Path,
+        *,
+        binary: Path | None = None,
+        start_timeout: float = 30.0,
+        users_xml: str | None = None,
     ) -> None:
+        """``users_xml`` replaces the users file (default: a passwordless ``default`` user)."""
         found = binary if binary is not None else server_binary()
         if found is None:
             raise FileNotFoundError("clickhouse-server is not installed")
         self.binary = found
         self.root = root
         self.start_timeout = start_timeout
+        self.users_xml = users_xml if users_xml is not None else _USERS
         self.host = "127.0.0.1"
         self.tcp_port = _free_port()
         self.data_dir = root / "data"
@@ -241,7 +248,7 @@ class ClickHouseServer:
         for directory in dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         users_path = self.root / "users.xml"
-        users_path.write_text(_USERS)
+        users_path.write_text(self.users_xml)
         values = {name: escape(str(path.resolve())) for name, path in dirs.items()}
         self.config_path.write_text(
             _CONFIG.format(
