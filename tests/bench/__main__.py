@@ -3,14 +3,15 @@
 Run from the repository root: ``python -m tests.bench`` (``make bench``) runs them all;
 ``python -m tests.bench ingest trace`` (or ``CUSTODY_BENCH_ONLY=ingest,trace``) only the
 named ones (a name is the module's, without ``bench_``: producer, correlate, ingest,
-trace), and then updates their entries in ``bench-results.json``, keeping the others. A
+trace, verify), and then updates their entries in ``bench-results.json``, keeping the others. A
 benchmark is a function returning a list of :class:`tests.bench.results.Entry`; add it to
 :data:`BENCHMARKS`.
 
 Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
 ``CUSTODY_BENCH_CORRELATE_EVENTS`` (events per correlator run, default 30000),
 ``CUSTODY_BENCH_INGEST_EVENTS`` (events per ingest run, default 200000),
-``CUSTODY_BENCH_TRACE_EVENTS`` (events stored for the trace latency, default 10000000)
+``CUSTODY_BENCH_TRACE_EVENTS`` (events stored for the trace latency, default 10000000),
+``CUSTODY_BENCH_VERIFY_EVENTS`` (events stored for verify, default 100000)
 and ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import bench_correlate, bench_ingest, bench_producer, bench_trace
+from tests.bench import bench_correlate, bench_ingest, bench_producer, bench_trace, bench_verify
 from tests.bench.results import Entry
 
 Benchmark = Callable[[], list[Entry]]
@@ -35,6 +36,7 @@ BENCHMARKS: list[Benchmark] = [
     bench_correlate.run,
     bench_ingest.run,
     bench_trace.run,
+    bench_verify.run,
 ]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
