@@ -12,6 +12,7 @@ data or the statement is wrong: retrying will not help).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -107,6 +108,37 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_SPOOL_PREFIX = "custody-spool-"
+
+
+def _spool_directory() -> Path:
+    """A private directory (mode 0700) for insert files, in memory where the machine has
+    it, named after this process; spools left by processes that no longer run go first."""
+    shm = Path("/dev/shm")
+    parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    sweep_spools(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", dir=parent))
+
+
+def sweep_spools(parent: Path) -> list[Path]:
+    """Remove the spool directories under ``parent`` whose process is gone; the removed.
+
+    A process killed with SIGKILL cannot clean up, and its spool may hold a whole batch
+    (up to ``CUSTODY_INGEST_BATCH_BYTES``) in memory until the machine restarts. Only
+    where /proc tells which processes run; another user's directories stay (no right).
+    """
+    if not Path("/proc/self").exists():
+        return []
+    removed = []
+    for path in parent.glob(f"{_SPOOL_PREFIX}*"):
+        pid = path.name.removeprefix(_SPOOL_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
+
+
 class ChdbBackend:
     """The embedded engine. One per process: chdb lets one process open a data directory.
 
@@ -121,13 +153,12 @@ class ChdbBackend:
         self.target = target
         target.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        shm = Path("/dev/shm")
-        # A private directory (mode 0700), in memory where the machine has it.
-        self._spool = Path(tempfile.mkdtemp(prefix="custody-", dir=shm if shm.is_dir() else None))
+        self._spool = _spool_directory()
         self._spool_file = self._spool / "insert"
         try:
             self._session = session.Session(str(target.path))
         except Exception as exc:
+            shutil.rmtree(self._spool, ignore_errors=True)
             raise StorageUnavailable(
                 f"cannot open {target.describe()}: {exc} "
                 "(is another process, such as `custody ingest`, holding it?)"
