@@ -418,22 +418,25 @@ def demo(
 def migrate(ctx: typer.Context) -> None:
     """Apply the ClickHouse migrations (CUSTODY_CLICKHOUSE_URL) that are not applied yet."""
     from processors.storage.backend import StorageError
-    from processors.storage.migrations import MigrationError
-    from processors.storage.migrations import migrate as apply_migrations
+    from processors.storage.migrations import MigrationError, access_users, run_migrations
     from processors.storage.target import TargetError, parse_target
 
     settings = _settings(ctx)
     try:
         target = parse_target(settings.clickhouse())
-        applied = apply_migrations(target, settings.retention_days)
+        report = run_migrations(target, settings.retention_days, users=access_users(settings))
     except (TargetError, MigrationError, StorageError) as exc:
         err.print(f"[red]custody migrate failed:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     out.print(
         f"{target.describe()}: "
-        + (f"applied {', '.join(applied)}" if applied else "already up to date")
+        + (f"applied {', '.join(report.applied)}" if report.applied else "already up to date")
         + f"; retention {settings.retention_days} days"
     )
+    for name, reason in report.skipped.items():
+        out.print(f"[yellow]{escape(name)} not applied:[/] {escape(reason)}")
+    if report.users:
+        out.print(f"users kept: {', '.join(report.users)}")
 
 
 @app.command()

@@ -237,7 +237,9 @@ def check_serve(compose: Compose) -> list[str]:
 
 
 def check_clickhouse(compose: Compose) -> list[str]:
-    """The server is new enough for the migrations, and Custody's URL matches its users."""
+    """The server is new enough for the migrations and lets its admin manage access;
+    ingest connects as the writer and serve as the analyst, with the passwords migrate
+    creates them with; the other roles as the server's admin user."""
     services = _services(compose)
     clickhouse = services.get("clickhouse", {})
     tag = _image_tag(str(clickhouse.get("image", "")))
@@ -246,14 +248,28 @@ def check_clickhouse(compose: Compose) -> list[str]:
     if not match or (int(match[1]), int(match[2])) < MINIMUM_VERSION:
         problems.append(f"clickhouse {tag!r} is older than {MINIMUM_VERSION}")
     env = _environment(clickhouse)
-    expected = (
-        f"clickhouse://{env.get('CLICKHOUSE_USER')}:{env.get('CLICKHOUSE_PASSWORD')}"
-        f"@clickhouse:9000/{env.get('CLICKHOUSE_DB')}"
+    if env.get("CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT") != "1":
+        problems.append("clickhouse: its admin cannot create the roles of migration 0004")
+    migrate = _environment(services.get("migrate", {}))
+    database = env.get("CLICKHOUSE_DB")
+    expected = {
+        name: f"clickhouse://{env.get('CLICKHOUSE_USER')}:{env.get('CLICKHOUSE_PASSWORD')}"
+        f"@clickhouse:9000/{database}"
+        for name in CUSTODY_SERVICES
+    }
+    settings = Settings()
+    expected["ingest"] = (
+        f"clickhouse://{settings.clickhouse_writer_user}:"
+        f"{migrate.get('CUSTODY_CLICKHOUSE_WRITER_PASSWORD')}@clickhouse:9000/{database}"
+    )
+    expected["serve"] = (
+        f"clickhouse://{settings.clickhouse_analyst_user}:"
+        f"{migrate.get('CUSTODY_CLICKHOUSE_ANALYST_PASSWORD')}@clickhouse:9000/{database}"
     )
     for name in sorted(CUSTODY_SERVICES & set(services)):
         url = _environment(services[name]).get("CUSTODY_CLICKHOUSE_URL")
-        if url != expected:
-            problems.append(f"{name}: CUSTODY_CLICKHOUSE_URL does not match the server's user/db")
+        if url != expected[name]:
+            problems.append(f"{name}: CUSTODY_CLICKHOUSE_URL does not match its ClickHouse user")
     return problems
 
 
