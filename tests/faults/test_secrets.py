@@ -35,7 +35,7 @@ CANARIES = {
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkwMSJ9.c2lnbmF0dXJlY2FuYXJ5",
     "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANcanary02\n-----END PRIVATE KEY-----",
     "aws_access_key": "AKIAQWERTYUIOPASDFGH",
-    "google_api_key": "AIzaSyCanary03abcdefghijklmnopqrstuvw",
+    "google_api_key": "AIzaSyCanary03abcdefghijklmnopqrstuvwxy",
     "github_token": "ghp_Canary04abcdefghijklmnopqrstuvwxyz0123",
     "slack_token": "xoxb-canary05-1234567890",
     "azure_storage_key": "AccountKey=" + "Q2FuYXJ5MDY" * 8,
