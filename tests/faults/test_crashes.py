@@ -35,6 +35,7 @@ from processors.correlate import APP_ID
 from processors.stack import CORRELATE, INGEST
 from schemas import topics
 from tests.faults._pipeline import (
+    PARTITIONS,
     STACK_ENV,
     Publisher,
     api_query,
@@ -81,7 +82,7 @@ def _correlated(stack: Stack) -> int:
     """Events the correlator has committed (its consumer group's offsets on the topic)."""
     consumer = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": APP_ID})
     try:
-        partitions = [TopicPartition(topics.EVENTS, p) for p in range(6)]
+        partitions = [TopicPartition(topics.EVENTS, p) for p in range(PARTITIONS)]
         committed = consumer.committed(partitions, timeout=10)
         return sum(max(tp.offset, 0) for tp in committed)
     finally:
