@@ -54,7 +54,7 @@ from processors.correlation.engine import (
 )
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
-from processors.dead_letters import dlq_headers
+from processors.dead_letters import dlq_headers, dlq_value
 from processors.redaction import redacted
 from processors.stack import heartbeat_path
 from producers.admin import ensure_topics
@@ -99,9 +99,11 @@ def dead_letter(
     partition: int,
     offset: int,
 ) -> Outbound:
-    """A DLQ record: the original bytes, and why and where from in its headers."""
-    headers = dlq_headers(error.reason, str(error), "correlate", topic, partition, offset)
-    return Outbound(topics.DLQ, key or b"", value, headers)
+    """A DLQ record: the original bytes (cut if too big for a record, see
+    :func:`dlq_value`), and why and where from in its headers."""
+    kept, cut = dlq_value(value)
+    headers = dlq_headers(error.reason, str(error), "correlate", topic, partition, offset) + cut
+    return Outbound(topics.DLQ, key or b"", kept, headers)
 
 
 @dataclass(slots=True)
@@ -136,6 +138,11 @@ class Correlation:
         self.event_marks: dict[int, Watermark] = {}
         # link partition -> source partition -> the watermark it announced
         self.link_marks: dict[int, dict[int, int]] = {}
+        # root_task_id -> wall time until which its deadlines wait: the tree received
+        # evidence older than its partition's watermark (a backfill), whose deadlines
+        # have passed already; deciding them at once would judge the tree before the
+        # rest of the backfill arrives (false BROKEN_CHAIN, ORPHANED_TOKEN, ...).
+        self.held_until: dict[str, int] = {}
 
     def _mark(self, marks: dict[int, Watermark], partition: int) -> Watermark:
         mark = marks.get(partition)
@@ -214,7 +221,11 @@ class Correlation:
             state, out = observe(state, event, self.config, detected)
             self._emit(out, pending)
             watermark = mark.current(wall_us)
-            if watermark is not None:
+            if watermark is not None and event_us < watermark:
+                # Late evidence: the tree is judged once its backfill has had the
+                # allowed lateness of wall time to arrive whole (the timer decides it).
+                self.held_until[root] = wall_us + self.lateness_us
+            if watermark is not None and not self._held(root, wall_us):
                 state, out = expire(state, watermark, self.config, detected)
                 self._emit(out, pending)
             self.trees[root] = state
@@ -225,6 +236,15 @@ class Correlation:
         # sees an instance's links before the mark that covers them.
         sends = letters + self._outbound(pending) + self.source_watermarks(touched, wall_us)
         return sends, dirty
+
+    def _held(self, root: str, wall_us: int) -> bool:
+        until = self.held_until.get(root)
+        if until is None:
+            return False
+        if until > wall_us:
+            return True
+        del self.held_until[root]
+        return False
 
     def source_watermarks(self, partitions: Iterable[int], wall_us: int) -> list[Outbound]:
         """Watermark records for the chain check, one per source partition and link
@@ -313,7 +333,7 @@ class Correlation:
                 continue
             index = self.tree_deadlines.get(partition, {})
             for root, due in list(index.items()):
-                if due > watermark or root not in self.trees:
+                if due > watermark or root not in self.trees or self._held(root, wall_us):
                     continue
                 state, out = expire(self.trees[root], watermark, self.config, detected)
                 self._emit(out, pending)
@@ -350,6 +370,7 @@ class Correlation:
             else:
                 index.pop(root, None)
                 self.trees.pop(root, None)
+                self.held_until.pop(root, None)
         for instance, (partition, chain) in chains.items():
             index = self.chain_deadlines.setdefault(partition, {})
             if chain.deadlines:
@@ -393,6 +414,7 @@ class Correlation:
         for partition in partitions:
             for root in self.tree_deadlines.pop(partition, {}):
                 self.trees.pop(root, None)
+                self.held_until.pop(root, None)
             self.chain_deadlines.pop(partition, None)
             for instance in self.chain_partitions.pop(partition, set()):
                 self.chains.pop(instance, None)

@@ -7,7 +7,15 @@ and where it came from, so it can be inspected and replayed.
 
 from __future__ import annotations
 
+import hashlib
+
 Headers = list[tuple[str, bytes]]
+
+# The largest original value a dead letter carries whole. Kafka clients refuse records
+# over ~1 MB by default (aiokafka's max_request_size, librdkafka's message.max.bytes);
+# a bigger record that the broker accepted anyway must not make the dead letter itself
+# fail, which would crash the worker on that record at every restart.
+MAX_DLQ_VALUE = 900_000
 
 
 def dlq_headers(
@@ -21,4 +29,16 @@ def dlq_headers(
         ("custody-source-topic", topic.encode()),
         ("custody-source-partition", str(partition).encode()),
         ("custody-source-offset", str(offset).encode()),
+    ]
+
+
+def dlq_value(value: bytes | None) -> tuple[bytes | None, Headers]:
+    """The value a dead letter can carry, and headers saying so when it is cut: the
+    original bytes, or their first :data:`MAX_DLQ_VALUE` bytes with the original's size
+    (``custody-dlq-truncated``) and SHA-256 (``custody-dlq-original-sha256``)."""
+    if value is None or len(value) <= MAX_DLQ_VALUE:
+        return value, []
+    return value[:MAX_DLQ_VALUE], [
+        ("custody-dlq-truncated", str(len(value)).encode()),
+        ("custody-dlq-original-sha256", hashlib.sha256(value).hexdigest().encode()),
     ]

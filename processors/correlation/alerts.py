@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from schemas.models import Alert, AlertType, Severity
 
@@ -37,10 +37,24 @@ def alert_id(alert_type: AlertType, tenant: str, root_task_id: str, subject: str
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Alert details are contract text (at most 8,192 characters): a detail naming thousands of
+# scopes is cut, saying how long it was, rather than failing the alert (and the worker).
+MAX_DETAIL = 8192
+
+
 def from_micros(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC).replace(
-        microsecond=micros % 1_000_000
-    )
+    # Integer arithmetic: a float division rounds some times (e.g. xx.999999 s late in
+    # the range) to the next second, and datetime.max to year 10000.
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def clip_detail(detail: str) -> str:
+    """``detail`` cut to fit an alert record, saying how long it was."""
+    if len(detail) <= MAX_DETAIL:
+        return detail
+    note = f"... ({len(detail)} characters)"
+    return detail[: MAX_DETAIL - len(note)] + note
 
 
 def make_alert(
@@ -70,5 +84,5 @@ def make_alert(
         event_time=from_micros(event_time_us),
         detected_at=detected_at,
         evidence_event_ids=sorted(set(evidence)),
-        detail=detail,
+        detail=clip_detail(detail),
     )

@@ -788,7 +788,8 @@ def _covering_decision(state: TreeState, access: AccessRec) -> DecisionRec | Non
 
 
 def _deadline_unauthorized(step: _Step, key: str, due: int) -> None:
-    token_id, event_id = key.split(_SEP)
+    # The event id is a UUID; the token id may itself hold the separator.
+    token_id, _, event_id = key.rpartition(_SEP)
     state = step.state
     access = next(a for a in state.accesses[token_id] if a.event_id == event_id)
     if _covering_decision(state, access) is not None:
@@ -821,6 +822,10 @@ def _deadline_broken_chain(step: _Step, missing: str, due: int) -> None:
     delegation = state.delegations.get(missing)
     if delegation is not None:
         naming.append((delegation.us, delegation.event_id))
+    if not naming:
+        # The event that named it was replaced as its task's earliest by one naming
+        # another parent (one task id claimed under two parents): nothing names it now.
+        return
     earliest = min(us for us, _ in naming)
     named = state.tasks.get(missing)
     if named is not None and named.first_us <= earliest + step.config.grace_us:
@@ -856,8 +861,8 @@ def _deadline_bg_unapproved(step: _Step, break_glass_id: str, due: int) -> None:
 
 
 def _deadline_bg_overdue(step: _Step, key: str, due: int) -> None:
-    break_glass_id, token_id = key.split(_SEP)
     state = step.state
+    break_glass_id, token_id = _split_pair(key, state.break_glass, state.tokens)
     bg, token = state.break_glass[break_glass_id], state.tokens[token_id]
     revocation = state.revocations.get(token_id)
     if token.expires_us <= bg.expires_us:
@@ -874,6 +879,18 @@ def _deadline_bg_overdue(step: _Step, key: str, due: int) -> None:
         token_id=token_id,
         workload_id=token.subject,
     )
+
+
+def _split_pair(key: str, first: dict[str, Any], second: dict[str, Any]) -> tuple[str, str]:
+    """``a`` and ``b`` of a key ``a + _SEP + b`` whose parts are keys of ``first`` and
+    ``second``: ids may themselves hold the separator."""
+    start = 0
+    while (at := key.find(_SEP, start)) >= 0:
+        a, b = key[:at], key[at + 1 :]
+        if a in first and b in second:
+            return a, b
+        start = at + 1
+    raise KeyError(key)
 
 
 def _deadline_expiry(step: _Step, token_id: str, due: int) -> None:
