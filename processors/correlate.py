@@ -54,7 +54,7 @@ from processors.correlation.engine import (
 )
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
-from processors.dead_letters import dlq_headers, dlq_value
+from processors.dead_letters import dlq_headers, dlq_key, dlq_value
 from processors.redaction import redacted
 from processors.stack import heartbeat_path
 from producers.admin import ensure_topics
@@ -99,11 +99,11 @@ def dead_letter(
     partition: int,
     offset: int,
 ) -> Outbound:
-    """A DLQ record: the original bytes (cut if too big for a record, see
+    """A DLQ record: the original bytes (secrets masked, cut if too big for a record, see
     :func:`dlq_value`), and why and where from in its headers."""
     kept, cut = dlq_value(value)
     headers = dlq_headers(error.reason, str(error), "correlate", topic, partition, offset) + cut
-    return Outbound(topics.DLQ, key or b"", kept, headers)
+    return Outbound(topics.DLQ, dlq_key(key) or b"", kept, headers)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
 """What every stage attaches to a record it sends to ``custody.dlq.v1``.
 
-The record keeps its original key and bytes; the headers say why (a
+The record keeps its original key and bytes, but for secret-looking values (masked) and
+what is too big for a record (cut); the headers say why (a
 :class:`~schemas.codec.DecodeError` reason code, or the sink's), which stage gave up on it
 and where it came from, so it can be inspected and replayed.
 """
@@ -8,6 +9,8 @@ and where it came from, so it can be inspected and replayed.
 from __future__ import annotations
 
 import hashlib
+
+from schemas.secrets import mask_secrets
 
 Headers = list[tuple[str, bytes]]
 
@@ -32,13 +35,25 @@ def dlq_headers(
     ]
 
 
+def dlq_key(key: bytes | None) -> bytes | None:
+    """The key a dead letter carries: the original, secret-looking matches masked."""
+    return mask_secrets(key)[0]
+
+
 def dlq_value(value: bytes | None) -> tuple[bytes | None, Headers]:
-    """The value a dead letter can carry, and headers saying so when it is cut: the
-    original bytes, or their first :data:`MAX_DLQ_VALUE` bytes with the original's size
-    (``custody-dlq-truncated``) and SHA-256 (``custody-dlq-original-sha256``)."""
+    """The value a dead letter can carry, and headers saying how it differs from the
+    original: the original bytes, with every secret-looking match overwritten by ``*`` of
+    the same length (``custody-dlq-redacted``: the kinds; no secret may reach a topic
+    Custody writes, and whoever replays the dead letter sees where one was), cut to their
+    first :data:`MAX_DLQ_VALUE` bytes when larger, with the original's size
+    (``custody-dlq-truncated``) and SHA-256 (``custody-dlq-original-sha256``, of the
+    masked bytes: a hash of a short secret could be brute-forced)."""
+    value, kinds = mask_secrets(value)
+    headers: Headers = [("custody-dlq-redacted", ",".join(kinds).encode())] if kinds else []
     if value is None or len(value) <= MAX_DLQ_VALUE:
-        return value, []
+        return value, headers
     return value[:MAX_DLQ_VALUE], [
+        *headers,
         ("custody-dlq-truncated", str(len(value)).encode()),
         ("custody-dlq-original-sha256", hashlib.sha256(value).hexdigest().encode()),
     ]

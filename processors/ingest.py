@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from processors.dead_letters import dlq_headers
+from processors.dead_letters import dlq_headers, dlq_key, dlq_value
 from processors.storage.backend import StorageError, StorageRejected
 from processors.storage.sink import BatchWriter, Record, Rejected, WriteResult
 from producers.settings import Settings
@@ -251,6 +251,7 @@ class Ingest:
 
         for item in rejected:
             record = item.record
+            value, kept = dlq_value(record.value)
             headers: list[tuple[str, str | bytes | None]] = [
                 *dlq_headers(
                     item.reason,
@@ -259,7 +260,8 @@ class Ingest:
                     record.topic,
                     record.partition,
                     record.offset,
-                )
+                ),
+                *kept,
             ]
             _log.warning(
                 "dead-lettered %s[%d]@%d: %s: %s",
@@ -271,8 +273,8 @@ class Ingest:
             )
             self._producer.produce(
                 topics.DLQ,
-                key=record.key,
-                value=record.value,
+                key=dlq_key(record.key),
+                value=value,
                 headers=headers,
                 on_delivery=delivered(item),
             )

@@ -95,7 +95,12 @@ class Settings(BaseSettings):
     )
 
     retention_days: int = Field(
-        400, ge=1, description="ClickHouse TTL of stored events, state and alerts (days)."
+        400,
+        ge=1,
+        # Event times are kept before 2100 (migration 0005); their TTL must stay before
+        # 2106, where ClickHouse's DateTime ends.
+        le=2000,
+        description="ClickHouse TTL of stored events, state and alerts (days).",
     )
     ingest_batch_rows: int = Field(
         10_000, ge=1, description="ingest writes a batch once it holds this many records..."

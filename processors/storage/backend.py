@@ -54,10 +54,13 @@ class StorageRejected(StorageError):
 
 
 # ClickHouse error codes that blame the data being inserted, not the statement: cannot
-# parse, incorrect data, type mismatch, too large; 395 is a throwIf() in a view's check;
+# parse, incorrect data, type mismatch, too large; 395 is a throwIf() in a view's check,
+# 469 a table's CHECK constraint (0005: event times ClickHouse can keep);
 # 748 (AVRO_EXCEPTION) and 1001 (a std::exception) are how the Avro reader reports a body
 # it cannot read.
-_DATA_ERROR_CODES = frozenset({6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 395, 748, 1001})
+_DATA_ERROR_CODES = frozenset(
+    {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 131, 395, 469, 748, 1001}
+)
 _CODE = re.compile(r"Code: (\d+)")
 
 

@@ -128,6 +128,8 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
         raw = Producer(settings.kafka_common())
         for value in [*values, *garbage]:
             raw.produce(topics.EVENTS, value=value, key=stream[0].root_task_id.encode())
+        # A secret in the key of a record that is dead-lettered.
+        raw.produce(topics.EVENTS, value=b"garbage", key=CANARIES["github_token"].encode())
         assert raw.flush(30) == 0
 
         def stored() -> bool:
@@ -176,7 +178,7 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
             for message in read_to_end(settings, topic):
                 dead_letters += topic == topics.DLQ
                 headers = b"".join(v or b"" for _, v in (message.headers() or []))
-                found = _leaks((message.value() or b"") + headers)
+                found = _leaks((message.key() or b"") + (message.value() or b"") + headers)
                 leaks.setdefault(f"topic {topic}", []).extend(found)
     finally:
         stack.custody("down")
