@@ -30,7 +30,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,25 @@ class Outbound:
     partition: int | None = None
 
 
+def tree_key(tenant: str, root_task_id: str) -> str:
+    """The key of a custody tree in the worker and its table: a root task id is unique
+    within its tenant only, and two tenants' trees must never share state."""
+    return json.dumps([tenant, root_task_id], separators=(",", ":"))
+
+
+def _load_tree(
+    load: Callable[[str], bytes | None], key: str, tenant: str, root_task_id: str
+) -> TreeState | None:
+    """A stored tree, by its key; a table written before trees were keyed by tenant holds
+    it under the root task id alone, which counts only if the tenant matches."""
+    stored = load(key)
+    if stored:
+        return TreeState.from_json(stored)
+    legacy = load(root_task_id)
+    state = TreeState.from_json(legacy) if legacy else None
+    return state if state is not None and state.tenant == tenant else None
+
+
 def dead_letter(
     value: bytes | None,
     key: bytes | None,
@@ -132,13 +151,14 @@ class Correlation:
         self.chain_partitions: dict[int, set[str]] = {}
         # source partition -> wall time it was first seen without any event
         self.silent_since: dict[int, int] = {}
-        # partition -> root_task_id -> next deadline, for the timer
+        # Trees by tree_key(tenant, root_task_id): root task ids are unique per tenant only.
+        # partition -> tree key -> next deadline, for the timer
         self.tree_deadlines: dict[int, dict[str, int]] = {}
         self.chain_deadlines: dict[int, dict[str, int]] = {}
         self.event_marks: dict[int, Watermark] = {}
         # link partition -> source partition -> the watermark it announced
         self.link_marks: dict[int, dict[int, int]] = {}
-        # root_task_id -> wall time until which its deadlines wait: the tree received
+        # tree key -> wall time until which its deadlines wait: the tree received
         # evidence older than its partition's watermark (a backfill), whose deadlines
         # have passed already; deciding them at once would judge the tree before the
         # rest of the backfill arrives (false BROKEN_CHAIN, ORPHANED_TOKEN, ...).
@@ -178,7 +198,7 @@ class Correlation:
         load: Any,
         wall_us: int,
     ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
-        """Process ``(partition, offset, key, value)`` records; ``load(root)`` returns a
+        """Process ``(partition, offset, key, value)`` records; ``load(tree key)`` returns a
         tree's stored JSON. Returns what to send and the trees to write afterwards; the
         trees of these partitions whose deadlines the batch passed are decided too."""
         pending = _Pending()
@@ -211,11 +231,10 @@ class Correlation:
                     event_us,
                 )
             )
-            root = event.root_task_id
+            root = tree_key(event.tenant, event.root_task_id)
             state = self.trees.get(root)
             if state is None:
-                stored = load(root)
-                state = TreeState.from_json(stored) if stored else None
+                state = _load_tree(load, root, event.tenant, event.root_task_id)
             mark = self._mark(self.event_marks, partition)
             mark.observe(event_us, wall_us)
             state, out = observe(state, event, self.config, detected)
@@ -386,10 +405,9 @@ class Correlation:
             state = TreeState.from_json(state_json)
             self._mark(self.event_marks, partition).observe(state.last_event_us, wall_us)
             if state.deadlines:
-                self.trees[state.root_task_id] = state
-                self.tree_deadlines.setdefault(partition, {})[state.root_task_id] = state.deadlines[
-                    0
-                ][0]
+                key = tree_key(state.tenant, state.root_task_id)
+                self.trees[key] = state
+                self.tree_deadlines.setdefault(partition, {})[key] = state.deadlines[0][0]
 
     def recovered_chains(
         self, prefixes: Iterable[tuple[int, bytes]], pending: Iterable[bytes]

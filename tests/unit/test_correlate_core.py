@@ -10,6 +10,7 @@ from processors.correlate import (
     Correlation,
     stored_form,
     stored_state,
+    tree_key,
 )
 from processors.correlation.chains import links_from_json
 from processors.redaction import redacted
@@ -74,7 +75,7 @@ def test_events_give_alerts_state_changes_and_one_chain_link_each() -> None:
     assert all(
         s.key == a.alert_id.encode() for s, a in zip(by_topic[topics.ALERTS], alerts, strict=True)
     )
-    assert set(dirty) == {"a-root"}
+    assert set(dirty) == {tree_key("acme", "a-root")}
 
 
 def test_chain_checks_wait_for_every_source_partition() -> None:
@@ -105,7 +106,9 @@ def test_secret_looking_values_are_redacted_and_flagged_before_state() -> None:
     assert redacted(event) is event
     work = _work()
     work.on_events(_records([leaky]), lambda _: None, WALL)
-    assert secret.encode() not in work.trees["s-root"].to_json()
+    [state] = work.trees.values()
+    assert state.root_task_id == "s-root"
+    assert secret.encode() not in state.to_json()
 
 
 def test_a_source_partition_silent_for_a_grace_period_stops_holding_chains_back() -> None:
@@ -127,3 +130,26 @@ def test_an_event_that_cannot_carry_the_redaction_flag_goes_to_the_dlq() -> None
     [letter] = [send for send in sends if send.topic == topics.DLQ]
     assert dict(letter.headers or [])["custody-dlq-reason"] == b"contract_violation"
     assert dirty == {}
+
+
+def test_two_tenants_reusing_a_root_task_id_keep_separate_trees() -> None:
+    """Each tenant's copy of the same tree raises its own alerts; a table written before
+    trees were keyed by tenant is read under the root task id for its own tenant only."""
+    acme = mischievous({"self_approval"}, name="t-")
+    globex = [e.model_copy(update={"tenant": "globex"}) for e in acme]
+    work = _work()
+    sends, dirty = work.on_events(_records(acme + globex), lambda _: None, WALL)
+    alerts = [CODEC.decode_alert(s.value) for s in sends if s.topic == topics.ALERTS]
+    assert sorted(a.tenant for a in alerts if a.alert_type == "SELF_APPROVAL") == [
+        "acme",
+        "globex",
+    ]
+    assert set(dirty) == {tree_key("acme", "t-root"), tree_key("globex", "t-root")}
+    legacy = dirty[tree_key("acme", "t-root")][1].to_json()
+    fresh = _work()
+    fresh.on_events(_records(acme[:1]), {"t-root": legacy}.get, WALL)
+    # The legacy state was found: its tasks are there, not just the one event's.
+    assert len(fresh.trees[tree_key("acme", "t-root")].tasks) > 1
+    other = _work()
+    other.on_events(_records(globex[:1]), {"t-root": legacy}.get, WALL)
+    assert len(other.trees[tree_key("globex", "t-root")].tasks) == 1
