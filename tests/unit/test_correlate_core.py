@@ -153,3 +153,14 @@ def test_two_tenants_reusing_a_root_task_id_keep_separate_trees() -> None:
     other = _work()
     other.on_events(_records(globex[:1]), {"t-root": legacy}.get, WALL)
     assert len(other.trees[tree_key("globex", "t-root")].tasks) == 1
+
+
+def test_long_states_are_stored_compressed_and_read_back() -> None:
+    """A deep tree's state is compressed in the table, so it stays far below the Kafka
+    client's 1 MB record limit; short states stay plain JSON."""
+    state_json = b'{"tasks": ' + b'"' + b"x" * 2_000_000 + b'"}'
+    value = stored_form(3, state_json)
+    assert len(value) < 100_000
+    assert stored_state(value) == (3, state_json)
+    assert stored_state(stored_form(1, b'{"a": 1}')) == (1, b'{"a": 1}')
+    assert stored_form(1, b'{"a": 1}') == b'1\n{"a": 1}'
