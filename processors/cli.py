@@ -94,16 +94,21 @@ def _print_status(statuses: list[stack.ProcessStatus], as_json: bool) -> None:
     out.print(table)
 
 
+def _up(settings: Settings) -> None:
+    """Start what is not running of the local stack, print its status; exit 1 on failure."""
+    with err.status("starting the local stack (broker, correlate, ingest+serve)"):
+        try:
+            statuses = stack.up(settings)
+        except (BrokerError, TopicSetupError, stack.StackError) as exc:
+            err.print(f"[red]custody up failed:[/] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+    _print_status(statuses, as_json=False)
+
+
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Start the local stack (what is not already running) and create the topics."""
-    settings = _settings(ctx)
-    try:
-        statuses = stack.up(settings)
-    except (BrokerError, TopicSetupError, stack.StackError) as exc:
-        err.print(f"[red]custody up failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    _print_status(statuses, as_json=False)
+    _up(_settings(ctx))
 
 
 @app.command()
@@ -337,13 +342,7 @@ def demo(
     from processors.serving.trace import trace as build_trace
 
     settings = _settings(ctx)
-    with err.status("starting the local stack (broker, correlate, ingest+serve)"):
-        try:
-            statuses = stack.up(settings)
-        except (BrokerError, TopicSetupError, stack.StackError) as exc:
-            err.print(f"[red]cannot start the stack:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-    _print_status(statuses, as_json=False)
+    _up(settings)
     seed = seed if seed is not None else int(time.time())
     with _reader(ctx) as reader:
         start = demo_run.simulation_start(reader, datetime.now(UTC), hours_ago)
