@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+from processors.processes import running
 from processors.serving.readonly import (
     READ_SETTINGS,
     ReadOnlyError,
@@ -104,9 +105,7 @@ def running_api(settings: Settings) -> str | None:
     """The address of the query API if one runs for this working directory."""
     try:
         record = json.loads(serve_record_path(settings).read_text())
-        # A killed process whose parent is gone may linger as a zombie, which signal 0
-        # still reaches; a zombie has an empty command line.
-        if not Path(f"/proc/{int(record['pid'])}/cmdline").read_bytes():
+        if not running(int(record["pid"])):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from processors.processes import running
 from processors.storage.target import ChdbTarget, ServerTarget, Target
 
 Row = dict[str, Any]
@@ -123,15 +124,6 @@ def _spool_directory() -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", dir=parent))
 
 
-def _running(pid: int) -> bool:
-    """Whether a process runs: a killed one nobody reaped lingers as a zombie, whose
-    /proc entry exists with an empty command line."""
-    try:
-        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
-    except OSError:
-        return False
-
-
 def sweep_spools(parent: Path) -> list[Path]:
     """Remove the spool directories under ``parent`` whose process is gone; the removed.
 
@@ -144,7 +136,7 @@ def sweep_spools(parent: Path) -> list[Path]:
     removed = []
     for path in parent.glob(f"{_SPOOL_PREFIX}*"):
         pid = path.name.removeprefix(_SPOOL_PREFIX).split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not running(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             if not path.exists():
                 removed.append(path)
