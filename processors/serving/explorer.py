@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from processors.serving.reader import Reader
-from processors.serving.trace import ALERT_COLUMNS, TreeNotFound
+from processors.serving.trace import ALERT_COLUMNS, CREDENTIAL_COLUMNS, TreeNotFound
 from processors.storage.backend import Row
 
 SEARCH_LIMIT = 50
@@ -36,12 +36,9 @@ WHERE positionCaseInsensitive(workload_id, {q:String}) > 0 {tenant_filter}
 GROUP BY workload_id, tenant, root_task_id
 ORDER BY last_declared DESC LIMIT {limit:UInt32}"""
 
-_CREDENTIAL = """
-SELECT token_id, task_id, tenant, root_task_id, token_subject, credential_kind, audience,
-       scopes, issued_at, expires_at, decision_id, parent_token_id,
-       if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
-       revoked_at, revocation_reason, revoked_by
-FROM credentials WHERE token_id = {id:String} {tenant_filter}
+_CREDENTIAL = f"""
+SELECT tenant, root_task_id, {CREDENTIAL_COLUMNS}
+FROM credentials WHERE token_id = {{id:String}} {{tenant_filter}}
 LIMIT 2"""
 
 _TOKEN_EVENTS = """

@@ -33,11 +33,14 @@ SELECT delegator, delegatee, parent_task_id, child_task_id, scopes, decision_id,
 FROM delegations PREWHERE {_TREE}
 ORDER BY delegated_at, child_task_id"""
 
-_CREDENTIALS = f"""
-SELECT token_id, task_id, token_subject, credential_kind, audience, scopes, issued_at,
-       expires_at, decision_id, parent_token_id,
+# A credential's columns as trace reports them: stored ACTIVE past its expiry is EXPIRED.
+CREDENTIAL_COLUMNS = """token_id, task_id, token_subject, credential_kind, audience, scopes,
+       issued_at, expires_at, decision_id, parent_token_id,
        if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
-       revoked_at, revocation_reason, revoked_by
+       revoked_at, revocation_reason, revoked_by"""
+
+_CREDENTIALS = f"""
+SELECT {CREDENTIAL_COLUMNS}
 FROM credentials PREWHERE {_TREE}
 ORDER BY issued_at, token_id"""
 
