@@ -228,16 +228,21 @@ def check_chain(producer: str, rows: list[Row], from_start: bool = True) -> Chai
     return checker.finish()
 
 
-_COLUMNS = (
-    "event_id, event_type, event_time, tenant, producer, root_task_id, task_id, "
-    "parent_task_id, depth, actor_workload_id, actor_kind, actor_instance_id, "
-    "actor_on_behalf_of, producer_instance, seq, prev_hash, attributes, purpose, "
-    "requested_scopes, deadline, decision_id, policy_engine, policy_id, policy_version, "
-    "decision, resource, action, data_scope, reasons, context, token_id, token_subject, "
-    "credential_kind, audience, scopes, issued_at, expires_at, parent_token_id, tool, "
-    "outcome, detail, delegator, delegatee, child_task_id, approval_id, approver, approves, "
-    "reason, break_glass_id, standing_access_unavailable, revoked_by"
-)
+@cache
+def _columns() -> str:
+    """The ``events`` columns a row needs to be encoded again: the envelope's, the actor's
+    and every body's fields (shared fields share a column), from the same schema."""
+    _, types = _event_schema()
+    names: dict[str, None] = {}
+    for name, avro_type in types.items():
+        if name == "actor":
+            names.update(dict.fromkeys(_ACTOR.values()))
+        elif name.startswith("body_"):
+            body = next(t for t in avro_type if t != "null")
+            names.update(dict.fromkeys(f["name"] for f in body["fields"]))
+        else:
+            names[name] = None
+    return ", ".join(names)
 
 
 def _pages(reader: Reader, since: datetime | None) -> Iterator[list[Row]]:
@@ -251,7 +256,7 @@ def _pages(reader: Reader, since: datetime | None) -> Iterator[list[Row]]:
     after = ""
     while True:
         rows = reader.select(
-            f"SELECT {_COLUMNS} FROM events WHERE 1{window}{after} "
+            f"SELECT {_columns()} FROM events WHERE 1{window}{after} "
             "ORDER BY producer_instance, seq, event_id LIMIT {limit:UInt32}",
             params,
         )
