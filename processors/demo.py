@@ -20,6 +20,7 @@ its last event. The demo waits a little for them, then reports those still to co
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,15 +96,13 @@ class StoredProgress:
             self.events >= run.published
             and self.finished_tasks >= run.by_type["TASK_COMPLETED"]
             and self.credentials >= run.by_type["CREDENTIAL_ISSUED"]
-            and not self.waiting_for_deadline(invert=True)
+            and all(alert in DEADLINE_ALERTS for alert in self.missing_alerts.values())
         )
 
-    def waiting_for_deadline(self, invert: bool = False) -> dict[str, str]:
-        """Missing alerts that fire on a deadline (or, inverted, those that do not)."""
+    def waiting_for_deadline(self) -> dict[str, str]:
+        """The missing alerts that fire on a deadline."""
         return {
-            root: alert
-            for root, alert in self.missing_alerts.items()
-            if (alert in DEADLINE_ALERTS) != invert
+            root: alert for root, alert in self.missing_alerts.items() if alert in DEADLINE_ALERTS
         }
 
 
@@ -161,9 +160,7 @@ def summary(reader: Reader, run: SimulationRun) -> dict[str, Any]:
 
 def alerts_by_type(reader: Reader, run: SimulationRun) -> list[dict[str, Any]]:
     """Stored alerts of the run by type, with the number the misbehaviours called for."""
-    expected: dict[str, int] = {}
-    for alert in run.expected_alerts().values():
-        expected[alert] = expected.get(alert, 0) + 1
+    expected = Counter(run.expected_alerts().values())
     rows = reader.select(_ALERTS_BY_TYPE, {"producer": run.producer_instance})
     for row in rows:
         row["planted"] = expected.pop(row["alert_type"], 0)

@@ -120,7 +120,7 @@ def custody_graph(tree: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             f"token:{credential['token_id']}",
             "token",
             credential["token_id"],
-            **{key: value for key, value in credential.items()},
+            **credential,
         )
         token.status = credential["state"]
         token.revoked = credential["state"] == "REVOKED"
