@@ -237,3 +237,14 @@ def stored_events(
         unexpected=len(ids - published),
         raw_rows=raw_rows,
     )
+
+
+def stored_through_api(address: str, published: set[str]) -> Stored:
+    """:func:`stored_events` read through a running query API, with the raw row count of
+    the active parts (rows a merge has not collapsed yet are counted there)."""
+    raw = api_query(
+        address,
+        "SELECT sum(rows) AS n FROM system.parts "
+        "WHERE database = 'custody' AND table = 'events' AND active",
+    )
+    return stored_events(published, lambda sql: api_query(address, sql), int(raw[0]["n"]))

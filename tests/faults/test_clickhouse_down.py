@@ -39,6 +39,7 @@ from tests.faults._pipeline import (
     api_query,
     simulation,
     stored_events,
+    stored_through_api,
     wait_until,
 )
 from tests.faults.conftest import Recorder, scaled
@@ -284,14 +285,7 @@ def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_noth
 
         settled = wait_until(complete, SETTLE_TIMEOUT, 1.0)
         caught_up_s = round(time.monotonic() - up_at, 1)
-        raw = api_query(
-            address,
-            "SELECT sum(rows) AS n FROM system.parts "
-            "WHERE database = 'custody' AND table = 'events' AND active",
-        )
-        stored = stored_events(
-            publisher.acknowledged, lambda sql: api_query(address, sql), int(raw[0]["n"])
-        )
+        stored = stored_through_api(address, publisher.acknowledged)
         health: dict[str, Any] = api_health(address)
         alerts_equal = stored_alerts == sim.expected_alerts
         survived = (

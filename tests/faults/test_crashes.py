@@ -32,6 +32,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from processors.correlate import APP_ID
+from processors.processes import running
 from processors.stack import CORRELATE, INGEST
 from schemas import topics
 from tests.faults._pipeline import (
@@ -40,7 +41,7 @@ from tests.faults._pipeline import (
     Publisher,
     api_query,
     simulation,
-    stored_events,
+    stored_through_api,
     wait_until,
 )
 from tests.faults.conftest import Recorder, scaled
@@ -57,14 +58,6 @@ SETTLE_TIMEOUT = scaled(180, 900)
 
 def _pid(stack: Stack, name: str) -> int:
     return int(json.loads((stack.home / ".custody" / "run" / f"{name}.json").read_text())["pid"])
-
-
-def _gone(pid: int) -> bool:
-    """Exited (a killed worker is reaped by init; until then it is a zombie)."""
-    try:
-        return not Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
 
 
 def _reached(publisher: Publisher, point: int) -> bool:
@@ -114,7 +107,7 @@ def _kill_and_restart(
         os.kill(kill["pid"], signal.SIGKILL)
     for kill in kills:
         pid: int = kill["pid"]
-        assert wait_until(functools.partial(_gone, pid), 10, 0.05), f"{kill} survived"
+        assert wait_until(lambda pid=pid: not running(pid), 10, 0.05), f"{kill} survived"
     restart = time.monotonic()
     stack.up()  # starts what is not running: the killed workers
     for kill in kills:
@@ -170,14 +163,7 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
         # A window in which a late or invented alert would still have to arrive.
         wait_until(lambda: False, 5, 1.0)
         complete()
-        raw = api_query(
-            address,
-            "SELECT sum(rows) AS n FROM system.parts "
-            "WHERE database = 'custody' AND table = 'events' AND active",
-        )
-        stored = stored_events(
-            publisher.acknowledged, lambda sql: api_query(address, sql), int(raw[0]["n"])
-        )
+        stored = stored_through_api(address, publisher.acknowledged)
         alert_rows = api_query(address, "SELECT alert_id, count() AS n FROM alerts GROUP BY 1")
         alert_duplicates = sum(1 for row in alert_rows if int(row["n"]) > 1)
         alerts_equal = stored_alerts == sim.expected_alerts
