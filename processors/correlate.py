@@ -45,6 +45,7 @@ from processors.correlation.chains import (
     links_from_json,
     links_to_json,
     observe_link,
+    pending_from_json,
 )
 from processors.correlation.engine import (
     CorrelationConfig,
@@ -315,7 +316,11 @@ class Correlation:
             for link in links_from_json(value or b"[]"):
                 # Every chain of an owned partition is in memory (restored at recovery).
                 state, out = observe_link(
-                    self.chains.get(link.producer_instance), link, self.config, detected
+                    self.chains.get(link.producer_instance),
+                    link,
+                    self.config,
+                    detected,
+                    self.chain_watermark(partition),
                 )
                 self._emit(out, pending)
                 self.chains[link.producer_instance] = state
@@ -416,10 +421,10 @@ class Correlation:
         """After table recovery: every chain of the owned partitions back in memory, with
         its pending links, and those with deadlines indexed (the source watermarks
         arrive again within a timer tick)."""
-        links: dict[str, list[ChainLink]] = {}
+        links: dict[str, list[tuple[ChainLink, int | None]]] = {}
         for link_json in pending:
-            link = ChainLink.from_json(link_json)
-            links.setdefault(link.producer_instance, []).append(link)
+            link, due_us = pending_from_json(link_json)
+            links.setdefault(link.producer_instance, []).append((link, due_us))
         for partition, prefix_json in prefixes:
             instance = json.loads(prefix_json)["producer_instance"]
             chain = ChainState.from_json(prefix_json, links.get(instance, []), self.config)
@@ -522,7 +527,7 @@ def build_app(settings: Settings) -> faust.App:
         for instance, (partition, chain) in dirty.items():
             for seq in chain.added:
                 key = pending_key(instance, seq)
-                value = stored_form(partition, chain.pending[seq].to_json())
+                value = stored_form(partition, chain.pending_json(seq))
                 pending_links.data[key] = value
                 pending_links.send_changelog(partition, key, value)
             for seq in chain.removed:

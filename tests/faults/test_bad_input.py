@@ -667,7 +667,15 @@ def test_valid_but_adversarial_events_are_handled_by_alerts(
         **health,
     )
     assert not failures, failures
-    assert dup_ok, (rows, len(dup_alerts), len(dup_expected))
+    assert dup_ok, (
+        rows,
+        bad.sql(
+            "SELECT alert_id, alert_type, root_task_id, task_id, token_id, details FROM alerts"
+            " WHERE startsWith(root_task_id, {p:String})",
+            p="adv-dup-",
+        ),
+        sorted(dup_expected),
+    )
     assert after_alerts == expected_after
     assert adv_letters == 0
 

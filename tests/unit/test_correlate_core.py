@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import replace
 
 from processors.correlate import (
     CHAIN_LINKS,
@@ -12,7 +14,7 @@ from processors.correlate import (
     stored_state,
     tree_key,
 )
-from processors.correlation.chains import links_from_json
+from processors.correlation.chains import links_from_json, links_to_json
 from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
@@ -164,3 +166,31 @@ def test_long_states_are_stored_compressed_and_read_back() -> None:
     assert stored_state(value) == (3, state_json)
     assert stored_state(stored_form(1, b'{"a": 1}')) == (1, b'{"a": 1}')
     assert stored_form(1, b'{"a": 1}') == b'1\n{"a": 1}'
+
+
+def test_a_backfilled_instance_read_from_two_partitions_unevenly_has_no_gap() -> None:
+    # Was: with the watermarks hours past a replayed instance's events, links that arrived
+    # from one partition before the other's were judged by their own old times, and the
+    # hole between the two reads was an EVIDENCE_GAP at once.
+    work = _work(partitions=2)
+    sends, _ = work.on_events(_records(mischievous(set(), name="old-")), lambda _: None, WALL)
+    [unlinked] = [
+        links_from_json(s.value or b"")
+        for s in sends
+        if s.topic == CHAIN_LINKS and s.key != WATERMARK_KEY
+    ]
+    links = [unlinked[0]] + [
+        replace(link, prev_hash=before.body_hash) for before, link in itertools.pairwise(unlinked)
+    ]
+    live = [
+        (0, WATERMARK_KEY, json.dumps({"source_partition": p, "watermark_us": WALL}).encode())
+        for p in (0, 1)
+    ]
+    half = len(links) // 2
+    outputs = [
+        work.on_links([*live, (0, b"p/1", links_to_json(links[half:]))], WALL)[0],
+        work.due(set(), {0}, WALL + 1_000_000)[0],
+        work.on_links([(0, b"p/1", links_to_json(links[:half]))], WALL + 2_000_000)[0],
+    ]
+    assert not [s for sends in outputs for s in sends if s.topic == topics.ALERTS]
+    assert work.chains["p/1"].verified_seq == len(links) and not work.chains["p/1"].pending
