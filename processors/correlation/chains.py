@@ -51,8 +51,8 @@ def pending_to_json(link: ChainLink, due_us: int) -> bytes:
 
 
 def pending_from_json(raw: bytes) -> tuple[ChainLink, int | None]:
-    """A waiting link and its deadline; None for a link stored before deadlines were
-    (its event time + grace applies)."""
+    """A waiting link and its deadline; the deadline is None for a link stored by an
+    earlier version, which waits from its own event time."""
     data = json.loads(raw)
     due_us = data.pop("due_us", None)
     return ChainLink(**data), due_us
