@@ -7,8 +7,7 @@ partitions' links a grace period from the moment the first ones arrive, not judg
 their hours-old event times (which reported the hole between two partitions' reads as an
 ``EVIDENCE_GAP`` at once: the flake this file was written for).
 
-The stack has a grace period of 10 s (the bad-input stack's 3 s would leave a loaded
-machine too little time between the two partitions' reads), and the same lateness.
+The stack has the bad-input stack's grace period (10 s) and lateness.
 """
 
 from __future__ import annotations
@@ -25,12 +24,11 @@ from producers.context import CustodyContext
 from schemas import topics
 from tests.correlation_trees import MISCHIEF, mischievous, run
 from tests.faults.conftest import Recorder, scaled
-from tests.faults.test_bad_input import LATENESS, PLANNER, BadInputStack, Chain
+from tests.faults.test_bad_input import GRACE, LATENESS, PLANNER, BadInputStack, Chain
 from tests.integration.test_storage_e2e import Stack, until
 
 pytestmark = pytest.mark.integration
 
-GRACE = 10
 CONFIG = CorrelationConfig.of(GRACE, 86_400)
 
 

@@ -5,23 +5,27 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
+from typing import Any
 
 from processors.correlate import (
     CHAIN_LINKS,
     WATERMARK_KEY,
     Correlation,
+    Outbound,
     stored_form,
     stored_state,
     tree_key,
 )
 from processors.correlation.chains import links_from_json, links_to_json
+from processors.correlation.engine import CorrelationConfig, to_micros
 from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
-from tests.correlation_trees import mischievous
+from tests.correlation_trees import mischievous, run
 
 CODEC = AvroCodec()
+CONFIG_3S = CorrelationConfig.of(3, Settings().max_credential_ttl_seconds)  # as _work's
 WALL = 1_900_000_000 * 1_000_000
 
 
@@ -194,3 +198,33 @@ def test_a_backfilled_instance_read_from_two_partitions_unevenly_has_no_gap() ->
     ]
     assert not [s for sends in outputs for s in sends if s.topic == topics.ALERTS]
     assert work.chains["p/1"].verified_seq == len(links) and not work.chains["p/1"].pending
+
+
+def test_a_slow_step_does_not_use_up_a_backfills_hold_or_its_partitions_idle_time() -> None:
+    # Was: both counted from the step's start. A step slow to deliver (5 s here) let the
+    # timer, running right after it, judge a backfilled tree without its second half,
+    # already read and queued behind that step: false alerts on a loaded machine.
+    work = _work(partitions=1)
+    now = mischievous(set(), name="now-", offset=3600)
+    old = mischievous({"leak"}, name="old-")  # an hour older than "now": a backfill
+    expected_old = run(old, CONFIG_3S).ids()
+    wall = to_micros(now[-1].event_time)
+    fired: set[str] = set()
+
+    def step(ended: int, sends: list[Outbound], dirty: dict[str, Any]) -> None:
+        fired.update(
+            CODEC.decode_alert(s.value or b"").alert_id for s in sends if s.topic == topics.ALERTS
+        )
+        work.written(dirty, {}, ended)
+
+    step(wall, *work.on_events(_records(now), lambda _: None, wall))
+    half = len(old) // 2
+    slow = wall + 5_000_000
+    step(slow, *work.on_events(_records(old[:half]), lambda _: None, wall))
+    assert work.event_marks[0].current(slow + 500_000) == to_micros(now[-1].event_time) - 500_000
+    step(slow + 500_000, *work.due({0}, set(), slow + 500_000)[:2])
+    assert fired == set()  # "now" is clean; nothing of the backfill is decided yet
+    second = slow + 600_000
+    step(second, *work.on_events(_records(old[half:]), lambda _: None, second))
+    step(second + 1_100_000, *work.due({0}, set(), second + 1_100_000)[:2])
+    assert fired == expected_old
