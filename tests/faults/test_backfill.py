@@ -24,8 +24,15 @@ from producers.context import CustodyContext
 from schemas import topics
 from tests.correlation_trees import MISCHIEF, mischievous, run
 from tests.faults.conftest import Recorder, scaled
-from tests.faults.test_bad_input import GRACE, LATENESS, PLANNER, BadInputStack, Chain
-from tests.integration.test_storage_e2e import Stack, until
+from tests.faults.test_bad_input import (
+    GRACE,
+    LATENESS,
+    PLANNER,
+    BadInputStack,
+    Chain,
+    started,
+)
+from tests.integration.test_storage_e2e import until
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +41,8 @@ CONFIG = CorrelationConfig.of(GRACE, 86_400)
 
 @pytest.fixture(scope="module")
 def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
-    stack = Stack(tmp_path_factory.mktemp("backfill"), env={"CUSTODY_GRACE_SECONDS": str(GRACE)})
-    try:
-        stack.up()
-        running = BadInputStack(stack)
-        running.pids = running.worker_pids()
+    with started(tmp_path_factory.mktemp("backfill")) as running:
         yield running
-    finally:
-        stack.custody("down")
 
 
 def evidence_gaps(stack: BadInputStack, prefix: str) -> list[str]:

@@ -117,9 +117,11 @@ class BadInputStack:
         return ok, {"worker_restarts": restarts, "healthy": healthy, "tracebacks": tracebacks}
 
 
-@pytest.fixture(scope="module")
-def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
-    stack = Stack(tmp_path_factory.mktemp("bad-input"), env={"CUSTODY_GRACE_SECONDS": str(GRACE)})
+@contextlib.contextmanager
+def started(home: Path) -> Iterator[BadInputStack]:
+    """A stack up in ``home`` with this suite's grace period, its workers' pids noted (a
+    restart is a failure); down afterwards."""
+    stack = Stack(home, env={"CUSTODY_GRACE_SECONDS": str(GRACE)})
     try:
         stack.up()
         running = BadInputStack(stack)
@@ -127,6 +129,12 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
         yield running
     finally:
         stack.custody("down")
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
+    with started(tmp_path_factory.mktemp("bad-input")) as running:
+        yield running
 
 
 # ---- building input ----------------------------------------------------------------------
@@ -826,11 +834,7 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
 def test_a_record_over_the_clients_limit_is_dead_lettered_by_both_workers(
     tmp_path: Path, record_fault: Recorder
 ) -> None:
-    stack = Stack(tmp_path)
-    try:
-        stack.up()
-        bad = BadInputStack(stack)
-        bad.pids = bad.worker_pids()
+    with started(tmp_path) as bad:
         blob = random.Random(7).randbytes(3 * 1024 * 1024)
         producer = bad.raw()
         producer.produce(topics.EVENTS, value=blob, key=b"bad/huge/0")
@@ -863,5 +867,3 @@ def test_a_record_over_the_clients_limit_is_dead_lettered_by_both_workers(
         )
         assert {"correlate", "ingest"} <= set(stages), stages
         assert survived, health
-    finally:
-        stack.custody("down")
