@@ -619,12 +619,10 @@ def test_valid_but_adversarial_events_are_handled_by_alerts(
         sent[name] = len(stream)
     # Duplicate event ids: a tree published, then every record of it again, twice.
     dup_tree, dup_expected = traffic("adv-dup-", 4)
-    dup_records = [
-        (root.encode(), chain.encode(e))
-        for root, tree in per_tree(dup_tree).items()
-        for chain in [Chain(f"bad-input/dup/{root}")]
-        for e in tree
-    ]
+    dup_records: list[tuple[bytes, bytes]] = []
+    for root, tree in per_tree(dup_tree).items():
+        chain = Chain(f"bad-input/dup/{root}")
+        dup_records += [(root.encode(), chain.encode(e)) for e in tree]
     for _ in range(3):
         for key, value in dup_records:
             producer.produce(topics.EVENTS, value=value, key=key)
