@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from processors.correlation.alerts import from_micros
 from processors.correlation.chains import (
@@ -56,6 +57,8 @@ from processors.correlation.engine import (
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
 from processors.dead_letters import dlq_headers, dlq_key, dlq_value
+from processors.group_offsets import first_offset, start_offsets
+from processors.offset_order import OffsetOrder, Verdict
 from processors.redaction import redacted
 from processors.stack import heartbeat_path
 from producers.admin import ensure_topics
@@ -449,8 +452,8 @@ def _wall_us() -> int:
 def build_app(settings: Settings) -> faust.App:
     """The faust app: two agents, two tables, a timer, the changelog end-offset fix."""
     partitions = settings.event_partitions
-    consumer = settings.kafka_consumer(APP_ID)
-    session_s = consumer.get("session.timeout.ms", 45_000) / 1000
+    group_config = settings.kafka_consumer(APP_ID)
+    session_s = group_config.get("session.timeout.ms", 45_000) / 1000
     app = faust.App(
         APP_ID,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
@@ -539,13 +542,65 @@ def build_app(settings: Settings) -> faust.App:
 
         return load
 
+    orders = {topics.EVENTS: OffsetOrder(), CHAIN_LINKS: OffsetOrder()}
+
+    async def in_order(topic: str, batch: list[Any]) -> list[Any]:
+        """The batch's messages this worker has not processed yet, each partition's in
+        offset order. A partition whose records came ahead of its next offset is sought
+        back to it; those records are left unacknowledged, so no commit passes them."""
+        order = orders[topic]
+        if order.unstarted:
+            starts = await asyncio.to_thread(
+                start_offsets, group_config, topic, sorted(order.unstarted)
+            )
+            for partition, offset in starts.items():
+                order.start(partition, offset)
+        admitted: list[Any] = []
+        behind: set[int] = set()
+        for event in batch:
+            message = event.message
+            verdict = order.admit(message.partition, message.offset)
+            if verdict is Verdict.PROCESS:
+                admitted.append(message)
+            elif verdict is Verdict.AHEAD:
+                # Marked as acknowledged so faust's ack leaves it out of what it commits.
+                message.acked = True
+                behind.add(message.partition)
+        for partition in sorted(behind):
+            await rewind(topic, partition)
+        return admitted
+
+    async def rewind(topic: str, partition: int) -> None:
+        order = orders[topic]
+        offset = order.next_offset(partition)
+        assert offset is not None
+        first = await asyncio.to_thread(first_offset, group_config, topic, partition)
+        if offset < first:
+            _log.error(
+                "%s[%d] offsets %d-%d expired before they were correlated; going on from %d",
+                topic,
+                partition,
+                offset,
+                first - 1,
+                first,
+            )
+            offset = first
+            order.start(partition, offset)
+        _log.warning(
+            "%s[%d] delivered records past offset %d; seeking back to it",
+            topic,
+            partition,
+            offset,
+        )
+        await app.consumer.seek(TP(topic, partition), offset)
+
     @app.agent(events_topic)
     async def correlate(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            records = [
-                (e.message.partition, e.message.offset, e.message.key, e.message.value)
-                for e in batch
-            ]
+            messages = await in_order(topics.EVENTS, batch)
+            if not messages:
+                continue
+            records = [(m.partition, m.offset, m.key, m.value) for m in messages]
             async with one_step_at_a_time():
                 sends, dirty = work.on_events(records, loader(trees), _wall_us())
                 await deliver(sends)
@@ -555,7 +610,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(links_topic)
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            records = [(e.message.partition, e.message.key, e.message.value) for e in batch]
+            messages = await in_order(CHAIN_LINKS, batch)
+            if not messages:
+                continue
+            records = [(m.partition, m.key, m.value) for m in messages]
             async with one_step_at_a_time():
                 sends, dirty = work.on_links(records, _wall_us())
                 await deliver(sends)
@@ -610,6 +668,21 @@ def build_app(settings: Settings) -> faust.App:
         # After any step in flight, so it cannot put back what is forgotten here.
         async with step_lock:
             work.forget_partitions({tp.partition for tp in revoked})
+            for tp in revoked:
+                if tp.topic in orders:
+                    orders[tp.topic].forget(tp.partition)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def start_in_order(sender: Any, *args: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", set())
+        # faust counts the offsets between two delivered records as acknowledged when
+        # they are not consecutive; the source topics have no such holes (no compaction,
+        # no transactions), so a jump means records skipped, never records absent.
+        app.consumer._add_gap = _no_gap_filling  # type: ignore[attr-defined]
+        # No I/O here: faust's consumer thread waits for this callback. Each agent reads
+        # the committed offsets before its next batch.
+        for topic, order in orders.items():
+            order.assign({tp.partition for tp in assigned if tp.topic == topic})
 
     def owned(topic: str) -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
@@ -630,6 +703,10 @@ def build_app(settings: Settings) -> faust.App:
         work.recovered_chains(prefixes, links)
 
     return app
+
+
+async def _no_gap_filling(tp: TP, offset_from: int, offset_to: int) -> None:
+    """Replaces faust's ``Consumer._add_gap``: the records between are not acknowledged."""
 
 
 def _keep_queued_events_on_resume(app: faust.App) -> None:
