@@ -46,6 +46,7 @@ from processors.correlation.chains import (
     links_from_json,
     links_to_json,
     observe_link,
+    pending_from_json,
 )
 from processors.correlation.engine import (
     CorrelationConfig,
@@ -167,6 +168,10 @@ class Correlation:
         # have passed already; deciding them at once would judge the tree before the
         # rest of the backfill arrives (false BROKEN_CHAIN, ORPHANED_TOKEN, ...).
         self.held_until: dict[str, int] = {}
+        # What the current step read: its partitions, and the trees it held. Both count
+        # from the step's end (see written), not its start.
+        self.step_partitions: set[int] = set()
+        self.step_held: set[str] = set()
 
     def _mark(self, marks: dict[int, Watermark], partition: int) -> Watermark:
         mark = marks.get(partition)
@@ -248,12 +253,14 @@ class Correlation:
                 # Late evidence: the tree is judged once its backfill has had the
                 # allowed lateness of wall time to arrive whole (the timer decides it).
                 self.held_until[root] = wall_us + self.lateness_us
+                self.step_held.add(root)
             if watermark is not None and not self._held(root, wall_us):
                 state, out = expire(state, watermark, self.config, detected)
                 self._emit(out, pending)
             self.trees[root] = state
             dirty[root] = (partition, state)
         touched = {record[0] for record in records}
+        self.step_partitions |= touched
         dirty.update(self._due_trees(touched, wall_us, pending))
         # The watermark records go after the batch's links, so that every link partition
         # sees an instance's links before the mark that covers them.
@@ -318,7 +325,11 @@ class Correlation:
             for link in links_from_json(value or b"[]"):
                 # Every chain of an owned partition is in memory (restored at recovery).
                 state, out = observe_link(
-                    self.chains.get(link.producer_instance), link, self.config, detected
+                    self.chains.get(link.producer_instance),
+                    link,
+                    self.config,
+                    detected,
+                    self.chain_watermark(partition),
                 )
                 self._emit(out, pending)
                 self.chains[link.producer_instance] = state
@@ -382,10 +393,30 @@ class Correlation:
         return dirty
 
     def written(
-        self, trees: dict[str, tuple[int, TreeState]], chains: dict[str, tuple[int, ChainState]]
+        self,
+        trees: dict[str, tuple[int, TreeState]],
+        chains: dict[str, tuple[int, ChainState]],
+        ended_us: int,
     ) -> None:
         """Index the next deadline of each stored tree and chain; forget settled ones
-        (their stored form stays in the table)."""
+        (their stored form stays in the table). ``ended_us``: the wall time the step
+        ended, once its outputs were delivered and its state stored.
+
+        The partitions the step read count as idle, and the trees it held as waiting for
+        the rest of their backfill, from then: a slow step (a heavy batch, a broker slow
+        to acknowledge) must not use up the time in which the next records, already
+        read and queued behind it, would have arrived. Otherwise the timer, running
+        between the two steps, judges a tree without the half of it still queued.
+        """
+        for partition in self.step_partitions:
+            mark = self.event_marks.get(partition)
+            if mark is not None:
+                mark.arrived(ended_us)
+        for root in self.step_held:
+            if root in self.held_until:
+                self.held_until[root] = max(self.held_until[root], ended_us + self.lateness_us)
+        self.step_partitions.clear()
+        self.step_held.clear()
         for root, (partition, state) in trees.items():
             index = self.tree_deadlines.setdefault(partition, {})
             if state.deadlines:
@@ -419,10 +450,10 @@ class Correlation:
         """After table recovery: every chain of the owned partitions back in memory, with
         its pending links, and those with deadlines indexed (the source watermarks
         arrive again within a timer tick)."""
-        links: dict[str, list[ChainLink]] = {}
+        links: dict[str, list[tuple[ChainLink, int | None]]] = {}
         for link_json in pending:
-            link = ChainLink.from_json(link_json)
-            links.setdefault(link.producer_instance, []).append(link)
+            link, due_us = pending_from_json(link_json)
+            links.setdefault(link.producer_instance, []).append((link, due_us))
         for partition, prefix_json in prefixes:
             instance = json.loads(prefix_json)["producer_instance"]
             chain = ChainState.from_json(prefix_json, links.get(instance, []), self.config)
@@ -525,7 +556,7 @@ def build_app(settings: Settings) -> faust.App:
         for instance, (partition, chain) in dirty.items():
             for seq in chain.added:
                 key = pending_key(instance, seq)
-                value = stored_form(partition, chain.pending[seq].to_json())
+                value = stored_form(partition, chain.pending_json(seq))
                 pending_links.data[key] = value
                 pending_links.send_changelog(partition, key, value)
             for seq in chain.removed:
@@ -605,7 +636,7 @@ def build_app(settings: Settings) -> faust.App:
                 sends, dirty = work.on_events(records, loader(trees), _wall_us())
                 await deliver(sends)
                 store(trees, dirty)
-                work.written(dirty, {})
+                work.written(dirty, {}, _wall_us())
 
     @app.agent(links_topic)
     async def check_chains(stream: Any) -> None:
@@ -618,7 +649,7 @@ def build_app(settings: Settings) -> faust.App:
                 sends, dirty = work.on_links(records, _wall_us())
                 await deliver(sends)
                 store_chains(dirty)
-                work.written({}, dirty)
+                work.written({}, dirty, _wall_us())
 
     heartbeat = heartbeat_path(settings)
 
@@ -634,7 +665,7 @@ def build_app(settings: Settings) -> faust.App:
             await deliver(sends)
             store(trees, tree_dirty)
             store_chains(chain_dirty)
-            work.written(tree_dirty, chain_dirty)
+            work.written(tree_dirty, chain_dirty, _wall_us())
 
     step_lock = asyncio.Lock()
 

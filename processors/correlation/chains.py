@@ -3,8 +3,16 @@
 Each producer instance numbers its events (``seq`` from 1) and links each to the one
 before (``prev_hash`` = SHA-256 of the previous event's Avro body). Its events span many
 custody trees, hence many partitions, so they reach this check out of order: links ahead
-of a hole wait until the hole fills or its deadline (event time + grace) passes. Then the
-gap is reported and checking resumes after it.
+of a hole wait until the hole fills or its deadline passes. Then the gap is reported and
+checking resumes after it.
+
+A link's deadline is its event time + grace, or, for a link that arrives behind the
+check's watermark (a backfill: hours of buffered evidence replayed), the watermark it
+arrived at + grace. The watermark is the *least* advanced source partition's, but a
+backfill lands on partitions whose watermarks live traffic has already moved on; the
+links of one replayed instance then arrive from each partition at its own pace, and
+judging them by their own old times would report every hole between two partitions'
+reads as a gap at once.
 """
 
 from __future__ import annotations
@@ -36,12 +44,18 @@ class ChainLink:
     body_hash: str
     us: int
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> ChainLink:
-        return cls(**json.loads(raw))
+def pending_to_json(link: ChainLink, due_us: int) -> bytes:
+    """The stored form of a link waiting for its predecessors, with its deadline."""
+    return json.dumps({**asdict(link), "due_us": due_us}, separators=(",", ":")).encode()
+
+
+def pending_from_json(raw: bytes) -> tuple[ChainLink, int | None]:
+    """A waiting link and its deadline; the deadline is None for a link stored by an
+    earlier version, which waits from its own event time."""
+    data = json.loads(raw)
+    due_us = data.pop("due_us", None)
+    return ChainLink(**data), due_us
 
 
 def links_to_json(links: list[ChainLink]) -> bytes:
@@ -69,6 +83,7 @@ class ChainState:
     last_hash: str | None = None
     last_event_id: str | None = None
     pending: dict[int, ChainLink] = field(default_factory=dict)
+    due: dict[int, int] = field(default_factory=dict)
     recent: dict[int, str] = field(default_factory=dict)
     fired_alert_ids: set[str] = field(default_factory=set)
     deadlines: list[tuple[int, int]] = field(default_factory=list)
@@ -78,6 +93,7 @@ class ChainState:
     def hold(self, link: ChainLink, due_us: int) -> None:
         """Keep a link that waits for its predecessors until ``due_us``."""
         self.pending[link.seq] = link
+        self.due[link.seq] = due_us
         heapq.heappush(self.deadlines, (due_us, link.seq))
         self.added.add(link.seq)
         self.removed.discard(link.seq)
@@ -85,11 +101,16 @@ class ChainState:
     def release(self, seq: int) -> ChainLink:
         """Take a waiting link out, now that it is verified."""
         link = self.pending.pop(seq)
+        self.due.pop(seq, None)
         if seq in self.added:
             self.added.discard(seq)
         else:
             self.removed.add(seq)
         return link
+
+    def pending_json(self, seq: int) -> bytes:
+        """The stored form of the waiting link ``seq``."""
+        return pending_to_json(self.pending[seq], self.due[seq])
 
     def to_json(self) -> bytes:
         """The prefix record (pending links are stored one by one)."""
@@ -107,9 +128,10 @@ class ChainState:
 
     @classmethod
     def from_json(
-        cls, raw: bytes, pending: list[ChainLink], config: CorrelationConfig
+        cls, raw: bytes, pending: list[tuple[ChainLink, int | None]], config: CorrelationConfig
     ) -> ChainState:
-        """A state from its prefix record and its stored pending links."""
+        """A state from its prefix record and its stored pending links with their
+        deadlines (see :func:`pending_from_json`)."""
         data = json.loads(raw)
         state = cls(
             data["producer_instance"],
@@ -119,9 +141,11 @@ class ChainState:
         )
         state.recent = {int(seq): event_id for seq, event_id in data["recent"]}
         state.fired_alert_ids = set(data["fired_alert_ids"])
-        state.pending = {link.seq: link for link in pending if link.seq > state.verified_seq}
-        # Every pending link was held with the deadline its event time gives it.
-        state.deadlines = [(link.us + config.grace_us, link.seq) for link in state.pending.values()]
+        for link, due_us in pending:
+            if link.seq > state.verified_seq:
+                state.pending[link.seq] = link
+                state.due[link.seq] = link.us + config.grace_us if due_us is None else due_us
+        state.deadlines = [(due_us, seq) for seq, due_us in state.due.items()]
         heapq.heapify(state.deadlines)
         return state
 
@@ -149,9 +173,14 @@ class _ChainStep:
 
 
 def observe_link(
-    state: ChainState | None, link: ChainLink, config: CorrelationConfig, detected_at: datetime
+    state: ChainState | None,
+    link: ChainLink,
+    config: CorrelationConfig,
+    detected_at: datetime,
+    watermark_us: int | None = None,
 ) -> tuple[ChainState, Output]:
-    """Fold one event's chain fields into its producer instance's chain."""
+    """Fold one event's chain fields into its producer instance's chain; ``watermark_us``
+    is the check's watermark as the link arrives (None before it has one)."""
     if state is None:
         state = ChainState(link.producer_instance)
     step = _ChainStep(state, detected_at)
@@ -171,7 +200,8 @@ def observe_link(
         state.pending[link.seq] = link
         state.added.add(link.seq)
     else:
-        state.hold(link, link.us + config.grace_us)
+        waits_from = link.us if watermark_us is None else max(link.us, watermark_us)
+        state.hold(link, waits_from + config.grace_us)
     _advance(step)
     return state, step.out
 

@@ -32,6 +32,11 @@ class Watermark:
             self.max_event_us = event_us
         self.last_arrival_wall_us = wall_us
 
+    def arrived(self, wall_us: int) -> None:
+        """The events last observed were processed by ``wall_us``: the partition idles
+        from then, not from when they were read."""
+        self.last_arrival_wall_us = max(self.last_arrival_wall_us, wall_us)
+
     def current(self, wall_us: int) -> int | None:
         """The watermark now; None before the first event."""
         if self.max_event_us is None:

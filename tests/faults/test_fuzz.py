@@ -501,7 +501,7 @@ def test_the_worker_step_dead_letters_each_bad_record_and_keeps_the_good_ones(
         good_total[0] += len(records) - bad
         assert (len(records) - bad == 0) == (not dirty)
         # The timer's step at any later time, with everything decided, does not raise.
-        work.written(dirty, {})
+        work.written(dirty, {}, to_micros(T0))
         for wall in (to_micros(T0) + 120_000_000, FAR):
             work.due({0, 1}, set(), wall)
 
@@ -740,23 +740,23 @@ def test_a_backfill_is_judged_whole_not_by_deadlines_already_passed() -> None:
 
     fired: list[str] = []
 
-    def step(sends: list[Any], dirty: dict[str, Any]) -> None:
+    def step(at: int, sends: list[Any], dirty: dict[str, Any]) -> None:
         fired.extend(
             CODEC.decode_alert(s.value).alert_id for s in sends if s.topic == topics.ALERTS
         )
-        work.written(dirty, {})
+        work.written(dirty, {}, at)
 
-    step(*work.on_events(records(current, 0), lambda _: None, wall))
+    step(wall, *work.on_events(records(current, 0), lambda _: None, wall))
     half = len(old) // 2
     # The backfill comes in two batches, half a second apart: nothing of it is decided yet.
-    step(*work.on_events(records(old[:half], 100), lambda _: None, wall))
-    step(*work.on_events(records(old[half:], 200), lambda _: None, wall + 500_000))
+    step(wall, *work.on_events(records(old[:half], 100), lambda _: None, wall))
+    step(wall + 500_000, *work.on_events(records(old[half:], 200), lambda _: None, wall + 500_000))
     assert not expected & set(fired) and not {
         a for a in fired if a not in run(current, config).ids()
     }
     # Once the allowed lateness has passed since its last arrival, it is judged whole.
     sends, trees, _ = work.due({0}, set(), wall + 1_600_000)
-    step(sends, trees)
+    step(wall + 1_600_000, sends, trees)
     backfill_alerts = set(fired) - run(current, config).ids()
     assert backfill_alerts == expected
 

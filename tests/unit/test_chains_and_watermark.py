@@ -5,7 +5,13 @@ from __future__ import annotations
 import hashlib
 import random
 
-from processors.correlation.chains import ChainLink, ChainState, expire_chain, observe_link
+from processors.correlation.chains import (
+    ChainLink,
+    ChainState,
+    expire_chain,
+    observe_link,
+    pending_from_json,
+)
 from processors.correlation.watermark import Watermark
 from schemas.models import Alert
 from tests.correlation_trees import CONFIG, DETECTED, GRACE
@@ -107,11 +113,41 @@ def test_chain_state_survives_its_stored_form() -> None:
     del links[3]
     state, _ = _run(links, until_us=0)
     assert state.added == {5, 6, 7, 8} and not state.removed
-    restored = ChainState.from_json(state.to_json(), list(state.pending.values()), CONFIG)
+    stored = [pending_from_json(state.pending_json(seq)) for seq in state.added]
+    restored = ChainState.from_json(state.to_json(), stored, CONFIG)
     assert restored.to_json() == state.to_json()
     assert sorted(restored.deadlines) == sorted(state.deadlines)
     expected = _run(links)[1][0].alert_id
     assert expire_chain(restored, 10**12, CONFIG, DETECTED)[1].alerts[0].alert_id == expected
+
+
+def test_a_backfill_behind_the_watermark_waits_a_grace_period_from_its_arrival() -> None:
+    # Was: a replayed instance's links, arriving from two partitions read at different
+    # paces, were judged by their hours-old event times: the hole between the two reads
+    # was an EVIDENCE_GAP at once, although its links were a moment away.
+    links = _chain(6)
+    watermark = 10_000 * US  # live traffic moved the watermark hours past the backfill
+    state: ChainState | None = None
+    for link in links[3:]:  # one partition's links first
+        state, out = observe_link(state, link, CONFIG, DETECTED, watermark)
+        assert out.alerts == []
+    assert state is not None
+    state, out = expire_chain(state, watermark + GRACE * US - 1, CONFIG, DETECTED)
+    assert out.alerts == [] and state.verified_seq == 0
+    stored = [pending_from_json(state.pending_json(seq)) for seq in state.added]
+    state = ChainState.from_json(state.to_json(), stored, CONFIG)  # a restart keeps the wait
+    for link in links[:3]:  # the other partition's
+        state, out = observe_link(state, link, CONFIG, DETECTED, watermark)
+        assert out.alerts == []
+    assert state.verified_seq == 6 and not state.pending and not state.due
+    # A hole in a backfill is still a gap, a grace period after the links behind it came.
+    held, _ = _run(links[:2], until_us=0)
+    for link in links[3:]:
+        held, _ = observe_link(held, link, CONFIG, DETECTED, watermark)
+    _, out = expire_chain(held, watermark + GRACE * US, CONFIG, DETECTED)
+    assert [a.detail for a in out.alerts] == [
+        "producer_instance agent/1: seq 3 never arrived: evidence is missing"
+    ]
 
 
 def test_links_verified_in_one_go_leave_nothing_to_store_or_delete() -> None:

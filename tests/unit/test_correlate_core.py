@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from dataclasses import replace
+from typing import Any
 
 from processors.correlate import (
     CHAIN_LINKS,
     WATERMARK_KEY,
     Correlation,
+    Outbound,
     stored_form,
     stored_state,
     tree_key,
 )
-from processors.correlation.chains import links_from_json
+from processors.correlation.chains import links_from_json, links_to_json
+from processors.correlation.engine import CorrelationConfig, to_micros
 from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
-from tests.correlation_trees import mischievous
+from tests.correlation_trees import mischievous, run
 
 CODEC = AvroCodec()
+CONFIG_3S = CorrelationConfig.of(3, Settings().max_credential_ttl_seconds)  # as _work's
 WALL = 1_900_000_000 * 1_000_000
 
 
@@ -164,3 +170,61 @@ def test_long_states_are_stored_compressed_and_read_back() -> None:
     assert stored_state(value) == (3, state_json)
     assert stored_state(stored_form(1, b'{"a": 1}')) == (1, b'{"a": 1}')
     assert stored_form(1, b'{"a": 1}') == b'1\n{"a": 1}'
+
+
+def test_a_backfilled_instance_read_from_two_partitions_unevenly_has_no_gap() -> None:
+    # Was: with the watermarks hours past a replayed instance's events, links that arrived
+    # from one partition before the other's were judged by their own old times, and the
+    # hole between the two reads was an EVIDENCE_GAP at once.
+    work = _work(partitions=2)
+    sends, _ = work.on_events(_records(mischievous(set(), name="old-")), lambda _: None, WALL)
+    [unlinked] = [
+        links_from_json(s.value or b"")
+        for s in sends
+        if s.topic == CHAIN_LINKS and s.key != WATERMARK_KEY
+    ]
+    links = [unlinked[0]] + [
+        replace(link, prev_hash=before.body_hash) for before, link in itertools.pairwise(unlinked)
+    ]
+    live = [
+        (0, WATERMARK_KEY, json.dumps({"source_partition": p, "watermark_us": WALL}).encode())
+        for p in (0, 1)
+    ]
+    half = len(links) // 2
+    outputs = [
+        work.on_links([*live, (0, b"p/1", links_to_json(links[half:]))], WALL)[0],
+        work.due(set(), {0}, WALL + 1_000_000)[0],
+        work.on_links([(0, b"p/1", links_to_json(links[:half]))], WALL + 2_000_000)[0],
+    ]
+    assert not [s for sends in outputs for s in sends if s.topic == topics.ALERTS]
+    assert work.chains["p/1"].verified_seq == len(links) and not work.chains["p/1"].pending
+
+
+def test_a_slow_step_does_not_use_up_a_backfills_hold_or_its_partitions_idle_time() -> None:
+    # Was: both counted from the step's start. A step slow to deliver (5 s here) let the
+    # timer, running right after it, judge a backfilled tree without its second half,
+    # already read and queued behind that step: false alerts on a loaded machine.
+    work = _work(partitions=1)
+    now = mischievous(set(), name="now-", offset=3600)
+    old = mischievous({"leak"}, name="old-")  # an hour older than "now": a backfill
+    expected_old = run(old, CONFIG_3S).ids()
+    wall = to_micros(now[-1].event_time)
+    fired: set[str] = set()
+
+    def step(ended: int, sends: list[Outbound], dirty: dict[str, Any]) -> None:
+        fired.update(
+            CODEC.decode_alert(s.value or b"").alert_id for s in sends if s.topic == topics.ALERTS
+        )
+        work.written(dirty, {}, ended)
+
+    step(wall, *work.on_events(_records(now), lambda _: None, wall))
+    half = len(old) // 2
+    slow = wall + 5_000_000
+    step(slow, *work.on_events(_records(old[:half]), lambda _: None, wall))
+    assert work.event_marks[0].current(slow + 500_000) == to_micros(now[-1].event_time) - 500_000
+    step(slow + 500_000, *work.due({0}, set(), slow + 500_000)[:2])
+    assert fired == set()  # "now" is clean; nothing of the backfill is decided yet
+    second = slow + 600_000
+    step(second, *work.on_events(_records(old[half:]), lambda _: None, second))
+    step(second + 1_100_000, *work.due({0}, set(), second + 1_100_000)[:2])
+    assert fired == expected_old
