@@ -580,7 +580,8 @@ def build_app(settings: Settings) -> faust.App:
         offset order. A partition whose records came ahead of its next offset is sought
         back to it; those records are left unacknowledged, so no commit passes them."""
         order = orders[topic]
-        if order.unstarted:
+        # A loop: a rebalance may assign partitions again while the offsets are read.
+        while order.unstarted:
             starts = await asyncio.to_thread(
                 start_offsets, group_config, topic, sorted(order.unstarted)
             )
@@ -604,8 +605,9 @@ def build_app(settings: Settings) -> faust.App:
     async def rewind(topic: str, partition: int) -> None:
         order = orders[topic]
         offset = order.next_offset(partition)
-        assert offset is not None
         first = await asyncio.to_thread(first_offset, group_config, topic, partition)
+        if offset is None or order.next_offset(partition) != offset:
+            return  # revoked or assigned again meanwhile: its next batch starts anew
         if offset < first:
             _log.error(
                 "%s[%d] offsets %d-%d expired before they were correlated; going on from %d",
