@@ -578,7 +578,9 @@ def build_app(settings: Settings) -> faust.App:
     async def in_order(topic: str, batch: list[Any]) -> list[Any]:
         """The batch's messages this worker has not processed yet, each partition's in
         offset order. A partition whose records came ahead of its next offset is sought
-        back to it; those records are left unacknowledged, so no commit passes them."""
+        back to it; those records are left unacknowledged, so no commit passes them.
+        Runs inside the step: a broker that cannot answer crashes the worker, as a
+        failed step does, rather than leaving the agent dead in a running worker."""
         order = orders[topic]
         # A loop: a rebalance may assign partitions again while the offsets are read.
         while order.unstarted:
@@ -625,16 +627,18 @@ def build_app(settings: Settings) -> faust.App:
             partition,
             offset,
         )
-        await app.consumer.seek(TP(topic, partition), offset)
+        tp = TP(topic, partition)
+        if tp in app.consumer.assignment():
+            await app.consumer.seek(tp, offset)
 
     @app.agent(events_topic)
     async def correlate(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            messages = await in_order(topics.EVENTS, batch)
-            if not messages:
-                continue
-            records = [(m.partition, m.offset, m.key, m.value) for m in messages]
             async with one_step_at_a_time():
+                messages = await in_order(topics.EVENTS, batch)
+                if not messages:
+                    continue
+                records = [(m.partition, m.offset, m.key, m.value) for m in messages]
                 sends, dirty = work.on_events(records, loader(trees), _wall_us())
                 await deliver(sends)
                 store(trees, dirty)
@@ -643,11 +647,11 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(links_topic)
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            messages = await in_order(CHAIN_LINKS, batch)
-            if not messages:
-                continue
-            records = [(m.partition, m.key, m.value) for m in messages]
             async with one_step_at_a_time():
+                messages = await in_order(CHAIN_LINKS, batch)
+                if not messages:
+                    continue
+                records = [(m.partition, m.key, m.value) for m in messages]
                 sends, dirty = work.on_links(records, _wall_us())
                 await deliver(sends)
                 store_chains(dirty)
