@@ -2,6 +2,8 @@
 
 Per batch of events (``take_events``):
 
+0. keep only the records due next, each partition's in offset order (the offset guard,
+   :mod:`processors.offset_order`: faust can deliver records past ones it skipped);
 1. decode each record; what is not a valid contract event goes to ``custody.dlq.v1`` with
    the original bytes and the reason, topic, partition and offset in headers;
 2. fold each event into its custody tree (:func:`processors.correlation.engine.observe`),
