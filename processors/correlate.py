@@ -609,9 +609,11 @@ def build_app(settings: Settings) -> faust.App:
     async def rewind(topic: str, partition: int) -> None:
         order = orders[topic]
         offset = order.next_offset(partition)
+        if offset is None:
+            return  # assigned again since the batch was judged: its next batch starts anew
         first = await asyncio.to_thread(first_offset, group_config, topic, partition)
-        if offset is None or order.next_offset(partition) != offset:
-            return  # revoked or assigned again meanwhile: its next batch starts anew
+        if order.next_offset(partition) != offset:
+            return  # revoked or assigned again while the log start was read
         if offset < first:
             _log.error(
                 "%s[%d] offsets %d-%d expired before they were correlated; going on from %d",
