@@ -77,7 +77,7 @@ from schemas.secrets import may_hold_secret
 CHAIN_LINKS = "custody.chain-links.v1"
 APP_ID = "custody-correlate"
 # A single-record batch for this key is appended to each changelog partition before
-# recovery, so Tansu's end offsets are exact again (see DESIGN.md); readers skip it.
+# recovery, so the local broker's (Tansu's) end offsets are exact again; readers skip it.
 RESERVED_KEY = b"\x00custody-end-offset-marker"
 # Key of the source-partition watermark records on the chain-links topic.
 WATERMARK_KEY = b"\x00custody-watermark"

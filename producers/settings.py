@@ -5,7 +5,7 @@ Kafka security settings (SASL, TLS) are applied to every Kafka client the projec
 through :meth:`Settings.kafka_common`. Client settings that differ between a laptop and
 production (group session timeouts) come from a *profile*: ``development`` uses short
 timeouts so a consumer-group join on the local broker takes about 3 s instead of 23 s
-(FLOORS.md); ``production`` keeps librdkafka's defaults.
+(measured on the local Tansu); ``production`` keeps librdkafka's defaults.
 """
 
 from __future__ import annotations
