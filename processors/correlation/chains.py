@@ -24,6 +24,7 @@ from datetime import datetime
 
 from processors.correlation.alerts import make_alert
 from processors.correlation.engine import CorrelationConfig, Output
+from processors.correlation.state_format import check_format, stamp
 from schemas.models import AlertType
 
 _UNKNOWN = "unknown"
@@ -47,13 +48,15 @@ class ChainLink:
 
 def pending_to_json(link: ChainLink, due_us: int) -> bytes:
     """The stored form of a link waiting for its predecessors, with its deadline."""
-    return json.dumps({**asdict(link), "due_us": due_us}, separators=(",", ":")).encode()
+    return json.dumps(stamp({**asdict(link), "due_us": due_us}), separators=(",", ":")).encode()
 
 
 def pending_from_json(raw: bytes) -> tuple[ChainLink, int | None]:
     """A waiting link and its deadline; the deadline is None for a link stored by an
     earlier version, which waits from its own event time."""
     data = json.loads(raw)
+    check_format(data, "pending chain link")
+    data.pop("format", None)
     due_us = data.pop("due_us", None)
     return ChainLink(**data), due_us
 
@@ -115,14 +118,16 @@ class ChainState:
     def to_json(self) -> bytes:
         """The prefix record (pending links are stored one by one)."""
         return json.dumps(
-            {
-                "producer_instance": self.producer_instance,
-                "verified_seq": self.verified_seq,
-                "last_hash": self.last_hash,
-                "last_event_id": self.last_event_id,
-                "recent": list(self.recent.items()),
-                "fired_alert_ids": sorted(self.fired_alert_ids),
-            },
+            stamp(
+                {
+                    "producer_instance": self.producer_instance,
+                    "verified_seq": self.verified_seq,
+                    "last_hash": self.last_hash,
+                    "last_event_id": self.last_event_id,
+                    "recent": list(self.recent.items()),
+                    "fired_alert_ids": sorted(self.fired_alert_ids),
+                }
+            ),
             separators=(",", ":"),
         ).encode()
 
@@ -133,6 +138,7 @@ class ChainState:
         """A state from its prefix record and its stored pending links with their
         deadlines (see :func:`pending_from_json`)."""
         data = json.loads(raw)
+        check_format(data, "chain state")
         state = cls(
             data["producer_instance"],
             data["verified_seq"],

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from processors.correlation.state_format import check_format, stamp
+
 
 @dataclass(slots=True)
 class TaskRec:
@@ -177,11 +179,14 @@ class TreeState:
         }
         for name in _RECORDS:
             data[name] = {k: _row(v) for k, v in getattr(self, name).items()}
-        return json.dumps(data, separators=(",", ":")).encode()
+        return json.dumps(stamp(data), separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> TreeState:
+        """A state from its changelog form; raises :class:`StateFormatError` for a form
+        saved by a newer format."""
         data = json.loads(raw)
+        check_format(data, "tree state")
         state = cls(data["tenant"], data["root_task_id"], data["last_event_us"])
         state.seen_event_ids = set(data["seen_event_ids"])
         state.fired_alert_ids = set(data["fired_alert_ids"])
