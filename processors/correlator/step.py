@@ -1,0 +1,448 @@
+"""The correlator's worker step, without faust: records in, records to send and states to
+store out.
+
+One batch of source records (:meth:`Correlation.on_events`) goes, record by record:
+
+1. decode, or dead-letter: what is not a valid contract event goes to ``custody.dlq.v1``
+   with the original bytes and the reason, topic, partition and offset in headers;
+2. redact: secret-looking values are replaced and flagged (a record that cannot be kept
+   clean is dead-lettered too);
+3. the engine: the event's chain link is set aside for the chain check, the event is
+   folded into its custody tree (:func:`processors.correlation.engine.observe`), and the
+   deadlines its partition's watermark has passed are decided;
+4. the outputs: dead letters, alerts (key ``alert_id``), state changes (key
+   ``root_task_id``), chain links (key ``producer_instance``) and the source watermarks,
+   and the trees to store once Kafka has those.
+
+``EVIDENCE_GAP`` needs each producer instance's events in one place: the chain links are
+repartitioned by ``producer_instance`` to :data:`CHAIN_LINKS`, whose records
+(:meth:`Correlation.on_links`) are checked against per-instance chains. The timer's step
+(:meth:`Correlation.due`) decides deadlines on partitions no record moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from processors.correlation.alerts import from_micros
+from processors.correlation.chains import (
+    ChainLink,
+    ChainState,
+    expire_chain,
+    links_from_json,
+    links_to_json,
+    observe_link,
+    pending_from_json,
+)
+from processors.correlation.engine import (
+    CorrelationConfig,
+    Output,
+    expire,
+    observe,
+    to_micros,
+)
+from processors.correlation.tree import TreeState
+from processors.correlation.watermark import Watermark
+from processors.correlator.codec import load_tree, tree_key
+from processors.dead_letters import dlq_headers, dlq_key, dlq_value
+from processors.redaction import redacted
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec, DecodeError, body_bytes
+from schemas.models import Alert, CustodyEvent, StateChange
+from schemas.secrets import may_hold_secret
+
+CHAIN_LINKS = "custody.chain-links.v1"
+# Key of the source-partition watermark records on the chain-links topic.
+WATERMARK_KEY = b"\x00custody-watermark"
+
+# A source record as the step takes it: partition, offset, key, value.
+Record = tuple[int, int, bytes | None, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A record to send: where, with which key, value and headers."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    partition: int | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Outputs gathered over one batch, turned into records at its end."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    changes: dict[tuple[str, str], StateChange] = field(default_factory=dict)
+    links: dict[str, list[ChainLink]] = field(default_factory=dict)
+
+
+class Correlation:
+    """The worker's state and steps, without faust: trees per root task, chains per
+    producer instance, watermarks per partition, and the outputs of each step."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.config = CorrelationConfig.of(
+            settings.grace_seconds, settings.max_credential_ttl_seconds
+        )
+        self.lateness_us = int(settings.allowed_lateness_seconds * 1_000_000)
+        self.idle_advance = settings.idle_advance
+        self.partitions = settings.event_partitions
+        self.codec = AvroCodec()
+        # Trees by tree_key(tenant, root_task_id): root task ids are unique per tenant only.
+        self.trees: dict[str, TreeState] = {}
+        self.chains: dict[str, ChainState] = {}
+        self.chain_partitions: dict[int, set[str]] = {}
+        # source partition -> wall time it was first seen without any event
+        self.silent_since: dict[int, int] = {}
+        # partition -> tree key -> next deadline, for the timer
+        self.tree_deadlines: dict[int, dict[str, int]] = {}
+        self.chain_deadlines: dict[int, dict[str, int]] = {}
+        self.event_marks: dict[int, Watermark] = {}
+        # link partition -> source partition -> the watermark it announced
+        self.link_marks: dict[int, dict[int, int]] = {}
+        # tree key -> wall time until which its deadlines wait: the tree received
+        # evidence older than its partition's watermark (a backfill), whose deadlines
+        # have passed already; deciding them at once would judge the tree before the
+        # rest of the backfill arrives (false BROKEN_CHAIN, ORPHANED_TOKEN, ...).
+        self.held_until: dict[str, int] = {}
+        # What the current step read: its partitions, and the trees it held. Both count
+        # from the step's end (see written), not its start.
+        self.step_partitions: set[int] = set()
+        self.step_held: set[str] = set()
+
+    def on_events(
+        self,
+        records: Sequence[Record],
+        load: Callable[[str], bytes | None],
+        wall_us: int,
+    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
+        """Process ``(partition, offset, key, value)`` records; ``load(tree key)`` returns a
+        tree's stored JSON. Returns what to send and the trees to write afterwards; the
+        trees of these partitions whose deadlines the batch passed are decided too."""
+        pending = _Pending()
+        letters: list[Outbound] = []
+        dirty: dict[str, tuple[int, TreeState]] = {}
+        detected = from_micros(wall_us)
+        for partition, offset, key, value in records:
+            # 1-2. Decode and redact, or dead-letter.
+            event = self._admit(partition, offset, key, value)
+            if isinstance(event, Outbound):
+                letters.append(event)
+                continue
+            # 3. The engine: the chain link, the tree, the deadlines passed.
+            event_us = to_micros(event.event_time)
+            link = _chain_link(event, value, event_us)
+            pending.links.setdefault(link.producer_instance, []).append(link)
+            root = tree_key(event.tenant, event.root_task_id)
+            state = self.trees.get(root)
+            if state is None:
+                state = load_tree(load, root, event.tenant, event.root_task_id)
+            mark = self._mark(self.event_marks, partition)
+            mark.observe(event_us, wall_us)
+            state, out = observe(state, event, self.config, detected)
+            self._emit(out, pending)
+            watermark = mark.current(wall_us)
+            if watermark is not None and event_us < watermark:
+                # Late evidence: the tree is judged once its backfill has had the
+                # allowed lateness of wall time to arrive whole (the timer decides it).
+                self.held_until[root] = wall_us + self.lateness_us
+                self.step_held.add(root)
+            if watermark is not None and not self._held(root, wall_us):
+                state, out = expire(state, watermark, self.config, detected)
+                self._emit(out, pending)
+            self.trees[root] = state
+            dirty[root] = (partition, state)
+        touched = {record[0] for record in records}
+        self.step_partitions |= touched
+        dirty.update(self._due_trees(touched, wall_us, pending))
+        # 4. The outputs. The watermark records go after the batch's links, so that every
+        # link partition sees an instance's links before the mark that covers them.
+        sends = letters + self._outbound(pending) + self.source_watermarks(touched, wall_us)
+        return sends, dirty
+
+    def _admit(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> CustodyEvent | Outbound:
+        """The record's event, secret-looking values redacted; or its dead letter, when it
+        is not a valid contract event or cannot be kept clean."""
+        try:
+            event = self.codec.decode_event(value or b"")
+            if may_hold_secret(value or b""):
+                event = redacted(event)
+        except DecodeError as exc:
+            return dead_letter(value, key, exc, topics.EVENTS, partition, offset)
+        return event
+
+    def _mark(self, marks: dict[int, Watermark], partition: int) -> Watermark:
+        mark = marks.get(partition)
+        if mark is None:
+            mark = marks[partition] = Watermark(self.lateness_us, self.idle_advance)
+        return mark
+
+    def _emit(self, out: Output, into: _Pending) -> None:
+        into.alerts += out.alerts
+        for change in out.changes:
+            # Downstream keeps the highest version per (kind, key): within a batch only the
+            # last change of each needs to be sent.
+            into.changes[(change.kind, change.key)] = change
+
+    def _outbound(self, pending: _Pending) -> list[Outbound]:
+        sends = [
+            Outbound(topics.ALERTS, alert.alert_id.encode(), self.codec.encode_alert(alert))
+            for alert in pending.alerts
+        ]
+        sends += [
+            Outbound(topics.STATE, change.root_task_id.encode(), self.codec.encode_state(change))
+            for change in pending.changes.values()
+        ]
+        sends += [
+            Outbound(CHAIN_LINKS, instance.encode(), links_to_json(links))
+            for instance, links in pending.links.items()
+        ]
+        return sends
+
+    def _held(self, root: str, wall_us: int) -> bool:
+        until = self.held_until.get(root)
+        if until is None:
+            return False
+        if until > wall_us:
+            return True
+        del self.held_until[root]
+        return False
+
+    def source_watermarks(self, partitions: Iterable[int], wall_us: int) -> list[Outbound]:
+        """Watermark records for the chain check, one per source partition and link
+        partition. A producer instance's links come from every source partition, each at
+        its own pace (a backlog is read unevenly), so the chain check may only consider
+        event time passed once *every* source partition has passed it."""
+        sends = []
+        for partition in partitions:
+            mark = self.event_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                # A partition with no event yet may be empty, or not read yet (a backlog
+                # is read unevenly). Once it has stayed silent for a grace period of wall
+                # time, it is taken as empty and stops holding the chain check back.
+                since = self.silent_since.setdefault(partition, wall_us)
+                if wall_us - since < self.config.grace_us:
+                    continue
+                watermark = wall_us - self.lateness_us
+            value = json.dumps({"source_partition": partition, "watermark_us": watermark})
+            for link_partition in range(self.partitions):
+                sends.append(
+                    Outbound(CHAIN_LINKS, WATERMARK_KEY, value.encode(), partition=link_partition)
+                )
+        return sends
+
+    def chain_watermark(self, link_partition: int) -> int | None:
+        """The event time every source partition has passed, as seen on a link partition."""
+        marks = self.link_marks.get(link_partition, {})
+        return min(marks.values()) if len(marks) == self.partitions else None
+
+    def on_links(
+        self, records: Iterable[tuple[int, bytes | None, bytes | None]], wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, ChainState]]]:
+        """Process ``(partition, key, value)`` records of the chain-links topic: links,
+        and the source partitions' watermarks."""
+        pending = _Pending()
+        dirty: dict[str, tuple[int, ChainState]] = {}
+        detected = from_micros(wall_us)
+        touched = set()
+        for partition, key, value in records:
+            touched.add(partition)
+            if key == WATERMARK_KEY:
+                mark = json.loads(value or b"{}")
+                marks = self.link_marks.setdefault(partition, {})
+                source = int(mark["source_partition"])
+                marks[source] = max(marks.get(source, 0), int(mark["watermark_us"]))
+                continue
+            for link in links_from_json(value or b"[]"):
+                # Every chain of an owned partition is in memory (restored at recovery).
+                state, out = observe_link(
+                    self.chains.get(link.producer_instance),
+                    link,
+                    self.config,
+                    detected,
+                    self.chain_watermark(partition),
+                )
+                self._emit(out, pending)
+                self.chains[link.producer_instance] = state
+                self.chain_partitions.setdefault(partition, set()).add(link.producer_instance)
+                dirty[link.producer_instance] = (partition, state)
+        for link_partition, state in list(dirty.values()):
+            watermark = self.chain_watermark(link_partition)
+            if watermark is not None:
+                _, out = expire_chain(state, watermark, self.config, detected)
+                self._emit(out, pending)
+        dirty.update(self._due_chains(touched, wall_us, pending))
+        return self._outbound(pending), dirty
+
+    def due(
+        self, event_partitions: Iterable[int], link_partitions: Iterable[int], wall_us: int
+    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]], dict[str, tuple[int, ChainState]]]:
+        """The timer's step: deadlines passed on idle partitions, and the source
+        watermarks the chain check waits for."""
+        pending = _Pending()
+        event_partitions = set(event_partitions)
+        trees = self._due_trees(event_partitions, wall_us, pending)
+        chains = self._due_chains(link_partitions, wall_us, pending)
+        sends = self._outbound(pending) + self.source_watermarks(event_partitions, wall_us)
+        return sends, trees, chains
+
+    def _due_trees(
+        self, partitions: Iterable[int], wall_us: int, pending: _Pending
+    ) -> dict[str, tuple[int, TreeState]]:
+        dirty: dict[str, tuple[int, TreeState]] = {}
+        detected = from_micros(wall_us)
+        for partition in partitions:
+            mark = self.event_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                continue
+            index = self.tree_deadlines.get(partition, {})
+            for root, due in list(index.items()):
+                if due > watermark or root not in self.trees or self._held(root, wall_us):
+                    continue
+                state, out = expire(self.trees[root], watermark, self.config, detected)
+                self._emit(out, pending)
+                dirty[root] = (partition, state)
+        return dirty
+
+    def _due_chains(
+        self, partitions: Iterable[int], wall_us: int, pending: _Pending
+    ) -> dict[str, tuple[int, ChainState]]:
+        dirty: dict[str, tuple[int, ChainState]] = {}
+        detected = from_micros(wall_us)
+        for partition in partitions:
+            watermark = self.chain_watermark(partition)
+            if watermark is None:
+                continue
+            index = self.chain_deadlines.get(partition, {})
+            for instance, due in list(index.items()):
+                if due > watermark or instance not in self.chains:
+                    continue
+                state, out = expire_chain(self.chains[instance], watermark, self.config, detected)
+                self._emit(out, pending)
+                dirty[instance] = (partition, state)
+        return dirty
+
+    def written(
+        self,
+        trees: dict[str, tuple[int, TreeState]],
+        chains: dict[str, tuple[int, ChainState]],
+        ended_us: int,
+    ) -> None:
+        """Index the next deadline of each stored tree and chain; forget settled ones
+        (their stored form stays in the table). ``ended_us``: the wall time the step
+        ended, once its outputs were delivered and its state stored.
+
+        The partitions the step read count as idle, and the trees it held as waiting for
+        the rest of their backfill, from then: a slow step (a heavy batch, a broker slow
+        to acknowledge) must not use up the time in which the next records, already
+        read and queued behind it, would have arrived. Otherwise the timer, running
+        between the two steps, judges a tree without the half of it still queued.
+        """
+        for partition in self.step_partitions:
+            mark = self.event_marks.get(partition)
+            if mark is not None:
+                mark.arrived(ended_us)
+        for root in self.step_held:
+            if root in self.held_until:
+                self.held_until[root] = max(self.held_until[root], ended_us + self.lateness_us)
+        self.step_partitions.clear()
+        self.step_held.clear()
+        for root, (partition, state) in trees.items():
+            index = self.tree_deadlines.setdefault(partition, {})
+            if state.deadlines:
+                index[root] = state.deadlines[0][0]
+            else:
+                index.pop(root, None)
+                self.trees.pop(root, None)
+                self.held_until.pop(root, None)
+        for instance, (partition, chain) in chains.items():
+            index = self.chain_deadlines.setdefault(partition, {})
+            if chain.deadlines:
+                index[instance] = chain.deadlines[0][0]
+            else:
+                index.pop(instance, None)
+
+    def recovered_trees(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
+        """After table recovery: index the trees with pending deadlines, and start each
+        partition's watermark from its newest event, so idle advancement decides them
+        even if no new event ever arrives."""
+        for partition, state_json in items:
+            state = TreeState.from_json(state_json)
+            self._mark(self.event_marks, partition).observe(state.last_event_us, wall_us)
+            if state.deadlines:
+                key = tree_key(state.tenant, state.root_task_id)
+                self.trees[key] = state
+                self.tree_deadlines.setdefault(partition, {})[key] = state.deadlines[0][0]
+
+    def recovered_chains(
+        self, prefixes: Iterable[tuple[int, bytes]], pending: Iterable[bytes]
+    ) -> None:
+        """After table recovery: every chain of the owned partitions back in memory, with
+        its pending links, and those with deadlines indexed (the source watermarks
+        arrive again within a timer tick)."""
+        links: dict[str, list[tuple[ChainLink, int | None]]] = {}
+        for link_json in pending:
+            link, due_us = pending_from_json(link_json)
+            links.setdefault(link.producer_instance, []).append((link, due_us))
+        for partition, prefix_json in prefixes:
+            instance = json.loads(prefix_json)["producer_instance"]
+            chain = ChainState.from_json(prefix_json, links.get(instance, []), self.config)
+            self.chains[instance] = chain
+            self.chain_partitions.setdefault(partition, set()).add(instance)
+            if chain.deadlines:
+                self.chain_deadlines.setdefault(partition, {})[instance] = chain.deadlines[0][0]
+
+    def forget_partitions(self, partitions: Iterable[int]) -> None:
+        """Drop what belongs to partitions this worker no longer owns."""
+        for partition in partitions:
+            for root in self.tree_deadlines.pop(partition, {}):
+                self.trees.pop(root, None)
+                self.held_until.pop(root, None)
+            self.chain_deadlines.pop(partition, None)
+            for instance in self.chain_partitions.pop(partition, set()):
+                self.chains.pop(instance, None)
+            self.event_marks.pop(partition, None)
+            self.link_marks.pop(partition, None)
+            self.silent_since.pop(partition, None)
+
+
+def _chain_link(event: CustodyEvent, value: bytes | None, event_us: int) -> ChainLink:
+    """The event's link in its producer instance's hash chain (a decoded event has its
+    value, producer instance and sequence number)."""
+    assert value is not None and event.producer_instance and event.seq
+    return ChainLink(
+        event.event_id,
+        event.tenant,
+        event.root_task_id,
+        event.producer_instance,
+        event.seq,
+        event.prev_hash,
+        hashlib.sha256(body_bytes(value)).hexdigest(),
+        event_us,
+    )
+
+
+def dead_letter(
+    value: bytes | None,
+    key: bytes | None,
+    error: DecodeError,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Outbound:
+    """A DLQ record: the original bytes (secrets masked, cut if too big for a record, see
+    :func:`processors.dead_letters.dlq_value`), and why and where from in its headers."""
+    kept, cut = dlq_value(value)
+    headers = dlq_headers(error.reason, str(error), "correlate", topic, partition, offset) + cut
+    return Outbound(topics.DLQ, dlq_key(key) or b"", kept, headers)

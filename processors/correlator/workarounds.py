@@ -1,0 +1,317 @@
+"""Every place the correlator works around faust-streaming (or the local broker under it).
+
+Each one says which behaviour it corrects and which faust internal it relies on;
+``tests/unit/test_faust_workarounds.py`` fails when that internal is gone or changed, and
+when the behaviour corrected is gone (then the workaround may be dropped). Tested with
+faust-streaming 0.15 and mode-streaming 0.7, the versions the project pins.
+
+1. :func:`keep_queued_events_on_resume`: resuming a running flow dropped fetched events.
+2. :func:`disable_gap_filling`: offsets skipped between two delivered records counted as
+   acknowledged.
+3. :class:`CommitFreezingWorker`: a graceful stop committed past queued events.
+4. :class:`OffsetGuard`: records delivered past records never delivered (faust-streaming
+   #216 and #221).
+5. :func:`append_end_offset_markers`: a changelog's tail lost at recovery on the local
+   broker (Tansu), whose end offsets are short.
+6. :func:`write_state` and the other table helpers: state written under the Table API,
+   whose writes go to the current event's partition and need one.
+7. :func:`turn_off_spinner`: faust's spinner writes terminal control codes into a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from processors.group_offsets import first_offset, start_offsets
+from processors.offset_order import OffsetOrder, Verdict
+
+_log = logging.getLogger("custody.correlate")
+
+
+# ---- 1. the resume replacement --------------------------------------------------------
+
+
+def keep_queued_events_on_resume(app: faust.App) -> None:
+    """Stop faust from dropping fetched events when it resumes a flow that is not paused.
+
+    ``FlowControlEvent.resume`` (mode) empties every stream's queue. faust calls it at the
+    end of table recovery (``Recovery.on_recovery_completed``) *after* resuming the source
+    partitions, while the fetcher (started for the changelog replay) is already running:
+    events fetched in between were thrown away, never acked, and the fetcher had moved
+    past them, so the agent never saw them and the next commit skipped them (seen in about
+    a third of the starts that follow another consumer group's run). Clearing belongs only
+    after a suspension (a rebalance), when queued events are stale; a resume of a running
+    flow now keeps them (at worst they are replayed after the seek, which the correlator
+    absorbs). The same family of ordering faults as faust-streaming #216 (resuming before
+    seeking), which its fix (#217) did not cover.
+
+    Relies on: ``app.flow_control`` being a ``FlowControlEvent`` whose ``resume()`` clears
+    the managed queues and whose ``is_active()`` tells a running flow.
+    """
+    flow = app.flow_control
+    resume = flow.resume
+
+    def resume_if_suspended() -> None:
+        if not flow.is_active():
+            resume()
+
+    flow.resume = resume_if_suspended  # type: ignore[method-assign]
+
+
+# ---- 2. gap filling off -----------------------------------------------------------------
+
+
+def disable_gap_filling(consumer: Any) -> None:
+    """Stop faust from counting the offsets between two delivered records as acknowledged.
+
+    faust's consumer (``Consumer._drain_messages``) calls ``Consumer._add_gap`` when two
+    records it delivers are not consecutive, and the offsets in between then count as
+    acknowledged, so the next commit passes them. That suits compacted or transactional
+    topics, whose logs have holes; the correlator's source topics have none (no
+    compaction, no transactional producers), so there a jump means records skipped (see
+    :class:`OffsetGuard`), never records absent. faust-streaming #312 and #606 are about
+    the same gap bookkeeping committing past unprocessed records.
+
+    Relies on: ``Consumer._add_gap(tp, offset_from, offset_to)``, a coroutine method
+    called through the instance. Idempotent: applied on every assignment.
+    """
+    consumer._add_gap = _no_gap_filling
+
+
+async def _no_gap_filling(tp: TP, offset_from: int, offset_to: int) -> None:
+    """Replaces ``Consumer._add_gap``: the records between are not acknowledged."""
+
+
+# ---- 3. the commit freeze ---------------------------------------------------------------
+
+
+class CommitFreezingWorker(faust.Worker):
+    """A worker that stops committing offsets the moment it is asked to stop.
+
+    On a graceful stop faust suspends flow control and then acks (and commits past) the
+    events still queued without handing them to the agent, losing them. Freezing commits
+    at the signal keeps the last periodic commit, so a stop only causes replays, which
+    the correlator absorbs (duplicates change nothing). No faust-streaming issue names it.
+
+    Relies on: mode's ``Worker._on_sigterm``/``_on_sigint`` being the signal handlers, and
+    faust's ``Consumer.commit``/``force_commit`` being called through the instance.
+    """
+
+    def _freeze_commits(self) -> None:
+        async def no_commit(*args: Any, **kwargs: Any) -> bool:
+            return False
+
+        consumer: Any = self.app.consumer
+        consumer.commit = no_commit
+        consumer.force_commit = no_commit
+
+    def _on_sigterm(self) -> None:
+        self._freeze_commits()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._freeze_commits()
+        super()._on_sigint()
+
+
+# ---- 4. the offset guard ----------------------------------------------------------------
+
+
+class OffsetGuard:
+    """The faust side of :mod:`processors.offset_order`: each source partition's records
+    reach the worker step once each, in offset order, from the group's committed offset.
+
+    After a restart or a rebalance faust can deliver records fetched at a stale position
+    before it seeks back to the committed offsets (faust-streaming #216 and #221; their
+    fixes, #217 and #223, leave a restart with a backlog exposed), and a record past ones
+    never delivered would let the next commit skip evidence the correlator never saw.
+
+    Relies on: ``Message.acked`` (a message marked acknowledged is left out of what
+    ``Consumer.ack`` counts, so no commit passes it), ``Consumer.seek(tp, offset)`` and
+    ``Consumer.assignment()``.
+    """
+
+    def __init__(self, app: faust.App, group_config: dict[str, Any], topics: Iterable[str]) -> None:
+        self._app = app
+        self._group_config = group_config
+        self._orders = {topic: OffsetOrder() for topic in topics}
+
+    def assigned(self, assigned: Iterable[TP]) -> None:
+        """Partitions were (re)assigned: each starts anew at its committed offset. No I/O
+        here: faust's consumer thread waits for the callback that calls this; each agent
+        reads the committed offsets before its next batch."""
+        assigned = set(assigned)
+        for topic, order in self._orders.items():
+            order.assign({tp.partition for tp in assigned if tp.topic == topic})
+
+    def revoked(self, revoked: Iterable[TP]) -> None:
+        """Partitions are no longer this worker's."""
+        for tp in revoked:
+            order = self._orders.get(tp.topic)
+            if order is not None:
+                order.forget(tp.partition)
+
+    async def admitted(self, topic: str, batch: list[Any]) -> list[Any]:
+        """The batch's messages this worker has not processed yet, each partition's in
+        offset order. A partition whose records came ahead of its next offset is sought
+        back to it; those records are left unacknowledged, so no commit passes them.
+        Runs inside the step: a broker that cannot answer crashes the worker, as a
+        failed step does, rather than leaving the agent dead in a running worker."""
+        order = self._orders[topic]
+        # A loop: a rebalance may assign partitions again while the offsets are read.
+        while order.unstarted:
+            starts = await asyncio.to_thread(
+                start_offsets, self._group_config, topic, sorted(order.unstarted)
+            )
+            for partition, offset in starts.items():
+                order.start(partition, offset)
+        admitted: list[Any] = []
+        behind: set[int] = set()
+        for event in batch:
+            message = event.message
+            verdict = order.admit(message.partition, message.offset)
+            if verdict is Verdict.PROCESS:
+                admitted.append(message)
+            elif verdict is Verdict.AHEAD:
+                # Marked as acknowledged so faust's ack leaves it out of what it commits.
+                message.acked = True
+                behind.add(message.partition)
+        for partition in sorted(behind):
+            await self._rewind(topic, partition)
+        return admitted
+
+    async def _rewind(self, topic: str, partition: int) -> None:
+        order = self._orders[topic]
+        offset = order.next_offset(partition)
+        if offset is None:
+            return  # assigned again since the batch was judged: its next batch starts anew
+        first = await asyncio.to_thread(first_offset, self._group_config, topic, partition)
+        if order.next_offset(partition) != offset:
+            return  # revoked or assigned again while the log start was read
+        if offset < first:
+            _log.error(
+                "%s[%d] offsets %d-%d expired before they were correlated; going on from %d",
+                topic,
+                partition,
+                offset,
+                first - 1,
+                first,
+            )
+            offset = first
+            order.start(partition, offset)
+        _log.warning(
+            "%s[%d] delivered records past offset %d; seeking back to it",
+            topic,
+            partition,
+            offset,
+        )
+        tp = TP(topic, partition)
+        consumer = self._app.consumer
+        if tp in consumer.assignment():
+            await consumer.seek(tp, offset)
+
+
+# ---- 5. the changelog end-offset markers ------------------------------------------------
+
+# A single-record batch for this key is appended to each changelog partition before
+# recovery; readers skip it (see stored_values).
+RESERVED_KEY = b"\x00custody-end-offset-marker"
+
+
+async def append_end_offset_markers(app: faust.App, tables: Iterable[Any], partitions: int) -> None:
+    """Append one tombstone for :data:`RESERVED_KEY` to every partition of each table's
+    changelog, and wait until the broker has them.
+
+    faust's recovery reads a changelog up to the end offset the broker reports
+    (``Recovery._build_highwaters``: highwater minus one is taken as the last record).
+    The local broker (Tansu) reports end offsets short of a changelog's last records, so
+    a restart lost the tail of a table; after a single-record batch its end offset is
+    exact again. Call it when partitions are revoked: faust sends that signal on every
+    rebalance, the first join included, before it recovers the tables.
+
+    Relies on: ``Producer.send(topic, key, value, partition, timestamp, headers)``,
+    ``Table.changelog_topic.get_topic_name()``, and ``App.on_partitions_revoked`` being
+    sent before recovery.
+    """
+    sent = []
+    for table in tables:
+        name = table.changelog_topic.get_topic_name()
+        for partition in range(partitions):
+            sent.append(await app.producer.send(name, RESERVED_KEY, None, partition, None, None))
+    for fut in sent:
+        await fut
+
+
+# ---- 6. state written under the Table API -----------------------------------------------
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> Any:
+    """A table of bytes keys and values (serialized by :mod:`processors.correlator.codec`),
+    written only through :func:`write_state`."""
+    schema: Any = faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    # The types (not only the schema) pick the changelog's serializers.
+    return app.Table(
+        name,
+        partitions=partitions,
+        default=None,
+        schema=schema,
+        key_type=bytes,
+        value_type=bytes,
+    )
+
+
+def write_state(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
+    """Store ``value`` under ``key`` (``None``: delete it) and send it to the changelog
+    partition ``partition``.
+
+    faust's ``Table.__setitem__`` sends a write to the partition of the event being
+    processed (``Collection.partition_for_key`` reads ``current_event()``) and refuses a
+    write outside a stream. The worker writes a batch's states after the batch, each to
+    the partition its record came from, and the timer writes with no event at all; so
+    the store and the changelog are written directly.
+
+    Relies on: ``Table.data`` (the store, a mutable mapping) and
+    ``Collection.send_changelog(partition, key, value)``.
+    """
+    if value is None:
+        table.data.pop(key, None)
+    else:
+        table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def read_state(table: Any, key: bytes) -> bytes | None:
+    """The stored value of ``key``, read from the store as :func:`write_state` wrote it."""
+    value: bytes | None = table.data.get(key)
+    return value
+
+
+def stored_values(table: Any) -> list[bytes]:
+    """Every value in the table's store, without the end-offset markers and empty
+    values."""
+    return [value for key, value in list(table.data.items()) if key != RESERVED_KEY and value]
+
+
+# ---- 7. the spinner ---------------------------------------------------------------------
+
+
+def turn_off_spinner(worker: faust.Worker) -> None:
+    """Stop faust's terminal spinner from writing into the worker's output.
+
+    ``faust.Worker`` always makes a ``Spinner`` on its stdout, and the spinner writes its
+    cursor codes (``begin``/``finish``) whether or not that is a terminal: a worker whose
+    output is a log file filled it with escape codes, and nothing else (the log is JSON
+    lines, see :mod:`processors.logs`).
+
+    Relies on: ``Worker.spinner``, which faust checks (``if self.spinner``) before every
+    use.
+    """
+    worker.spinner = None
