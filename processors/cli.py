@@ -544,7 +544,7 @@ def trace(
     with _reader(ctx) as reader:
         tree = build_trace(reader, task_id, tenant)
     if as_json:
-        sys.stdout.write(json.dumps(tree) + "\n")
+        sys.stdout.write(json.dumps(tree.as_json()) + "\n")
     else:
         out.print(trace_tree(tree))
 
@@ -565,7 +565,7 @@ def alerts(
     try:
         start = parse_since(since) if since else None
         with _reader(ctx) as reader:
-            rows = list_alerts(reader, alert_type, start, tenant)
+            rows = [alert.as_json() for alert in list_alerts(reader, alert_type, start, tenant)]
     except ValueError as exc:
         err.print(f"[red]invalid option:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None

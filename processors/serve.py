@@ -106,12 +106,13 @@ class QueryApi:
         """The JSON of an explorer route."""
         tenant = query.get("tenant") or None
         if route == "search":
-            return {"results": search(self.reader, query.get("q", ""), tenant)}
+            found = search(self.reader, query.get("q", ""), tenant)
+            return {"results": [result.as_json() for result in found]}
         if route == "tree":
             tree = trace(self.reader, _required(query, "id"), tenant)
-            return {**tree, "graph": custody_graph(tree)}
+            return {**tree.as_json(), "graph": custody_graph(tree)}
         if route == "token":
-            return token_timeline(self.reader, _required(query, "id"), tenant)
+            return token_timeline(self.reader, _required(query, "id"), tenant).as_json()
         if route == "alerts":
             since = query.get("since")
             try:
@@ -125,7 +126,7 @@ class QueryApi:
                 )
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-            return {"alerts": rows}
+            return {"alerts": [alert.as_json() for alert in rows]}
         raise UnknownRoute(route)
 
     def start(self) -> None:

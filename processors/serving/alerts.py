@@ -6,8 +6,8 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from processors.serving.reader import Reader
-from processors.serving.trace import ALERT_COLUMNS
-from processors.storage.backend import Row, iso
+from processors.serving.records import ALERT_COLUMNS, Alert, read
+from processors.storage.backend import iso
 from schemas.models import AlertType
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
@@ -37,7 +37,7 @@ def list_alerts(
     since: datetime | None = None,
     tenant: str | None = None,
     limit: int | None = None,
-) -> list[Row]:
+) -> list[Alert]:
     """Alerts in event-time order, or the newest ``limit`` of them newest first; ``since``
     compares with the alert's ``event_time``."""
     if alert_type is not None and alert_type not in AlertType.__members__:
@@ -59,4 +59,4 @@ def list_alerts(
     if limit is not None:
         order = "ORDER BY event_time DESC, alert_id LIMIT {limit:UInt32}"
         params["limit"] = limit
-    return reader.select(f"SELECT {ALERT_COLUMNS} FROM alerts {where} {order}", params)
+    return read(reader, Alert, f"SELECT {ALERT_COLUMNS} FROM alerts {where} {order}", params)

@@ -9,11 +9,22 @@ id, and a full-text scan of every event on each keystroke would not scale.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from processors.serving.reader import Reader
-from processors.serving.trace import ALERT_COLUMNS, CREDENTIAL_COLUMNS, TreeNotFound
-from processors.storage.backend import Row
+from processors.serving.records import (
+    ALERT_COLUMNS,
+    Alert,
+    Record,
+    StoredCredential,
+    TaskMatch,
+    TokenEvent,
+    TokenMatch,
+    WorkloadMatch,
+    read,
+)
+from processors.serving.trace import CREDENTIAL_COLUMNS, TreeNotFound
 
 SEARCH_LIMIT = 50
 _MAX_QUERY = 256
@@ -60,87 +71,110 @@ class AmbiguousToken(LookupError):
     """The token id is stored in several tenants' trees: say which tenant."""
 
 
+@dataclass(frozen=True, slots=True)
+class SearchResult(Record):
+    """A task, token or workload that search found, and the tree to open for it."""
+
+    kind: str
+    id: str
+    tenant: str
+    root_task_id: str
+    task_id: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark(Record):
+    """One moment of a token's life; ``event_id`` is the event that shows it, if any."""
+
+    time: str
+    kind: str
+    label: str
+    event_id: str | None
+    outcome: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTimeline:
+    """A token's credential and its lifecycle in time order."""
+
+    token: StoredCredential
+    timeline: list[Mark]
+
+    def as_json(self) -> dict[str, Any]:
+        """The token view's JSON: the credential, its tree, the marks."""
+        return {
+            "token": self.token.as_json(),
+            "tenant": self.token.tenant,
+            "root_task_id": self.token.root_task_id,
+            "timeline": [mark.as_json() for mark in self.timeline],
+        }
+
+
 def _tenant_filter(tenant: str | None) -> tuple[str, dict[str, str]]:
     if tenant is None:
         return "", {}
     return "AND tenant = {tenant:String}", {"tenant": tenant}
 
 
-def search(reader: Reader, text: str, tenant: str | None = None) -> list[dict[str, Any]]:
+def search(reader: Reader, text: str, tenant: str | None = None) -> list[SearchResult]:
     """Tasks, tokens and workloads matching ``text``: exact ids first, then prefixes."""
     text = text.strip()[:_MAX_QUERY]
     if not text:
         return []
     where, tenant_params = _tenant_filter(tenant)
-    params: dict[str, Any] = {**tenant_params, "q": text, "limit": SEARCH_LIMIT}
-    results: list[dict[str, Any]] = []
-    for row in reader.select(_TASKS.replace("{tenant_filter}", where), params):
-        results.append(_result("task", row["task_id"], row, row["task_id"]))
-    for row in reader.select(_TOKENS.replace("{tenant_filter}", where), params):
-        label = f"{row['token_id']} ({row['credential_kind']}, {row['state']})"
-        results.append(_result("token", row["token_id"], row, label))
-    for row in reader.select(_WORKLOADS.replace("{tenant_filter}", where), params):
-        label = f"{row['workload_id']} in {row['root_task_id']} at {row['last_declared']}"
-        results.append(_result("workload", row["workload_id"], row, label))
+    params: dict[str, str | int] = {**tenant_params, "q": text, "limit": SEARCH_LIMIT}
+    results: list[SearchResult] = []
+    for task in read(reader, TaskMatch, _TASKS.replace("{tenant_filter}", where), params):
+        results.append(_result("task", task.task_id, task, task.task_id))
+    for token in read(reader, TokenMatch, _TOKENS.replace("{tenant_filter}", where), params):
+        label = f"{token.token_id} ({token.credential_kind}, {token.state})"
+        results.append(_result("token", token.token_id, token, label))
+    for workload in read(
+        reader, WorkloadMatch, _WORKLOADS.replace("{tenant_filter}", where), params
+    ):
+        label = f"{workload.workload_id} in {workload.root_task_id} at {workload.last_declared}"
+        results.append(_result("workload", workload.workload_id, workload, label))
     return results[:SEARCH_LIMIT]
 
 
-def _result(kind: str, result_id: str, row: Row, label: str) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "id": result_id,
-        "tenant": row["tenant"],
-        "root_task_id": row["root_task_id"],
-        "task_id": row["task_id"],
-        "label": label,
-    }
+def _result(
+    kind: str, result_id: str, match: TaskMatch | TokenMatch | WorkloadMatch, label: str
+) -> SearchResult:
+    return SearchResult(kind, result_id, match.tenant, match.root_task_id, match.task_id, label)
 
 
-def token_timeline(reader: Reader, token_id: str, tenant: str | None = None) -> dict[str, Any]:
+def token_timeline(reader: Reader, token_id: str, tenant: str | None = None) -> TokenTimeline:
     """A token's credential row and its lifecycle: issued, used, rotated, revoked, alerted,
     expiring, in time order."""
     where, params = _tenant_filter(tenant)
-    rows = reader.select(_CREDENTIAL.replace("{tenant_filter}", where), {**params, "id": token_id})
-    if not rows:
+    sql = _CREDENTIAL.replace("{tenant_filter}", where)
+    stored = read(reader, StoredCredential, sql, {**params, "id": token_id})
+    if not stored:
         raise TreeNotFound(f"no stored credential has token id {token_id}")
-    if len(rows) > 1:
+    if len(stored) > 1:
         raise AmbiguousToken(f"token {token_id} is in several tenants' trees: name the tenant")
-    token = rows[0]
-    tree = {"tenant": token["tenant"], "root": token["root_task_id"], "id": token_id}
-    timeline = [_event_mark(row, token_id) for row in reader.select(_TOKEN_EVENTS, tree)]
-    for alert in reader.select(_TOKEN_ALERTS, tree):
-        timeline.append(
-            _mark(alert["event_time"], "ALERT", alert["alert_type"], None, alert["severity"])
-        )
-    if token["expires_at"]:
-        timeline.append(_mark(token["expires_at"], "EXPIRES", "expires", None, None))
-    timeline.sort(key=lambda mark: mark["time"])
-    return {
-        "token": token,
-        "tenant": token["tenant"],
-        "root_task_id": token["root_task_id"],
-        "timeline": timeline,
-    }
+    token = stored[0]
+    tree = {"tenant": token.tenant, "root": token.root_task_id, "id": token_id}
+    timeline = [
+        _event_mark(event, token_id) for event in read(reader, TokenEvent, _TOKEN_EVENTS, tree)
+    ]
+    for alert in read(reader, Alert, _TOKEN_ALERTS, tree):
+        timeline.append(Mark(alert.event_time, "ALERT", alert.alert_type, None, alert.severity))
+    if token.credential.expires_at:
+        timeline.append(Mark(token.credential.expires_at, "EXPIRES", "expires", None, None))
+    timeline.sort(key=lambda mark: mark.time)
+    return TokenTimeline(token, timeline)
 
 
-def _event_mark(row: Row, token_id: str) -> dict[str, Any]:
-    kind = row["event_type"]
-    if kind == "CREDENTIAL_ISSUED" and row["parent_token_id"] == token_id:
-        return _mark(row["event_time"], "ROTATED", f"rotated to {row['token_id']}", row, None)
+def _event_mark(event: TokenEvent, token_id: str) -> Mark:
+    kind, time, event_id = event.event_type, event.event_time, event.event_id
+    if kind == "CREDENTIAL_ISSUED" and event.parent_token_id == token_id:
+        return Mark(time, "ROTATED", f"rotated to {event.token_id}", event_id, None)
     if kind == "CREDENTIAL_ISSUED":
-        return _mark(row["event_time"], "ISSUED", "issued", row, None)
+        return Mark(time, "ISSUED", "issued", event_id, None)
     if kind == "CREDENTIAL_REVOKED":
-        label = f"revoked by {row['revoked_by']}: {row['reason']}"
-        return _mark(row["event_time"], "REVOKED", label, row, None)
-    label = f"{row['tool']} {row['action']} {row['resource']}"
-    return _mark(row["event_time"], "ACCESS", label, row, row["outcome"])
-
-
-def _mark(time: str, kind: str, label: str, row: Row | None, outcome: str | None) -> dict[str, Any]:
-    return {
-        "time": time,
-        "kind": kind,
-        "label": label,
-        "event_id": row["event_id"] if row else None,
-        "outcome": outcome,
-    }
+        label = f"revoked by {event.revoked_by}: {event.reason}"
+        return Mark(time, "REVOKED", label, event_id, None)
+    label = f"{event.tool} {event.action} {event.resource}"
+    return Mark(time, "ACCESS", label, event_id, event.outcome)

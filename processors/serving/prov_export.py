@@ -1,4 +1,4 @@
-"""A custody tree (the dict behind ``custody trace ID --json``) as a W3C PROV-JSON document.
+"""A custody tree (what ``custody trace ID`` reads) as a W3C PROV-JSON document.
 
 Identifiers: every node is the qualified name ``<kind>:<local>``, the prefix ``<kind>`` bound to
 ``https://custody.dev/id/<kind>/`` (kinds: task, access (an ACCESS event id), token, workload,
@@ -29,8 +29,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 from urllib.parse import quote
+
+from processors.serving.records import CustodyTree
 
 CUSTODY_NS = "https://custody.dev/ns#"
 ID_NS = "https://custody.dev/id/"
@@ -66,16 +69,12 @@ def _time(value: str | None) -> dict[str, str] | None:
     return None if value is None else {"$": value, "type": "xsd:dateTime"}
 
 
-def _strings(values: Iterable[str] | None) -> str | None:
-    return None if values is None else json.dumps(list(values))
+def _strings(values: Iterable[str]) -> str:
+    return json.dumps(list(values))
 
 
 def _type(name: str) -> dict[str, str]:
     return {"$": f"custody:{name}", "type": "xsd:QName"}
-
-
-def _rows(trace: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    return list(trace.get(key) or [])
 
 
 # The formal attributes of each relation, in the order ``_Document.relation`` takes them.
@@ -118,31 +117,31 @@ class _Document:
         self.body.setdefault(section, {})[f"relation:{section}-{digest}"] = kept
 
 
-def _identities(trace: Mapping[str, Any]) -> tuple[dict[str, set[str]], set[str]]:
+def _identities(tree: CustodyTree) -> tuple[dict[str, set[str]], set[str]]:
     """The workload identities (with the actor kinds seen) and the humans of a tree."""
     workloads: dict[str, set[str]] = {}
-    humans = {row["approver"] for row in _rows(trace, "approvals")}
-    for task in _rows(trace, "tasks"):
-        actor = task.get("actor") or {}
-        if actor.get("workload_id"):
-            kinds = workloads.setdefault(actor["workload_id"], set())
-            if actor.get("kind"):
-                kinds.add(actor["kind"])
-            if actor.get("kind") == "HUMAN":
-                humans.add(actor["workload_id"])
-        if actor.get("on_behalf_of"):
-            humans.add(actor["on_behalf_of"])
-    for key, field in (
-        ("delegations", "delegator"),
-        ("delegations", "delegatee"),
-        ("credentials", "token_subject"),
-        ("accesses", "workload_id"),
-        ("break_glass", "workload_id"),
-        ("alerts", "workload_id"),
-    ):
-        for row in _rows(trace, key):
-            if row.get(field):
-                workloads.setdefault(row[field], set())
+    humans = {approval.approver for approval in tree.approvals}
+    for task in tree.tasks:
+        actor = task.actor
+        if actor.workload_id:
+            kinds = workloads.setdefault(actor.workload_id, set())
+            if actor.kind:
+                kinds.add(actor.kind)
+            if actor.kind == "HUMAN":
+                humans.add(actor.workload_id)
+        if actor.on_behalf_of:
+            humans.add(actor.on_behalf_of)
+    named = chain(
+        (delegation.delegator for delegation in tree.delegations),
+        (delegation.delegatee for delegation in tree.delegations),
+        (credential.token_subject for credential in tree.credentials),
+        (access.workload_id for access in tree.accesses),
+        (glass.workload_id for glass in tree.break_glass),
+        (alert.workload_id for alert in tree.alerts),
+    )
+    for raw_id in named:
+        if raw_id:
+            workloads.setdefault(raw_id, set())
     return workloads, humans
 
 
@@ -160,80 +159,82 @@ def _agents(doc: _Document, workloads: dict[str, set[str]]) -> None:
         doc.record("agent", doc.agent(raw_id), attributes)
 
 
-def _tasks(doc: _Document, trace: Mapping[str, Any]) -> None:
-    tasks = _rows(trace, "tasks")
-    root = trace["root_task_id"]
-    # The tree's root is the subject of the export, so it is there even before it is declared.
-    if all(task["task_id"] != root for task in tasks):
-        tasks.append({"task_id": root})
-    for task in tasks:
-        name = qualified_name("task", task["task_id"])
-        depth = task.get("depth")
+def _tasks(doc: _Document, tree: CustodyTree) -> None:
+    for task in tree.tasks:
+        name = qualified_name("task", task.task_id)
         attributes = {
             "prov:type": _type("Task"),
-            "prov:label": task["task_id"],
-            "prov:startTime": task.get("declared_at"),
-            "prov:endTime": task.get("completed_at"),
-            "custody:tenant": trace.get("tenant"),
-            "custody:purpose": task.get("purpose"),
-            "custody:requestedScopes": _strings(task.get("requested_scopes")),
-            "custody:status": task.get("status"),
-            "custody:outcome": task.get("outcome"),
-            "custody:depth": None if depth is None else {"$": str(depth), "type": "xsd:int"},
+            "prov:label": task.task_id,
+            "prov:startTime": task.declared_at,
+            "prov:endTime": task.completed_at,
+            "custody:tenant": tree.tenant,
+            "custody:purpose": task.purpose,
+            "custody:requestedScopes": _strings(task.requested_scopes),
+            "custody:status": task.status,
+            "custody:outcome": task.outcome,
+            "custody:depth": {"$": str(task.depth), "type": "xsd:int"},
         }
         doc.record("activity", name, attributes)
-        actor = task.get("actor") or {}
-        if actor.get("workload_id"):
-            workload = doc.agent(actor["workload_id"])
-            instance = {"custody:instanceId": actor.get("instance_id")}
+        actor = task.actor
+        if actor.workload_id:
+            workload = doc.agent(actor.workload_id)
+            instance = {"custody:instanceId": actor.instance_id}
             doc.relation("wasAssociatedWith", name, workload, extra=instance)
-            if actor.get("on_behalf_of"):
-                doc.relation("actedOnBehalfOf", workload, doc.agent(actor["on_behalf_of"]), name)
+            if actor.on_behalf_of:
+                doc.relation("actedOnBehalfOf", workload, doc.agent(actor.on_behalf_of), name)
+    # The tree's root is the subject of the export, so it is there even before it is declared.
+    if all(task.task_id != tree.root_task_id for task in tree.tasks):
+        root = {
+            "prov:type": _type("Task"),
+            "prov:label": tree.root_task_id,
+            "custody:tenant": tree.tenant,
+        }
+        doc.record("activity", qualified_name("task", tree.root_task_id), root)
 
 
-def _delegations(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "delegations"):
-        child = qualified_name("task", row["child_task_id"])
-        parent = qualified_name("task", row["parent_task_id"])
+def _delegations(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.delegations:
+        child = qualified_name("task", row.child_task_id)
+        parent = qualified_name("task", row.parent_task_id)
         grant = {
-            "custody:scopes": _strings(row.get("scopes")),
-            "custody:decision": _ref("decision", row.get("decision_id")),
-            "custody:delegatedAt": _time(row.get("delegated_at")),
+            "custody:scopes": _strings(row.scopes),
+            "custody:decision": _ref("decision", row.decision_id),
+            "custody:delegatedAt": _time(row.delegated_at),
         }
         doc.relation("wasInformedBy", child, parent, extra=grant)
-        delegatee, delegator = doc.agent(row["delegatee"]), doc.agent(row["delegator"])
+        delegatee, delegator = doc.agent(row.delegatee), doc.agent(row.delegator)
         doc.relation("actedOnBehalfOf", delegatee, delegator, child, extra=grant)
 
 
-def _credentials(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "credentials"):
-        token = qualified_name("token", row["token_id"])
-        task = qualified_name("task", row["task_id"])
+def _credentials(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.credentials:
+        token = qualified_name("token", row.token_id)
+        task = qualified_name("task", row.task_id)
         attributes = {
             "prov:type": _type("Credential"),
-            "prov:label": row["token_id"],
-            "custody:subject": doc.agent_ref(row.get("token_subject")),
-            "custody:credentialKind": row.get("credential_kind"),
-            "custody:audience": row.get("audience"),
-            "custody:scopes": _strings(row.get("scopes")),
-            "custody:issuedAt": _time(row.get("issued_at")),
-            "custody:expiresAt": _time(row.get("expires_at")),
-            "custody:state": row.get("state"),
+            "prov:label": row.token_id,
+            "custody:subject": doc.agent_ref(row.token_subject),
+            "custody:credentialKind": row.credential_kind,
+            "custody:audience": row.audience,
+            "custody:scopes": _strings(row.scopes),
+            "custody:issuedAt": _time(row.issued_at),
+            "custody:expiresAt": _time(row.expires_at),
+            "custody:state": row.state,
         }
         doc.record("entity", token, attributes)
-        doc.relation("wasGeneratedBy", token, task, row.get("issued_at"))
-        if row.get("decision_id"):
-            doc.relation("wasDerivedFrom", token, qualified_name("decision", row["decision_id"]))
-        if row.get("parent_token_id"):
-            parent = qualified_name("token", row["parent_token_id"])
+        doc.relation("wasGeneratedBy", token, task, row.issued_at)
+        if row.decision_id:
+            doc.relation("wasDerivedFrom", token, qualified_name("decision", row.decision_id))
+        if row.parent_token_id:
+            parent = qualified_name("token", row.parent_token_id)
             revision = {"prov:type": _qname("prov:Revision")}
             doc.relation("wasDerivedFrom", token, parent, extra=revision)
-        if row.get("state") == "REVOKED" or row.get("revoked_at"):
+        if row.state == "REVOKED" or row.revoked_at:
             revocation = {
-                "custody:reason": row.get("revocation_reason"),
-                "custody:revokedBy": row.get("revoked_by"),
+                "custody:reason": row.revocation_reason,
+                "custody:revokedBy": row.revoked_by,
             }
-            doc.relation("wasInvalidatedBy", token, task, row.get("revoked_at"), extra=revocation)
+            doc.relation("wasInvalidatedBy", token, task, row.revoked_at, extra=revocation)
 
 
 def _resource(doc: _Document, raw_id: str) -> str:
@@ -242,125 +243,127 @@ def _resource(doc: _Document, raw_id: str) -> str:
     return name
 
 
-def _decisions(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "decisions"):
-        decision = qualified_name("decision", row["decision_id"])
+def _decisions(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.decisions:
+        decision = qualified_name("decision", row.decision_id)
         attributes = {
             "prov:type": _type("Decision"),
-            "prov:label": row["decision_id"],
-            "custody:eventId": row.get("event_id"),
-            "custody:policyEngine": row.get("policy_engine"),
-            "custody:policyId": row.get("policy_id"),
-            "custody:policyVersion": row.get("policy_version"),
-            "custody:decision": row.get("decision"),
-            "custody:resource": _qname(_resource(doc, row["resource"])),
-            "custody:action": row.get("action"),
-            "custody:dataScope": _strings(row.get("data_scope")),
-            "custody:reasons": _strings(row.get("reasons")),
+            "prov:label": row.decision_id,
+            "custody:eventId": row.event_id,
+            "custody:policyEngine": row.policy_engine,
+            "custody:policyId": row.policy_id,
+            "custody:policyVersion": row.policy_version,
+            "custody:decision": row.decision,
+            "custody:resource": _qname(_resource(doc, row.resource)),
+            "custody:action": row.action,
+            "custody:dataScope": _strings(row.data_scope),
+            "custody:reasons": _strings(row.reasons),
         }
         doc.record("entity", decision, attributes)
-        task = qualified_name("task", row["task_id"])
-        doc.relation("wasGeneratedBy", decision, task, row.get("event_time"))
+        task = qualified_name("task", row.task_id)
+        doc.relation("wasGeneratedBy", decision, task, row.event_time)
 
 
-def _accesses(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "accesses"):
-        access = qualified_name("access", row["event_id"])
-        when = row.get("event_time")
+def _accesses(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.accesses:
+        access = qualified_name("access", row.event_id)
+        when = row.event_time
         # An ACCESS event is one instant: an activity that starts and ends at its event time.
         attributes = {
             "prov:type": _type("Access"),
-            "prov:label": row["event_id"],
+            "prov:label": row.event_id,
             "prov:startTime": when,
             "prov:endTime": when,
-            "custody:task": _ref("task", row.get("task_id")),
-            "custody:instanceId": row.get("instance_id"),
-            "custody:tool": row.get("tool"),
-            "custody:action": row.get("action"),
-            "custody:dataScope": _strings(row.get("data_scope")),
-            "custody:outcome": row.get("outcome"),
-            "custody:detail": row.get("detail"),
+            "custody:task": _ref("task", row.task_id),
+            "custody:instanceId": row.instance_id,
+            "custody:tool": row.tool,
+            "custody:action": row.action,
+            "custody:dataScope": _strings(row.data_scope),
+            "custody:outcome": row.outcome,
+            "custody:detail": row.detail,
         }
         doc.record("activity", access, attributes)
-        doc.relation("wasAssociatedWith", access, doc.agent(row["workload_id"]))
-        doc.relation("used", access, qualified_name("token", row["token_id"]), when)
-        doc.relation("used", access, _resource(doc, row["resource"]), when)
-        if row.get("decision_id"):
-            doc.relation("used", access, qualified_name("decision", row["decision_id"]), when)
+        doc.relation("wasAssociatedWith", access, doc.agent(row.workload_id))
+        if row.token_id:
+            doc.relation("used", access, qualified_name("token", row.token_id), when)
+        doc.relation("used", access, _resource(doc, row.resource), when)
+        if row.decision_id:
+            doc.relation("used", access, qualified_name("decision", row.decision_id), when)
 
 
-def _break_glass(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "break_glass"):
-        name = qualified_name("breakglass", row["break_glass_id"])
+def _break_glass(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.break_glass:
+        name = qualified_name("breakglass", row.break_glass_id)
         attributes = {
             "prov:type": _type("BreakGlass"),
-            "prov:label": row["break_glass_id"],
-            "custody:eventId": row.get("event_id"),
-            "custody:reason": row.get("reason"),
-            "custody:standingAccessUnavailable": row.get("standing_access_unavailable"),
-            "custody:approval": _ref("approval", row.get("approval_id")),
-            "custody:expiresAt": _time(row.get("expires_at")),
+            "prov:label": row.break_glass_id,
+            "custody:eventId": row.event_id,
+            "custody:reason": row.reason,
+            "custody:standingAccessUnavailable": row.standing_access_unavailable,
+            "custody:approval": _ref("approval", row.approval_id),
+            "custody:expiresAt": _time(row.expires_at),
         }
         doc.record("entity", name, attributes)
-        task = qualified_name("task", row["task_id"])
-        doc.relation("wasGeneratedBy", name, task, row.get("event_time"))
-        doc.relation("wasAttributedTo", name, doc.agent(row["workload_id"]))
-        if row.get("approval_id"):
-            approval = qualified_name("approval", row["approval_id"])
+        task = qualified_name("task", row.task_id)
+        doc.relation("wasGeneratedBy", name, task, row.event_time)
+        doc.relation("wasAttributedTo", name, doc.agent(row.workload_id))
+        if row.approval_id:
+            approval = qualified_name("approval", row.approval_id)
             doc.relation("wasInfluencedBy", name, approval)
 
 
-def _approvals(doc: _Document, trace: Mapping[str, Any]) -> None:
-    break_glass_ids = {row["break_glass_id"] for row in _rows(trace, "break_glass")}
-    for row in _rows(trace, "approvals"):
-        name = qualified_name("approval", row["approval_id"])
+def _approvals(doc: _Document, tree: CustodyTree) -> None:
+    break_glass_ids = {row.break_glass_id for row in tree.break_glass}
+    for row in tree.approvals:
+        name = qualified_name("approval", row.approval_id)
         # An approval names a task or a break-glass by its bare id; the tree tells which.
-        of_break_glass = row["approves"] in break_glass_ids
-        approved = qualified_name("breakglass" if of_break_glass else "task", row["approves"])
+        of_break_glass = row.approves in break_glass_ids
+        approved = qualified_name("breakglass" if of_break_glass else "task", row.approves)
         attributes = {
             "prov:type": _type("Approval"),
-            "prov:label": row["approval_id"],
-            "custody:eventId": row.get("event_id"),
+            "prov:label": row.approval_id,
+            "custody:eventId": row.event_id,
             "custody:approves": _qname(approved),
-            "custody:approvedAt": _time(row.get("event_time")),
-            "custody:scopes": _strings(row.get("scopes")),
-            "custody:expiresAt": _time(row.get("expires_at")),
-            "custody:reason": row.get("reason"),
+            "custody:approvedAt": _time(row.event_time),
+            "custody:scopes": _strings(row.scopes),
+            "custody:expiresAt": _time(row.expires_at),
+            "custody:reason": row.reason,
         }
         doc.record("entity", name, attributes)
-        doc.relation("wasAttributedTo", name, doc.agent(row["approver"]))
+        doc.relation("wasAttributedTo", name, doc.agent(row.approver))
         if of_break_glass:
             doc.relation("wasInfluencedBy", approved, name)
         else:
-            doc.relation("used", approved, name, row.get("event_time"))
+            doc.relation("used", approved, name, row.event_time)
 
 
-def _alerts(doc: _Document, trace: Mapping[str, Any]) -> None:
-    for row in _rows(trace, "alerts"):
+def _alerts(doc: _Document, tree: CustodyTree) -> None:
+    for row in tree.alerts:
         attributes = {
             "prov:type": _type("Alert"),
-            "prov:label": row["alert_id"],
-            "custody:alertType": row.get("alert_type"),
-            "custody:severity": row.get("severity"),
-            "custody:task": _ref("task", row.get("task_id")),
-            "custody:token": _ref("token", row.get("token_id")),
-            "custody:workload": doc.agent_ref(row.get("workload_id")),
-            "custody:eventTime": _time(row.get("event_time")),
-            "custody:detectedAt": _time(row.get("detected_at")),
-            "custody:evidenceEventIds": _strings(row.get("evidence_event_ids")),
-            "custody:detail": row.get("detail"),
+            "prov:label": row.alert_id,
+            "custody:alertType": row.alert_type,
+            "custody:severity": row.severity,
+            "custody:task": _ref("task", row.task_id),
+            "custody:token": _ref("token", row.token_id),
+            "custody:workload": doc.agent_ref(row.workload_id),
+            "custody:eventTime": _time(row.event_time),
+            "custody:detectedAt": _time(row.detected_at),
+            "custody:evidenceEventIds": _strings(row.evidence_event_ids),
+            "custody:detail": row.detail,
         }
-        doc.record("entity", qualified_name("alert", row["alert_id"]), attributes)
+        doc.record("entity", qualified_name("alert", row.alert_id), attributes)
 
 
-def to_prov_json(trace: Mapping[str, Any]) -> dict[str, Any]:
+def to_prov_json(tree: CustodyTree) -> dict[str, Any]:
     """Return the W3C PROV-JSON document of one custody tree.
 
-    ``trace`` is the output of ``custody trace ID --json``; the mapping is described in the
-    module docstring. The result is plain JSON data; dumped with ``sort_keys`` it is the same
-    bytes for the same tree, whatever the order of its rows (unless two rows share an id).
+    ``tree`` is what :func:`~processors.serving.trace.trace` reads (``custody trace ID``);
+    the mapping is described in the module docstring. The result is plain JSON data; dumped
+    with ``sort_keys`` it is the same bytes for the same tree, whatever the order of its rows
+    (unless two rows share an id).
     """
-    workloads, humans = _identities(trace)
+    workloads, humans = _identities(tree)
     doc = _Document(humans)
     _agents(doc, workloads)
     for part in (
@@ -373,5 +376,5 @@ def to_prov_json(trace: Mapping[str, Any]) -> dict[str, Any]:
         _approvals,
         _alerts,
     ):
-        part(doc, trace)
+        part(doc, tree)
     return doc.body

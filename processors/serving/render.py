@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from processors.storage.backend import Row
+from processors.serving.records import Alert, CustodyTree, Task
 
 _STATE_STYLE = {"ACTIVE": "green", "REVOKED": "dim", "EXPIRED": "yellow"}
 
@@ -19,83 +18,77 @@ def _short(timestamp: str | None) -> str:
     return timestamp[11:19] if timestamp else "-"
 
 
-def trace_tree(trace: dict[str, Any]) -> Tree:
+def trace_tree(trace: CustodyTree) -> Tree:
     """The custody tree: tasks nested by delegation, each with its credentials, accesses,
     approvals, break-glass and alerts."""
-    alerts_by_task: dict[str | None, list[Row]] = {}
-    for alert in trace["alerts"]:
-        alerts_by_task.setdefault(alert["task_id"], []).append(alert)
-    children: dict[str | None, list[Row]] = {}
-    for task in trace["tasks"]:
-        children.setdefault(task["parent_task_id"], []).append(task)
-    delegated = {d["child_task_id"]: d for d in trace["delegations"]}
-    alert_count = len(trace["alerts"])
+    alerts_by_task: dict[str | None, list[Alert]] = {}
+    for alert in trace.alerts:
+        alerts_by_task.setdefault(alert.task_id, []).append(alert)
+    children: dict[str | None, list[Task]] = {}
+    for task in trace.tasks:
+        children.setdefault(task.parent_task_id, []).append(task)
+    delegated = {d.child_task_id: d for d in trace.delegations}
+    alert_count = len(trace.alerts)
     root = Tree(
-        f"[bold]custody tree[/] {escape(trace['root_task_id'])}  tenant {escape(trace['tenant'])}"
-        f"  {len(trace['tasks'])} tasks, {len(trace['credentials'])} credentials, "
+        f"[bold]custody tree[/] {escape(trace.root_task_id)}  tenant {escape(trace.tenant)}"
+        f"  {len(trace.tasks)} tasks, {len(trace.credentials)} credentials, "
         + (f"[red]{alert_count} alerts[/]" if alert_count else "[green]no alerts[/]")
     )
 
-    def add_task(parent: Tree, task: Row) -> None:
-        actor = task["actor"]
-        behalf = f" for {escape(actor['on_behalf_of'])}" if actor["on_behalf_of"] else ""
-        outcome = f" {task['outcome']}" if task["outcome"] else ""
+    def add_task(parent: Tree, task: Task) -> None:
+        actor = task.actor
+        behalf = f" for {escape(actor.on_behalf_of)}" if actor.on_behalf_of else ""
+        outcome = f" {task.outcome}" if task.outcome else ""
         label = (
-            f"[bold cyan]task[/] {escape(task['task_id'])} [dim]{task['status']}{outcome}[/]\n"
-            f"  {escape(actor['workload_id'])}{behalf}: {escape(task['purpose'] or '?')}"
+            f"[bold cyan]task[/] {escape(task.task_id)} [dim]{task.status}{outcome}[/]\n"
+            f"  {escape(actor.workload_id)}{behalf}: {escape(task.purpose or '?')}"
         )
-        delegation = delegated.get(task["task_id"])
+        delegation = delegated.get(task.task_id)
         if delegation is not None:
             label += (
-                f"\n  [magenta]delegated by[/] {escape(delegation['delegator'])} "
-                f"scopes {escape(', '.join(delegation['scopes']))}"
+                f"\n  [magenta]delegated by[/] {escape(delegation.delegator)} "
+                f"scopes {escape(', '.join(delegation.scopes))}"
             )
         node = parent.add(label)
-        for credential in trace["credentials"]:
-            if credential["task_id"] != task["task_id"]:
+        for credential in trace.credentials:
+            if credential.task_id != task.task_id:
                 continue
-            style = _STATE_STYLE.get(credential["state"], "white")
+            style = _STATE_STYLE.get(credential.state, "white")
             node.add(
-                f"[{style}]token {escape(credential['token_id'])} {credential['state']}[/] "
-                f"{escape(', '.join(credential['scopes']))} "
-                f"{_short(credential['issued_at'])}-{_short(credential['expires_at'])}"
-                + (
-                    f" revoked {_short(credential['revoked_at'])}"
-                    if credential["revoked_at"]
-                    else ""
-                )
+                f"[{style}]token {escape(credential.token_id)} {credential.state}[/] "
+                f"{escape(', '.join(credential.scopes))} "
+                f"{_short(credential.issued_at)}-{_short(credential.expires_at)}"
+                + (f" revoked {_short(credential.revoked_at)}" if credential.revoked_at else "")
             )
-        for access in trace["accesses"]:
-            if access["task_id"] == task["task_id"]:
+        for access in trace.accesses:
+            if access.task_id == task.task_id:
                 node.add(
-                    f"access {escape(access['tool'])} {escape(access['action'])} "
-                    f"{escape(access['resource'])} with {escape(access['token_id'])}: "
-                    f"{access['outcome']} at {_short(access['event_time'])}"
+                    f"access {escape(access.tool)} {escape(access.action)} "
+                    f"{escape(access.resource)} with {escape(access.token_id or '-')}: "
+                    f"{access.outcome} at {_short(access.event_time)}"
                 )
-        for approval in trace["approvals"]:
-            if approval["task_id"] == task["task_id"]:
-                node.add(
-                    f"approved by {escape(approval['approver'])}: {escape(approval['reason'])}"
-                )
-        for glass in trace["break_glass"]:
-            if glass["task_id"] == task["task_id"]:
-                node.add(f"[yellow]break-glass[/] {escape(glass['reason'])}")
-        for alert in alerts_by_task.get(task["task_id"], []):
-            node.add(f"[red]{alert['alert_type']}[/] {escape(alert['detail'])}")
-        for child in children.get(task["task_id"], []):
+        for approval in trace.approvals:
+            if approval.task_id == task.task_id:
+                node.add(f"approved by {escape(approval.approver)}: {escape(approval.reason)}")
+        for glass in trace.break_glass:
+            if glass.task_id == task.task_id:
+                node.add(f"[yellow]break-glass[/] {escape(glass.reason)}")
+        for alert in alerts_by_task.get(task.task_id, []):
+            node.add(f"[red]{alert.alert_type}[/] {escape(alert.detail)}")
+        for child in children.get(task.task_id, []):
             add_task(node, child)
 
-    known = {task["task_id"] for task in trace["tasks"]}
-    for task in trace["tasks"]:
+    known = {task.task_id for task in trace.tasks}
+    for task in trace.tasks:
         # Roots, and orphans whose parent never appeared, hang off the top.
-        if task["parent_task_id"] is None or task["parent_task_id"] not in known:
+        if task.parent_task_id is None or task.parent_task_id not in known:
             add_task(root, task)
     for alert in alerts_by_task.get(None, []):
-        root.add(f"[red]{alert['alert_type']}[/] {escape(alert['detail'])}")
+        root.add(f"[red]{alert.alert_type}[/] {escape(alert.detail)}")
     return root
 
 
-def rows_table(rows: Sequence[Row], title: str | None = None) -> Table:
+def rows_table(rows: Sequence[Mapping[str, object]], title: str | None = None) -> Table:
     """Rows as a table, one column per key of the first row."""
     table = Table(title=title)
     columns = list(rows[0]) if rows else []
@@ -106,7 +99,7 @@ def rows_table(rows: Sequence[Row], title: str | None = None) -> Table:
     return table
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, list):

@@ -1,4 +1,5 @@
-"""``custody trace``: one custody tree from the stored tables, as the documented JSON object.
+"""``custody trace``: one custody tree from the stored tables, as a
+:class:`~processors.serving.records.CustodyTree` (its ``as_json`` is the documented JSON object).
 
 Tasks, delegations and credentials come from the correlator's state tables (latest
 version of each); decisions, accesses, approvals and break-glass from the raw events; and
@@ -15,10 +16,22 @@ together always pass or fail the filter together.
 
 from __future__ import annotations
 
-from typing import Any
-
 from processors.serving.reader import Reader
-from processors.storage.backend import Row
+from processors.serving.records import (
+    ALERT_COLUMNS,
+    Access,
+    Alert,
+    Approval,
+    BreakGlass,
+    Credential,
+    CustodyTree,
+    Decision,
+    Delegation,
+    Task,
+    TreeKey,
+    events_of,
+    read,
+)
 
 _TREE = "tenant = {tenant:String} AND root_task_id = {root:String}"
 
@@ -55,80 +68,10 @@ PREWHERE {_TREE}
 WHERE event_type IN ('AUTHZ_DECISION', 'ACCESS', 'APPROVAL', 'BREAK_GLASS')
 ORDER BY event_time, event_id"""
 
-ALERT_COLUMNS = """alert_id, alert_type, severity, tenant, root_task_id, task_id, token_id,
-       workload_id, event_time, detected_at, evidence_event_ids, detail"""
-
 _ALERTS = f"""
 SELECT {ALERT_COLUMNS}
 FROM alerts PREWHERE {_TREE}
 ORDER BY event_time, alert_id"""
-
-# The fields each kind of event contributes to the trace, in output order.
-_EVENT_FIELDS = {
-    "AUTHZ_DECISION": (
-        "decisions",
-        (
-            "event_id",
-            "event_time",
-            "task_id",
-            "decision_id",
-            "policy_engine",
-            "policy_id",
-            "policy_version",
-            "decision",
-            "resource",
-            "action",
-            "data_scope",
-            "reasons",
-        ),
-    ),
-    "ACCESS": (
-        "accesses",
-        (
-            "event_id",
-            "event_time",
-            "task_id",
-            "workload_id",
-            "instance_id",
-            "token_id",
-            "tool",
-            "resource",
-            "action",
-            "data_scope",
-            "decision_id",
-            "outcome",
-            "detail",
-        ),
-    ),
-    "APPROVAL": (
-        "approvals",
-        (
-            "event_id",
-            "event_time",
-            "task_id",
-            "approval_id",
-            "approver",
-            "approves",
-            "scopes",
-            "expires_at",
-            "reason",
-        ),
-    ),
-    "BREAK_GLASS": (
-        "break_glass",
-        (
-            "event_id",
-            "event_time",
-            "task_id",
-            "workload_id",
-            "break_glass_id",
-            "reason",
-            "standing_access_unavailable",
-            "approval_id",
-            "expires_at",
-        ),
-    ),
-}
 
 
 class TreeNotFound(LookupError):
@@ -139,57 +82,38 @@ class AmbiguousTask(LookupError):
     """The task id names several trees (two tenants reused it): say which tenant."""
 
 
-def find_tree(reader: Reader, task_id: str, tenant: str | None = None) -> tuple[str, str]:
-    """(tenant, root_task_id) of the tree ``task_id`` belongs to."""
-    rows = reader.select(
+def find_tree(reader: Reader, task_id: str, tenant: str | None = None) -> TreeKey:
+    """The tree ``task_id`` belongs to."""
+    keys = read(
+        reader,
+        TreeKey,
         "SELECT DISTINCT tenant, root_task_id FROM task_roots PREWHERE task_id = {id:String}"
         + (" AND tenant = {tenant:String}" if tenant is not None else "")
         + " LIMIT 10",
         {"id": task_id, **({"tenant": tenant} if tenant is not None else {})},
     )
-    if not rows:
+    if not keys:
         raise TreeNotFound(f"no stored event names task {task_id}")
-    if len(rows) > 1:
-        trees = ", ".join(f"{row['tenant']}/{row['root_task_id']}" for row in rows)
+    if len(keys) > 1:
+        trees = ", ".join(f"{key.tenant}/{key.root_task_id}" for key in keys)
         raise AmbiguousTask(f"task {task_id} is in several trees ({trees}): name the tenant")
-    return str(rows[0]["tenant"]), str(rows[0]["root_task_id"])
+    return keys[0]
 
 
-def _task(row: Row) -> Row:
-    return {
-        "task_id": row["task_id"],
-        "parent_task_id": row["parent_task_id"],
-        "depth": row["depth"],
-        "actor": {
-            "workload_id": row["workload_id"],
-            "kind": row["actor_kind"],
-            "instance_id": row["instance_id"],
-            "on_behalf_of": row["on_behalf_of"],
-        },
-        "purpose": row["purpose"],
-        "requested_scopes": row["requested_scopes"],
-        "status": row["status"],
-        "outcome": row["outcome"],
-        "declared_at": row["declared_at"],
-        "completed_at": row["completed_at"],
-    }
-
-
-def trace(reader: Reader, task_id: str, tenant: str | None = None) -> dict[str, Any]:
+def trace(reader: Reader, task_id: str, tenant: str | None = None) -> CustodyTree:
     """The custody tree of any task of it (TreeNotFound when none is stored)."""
-    tenant, root = find_tree(reader, task_id, tenant)
-    tree = {"tenant": tenant, "root": root}
-    result: dict[str, Any] = {
-        "root_task_id": root,
-        "tenant": tenant,
-        "tasks": [_task(row) for row in reader.select(_TASKS, tree)],
-        "delegations": reader.select(_DELEGATIONS, tree),
-        "credentials": reader.select(_CREDENTIALS, tree),
-    }
-    for kind, _ in _EVENT_FIELDS.values():
-        result[kind] = []
-    for row in reader.select(_EVENTS, tree):
-        kind, fields = _EVENT_FIELDS[row["event_type"]]
-        result[kind].append({name: row[name] for name in fields})
-    result["alerts"] = reader.select(_ALERTS, tree)
-    return result
+    key = find_tree(reader, task_id, tenant)
+    tree = {"tenant": key.tenant, "root": key.root_task_id}
+    events = reader.select(_EVENTS, tree)
+    return CustodyTree(
+        root_task_id=key.root_task_id,
+        tenant=key.tenant,
+        tasks=read(reader, Task, _TASKS, tree),
+        delegations=read(reader, Delegation, _DELEGATIONS, tree),
+        credentials=read(reader, Credential, _CREDENTIALS, tree),
+        decisions=events_of(events, Decision),
+        accesses=events_of(events, Access),
+        approvals=events_of(events, Approval),
+        break_glass=events_of(events, BreakGlass),
+        alerts=read(reader, Alert, _ALERTS, tree),
+    )

@@ -3,78 +3,107 @@ does not reach (a rotation from another tree, repeated and denied calls)."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from processors.serving.graph import custody_graph
+from processors.serving.records import (
+    Access,
+    Alert,
+    Approval,
+    Credential,
+    CustodyTree,
+    Delegation,
+    Record,
+    Task,
+)
+
+R = TypeVar("R", bound=Record)
 
 
-def _task(task_id: str, parent: str | None, workload: str, human: str | None) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "parent_task_id": parent,
-        "depth": 0 if parent is None else 1,
-        "actor": {
+def _row(record: type[R], row: dict[str, Any]) -> R:
+    """The ``record`` of a row holding the columns the graph reads, the others null."""
+    return record.from_row({**dict.fromkeys(record.columns()), **row})
+
+
+def _task(task_id: str, parent: str | None, workload: str, human: str | None) -> Task:
+    return Task.from_row(
+        {
+            "task_id": task_id,
+            "parent_task_id": parent,
+            "depth": 0 if parent is None else 1,
             "workload_id": workload,
-            "kind": "AGENT",
+            "actor_kind": "AGENT",
             "instance_id": "i-1",
             "on_behalf_of": human,
+            "purpose": f"purpose of {task_id}",
+            "requested_scopes": [],
+            "status": "COMPLETED",
+            "outcome": "SUCCEEDED",
+            "declared_at": "2026-01-01T00:00:00.000000Z",
+            "completed_at": "2026-01-01T00:10:00.000000Z",
+        }
+    )
+
+
+def _token(token_id: str, task_id: str, state: str, parent: str | None = None) -> Credential:
+    row = {"token_id": token_id, "task_id": task_id, "state": state, "parent_token_id": parent}
+    return _row(Credential, row)
+
+
+def _access(token_id: str | None, task_id: str, outcome: str) -> Access:
+    return _row(
+        Access,
+        {
+            "token_id": token_id,
+            "task_id": task_id,
+            "workload_id": "spiffe://a/coder",
+            "tool": "db.query",
+            "resource": "db://x",
+            "action": "read",
+            "outcome": outcome,
         },
-        "purpose": f"purpose of {task_id}",
-        "requested_scopes": [],
-        "status": "COMPLETED",
-        "outcome": "SUCCEEDED",
-        "declared_at": "2026-01-01T00:00:00.000000Z",
-        "completed_at": "2026-01-01T00:10:00.000000Z",
-    }
+    )
 
 
-def _token(token_id: str, task_id: str, state: str, parent: str | None = None) -> dict[str, Any]:
-    return {"token_id": token_id, "task_id": task_id, "state": state, "parent_token_id": parent}
+def _alert(alert_type: str, **named: str) -> Alert:
+    return _row(
+        Alert,
+        {
+            "alert_type": alert_type,
+            "task_id": named.get("task_id"),
+            "token_id": named.get("token_id"),
+            "workload_id": named.get("workload_id"),
+        },
+    )
 
 
-def _access(token_id: str | None, task_id: str, outcome: str) -> dict[str, Any]:
-    return {
-        "token_id": token_id,
-        "task_id": task_id,
-        "workload_id": "spiffe://a/coder",
-        "tool": "db.query",
-        "resource": "db://x",
-        "action": "read",
-        "outcome": outcome,
-    }
-
-
-def _alert(alert_type: str, **named: str) -> dict[str, Any]:
-    return {
-        "alert_type": alert_type,
-        "task_id": named.get("task_id"),
-        "token_id": named.get("token_id"),
-        "workload_id": named.get("workload_id"),
-    }
-
-
-TRACE: dict[str, Any] = {
-    "tasks": [
+TRACE = CustodyTree(
+    root_task_id="t1",
+    tenant="acme",
+    tasks=[
         _task("t1", None, "spiffe://a/planner", "alice"),
         _task("t2", "t1", "spiffe://a/coder", "alice"),
     ],
-    "delegations": [{"parent_task_id": "t1", "child_task_id": "t2", "scopes": ["repo:read"]}],
-    "credentials": [
+    delegations=[
+        _row(Delegation, {"parent_task_id": "t1", "child_task_id": "t2", "scopes": ["repo:read"]})
+    ],
+    credentials=[
         _token("k1", "t2", "REVOKED", parent="k0-elsewhere"),
         _token("k2", "t2", "EXPIRED"),
     ],
-    "accesses": [
+    accesses=[
         _access("k1", "t2", "SUCCESS"),
         _access("k1", "t2", "SUCCESS"),
         _access("k1", "t2", "DENIED"),
         _access(None, "t1", "SUCCESS"),
     ],
-    "approvals": [{"approver": "alice", "task_id": "t2", "approves": "t2"}],
-    "alerts": [
+    approvals=[_row(Approval, {"approver": "alice", "task_id": "t2", "approves": "t2"})],
+    alerts=[
         _alert("SELF_APPROVAL", task_id="t2", workload_id="alice"),
         _alert("TOKEN_USED_AFTER_EXPIRY", token_id="k2"),
     ],
-}
+)
 
 
 def test_nodes_states_and_alert_marks() -> None:
@@ -107,8 +136,8 @@ def test_repeated_calls_are_counted_and_a_denied_one_is_its_own_edge() -> None:
 
 
 def test_a_token_used_by_another_workload_draws_that_workload() -> None:
-    foreign = {**_access("k1", "t2", "SUCCESS"), "workload_id": "svc/shared-automation"}
-    graph = custody_graph({**TRACE, "accesses": [*TRACE["accesses"], foreign]})
+    foreign = replace(_access("k1", "t2", "SUCCESS"), workload_id="svc/shared-automation")
+    graph = custody_graph(replace(TRACE, accesses=[*TRACE.accesses, foreign]))
     assert "agent:svc/shared-automation" in {node["id"] for node in graph["nodes"]}
     used_by = [(e["source"], e["target"]) for e in graph["edges"] if e["kind"] == "used_by"]
     assert used_by == [("token:k1", "agent:svc/shared-automation")]

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from processors.serving import records
 from processors.serving.prov_export import ID_NS, qualified_name, to_prov_json
 
 pytest.importorskip("prov")
@@ -54,12 +55,10 @@ def _task(
         "task_id": task_id,
         "parent_task_id": parent,
         "depth": depth,
-        "actor": {
-            "workload_id": workload,
-            "kind": "AGENT",
-            "instance_id": f"{workload.rsplit('/', 1)[-1]}-1",
-            "on_behalf_of": ALICE,
-        },
+        "workload_id": workload,
+        "actor_kind": "AGENT",
+        "instance_id": f"{workload.rsplit('/', 1)[-1]}-1",
+        "on_behalf_of": ALICE,
         "purpose": f"step {depth}",
         "requested_scopes": ["crm:read"],
         "status": "COMPLETED",
@@ -104,7 +103,7 @@ def _credential(token_id: str, parent_token: str | None, state: str) -> dict[str
 
 def _trace() -> dict[str, Any]:
     """Planner (for Alice) -> researcher -> coder; a token rotated once, an access with it,
-    Bob's approval of a break-glass and an alert."""
+    Bob's approval of a break-glass and an alert: each part's rows as trace reads them."""
     return {
         "root_task_id": ROOT,
         "tenant": "acme",
@@ -199,6 +198,29 @@ def _trace() -> dict[str, Any]:
     }
 
 
+_RECORDS: dict[str, type[records.Record]] = {
+    "tasks": records.Task,
+    "delegations": records.Delegation,
+    "credentials": records.Credential,
+    "decisions": records.Decision,
+    "accesses": records.Access,
+    "approvals": records.Approval,
+    "break_glass": records.BreakGlass,
+    "alerts": records.Alert,
+}
+
+
+def _export(trace: dict[str, Any]) -> dict[str, Any]:
+    """The PROV-JSON of the tree whose parts hold these rows (a part left out is empty)."""
+    parts: dict[str, Any] = {
+        key: [_RECORDS[key].from_row(row) for row in rows]
+        for key, rows in trace.items()
+        if key in _RECORDS
+    }
+    tree = records.CustodyTree(trace["root_task_id"], trace["tenant"], **parts)
+    return to_prov_json(tree)
+
+
 def _parse(doc: dict[str, Any]) -> ProvDocument:
     """Read a document back the way a PROV tool would; any warning from ``prov`` fails."""
     with warnings.catch_warnings():
@@ -242,7 +264,7 @@ def _at(text: str) -> datetime:
 
 
 def test_the_tree_exports_its_agents_activities_and_entities() -> None:
-    prov = _parse(to_prov_json(_trace()))
+    prov = _parse(_export(_trace()))
 
     def n(kind: str, raw_id: str) -> QualifiedName:
         return _name(prov, kind, raw_id)
@@ -279,7 +301,7 @@ def test_the_tree_exports_its_agents_activities_and_entities() -> None:
 
 
 def test_the_custody_chain_is_in_the_relations() -> None:
-    prov = _parse(to_prov_json(_trace()))
+    prov = _parse(_export(_trace()))
 
     def n(kind: str, raw_id: str) -> QualifiedName:
         return _name(prov, kind, raw_id)
@@ -325,7 +347,7 @@ def test_the_custody_chain_is_in_the_relations() -> None:
 
 
 def test_values_keep_their_types() -> None:
-    prov = _parse(to_prov_json(_trace()))
+    prov = _parse(_export(_trace()))
     (root,) = prov.get_record(_name(prov, "task", ROOT))
     assert isinstance(root, ProvActivity)
     assert root.get_startTime() == _at("2026-11-29T09:00:00Z")
@@ -346,10 +368,10 @@ def test_export_is_deterministic_and_prov_round_trips_it() -> None:
     shuffled = {
         key: value[::-1] if isinstance(value, list) else value for key, value in trace.items()
     }
-    doc = to_prov_json(trace)
+    doc = _export(trace)
     text = json.dumps(doc, sort_keys=True)
-    assert json.dumps(to_prov_json(trace), sort_keys=True) == text
-    assert json.dumps(to_prov_json(shuffled), sort_keys=True) == text
+    assert json.dumps(_export(trace), sort_keys=True) == text
+    assert json.dumps(_export(shuffled), sort_keys=True) == text
 
     prov = _parse(doc)
     relations = [r for r in prov.get_records() if r.is_relation()]
@@ -382,7 +404,7 @@ def test_awkward_ids_round_trip(raw_id: str) -> None:
     trace = {
         "root_task_id": raw_id,
         "tenant": "acme",
-        "tasks": [{**_task(raw_id, None, 0, raw_id), "actor": {"workload_id": raw_id}}],
+        "tasks": [{**_task(raw_id, None, 0, raw_id), "on_behalf_of": None}],
         "credentials": [{**_credential(raw_id, None, "ACTIVE"), **ids, "token_subject": raw_id}],
         "accesses": [{**access, "decision_id": None}],
         "approvals": [
@@ -394,7 +416,7 @@ def test_awkward_ids_round_trip(raw_id: str) -> None:
             }
         ],
     }
-    prov = _parse(to_prov_json(trace))
+    prov = _parse(_export(trace))
     named = {_identifier(r): r for r in prov.get_records() if r.is_element()}
     assert {(name.namespace.prefix, name.namespace.uri) for name in named} == {
         (kind, f"{ID_NS}{kind}/")
@@ -414,7 +436,7 @@ def test_awkward_ids_round_trip(raw_id: str) -> None:
 
 def test_references_to_ids_outside_the_tree_are_kept() -> None:
     access = {**_trace()["accesses"][0], "token_id": "leaked", "decision_id": None}
-    prov = _parse(to_prov_json({"root_task_id": ROOT, "tenant": "acme", "accesses": [access]}))
+    prov = _parse(_export({"root_task_id": ROOT, "tenant": "acme", "accesses": [access]}))
     used = {r[1] for r in _args(prov, ProvUsage)}
     assert used == {_name(prov, "token", "leaked"), _name(prov, "resource", CRM)}
     assert _name(prov, "token", "leaked") not in _ids(prov, ProvEntity)
@@ -425,7 +447,7 @@ def test_an_empty_tree_is_a_valid_document() -> None:
     for key in ("tasks", "delegations", "credentials", "decisions", "accesses", "approvals"):
         empty[key] = []
     empty.update(break_glass=[], alerts=[])
-    prov = _parse(to_prov_json(empty))
+    prov = _parse(_export(empty))
     (root,) = prov.get_records()
     assert root.identifier == _name(prov, "task", ROOT)
     assert _value(root, "custody:tenant") == "acme"
