@@ -1,4 +1,5 @@
-"""Print ``faults-results.json`` as the README's markdown table."""
+"""Print ``faults-results.json`` as a markdown table, the source of the one in
+``docs/faults.md``."""
 
 from __future__ import annotations
 
