@@ -3,8 +3,8 @@
 Each test tries one fault against the real local stack and records what it tried and
 whether the pipeline survived it with :func:`record_fault`, before asserting. At the end
 of the session the records go to ``faults-results.json`` (``CUSTODY_FAULTS_RESULTS``
-overrides the path) and ``python -m tests.faults.report`` prints them as the README's
-table.
+overrides the path) and ``python -m tests.faults.report`` prints them as a markdown table,
+the source of the one in ``docs/faults.md``.
 
 ``CUSTODY_FAULTS_SCALE=full`` (``make faults``) runs the sizes the issue asks for (100,000
 events, ten kills of each worker, ...); the default ``short`` runs the same code smaller,
