@@ -1,6 +1,6 @@
 """Correlator: throughput against a bare-faust floor, state memory, alert latency.
 
-**Throughput.** Realistic custody trees (:func:`tests.correlation_trees.mischievous`, each
+**Throughput.** Realistic custody trees (:func:`tests.support.trees.mischievous`, each
 misbehaviour in turn, every fourth tree clean, 2 s of event time apart so trees overlap)
 are published once, in event-time order, to a local Tansu broker. Then, alternately and
 each in its own subprocess with its own app id (:mod:`tests.bench.correlate_worker`):
@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,19 +53,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from processors.correlate import CHAIN_LINKS
 from processors.correlation.engine import CorrelationConfig, observe
 from processors.correlation.tree import TreeState
-from producers import events
 from producers.admin import ensure_topics
-from producers.chain import HashChain
 from producers.context import CustodyContext
 from producers.producer import CustodyProducer, DeliveryReport
 from producers.settings import Settings
-from schemas import catalog, topics
-from schemas.codec import AvroCodec, body_bytes, event_to_avro
+from schemas import topics
+from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
-from tests.bench.bench_producer import local_broker
 from tests.bench.correlate_worker import bench_settings
 from tests.bench.results import Entry, entry
-from tests.correlation_trees import CODER, MISCHIEF, POLICY, VAULT, mischievous
+from tests.support.broker import local_broker
+from tests.support.events import CODER, allow, declare, issue, revoke, use
+from tests.support.measure import percentile, py_spy
+from tests.support.polling import poll
+from tests.support.samples import Chain
+from tests.support.trees import in_turn, mischievous
 
 DEFAULT_EVENTS = 30_000
 ROUNDS = 2
@@ -90,8 +90,7 @@ def traffic(count: int) -> list[Envelope]:
     stream: list[Envelope] = []
     index = 0
     while len(stream) < count:
-        mischief = set() if index % 4 == 3 else {MISCHIEF[index % len(MISCHIEF)]}
-        stream += mischievous(mischief, f"b{index}-", TREE_SPACING_SECONDS * index)
+        stream += mischievous(in_turn(index), f"b{index}-", TREE_SPACING_SECONDS * index)
         index += 1
     stream.sort(key=lambda e: (e.event_time, e.event_id))
     return stream[:count]
@@ -101,22 +100,11 @@ def stamped(stream: list[Envelope], instances: int) -> list[Envelope]:
     """The events stamped with the hash chains of ``instances`` producer instances, each
     serving whole trees (one chain holding a whole backlog crashes the worker: see the
     module docstring)."""
-    codec = AvroCodec()
-    chains = [HashChain() for _ in range(instances)]
-    found = []
-    for event in stream:
-        index = zlib.crc32(event.root_task_id.encode()) % instances
-        link = chains[index].next_link()
-        model = event.model_copy(
-            update={
-                "producer_instance": f"bench-correlate/{index}",
-                "seq": link.seq,
-                "prev_hash": link.prev_hash,
-            }
-        )
-        chains[index].advance(link.seq, body_bytes(codec.encode_event(model)))
-        found.append(model)
-    return found
+    chains = [Chain(f"bench-correlate/{index}") for index in range(instances)]
+    return [
+        chains[zlib.crc32(event.root_task_id.encode()) % instances].stamp(event)[0]
+        for event in stream
+    ]
 
 
 def publish(settings: Settings, stream: list[Envelope]) -> dict[int, int]:
@@ -304,62 +292,13 @@ def late_use_tree(name: str) -> tuple[list[Envelope], Envelope]:
     token = f"{name}tok"
     now = datetime.now(UTC)
     setup = [
-        events.task_declared(
-            CODER, ctx, purpose="render", requested_scopes=["db:read"], event_time=now
-        ),
-        events.authz_decision(
-            POLICY,
-            ctx,
-            decision_id=f"dec-{token}",
-            policy_engine="opa",
-            policy_id="p",
-            policy_version="1",
-            decision="ALLOW",
-            resource="db://x",
-            action="read",
-            data_scope=["db:read"],
-            reasons=["ok"],
-            event_time=now,
-        ),
-        events.credential_issued(
-            VAULT,
-            ctx,
-            token_id=token,
-            token_subject=CODER.actor.workload_id,
-            credential_kind="JWT",
-            audience="db",
-            scopes=["db:read"],
-            issued_at=now,
-            expires_at=now + timedelta(minutes=15),
-            decision_id=f"dec-{token}",
-            event_time=now,
-        ),
-        _use(ctx, token, now),
-        events.credential_revoked(
-            VAULT,
-            ctx,
-            token_id=token,
-            reason="TASK_ENDED",
-            revoked_by=VAULT.actor.workload_id,
-            event_time=now + timedelta(milliseconds=1),
-        ),
+        declare(ctx, now, source=CODER, purpose="render"),
+        allow(ctx, f"dec-{token}", now),
+        issue(ctx, token, now),
+        use(ctx, token, now),
+        revoke(ctx, token, now + timedelta(milliseconds=1)),
     ]
-    return setup, _use(ctx, token, now + timedelta(milliseconds=2))
-
-
-def _use(ctx: CustodyContext, token: str, when: datetime) -> Envelope:
-    return events.access(
-        CODER,
-        ctx,
-        token_id=token,
-        tool="sql",
-        resource="db://x",
-        action="read",
-        data_scope=["db:read"],
-        outcome="SUCCESS",
-        decision_id=f"dec-{token}",
-        event_time=when,
-    )
+    return setup, use(ctx, token, now + timedelta(milliseconds=2))
 
 
 def measure_latency(settings: Settings) -> tuple[list[float], list[float]]:
@@ -384,9 +323,7 @@ def measure_latency(settings: Settings) -> tuple[list[float], list[float]]:
                 producer.publish_sync(trigger)
                 acks.append((time.time() - sent) * 1000)
                 reader.sent(trigger.event_id, sent)
-        deadline = time.monotonic() + 30
-        while not reader.complete() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(reader.complete, 30, 0.05)
     finally:
         reader.stop()
     missing = len(reader.published) - len(reader.arrived)
@@ -401,30 +338,18 @@ def _pace(until: float) -> None:
         time.sleep(delay)
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of sorted ``values``."""
-    rank = max(1, math.ceil(fraction * len(values)))
-    return values[min(rank, len(values)) - 1]
-
-
 # ---- state memory ---------------------------------------------------------------------
 
 
 def live_messages(trees: int) -> list[bytes]:
     """The events of ``trees`` trees with every token still live, stamped and encoded."""
-    codec = AvroCodec()
-    chain = HashChain()
-    messages = []
-    for index in range(trees):
-        for event in mischievous(set(), f"m{index}-", TREE_SPACING_SECONDS * index):
-            if isinstance(event, CredentialRevokedEvent | TaskCompletedEvent):
-                continue
-            link = chain.next_link()
-            datum = event_to_avro(event, ("bench-memory", link.seq, link.prev_hash))
-            message = codec.encode(catalog.EVENT, datum)
-            chain.advance(link.seq, body_bytes(message))
-            messages.append(message)
-    return messages
+    chain = Chain("bench-memory")
+    return [
+        chain.encode(event)
+        for index in range(trees)
+        for event in mischievous(set(), f"m{index}-", TREE_SPACING_SECONDS * index)
+        if not isinstance(event, CredentialRevokedEvent | TaskCompletedEvent)
+    ]
 
 
 @dataclass(frozen=True)
@@ -482,35 +407,6 @@ def profiler_path() -> Path | None:
     (an ``.svg`` flame graph, or collapsed stacks for any other suffix)."""
     value = os.environ.get("CUSTODY_BENCH_PYSPY")
     return Path(value) if value else None
-
-
-@contextmanager
-def py_spy(pid: int, output: Path | None) -> Iterator[None]:
-    """Sample ``pid`` with py-spy while the block runs (nothing if ``output`` is None)."""
-    if output is None:
-        yield
-        return
-    spy = Path(sys.executable).with_name("py-spy")
-    kind = "flamegraph" if output.suffix == ".svg" else "raw"
-    command = [
-        str(spy),
-        "record",
-        "--pid",
-        str(pid),
-        "-o",
-        str(output),
-        "-f",
-        kind,
-        "-r",
-        "200",
-        "--nonblocking",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
 
 
 def correlator_round(

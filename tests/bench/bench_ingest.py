@@ -53,9 +53,10 @@ from producers.chain import HashChain
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
-from tests.bench.bench_correlate import py_spy
-from tests.bench.bench_producer import generate, local_broker
+from tests.bench.bench_producer import generate
 from tests.bench.results import Entry, entry
+from tests.support.broker import local_broker
+from tests.support.measure import py_spy
 
 DEFAULT_EVENTS = 200_000
 ROUNDS = 3

@@ -45,8 +45,8 @@ from processors.storage.backend import Backend, ChdbBackend, Row
 from processors.storage.migrations import migrate
 from processors.storage.target import ChdbTarget
 from producers.settings import Settings
-from tests.bench.bench_correlate import percentile
 from tests.bench.results import Entry, entry
+from tests.support.measure import percentile
 
 DEFAULT_EVENTS = 10_000_000
 MEAN_TREE_EVENTS = 75

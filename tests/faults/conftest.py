@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 # The integration suite's fixtures (a private Tansu per test, settings pointing at it).
-from tests.integration.conftest import broker, settings
+from tests.support.broker import broker, settings
 
 __all__ = ["broker", "record_fault", "scaled", "settings"]
 

@@ -7,7 +7,7 @@ partitions' links a grace period from the moment the first ones arrive, not judg
 their hours-old event times (which reported the hole between two partitions' reads as an
 ``EVIDENCE_GAP`` at once: the flake this file was written for).
 
-The stack has the bad-input stack's grace period (10 s) and lateness.
+The stack is the bad-input tests' (tests/support/stack.py: ``WatchedStack``).
 """
 
 from __future__ import annotations
@@ -18,34 +18,25 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from processors.correlation.engine import CorrelationConfig
-from producers import events
 from producers.context import CustodyContext
 from schemas import topics
-from tests.correlation_trees import MISCHIEF, mischievous, run
 from tests.faults.conftest import Recorder, scaled
-from tests.faults.test_bad_input import (
-    GRACE,
-    LATENESS,
-    PLANNER,
-    BadInputStack,
-    Chain,
-    started,
-)
-from tests.integration.test_storage_e2e import until
+from tests.support.events import declare
+from tests.support.polling import until
+from tests.support.samples import Chain
+from tests.support.stack import WatchedStack, watched
+from tests.support.trees import in_turn, mischievous, run
 
 pytestmark = pytest.mark.integration
 
-CONFIG = CorrelationConfig.of(GRACE, 86_400)
-
 
 @pytest.fixture(scope="module")
-def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
-    with started(tmp_path_factory.mktemp("backfill")) as running:
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchedStack]:
+    with watched(tmp_path_factory.mktemp("backfill")) as running:
         yield running
 
 
-def evidence_gaps(stack: BadInputStack, prefix: str) -> list[str]:
+def evidence_gaps(stack: WatchedStack, prefix: str) -> list[str]:
     rows = stack.sql(
         "SELECT detail FROM alerts WHERE alert_type = 'EVIDENCE_GAP'"
         " AND startsWith(root_task_id, {p:String})",
@@ -55,7 +46,7 @@ def evidence_gaps(stack: BadInputStack, prefix: str) -> list[str]:
 
 
 def test_a_backfill_read_unevenly_from_two_partitions_raises_no_false_gap(
-    replay: BadInputStack, record_fault: Recorder
+    replay: WatchedStack, record_fault: Recorder
 ) -> None:
     partitions = replay.stack.settings().event_partitions
     producer = replay.raw()
@@ -65,9 +56,7 @@ def test_a_backfill_read_unevenly_from_two_partitions_raises_no_false_gap(
     now = datetime.now(UTC)
     for partition in range(partitions):
         root = CustodyContext.new_root(f"bfl-{partition}")
-        event = events.task_declared(
-            PLANNER, root, purpose="live", requested_scopes=["a"], event_time=now
-        )
+        event = declare(root, now, purpose="live", scopes=["a"])
         producer.produce(
             topics.EVENTS, value=live.encode(event), key=root.task_id.encode(), partition=partition
         )
@@ -84,17 +73,14 @@ def test_a_backfill_read_unevenly_from_two_partitions_raises_no_false_gap(
     # The backfill: one producer instance's trees from hours ago (each with one
     # misbehaviour in turn, every fourth clean). The later half of its chain (on
     # partition 1) is read first, the earlier half (on partition 0) after it.
-    trees = [
-        mischievous(set() if i % 4 == 3 else {MISCHIEF[i % len(MISCHIEF)]}, f"bf-{i}-", 40 * i)
-        for i in range(scaled(4, 16))
-    ]
+    trees = [mischievous(in_turn(i), f"bf-{i}-", 40 * i) for i in range(scaled(4, 16))]
     assert trees[-1][-1].event_time < now - timedelta(hours=1)
     replayed = Chain("backfill/replayed")
     stream = sorted((e for tree in trees for e in tree), key=lambda e: (e.event_time, e.event_id))
     encoded = {e.event_id: replayed.encode(e) for e in stream}
     half = len(trees) // 2
-    expected_later = {a for tree in trees[half:] for a in run(tree, CONFIG).ids()}
-    expected = expected_later | {a for tree in trees[:half] for a in run(tree, CONFIG).ids()}
+    expected_later = {a for tree in trees[half:] for a in run(tree, replay.config).ids()}
+    expected = expected_later | {a for tree in trees[:half] for a in run(tree, replay.config).ids()}
     for partition, read in ((1, trees[half:]), (0, trees[:half])):
         for sent in (e for tree in read for e in tree):
             producer.produce(
@@ -117,7 +103,7 @@ def test_a_backfill_read_unevenly_from_two_partitions_raises_no_false_gap(
     until(lambda: replay.alert_ids("bf-") >= expected, 90, "the backfill's alerts")
     # Every link has arrived by now, so the chain is whole; a gap would have been judged
     # within a grace period of the first half's arrival: wait that out before looking.
-    time.sleep(GRACE + LATENESS + 3)
+    time.sleep(replay.grace + replay.lateness + 3)
     stored = replay.alert_ids("bf-")
     gaps = evidence_gaps(replay, "bf-")
     survived, health = replay.survived()

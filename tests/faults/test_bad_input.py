@@ -12,153 +12,58 @@ are stored in ClickHouse and correlated (their expected alerts appear).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import struct
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
-from confluent_kafka import Producer
 
-from processors.correlation.engine import CorrelationConfig
-from producers import events
 from producers.context import CustodyContext
-from producers.events import Source
 from producers.producer import CustodyProducer
 from schemas import topics
 from schemas.catalog import EVENT, latest
-from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, body_bytes, event_to_avro
-from schemas.models import Envelope
-from tests.correlation_trees import MISCHIEF, mischievous, run
-from tests.factories import json_form, one_of_each, stamped
+from schemas.codec import SINGLE_OBJECT_MAGIC, body_bytes, event_to_avro
+from schemas.models import DelegationEvent, Envelope, TaskDeclaredEvent
 from tests.faults.conftest import Recorder, scaled
-from tests.integration.conftest import read_to_end
-from tests.integration.test_storage_e2e import Stack, api_address, until
+from tests.support.broker import read_to_end
+from tests.support.events import (
+    PLANNER,
+    allow,
+    complete,
+    declare,
+    delegate,
+    issue,
+    revoke,
+    use,
+)
+from tests.support.polling import until
+from tests.support.samples import Chain, json_form, one_of_each, stamped
+from tests.support.stack import WatchedStack, watched
+from tests.support.trees import by_root, run, traffic
 
 pytestmark = pytest.mark.integration
 
-# Longer than the integration tests' 3 s and 1 s: the large records here make the
-# correlator read some partitions seconds behind others on a loaded machine, and a
-# missing piece is waited for a grace period, the rest of a backfilled tree for the
-# allowed lateness (of wall time).
-GRACE, LATENESS = 10, 3
-CONFIG = CorrelationConfig.of(GRACE, 86_400)
-CODEC = AvroCodec()
-PLANNER = Source.of("acme", "runtime", "spiffe://acme/planner", "AGENT", "planner-1", "al@acme")
-VAULT = Source.of("acme", "vault", "spiffe://acme/vault", "BROKER", "vault-0")
+SCOPES = ["a"]
 
 
 # ---- the stack -------------------------------------------------------------------------------
 
 
-@dataclass
-class BadInputStack:
-    stack: Stack
-    pids: dict[str, int] = field(default_factory=dict)
-
-    def worker_pids(self) -> dict[str, int]:
-        run_dir = self.stack.home / ".custody" / "run"
-        return {
-            name: int(json.loads((run_dir / f"{name}.json").read_text())["pid"])
-            for name in ("correlate", "ingest")
-        }
-
-    def raw(self) -> Producer:
-        return Producer(
-            {
-                "bootstrap.servers": self.stack.bootstrap,
-                "message.max.bytes": 8 * 1024 * 1024,
-                "linger.ms": 5,
-            }
-        )
-
-    def sql(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        request = urllib.request.Request(
-            f"{api_address(self.stack)}/query",
-            data=json.dumps({"sql": sql, "params": params}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            rows: list[dict[str, Any]] = json.loads(answer.read())["rows"]
-            return rows
-
-    def alert_ids(self, prefix: str) -> set[str]:
-        rows = self.sql(
-            "SELECT alert_id FROM alerts WHERE startsWith(root_task_id, {p:String})", p=prefix
-        )
-        return {str(r["alert_id"]) for r in rows}
-
-    def stored_events(self, prefix: str) -> int:
-        rows = self.sql(
-            "SELECT uniqExact(event_id) AS n FROM events"
-            " WHERE startsWith(root_task_id, {p:String})",
-            p=prefix,
-        )
-        return int(rows[0]["n"])
-
-    def survived(self) -> tuple[bool, dict[str, Any]]:
-        """Both workers still the processes started at the beginning, healthy, no
-        traceback in their logs."""
-        now = self.worker_pids()
-        status = self.stack.custody("status", "--json")
-        healthy = {p["name"]: p["healthy"] for p in json.loads(status.stdout)["processes"]}
-        tracebacks = {n: "Traceback" in self.stack.log(n) for n in ("correlate", "ingest")}
-        restarts = sum(now[n] != self.pids[n] for n in now)
-        ok = restarts == 0 and all(healthy.values()) and not any(tracebacks.values())
-        return ok, {"worker_restarts": restarts, "healthy": healthy, "tracebacks": tracebacks}
-
-
-@contextlib.contextmanager
-def started(home: Path) -> Iterator[BadInputStack]:
-    """A stack up in ``home`` with this suite's grace period, its workers' pids noted (a
-    restart is a failure); down afterwards."""
-    stack = Stack(
-        home,
-        env={
-            "CUSTODY_GRACE_SECONDS": str(GRACE),
-            "CUSTODY_ALLOWED_LATENESS_SECONDS": str(LATENESS),
-        },
-    )
-    try:
-        stack.up()
-        running = BadInputStack(stack)
-        running.pids = running.worker_pids()
-        yield running
-    finally:
-        stack.custody("down")
-
-
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BadInputStack]:
-    with started(tmp_path_factory.mktemp("bad-input")) as running:
+def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WatchedStack]:
+    with watched(tmp_path_factory.mktemp("bad-input")) as running:
         yield running
 
 
 # ---- building input ----------------------------------------------------------------------
-
-
-class Chain:
-    """Stamps events as one producer instance would (seq from 1, prev_hash linking each
-    to the one before), so that valid input raises no EVIDENCE_GAP of its own."""
-
-    def __init__(self, instance: str) -> None:
-        self.instance, self.seq, self.prev = instance, 0, None
-
-    def encode(self, event: Envelope) -> bytes:
-        self.seq += 1
-        update = {"producer_instance": self.instance, "seq": self.seq, "prev_hash": self.prev}
-        encoded = CODEC.encode_event(event.model_copy(update=update))
-        self.prev = hashlib.sha256(body_bytes(encoded)).hexdigest()
-        return encoded
 
 
 def raw_avro(datum: dict[str, Any], schema: dict[str, Any] | None = None) -> bytes:
@@ -337,31 +242,8 @@ def bad_kinds(rng: random.Random) -> list[Kind]:
     ]
 
 
-def traffic(prefix: str, trees: int, offset: float = 0) -> tuple[list[Envelope], set[str]]:
-    """``trees`` custody trees (each with one misbehaviour in turn, every fourth clean)
-    and the alert ids the pure correlator gives them."""
-    stream: list[Envelope] = []
-    expected: set[str] = set()
-    for i in range(trees):
-        mischief = set() if i % 4 == 3 else {MISCHIEF[i % len(MISCHIEF)]}
-        tree = mischievous(mischief, name=f"{prefix}{i}-", offset=offset + 40 * i)
-        expected |= run(tree, CONFIG).ids()
-        stream += tree
-    stream.sort(key=lambda e: (e.event_time, e.event_id))
-    return stream, expected
-
-
-def publish(bad: BadInputStack, stream: list[Envelope], instance: str) -> None:
-    """Publish through the SDK, one producer instance per custody tree (see
-    :func:`per_tree`)."""
-    for root, events_of_tree in per_tree(stream).items():
-        with CustodyProducer(bad.stack.settings(), producer_instance=f"{instance}/{root}") as sdk:
-            for event in events_of_tree:
-                sdk.publish(event)
-
-
-def per_tree(stream: list[Envelope]) -> dict[str, list[Envelope]]:
-    """The stream's events by root task, in order.
+def publish(bad: WatchedStack, stream: list[Envelope], instance: str) -> None:
+    """Publish through the SDK, one producer instance per custody tree.
 
     This traffic lies hours behind the trees other tests put on the same partitions (a
     backfill). One producer instance spanning several trees, hence several partitions,
@@ -370,21 +252,21 @@ def per_tree(stream: list[Envelope]) -> dict[str, list[Envelope]]:
     EVIDENCE_GAP at once (a known limitation, in the README). One instance per tree keeps
     each chain on one partition, read in order.
     """
-    trees: dict[str, list[Envelope]] = {}
-    for event in stream:
-        trees.setdefault(event.root_task_id, []).append(event)
-    return trees
+    for root, events_of_tree in by_root(stream).items():
+        with CustodyProducer(bad.stack.settings(), producer_instance=f"{instance}/{root}") as sdk:
+            for event in events_of_tree:
+                sdk.publish(event)
 
 
-def settle_alerts(bad: BadInputStack, prefix: str, expected: set[str], timeout: float) -> set[str]:
+def settle_alerts(bad: WatchedStack, prefix: str, expected: set[str], timeout: float) -> set[str]:
     """Wait for every expected alert of the trees under ``prefix``, then for the window in
     which unexpected ones would appear; returns what is stored."""
     until(lambda: bad.alert_ids(prefix) >= expected, timeout, f"alerts of {prefix}")
-    time.sleep(GRACE + LATENESS + 3)
+    time.sleep(bad.grace + bad.lateness + 3)
     return bad.alert_ids(prefix)
 
 
-def dead_letters(bad: BadInputStack) -> dict[bytes, dict[str, list[str]]]:
+def dead_letters(bad: WatchedStack) -> dict[bytes, dict[str, list[str]]]:
     """Key -> stage -> reasons, of every record on the DLQ."""
     found: dict[bytes, dict[str, list[str]]] = {}
     for message in read_to_end(bad.stack.settings(), topics.DLQ):
@@ -404,7 +286,7 @@ def dead_letters(bad: BadInputStack) -> dict[bytes, dict[str, list[str]]]:
 
 
 def test_undecodable_and_invalid_records_are_dead_lettered_and_valid_ones_after_them_processed(
-    bad: BadInputStack, record_fault: Recorder
+    bad: WatchedStack, record_fault: Recorder
 ) -> None:
     rng = random.Random(6)
     kinds = bad_kinds(rng)
@@ -413,7 +295,7 @@ def test_undecodable_and_invalid_records_are_dead_lettered_and_valid_ones_after_
         for key, value in zip(kind.record_keys(), kind.values, strict=True):
             producer.produce(topics.EVENTS, value=value, key=key)
     assert producer.flush(60) == 0
-    stream, expected = traffic("after-bad-", scaled(8, 24))
+    stream, expected = traffic(scaled(8, 24), bad.config, "after-bad-")
     publish(bad, stream, "bad-input/after")
 
     total = sum(len(k.values) for k in kinds)
@@ -469,37 +351,34 @@ def test_undecodable_and_invalid_records_are_dead_lettered_and_valid_ones_after_
     assert survived, health
 
 
+def _declared(ctx: CustodyContext, when: datetime) -> TaskDeclaredEvent:
+    return declare(ctx, when, scopes=SCOPES)
+
+
+def _delegated(
+    ctx: CustodyContext,
+    child: CustodyContext,
+    when: datetime,
+    delegator: str,
+    delegatee: str,
+    scopes: list[str] = SCOPES,
+) -> DelegationEvent:
+    return delegate(
+        ctx, child, when, delegatee=delegatee, decision_id="d", delegator=delegator, scopes=scopes
+    )
+
+
 def _chain_tree(prefix: str, levels: int, start: datetime) -> list[Envelope]:
     """A delegation chain ``levels`` deep: each task declares and delegates to the next."""
     root = CustodyContext.new_root(f"{prefix}root")
-    out = [
-        events.task_declared(PLANNER, root, purpose="p", requested_scopes=["a"], event_time=start)
-    ]
+    out: list[Envelope] = [_declared(root, start)]
     ctx = root
     for level in range(levels):
         child = ctx.child(f"{prefix}level-{level + 1}")
         when = start + timedelta(milliseconds=10 * level + 1)
-        out.append(
-            events.delegation(
-                PLANNER,
-                ctx,
-                child=child,
-                delegator=f"spiffe://acme/agent-{level}",
-                delegatee=f"spiffe://acme/agent-{level + 1}",
-                scopes=["a"],
-                decision_id="d",
-                event_time=when,
-            )
-        )
-        out.append(
-            events.task_declared(
-                PLANNER,
-                child,
-                purpose="p",
-                requested_scopes=["a"],
-                event_time=when + timedelta(milliseconds=5),
-            )
-        )
+        agent, next_agent = f"spiffe://acme/agent-{level}", f"spiffe://acme/agent-{level + 1}"
+        out.append(_delegated(ctx, child, when, agent, next_agent))
+        out.append(_declared(child, when + timedelta(milliseconds=5)))
         ctx = child
     return out
 
@@ -509,53 +388,33 @@ def _cycle_tree(prefix: str, start: datetime) -> list[Envelope]:
     root = CustodyContext.new_root(f"{prefix}root")
     a = root.child(f"{prefix}a")
     b = a.child(f"{prefix}b")
-    out = [
-        events.task_declared(PLANNER, root, purpose="p", requested_scopes=["a"], event_time=start)
-    ]
+    out: list[Envelope] = [_declared(root, start)]
     # (delegating task, child it names): the SDK derives children, so the last two are
     # made for a fresh child and then pointed back at the root and at b itself.
     links = [(root, a, a), (a, b, b), (b, b.child("x"), root), (b, b.child("y"), b)]
     for i, (src, child, named) in enumerate(links):
-        delegation = events.delegation(
-            PLANNER,
-            src,
-            child=child,
-            delegator=f"w-{src.task_id}",
-            delegatee=f"w-{named.task_id}",
-            scopes=["a"],
-            decision_id="d",
-            event_time=start + timedelta(seconds=1 + i),
-        )
+        when = start + timedelta(seconds=1 + i)
+        delegation = _delegated(src, child, when, f"w-{src.task_id}", f"w-{named.task_id}")
         body = delegation.body.model_copy(update={"child_task_id": named.task_id})
         out.append(delegation.model_copy(update={"body": body}))
-    out += [
-        events.task_declared(
-            PLANNER, a, purpose="p", requested_scopes=["a"], event_time=start + timedelta(seconds=2)
-        ),
-        events.task_declared(
-            PLANNER, b, purpose="p", requested_scopes=["a"], event_time=start + timedelta(seconds=3)
-        ),
-    ]
+    out += [_declared(a, start + timedelta(seconds=2)), _declared(b, start + timedelta(seconds=3))]
     return out
 
 
 def _separator_tree(prefix: str, start: datetime) -> list[Envelope]:
     """Ids holding the correlator's key separator (\\x1f): an access with no decision."""
     root = CustodyContext.new_root(f"{prefix}root")
-    return [
-        events.task_declared(PLANNER, root, purpose="p", requested_scopes=["a"], event_time=start),
-        events.access(
-            PLANNER,
-            root,
-            token_id="tok\x1fsep",
-            tool="t",
-            resource="r",
-            action="read",
-            data_scope=["a"],
-            outcome="SUCCESS",
-            event_time=start + timedelta(seconds=1),
-        ),
-    ]
+    access = use(
+        root,
+        "tok\x1fsep",
+        start + timedelta(seconds=1),
+        source=PLANNER,
+        scopes=SCOPES,
+        resource="r",
+        tool="t",
+        decision_id=None,
+    )
+    return [_declared(root, start), access]
 
 
 def _wide_tree(prefix: str, start: datetime) -> list[Envelope]:
@@ -564,29 +423,14 @@ def _wide_tree(prefix: str, start: datetime) -> list[Envelope]:
     child = root.child(f"{prefix}child")
     scopes = [f"scope-{i:05d}-" + "s" * 100 for i in range(4096)]
     return [
-        events.task_declared(PLANNER, root, purpose="p", requested_scopes=["a"], event_time=start),
-        events.delegation(
-            PLANNER,
-            root,
-            child=child,
-            delegator="w-root",
-            delegatee="w-child",
-            scopes=scopes,
-            decision_id="d",
-            event_time=start + timedelta(seconds=1),
-        ),
-        events.task_declared(
-            PLANNER,
-            child,
-            purpose="p",
-            requested_scopes=["a"],
-            event_time=start + timedelta(seconds=2),
-        ),
+        _declared(root, start),
+        _delegated(root, child, start + timedelta(seconds=1), "w-root", "w-child", scopes),
+        _declared(child, start + timedelta(seconds=2)),
     ]
 
 
 def test_valid_but_adversarial_events_are_handled_by_alerts(
-    bad: BadInputStack, record_fault: Recorder
+    bad: WatchedStack, record_fault: Recorder
 ) -> None:
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     levels = scaled(1000, 1000)
@@ -618,19 +462,19 @@ def test_valid_but_adversarial_events_are_handled_by_alerts(
             )
         sent[name] = len(stream)
     # Duplicate event ids: a tree published, then every record of it again, twice.
-    dup_tree, dup_expected = traffic("adv-dup-", 4)
+    dup_tree, dup_expected = traffic(4, bad.config, "adv-dup-")
     dup_records: list[tuple[bytes, bytes]] = []
-    for root, tree in per_tree(dup_tree).items():
+    for root, tree in by_root(dup_tree).items():
         chain = Chain(f"bad-input/dup/{root}")
         dup_records += [(root.encode(), chain.encode(e)) for e in tree]
     for _ in range(3):
         for key, value in dup_records:
             producer.produce(topics.EVENTS, value=value, key=key)
     assert producer.flush(60) == 0
-    stream, expected_after = traffic("adv-after-", scaled(4, 12))
+    stream, expected_after = traffic(scaled(4, 12), bad.config, "adv-after-")
     publish(bad, stream, "bad-input/adv-after")
 
-    expected = {name: run(s, CONFIG).ids() for name, (_, s) in trees.items()}
+    expected = {name: run(s, bad.config).ids() for name, (_, s) in trees.items()}
     prefixes = {
         "chain": "adv-chain-",
         "cycle": "adv-cycle-",
@@ -721,7 +565,7 @@ def test_valid_but_adversarial_events_are_handled_by_alerts(
 
 
 def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
-    bad: BadInputStack, record_fault: Recorder
+    bad: WatchedStack, record_fault: Recorder
 ) -> None:
     now = datetime.now(UTC)
     # Two trees at the wall clock: each task completes holding a live token. "late" is
@@ -732,38 +576,21 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
     for name in ("late", "leak"):
         root = CustodyContext.new_root(f"future-{name}-root")
         trees[name] = root
+        token = f"future-{name}-tok"
         for event in [
-            events.task_declared(
-                PLANNER, root, purpose="p", requested_scopes=["a"], event_time=now
-            ),
-            events.authz_decision(
-                PLANNER,
+            _declared(root, now),
+            allow(root, "d", now, source=PLANNER, scopes=SCOPES, resource="r"),
+            issue(
                 root,
-                decision_id="d",
-                policy_engine="opa",
-                policy_id="p",
-                policy_version="1",
-                decision="ALLOW",
-                resource="r",
-                action="read",
-                data_scope=["a"],
-                reasons=["ok"],
-                event_time=now,
-            ),
-            events.credential_issued(
-                VAULT,
-                root,
-                token_id=f"future-{name}-tok",
-                token_subject=PLANNER.actor.workload_id,
-                credential_kind="JWT",
+                token,
+                now,
+                subject=PLANNER.actor.workload_id,
+                scopes=SCOPES,
                 audience="x",
-                scopes=["a"],
-                issued_at=now,
-                expires_at=now + timedelta(hours=1),
+                expires=now + timedelta(hours=1),
                 decision_id="d",
-                event_time=now,
             ),
-            events.task_completed(PLANNER, root, outcome="SUCCEEDED", event_time=now),
+            complete(root, now),
         ]:
             producer.produce(
                 topics.EVENTS, value=chain.encode(event), key=root.root_task_id.encode()
@@ -775,9 +602,7 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
     for partition in partitions:
         for when in far:
             root = CustodyContext.new_root(f"future-far-{when.year}-{partition}")
-            event = events.task_declared(
-                PLANNER, root, purpose="clock", requested_scopes=[], event_time=when
-            )
+            event = declare(root, when, purpose="clock", scopes=[])
             producer.produce(
                 topics.EVENTS,
                 value=chain.encode(event),
@@ -787,21 +612,14 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
             future_events += 1
     assert producer.flush(30) == 0
     time.sleep(1.5)  # well within the grace period of the trees at the wall clock
-    revocation = events.credential_revoked(
-        VAULT,
-        trees["late"],
-        token_id="future-late-tok",
-        reason="TASK_ENDED",
-        revoked_by=VAULT.actor.workload_id,
-        event_time=now + timedelta(seconds=2),
-    )
+    revocation = revoke(trees["late"], "future-late-tok", now + timedelta(seconds=2))
     producer.produce(
         topics.EVENTS, value=chain.encode(revocation), key=trees["late"].root_task_id.encode()
     )
     assert producer.flush(30) == 0
 
-    until(lambda: bad.alert_ids("future-leak-"), 60, "the leaked token's alert")
-    time.sleep(GRACE + LATENESS + 2)
+    until(lambda: bool(bad.alert_ids("future-leak-")), 60, "the leaked token's alert")
+    time.sleep(bad.grace + bad.lateness + 2)
     leak = bad.sql(
         "SELECT alert_type, event_time, detected_at FROM alerts"
         " WHERE startsWith(root_task_id, {p:String})",
@@ -834,7 +652,7 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
         survived
         and not late
         and alert["alert_type"] == "UNREVOKED_TOKEN"
-        and waited >= GRACE - 0.5
+        and waited >= bad.grace - 0.5
         and lost == 0
     )
     record_fault(
@@ -845,7 +663,7 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
         false_alerts_in_other_trees=len(late),
         leak_tree_alerts=sorted(str(row["alert_type"]) for row in leak),
         true_alert_detected_after_s=round(waited, 1),
-        grace_s=GRACE,
+        grace_s=bad.grace,
         alerts_in_the_future_trees=len(far_alerts),
         stored_far_events=f"{len(stored_far)}/{future_events}",
         far_events_lost=lost,
@@ -853,7 +671,7 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
         **health,
     )
     assert not late, "a far-future event made another tree's deadline pass early"
-    assert alert["alert_type"] == "UNREVOKED_TOKEN" and waited >= GRACE - 0.5, leak
+    assert alert["alert_type"] == "UNREVOKED_TOKEN" and waited >= bad.grace - 0.5, leak
     assert survived, health
     assert lost == 0, f"{lost} far-future events neither stored nor dead-lettered"
 
@@ -861,12 +679,12 @@ def test_far_future_timestamps_do_not_fire_other_trees_deadlines_early(
 def test_a_record_over_the_clients_limit_is_dead_lettered_by_both_workers(
     tmp_path: Path, record_fault: Recorder
 ) -> None:
-    with started(tmp_path) as bad:
+    with watched(tmp_path) as bad:
         blob = random.Random(7).randbytes(3 * 1024 * 1024)
         producer = bad.raw()
         producer.produce(topics.EVENTS, value=blob, key=b"bad/huge/0")
         assert producer.flush(30) == 0
-        stream, _ = traffic("after-huge-", 4)
+        stream, _ = traffic(4, bad.config, "after-huge-")
         publish(bad, stream, "bad-input/after-huge")
         stages: dict[str, list[str]] = {}
 

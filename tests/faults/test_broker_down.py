@@ -27,7 +27,7 @@ from producers.settings import Settings
 from producers.simulator import SimulationConfig, simulate
 from schemas.codec import AvroCodec
 from tests.faults.conftest import Recorder, scaled
-from tests.integration.conftest import RunningBroker, read_to_end
+from tests.support.broker import RunningBroker, read_to_end
 
 pytestmark = pytest.mark.integration
 

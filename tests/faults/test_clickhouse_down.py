@@ -1,7 +1,7 @@
 """ClickHouse down mid-stream, in both modes.
 
 - Server mode: ``custody ingest --serve`` writes to a private Debian clickhouse-server
-  (18.16, on the reduced tables of tests/integration/clickhouse_18_tables.sql), which is
+  (18.16, on the reduced tables of tests/support/clickhouse_server.py), which is
   stopped for ``OUTAGE`` seconds while a simulator stream is being published. Its
   ``/health``, polled throughout, must show ``waiting_for_clickhouse`` during the outage
   (the consumer pauses its partitions and retries the same batch, storing nothing) and
@@ -32,21 +32,25 @@ import pytest
 from processors.stack import INGEST
 from producers.admin import ensure_topics
 from producers.settings import Settings
-from tests.faults._pipeline import (
-    STACK_ENV,
+from tests.faults.conftest import Recorder, scaled
+from tests.support.broker import CUSTODY, RunningBroker
+from tests.support.clickhouse_server import (
+    DATABASE,
+    ClickHouseServer,
+    create_reduced_tables,
+    custody_url,
+    server_binary,
+)
+from tests.support.pipeline import (
+    SIMULATION_ENV,
     Publisher,
-    api_health,
-    api_query,
+    Stored,
     simulation,
     stored_events,
     stored_through_api,
-    wait_until,
 )
-from tests.faults.conftest import Recorder, scaled
-from tests.integration.clickhouse_server import ClickHouseServer, server_binary
-from tests.integration.conftest import CUSTODY, RunningBroker
-from tests.integration.test_clickhouse_server import create_reduced_tables, custody_url, query
-from tests.integration.test_storage_e2e import Stack, api_address
+from tests.support.polling import poll
+from tests.support.stack import Stack, api_health, api_query
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +59,21 @@ OUTAGE = scaled(8, 30)  # seconds ClickHouse is down
 ROOTS = scaled(120, 900)  # ~5,100 / ~39,000 events
 RATE = scaled(300, 600)  # events/s: the stream outlasts the outage on both sides
 SETTLE_TIMEOUT = scaled(120, 300)
+
+
+def _outage_measured(
+    publisher: Publisher, published_in_outage: int, stored: Stored, outage_s: float
+) -> dict[str, Any]:
+    """What both outages record first, in this order: published, stored, the outage."""
+    return {
+        "events_published": len(publisher.acknowledged),
+        "published_during_outage": published_in_outage,
+        "events_stored": stored.stored,
+        "duplicates": stored.duplicates,
+        "lost": stored.lost,
+        "raw_rows_awaiting_merge": stored.raw_duplicates,
+        "outage_seconds": outage_s,
+    }
 
 
 class HealthLog(threading.Thread):
@@ -125,22 +144,25 @@ def test_clickhouse_server_stopped_mid_stream_ingest_pauses_and_resumes_by_itsel
                 stderr=subprocess.STDOUT,
             )
         record = home / "run" / "serve.json"
-        assert wait_until(record.exists, 60, 0.1), log_path.read_text()
+        assert poll(record.exists, 60, 0.1), log_path.read_text()
         health = HealthLog(json.loads(record.read_text())["address"], started)
         health.start()
 
+        def query(sql: str) -> list[tuple[Any, ...]]:
+            return server.execute(sql, database=DATABASE)
+
         def stored_now() -> int:
-            return int(query(server, "SELECT count() FROM events FINAL")[0][0])
+            return int(query("SELECT count() FROM events FINAL")[0][0])
 
         publisher = Publisher(settings, sim.events, RATE, "faults-ch-server")
         publisher.start()
         # Mid-stream: a first part stored, most of the stream still to come.
-        assert wait_until(lambda: stored_now() >= len(sim.events) // 10, 60), log_path.read_text()
+        assert poll(lambda: stored_now() >= len(sim.events) // 10, 60), log_path.read_text()
         stored_at_stop = stored_now()
         published_at_stop = publisher.sent
         server.stop()
         down_at = time.monotonic()
-        assert wait_until(lambda: bool(health.waiting()), OUTAGE + 10, 0.1)
+        assert poll(lambda: bool(health.waiting()), OUTAGE + 10, 0.1)
         paused_at = health.waiting()[0][0]
         time.sleep(max(0.0, OUTAGE - (time.monotonic() - down_at)))  # the outage itself
         stored_by_ingest_in_outage = {s[2] for s in health.waiting()}
@@ -154,14 +176,14 @@ def test_clickhouse_server_stopped_mid_stream_ingest_pauses_and_resumes_by_itsel
             last = health.samples[-1] if health.samples else None
             return last is not None and last[1] is False and last[0] > up_at - started
 
-        resumed_ok = wait_until(resumed, 60, 0.1)
+        resumed_ok = poll(resumed, 60, 0.1)
         resumed_after_s = round(
             next((s[0] for s in health.samples if s[0] > up_at - started and s[1] is False), -1)
             - (up_at - started),
             1,
         )
         publisher.join(600)
-        settled = wait_until(lambda: stored_now() >= len(sim.events), SETTLE_TIMEOUT)
+        settled = poll(lambda: stored_now() >= len(sim.events), SETTLE_TIMEOUT)
         health.stop.set()
         health.join(5)
         waiting = health.waiting()
@@ -171,10 +193,10 @@ def test_clickhouse_server_stopped_mid_stream_ingest_pauses_and_resumes_by_itsel
             lambda sql: [
                 {"event_id": event_id, "n": n}
                 for event_id, n in query(
-                    server, "SELECT event_id, count() FROM events FINAL GROUP BY event_id"
+                    "SELECT event_id, count() FROM events FINAL GROUP BY event_id"
                 )
             ],
-            int(query(server, "SELECT count() FROM events")[0][0]),
+            int(query("SELECT count() FROM events")[0][0]),
         )
         alive = ingest.poll() is None
         survived = (
@@ -192,13 +214,7 @@ def test_clickhouse_server_stopped_mid_stream_ingest_pauses_and_resumes_by_itsel
             f"middle of a {len(sim.events):,}-event simulator stream into custody ingest "
             "(server mode)",
             survived,
-            events_published=len(publisher.acknowledged),
-            published_during_outage=published_in_outage,
-            events_stored=stored.stored,
-            duplicates=stored.duplicates,
-            lost=stored.lost,
-            raw_rows_awaiting_merge=stored.raw_duplicates,
-            outage_seconds=outage_s,
+            **_outage_measured(publisher, published_in_outage, stored, outage_s),
             paused_after_seconds=round(paused_at - (down_at - started), 1),
             waiting_for_clickhouse_seconds=pause_s,
             retries=retries,
@@ -230,19 +246,15 @@ def test_clickhouse_server_stopped_mid_stream_ingest_pauses_and_resumes_by_itsel
         broker.kill()
 
 
-def _ingest_pid(stack: Stack) -> int:
-    return int(json.loads((stack.home / ".custody" / "run" / "ingest.json").read_text())["pid"])
-
-
 def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_nothing(
     tmp_path: Path, record_fault: Recorder
 ) -> None:
     sim = simulation(ROOTS, SEED + 1)
-    stack = Stack(tmp_path, {**STACK_ENV, "CUSTODY_INGEST_BATCH_ROWS": "2000"})
+    stack = Stack(tmp_path, {**SIMULATION_ENV, "CUSTODY_INGEST_BATCH_ROWS": "2000"})
     started = time.monotonic()
     try:
         stack.up()
-        address = api_address(stack)
+        address = stack.address()
 
         def stored_now(where: str) -> int:
             try:
@@ -252,9 +264,9 @@ def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_noth
 
         publisher = Publisher(stack.settings(), sim.events, RATE, "faults-ch-embedded")
         publisher.start()
-        assert wait_until(lambda: stored_now(address) >= len(sim.events) // 10, 60)
+        assert poll(lambda: stored_now(address) >= len(sim.events) // 10, 60)
         stored_at_kill = stored_now(address)
-        pid = _ingest_pid(stack)
+        pid = stack.pid(INGEST)
         os.kill(pid, signal.SIGKILL)
         down_at = time.monotonic()
         published_at_kill = publisher.sent
@@ -267,9 +279,9 @@ def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_noth
         stack.up()
         up_at = time.monotonic()
         outage_s = round(up_at - down_at, 1)
-        address = api_address(stack)
-        restarted_pid = _ingest_pid(stack)
-        resumed = wait_until(lambda: stored_now(address) > stored_at_kill, 60, 0.2)
+        address = stack.address()
+        restarted_pid = stack.pid(INGEST)
+        resumed = poll(lambda: stored_now(address) > stored_at_kill, 60, 0.2)
         resumed_after_s = round(time.monotonic() - up_at, 1)
         publisher.join(600)
         stored_alerts: set[str] = set()
@@ -283,7 +295,7 @@ def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_noth
             stored_alerts.update(str(row["alert_id"]) for row in rows)
             return stored_now(address) >= len(sim.events) and stored_alerts >= sim.expected_alerts
 
-        settled = wait_until(complete, SETTLE_TIMEOUT, 1.0)
+        settled = poll(complete, SETTLE_TIMEOUT, 1.0)
         caught_up_s = round(time.monotonic() - up_at, 1)
         stored = stored_through_api(address, publisher.acknowledged)
         health: dict[str, Any] = api_health(address)
@@ -301,13 +313,7 @@ def test_embedded_clickhouse_down_with_ingest_serve_killed_mid_stream_loses_noth
             f"middle of a {len(sim.events):,}-event simulator stream on custody up, "
             "then custody up",
             survived,
-            events_published=len(publisher.acknowledged),
-            published_during_outage=published_in_outage,
-            events_stored=stored.stored,
-            duplicates=stored.duplicates,
-            lost=stored.lost,
-            raw_rows_awaiting_merge=stored.raw_duplicates,
-            outage_seconds=outage_s,
+            **_outage_measured(publisher, published_in_outage, stored, outage_s),
             status_reported_down=reported_down,
             resumed_after_restart_seconds=resumed_after_s,
             caught_up_after_restart_seconds=caught_up_s,

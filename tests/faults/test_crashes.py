@@ -7,7 +7,7 @@ else. A replayed batch writes its rows again, and ReplacingMergeTree drops the c
 when it merges parts; those raw rows (the active parts' row count minus the distinct ids)
 are measured and reported, not failed on: no reader sees them. The alerts are compared by
 ``alert_id`` with a clean run's, the pure correlator's verdict on the same events with the
-stack's grace period and credential lifetime (tests/faults/_pipeline.py).
+stack's grace period and credential lifetime (tests/support/pipeline.py).
 
 Kill points are seeded (``SEED``) and recorded: most fall at random published counts while
 the stream is being published, with a random 0.3-2 s of running after each restart; the
@@ -19,7 +19,6 @@ the correlator when it fell, so "catch-up" means a backlog was there).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import random
 import signal
@@ -35,17 +34,16 @@ from processors.correlate import APP_ID
 from processors.processes import running
 from processors.stack import CORRELATE, INGEST
 from schemas import topics
-from tests.faults._pipeline import (
+from tests.faults.conftest import Recorder, scaled
+from tests.support.pipeline import (
     PARTITIONS,
-    STACK_ENV,
+    SIMULATION_ENV,
     Publisher,
-    api_query,
     simulation,
     stored_through_api,
-    wait_until,
 )
-from tests.faults.conftest import Recorder, scaled
-from tests.integration.test_storage_e2e import Stack, api_address
+from tests.support.polling import poll
+from tests.support.stack import Stack, api_query
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +54,13 @@ RATE = scaled(250, 700)  # events/s: the stream lasts about as long as the kills
 SETTLE_TIMEOUT = scaled(180, 900)
 
 
-def _pid(stack: Stack, name: str) -> int:
-    return int(json.loads((stack.home / ".custody" / "run" / f"{name}.json").read_text())["pid"])
-
-
 def _reached(publisher: Publisher, point: int) -> bool:
     return publisher.sent >= point or publisher.done
 
 
 def _stored_count(stack: Stack) -> int | None:
     try:
-        return int(api_query(api_address(stack), "SELECT count() AS n FROM events")[0]["n"])
+        return int(api_query(stack.address(), "SELECT count() AS n FROM events")[0]["n"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -100,19 +94,19 @@ def _kill_and_restart(
                 "published": published,
                 "stored": stored,
                 "correlated": correlated,
-                "pid": _pid(stack, target),
+                "pid": stack.pid(target),
             }
         )
     for kill in kills:
         os.kill(kill["pid"], signal.SIGKILL)
     for kill in kills:
         pid: int = kill["pid"]
-        assert wait_until(lambda pid=pid: not running(pid), 10, 0.05), f"{kill} survived"
+        assert poll(lambda pid=pid: not running(pid), 10, 0.05), f"{kill} survived"
     restart = time.monotonic()
     stack.up()  # starts what is not running: the killed workers
     for kill in kills:
         kill["restart_s"] = round(time.monotonic() - restart, 1)
-        assert _pid(stack, kill["target"]) != kill["pid"]
+        assert stack.pid(kill["target"]) != kill["pid"]
     return kills
 
 
@@ -122,7 +116,7 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
     sim = simulation(ROOTS, SEED)
     rng = random.Random(SEED)
     # Small ingest batches: a kill lands between many store-then-commit steps.
-    stack = Stack(tmp_path, {**STACK_ENV, "CUSTODY_INGEST_BATCH_ROWS": "2000"})
+    stack = Stack(tmp_path, {**SIMULATION_ENV, "CUSTODY_INGEST_BATCH_ROWS": "2000"})
     during = [CORRELATE] * (KILLS_EACH - 1) + [INGEST] * (KILLS_EACH - 1)
     rng.shuffle(during)
     points = sorted(rng.randrange(len(sim.events) // 20, len(sim.events)) for _ in during)
@@ -136,7 +130,7 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
         publisher = Publisher(stack.settings(), sim.events, RATE, "faults-crashes")
         publisher.start()
         for target, point in zip(during, points, strict=True):
-            wait_until(functools.partial(_reached, publisher, point), 600, 0.05)
+            poll(functools.partial(_reached, publisher, point), 600, 0.05)
             time.sleep(rng.uniform(0.3, 2.0))
             kills += _kill_and_restart(stack, [target], publisher, started)
         publisher.join(600)
@@ -146,7 +140,7 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
         killed_ingest_pids = [k["pid"] for k in kills if k["target"] == INGEST]
         published_s = round((publisher.finished_at or started) - started, 1)
 
-        address = api_address(stack)
+        address = stack.address()
         stored_alerts: set[str] = set()
 
         def complete() -> bool:
@@ -159,9 +153,9 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
             stored_alerts.update(str(row["alert_id"]) for row in rows)
             return count >= len(sim.events) and stored_alerts >= sim.expected_alerts
 
-        settled = wait_until(complete, SETTLE_TIMEOUT, 1.0)
+        settled = poll(complete, SETTLE_TIMEOUT, 1.0)
         # A window in which a late or invented alert would still have to arrive.
-        wait_until(lambda: False, 5, 1.0)
+        poll(lambda: False, 5, 1.0)
         complete()
         stored = stored_through_api(address, publisher.acknowledged)
         alert_rows = api_query(address, "SELECT alert_id, count() AS n FROM alerts GROUP BY 1")

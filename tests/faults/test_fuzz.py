@@ -52,19 +52,26 @@ from schemas.codec import (
     event_from_avro,
 )
 from schemas.models import Envelope, validate_event
-from tests.factories import one_of_each, stamped
 from tests.faults.conftest import ROOT, Recorder, scaled
+from tests.support.events import T0
+from tests.support.samples import one_of_each, stamped
+from tests.support.trees import CONFIG, DETECTED, mischievous, run
 
 CODEC = AvroCodec()
 REASONS = {"unknown_wire_format", "unknown_schema", "malformed_avro", "contract_violation"}
-CONFIG = CorrelationConfig.of(grace_seconds=60, max_credential_ttl_seconds=3600)
-DETECTED = datetime(2026, 11, 30, tzinfo=UTC)
-T0 = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
 
 VALID = [CODEC.encode_event(stamped(e, i + 1)) for i, e in enumerate(one_of_each())]
 HEADER = SINGLE_OBJECT_MAGIC + latest(EVENT).fingerprint
+
+
+def _examples(count: int, *slow: HealthCheck) -> settings:
+    """``count`` examples, no deadline, no example database (every run starts afresh), and
+    the ``slow`` health checks suppressed."""
+    return settings(
+        max_examples=count, deadline=None, database=None, suppress_health_check=list(slow)
+    )
 
 
 def _run_recorded(
@@ -135,12 +142,7 @@ def test_any_bytes_decode_or_raise_a_documented_decode_error(record_fault: Recor
     seen: Counter[str] = Counter()
     examples = scaled(1500, 30_000)
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
+    @_examples(examples, HealthCheck.too_slow)
     @given(messages())
     def check(message: bytes) -> None:
         decoders = [CODEC.decode_event, CODEC.decode_alert, CODEC.decode_state, CODEC.decode]
@@ -170,7 +172,7 @@ def test_any_bytes_decode_or_raise_a_documented_decode_error(record_fault: Recor
 def test_a_decoded_event_is_a_valid_contract_event_that_round_trips() -> None:
     # What decode_event accepts is exactly what the contract validates: re-encoded, it
     # decodes to the same event.
-    @settings(max_examples=scaled(300, 5000), deadline=None, database=None)
+    @_examples(scaled(300, 5000))
     @given(messages())
     def check(message: bytes) -> None:
         try:
@@ -394,12 +396,7 @@ def test_adversarial_event_sequences_never_break_the_state_machine(
     counts: Counter[str] = Counter()
     events_folded = [0]
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @_examples(examples, HealthCheck.too_slow, HealthCheck.data_too_large)
     @given(steps)
     def check(sequence: list[tuple[str, Any]]) -> None:
         events_folded[0] += sum(1 for kind, _ in sequence if kind == "event")
@@ -433,7 +430,7 @@ def test_adversarial_event_sequences_never_break_the_state_machine(
 
 
 def test_the_watermark_never_passes_the_wall_clock_whatever_the_event_times() -> None:
-    @settings(max_examples=scaled(300, 5000), deadline=None, database=None)
+    @_examples(scaled(300, 5000))
     @given(
         st.lists(
             st.tuples(st.integers(-(2**62), 2**62), st.integers(0, 10**7)),
@@ -461,12 +458,7 @@ def test_the_worker_step_dead_letters_each_bad_record_and_keeps_the_good_ones(
     letters: Counter[str] = Counter()
     good_total = [0]
 
-    @settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @_examples(examples, HealthCheck.too_slow, HealthCheck.data_too_large)
     @given(
         st.lists(
             st.one_of(
@@ -657,7 +649,7 @@ def test_event_times_convert_exactly_across_the_whole_range(when: datetime) -> N
 
 
 def test_from_micros_is_exact_for_any_time() -> None:
-    @settings(max_examples=scaled(500, 10_000), deadline=None, database=None)
+    @_examples(scaled(500, 10_000))
     @given(st.integers(to_micros(EARLIEST), to_micros(LATEST)))
     def check(micros: int) -> None:
         assert to_micros(from_micros(micros)) == micros
@@ -722,8 +714,6 @@ def test_event_from_avro_rejects_bodies_not_matching_the_type() -> None:
 def test_a_backfill_is_judged_whole_not_by_deadlines_already_passed() -> None:
     # Was: evidence older than the partition's watermark had its deadlines decided as
     # each event arrived, before the rest of its tree: false BROKEN_CHAIN and more.
-    from tests.correlation_trees import mischievous, run
-
     settings = Settings(grace_seconds=3, allowed_lateness_seconds=1, event_partitions=1)
     work = Correlation(settings)
     config = CorrelationConfig.of(3, settings.max_credential_ttl_seconds)

@@ -25,8 +25,8 @@ from processors.storage.backend import ChdbBackend
 from processors.storage.target import ChdbTarget
 from producers.simulator import SimulationConfig, simulate
 from tests.faults.conftest import Recorder, scaled
-from tests.integration.conftest import run_custody
-from tests.integration.test_storage_e2e import Stack
+from tests.support.broker import run_custody
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 

@@ -48,9 +48,13 @@ from processors.storage.target import ChdbTarget, ServerTarget
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
-from tests.factories import many_trees, stamped
 from tests.faults.conftest import ROOT, Recorder
-from tests.integration.clickhouse_server import ClickHouseServer, server_binary
+from tests.support.clickhouse_server import (
+    ClickHouseServer,
+    create_reduced_tables,
+    server_binary,
+)
+from tests.support.samples import many_trees, stamped
 
 AREA = "least privilege"
 TENANT_TABLES = ("events", "task_roots", "tasks", "delegations", "credentials", "alerts")
@@ -499,8 +503,6 @@ def clickhouse_18(tmp_path: Path) -> Iterator[ClickHouseServer]:
     )
     server.start()
     try:
-        from tests.integration.test_clickhouse_server import create_reduced_tables
-
         create_reduced_tables(server)
         yield server
     finally:

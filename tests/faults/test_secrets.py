@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from producers.chain import HashChain
 from producers.producer import CustodyProducer
 from producers.simulator import SimulationConfig, simulate
-from schemas import catalog, topics
-from schemas.codec import AvroCodec, body_bytes, event_to_avro
+from schemas import topics
 from schemas.models import Envelope
 from schemas.secrets import SecretValueError
 from tests.faults.conftest import Recorder
-from tests.integration.conftest import free_port, read_to_end, run_custody
-from tests.integration.test_storage_e2e import Stack, until
+from tests.support.broker import free_port, read_to_end, run_custody
+from tests.support.polling import until
+from tests.support.samples import Chain
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,6 @@ TELLTALES = {
     "azure_storage_key": "Q2FuYXJ5MDYQ2FuYXJ5MDY",
 }
 PASSWORD = "PwCanary07-do-not-log"
-CODEC = AvroCodec()
 
 
 def _with_canary(event: Envelope, kind: str) -> Envelope:
@@ -69,19 +68,14 @@ def _with_canary(event: Envelope, kind: str) -> Envelope:
 def _raw_events(stream: list[Envelope], instance: str) -> tuple[list[bytes], int]:
     """The stream encoded with its hash chain as the SDK would, a canary in one event
     of each kind (the SDK itself would refuse those); how many carry one."""
-    chain = HashChain()
+    chain = Chain(instance)
     kinds = list(CANARIES)
     values, tainted = [], 0
     for index, event in enumerate(stream):
         if index % 5 == 2 and tainted < len(kinds):
             event = _with_canary(event, kinds[tainted])
             tainted += 1
-        link = chain.next_link()
-        message = CODEC.encode(
-            catalog.EVENT, event_to_avro(event, (instance, link.seq, link.prev_hash))
-        )
-        chain.advance(link.seq, body_bytes(message))
-        values.append(message)
+        values.append(chain.encode(event))
     return values, tainted
 
 

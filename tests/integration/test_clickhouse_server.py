@@ -1,20 +1,19 @@
 """Storage against a real ClickHouse server over the native protocol: Debian's
-``clickhouse-server`` 18.16, started privately by each test (tests/integration/
+``clickhouse-server`` 18.16, started privately by each test (tests/support/
 clickhouse_server.py).
 
 18.16 is older than the 24.3 the production schema needs, so ``custody migrate`` must refuse
 it, clearly and before creating anything. The driver path (``ServerBackend`` and
 ``BatchWriter``) and ``custody ingest`` are exercised on reduced tables 18.16 can hold
-(tests/integration/clickhouse_18_tables.sql): the sink writes only the columns a table has.
+(derived from the migrations there): the sink writes only the columns a table has.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,17 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Envelope
-from tests.correlation_trees import CONFIG, MISCHIEF, mischievous, run
-from tests.factories import many_trees, stamped
-from tests.integration.clickhouse_server import ClickHouseServer, server_binary
-from tests.integration.conftest import CUSTODY, read_to_end
+from tests.support.broker import CUSTODY, read_to_end
+from tests.support.clickhouse_server import (
+    DATABASE,
+    ClickHouseServer,
+    create_reduced_tables,
+    custody_url,
+    server_binary,
+)
+from tests.support.polling import until
+from tests.support.samples import many_trees, stamped
+from tests.support.trees import CONFIG, MISCHIEF, mischievous, run
 
 pytestmark = [
     pytest.mark.integration,
@@ -46,8 +52,6 @@ pytestmark = [
 ]
 
 CODEC = AvroCodec()
-DATABASE = "custody"
-TABLES_SQL = Path(__file__).with_name("clickhouse_18_tables.sql")
 STATE_TABLES = {"TASK": "tasks", "DELEGATION": "delegations", "CREDENTIAL": "credentials"}
 SORTING_KEYS = {
     "events": "tenant, root_task_id, event_time, event_id",
@@ -58,7 +62,7 @@ SORTING_KEYS = {
 }
 
 
-# ---- the server and its reduced tables -----------------------------------------------------
+# ---- the server -----------------------------------------------------------------------------
 
 
 @pytest.fixture()
@@ -71,47 +75,8 @@ def clickhouse(tmp_path: Path) -> Iterator[ClickHouseServer]:
         server.stop()
 
 
-def reduced_table_statements() -> list[str]:
-    text = "\n".join(
-        line for line in TABLES_SQL.read_text().splitlines() if not line.lstrip().startswith("--")
-    )
-    return [part.strip() for part in re.split(r";\s*$", text, flags=re.M) if part.strip()]
-
-
-def create_reduced_tables(server: ClickHouseServer) -> None:
-    client = server.client()
-    try:
-        client.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    finally:
-        client.disconnect()
-    client = server.client(database=DATABASE)
-    try:
-        for statement in reduced_table_statements():
-            client.execute(statement)
-    finally:
-        client.disconnect()
-
-
-def custody_url(server: ClickHouseServer) -> str:
-    return f"clickhouse://default:@{server.host}:{server.tcp_port}/{DATABASE}"
-
-
 def query(server: ClickHouseServer, sql: str) -> list[tuple[Any, ...]]:
-    client = server.client(database=DATABASE)
-    try:
-        result: list[tuple[Any, ...]] = client.execute(sql)
-        return result
-    finally:
-        client.disconnect()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds saying ``what()``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what()}")
-        time.sleep(0.1)
+    return server.execute(sql, database=DATABASE)
 
 
 # ---- records as ingest consumes them -------------------------------------------------------
@@ -276,17 +241,13 @@ def test_custody_migrate_refuses_18_16_clearly_and_creates_nothing(
 
 def query_default(server: ClickHouseServer) -> tuple[list[str], list[str]]:
     """The databases, and the tables outside the system database."""
-    client = server.client()
-    try:
-        databases = sorted(name for (name,) in client.execute("SHOW DATABASES"))
-        tables = sorted(
-            f"{db}.{name}"
-            for db, name in client.execute(
-                "SELECT database, name FROM system.tables WHERE database != 'system'"
-            )
+    databases = sorted(name for (name,) in server.execute("SHOW DATABASES"))
+    tables = sorted(
+        f"{db}.{name}"
+        for db, name in server.execute(
+            "SELECT database, name FROM system.tables WHERE database != 'system'"
         )
-    finally:
-        client.disconnect()
+    )
     return databases, tables
 
 
@@ -368,7 +329,7 @@ def test_ingest_survives_a_server_stop_and_restart_mid_stream_without_loss(
 
         publish(phases[0])
         # Mid-stream: some events are stored, not all of them (two phases are still to come).
-        wait_for(
+        until(
             lambda: stored()[0] >= FIRST_STORED or not ingest.alive(),
             60,
             lambda: f"{stored()} stored; ingest log:\n{ingest.output()[-3000:]}",
@@ -381,7 +342,7 @@ def test_ingest_survives_a_server_stop_and_restart_mid_stream_without_loss(
 
         # Publishing goes on while the server is down; ingest notices and retries.
         publish(phases[1])
-        wait_for(
+        until(
             lambda: "retrying in" in ingest.output() or not ingest.alive(),
             30,
             lambda: f"no retry logged; ingest log:\n{ingest.output()[-3000:]}",
@@ -396,7 +357,7 @@ def test_ingest_survives_a_server_stop_and_restart_mid_stream_without_loss(
         assert raw.flush(30) == 0
         del raw
         # The outage lasts several seconds, over several retries (backoff capped at 1 s).
-        wait_for(
+        until(
             lambda: time.monotonic() - down_at >= OUTAGE_SECONDS and retries(ingest) >= 3,
             OUTAGE_SECONDS + 30,
             lambda: f"{retries(ingest)} retries logged; ingest log:\n{ingest.output()[-3000:]}",
@@ -408,7 +369,7 @@ def test_ingest_survives_a_server_stop_and_restart_mid_stream_without_loss(
         publish(phases[2])
         expected = len(published)
         assert expected == 3 * EVENTS_PER_PHASE
-        wait_for(
+        until(
             lambda: stored() == (expected, expected) or not ingest.alive(),
             60,
             lambda: f"{stored()} of {expected} stored; ingest log:\n{ingest.output()[-3000:]}",
@@ -423,7 +384,7 @@ def test_ingest_survives_a_server_stop_and_restart_mid_stream_without_loss(
             for kind, table in STATE_TABLES.items()
         }
         expected_tables["alerts"] = len(verdict.alerts)
-        wait_for(
+        until(
             lambda: final_counts(clickhouse, expected_tables) == expected_tables,
             30,
             lambda: f"{final_counts(clickhouse, expected_tables)} != {expected_tables}",

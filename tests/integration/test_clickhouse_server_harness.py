@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.clickhouse_server import ClickHouseServer, server_binary
+from tests.support.clickhouse_server import ClickHouseServer, server_binary
 
 pytestmark = pytest.mark.skipif(
     server_binary() is None, reason="clickhouse-server is not installed"
@@ -25,12 +25,7 @@ ENGINE = ReplacingMergeTree() ORDER BY id
 
 
 def count(server: ClickHouseServer) -> int:
-    client = server.client()
-    try:
-        rows = client.execute("SELECT count() FROM t")
-    finally:
-        client.disconnect()
-    return int(rows[0][0])
+    return int(server.execute("SELECT count() FROM t")[0][0])
 
 
 def test_rows_survive_restart_and_kill(tmp_path: Path) -> None:

@@ -7,37 +7,21 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from processors.correlation.engine import CorrelationConfig
 from producers.producer import CustodyProducer
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Envelope
-from tests.correlation_trees import MISCHIEF, mischievous, run
-from tests.integration.conftest import CUSTODY, RunningBroker, read_to_end
+from tests.support.broker import CUSTODY, RunningBroker, read_to_end
+from tests.support.stack import CONFIG, GRACE, LATENESS
+from tests.support.trees import traffic
 
-GRACE, LATENESS = 3, 1
-CONFIG = CorrelationConfig.of(GRACE, 86_400)
 CODEC = AvroCodec()
-
-
-def traffic(trees: int) -> tuple[list[Envelope], set[str]]:
-    """``trees`` custody trees, each with one misbehaviour in turn (every fourth clean),
-    40 s of event time apart, in event-time order; and the alert ids they must raise."""
-    stream: list[Envelope] = []
-    expected: set[str] = set()
-    for i in range(trees):
-        mischief = set() if i % 4 == 3 else {MISCHIEF[i % len(MISCHIEF)]}
-        tree = mischievous(mischief, name=f"t{i}-", offset=40 * i)
-        expected |= run(tree, CONFIG).ids()
-        stream += tree
-    stream.sort(key=lambda e: (e.event_time, e.event_id))
-    return stream, expected
 
 
 @pytest.fixture()
@@ -100,9 +84,9 @@ class AlertReader:
                 assert message.key() == alert.alert_id.encode()
                 self.ids.append(alert.alert_id)
 
-    def until(self, condition: object, timeout: float, worker: Worker) -> None:
+    def until(self, condition: Callable[[], bool], timeout: float, worker: Worker) -> None:
         deadline = time.monotonic() + timeout
-        while not condition():  # type: ignore[operator]
+        while not condition():
             assert worker.alive(), f"worker died, see {worker.log}"
             assert time.monotonic() < deadline, f"{len(set(self.ids))} alerts after {timeout}s"
             self.poll()
@@ -123,7 +107,7 @@ def publish(settings: Settings, stream: list[Envelope]) -> None:
 def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dlq(
     broker: RunningBroker, settings: Settings, worker: Worker
 ) -> None:
-    stream, expected = traffic(24)
+    stream, expected = traffic(24, CONFIG)
     assert len(expected) >= 15  # every kind of misbehaviour is in the traffic
     raw = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     raw.produce(topics.EVENTS, b"not avro at all", key=b"garbage")
@@ -145,7 +129,7 @@ def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dl
 def test_kill_9_mid_stream_loses_no_alert_and_invents_none(
     broker: RunningBroker, settings: Settings, worker: Worker
 ) -> None:
-    stream, expected = traffic(160)
+    stream, expected = traffic(160, CONFIG)
     publish(settings, stream)
     worker.start()
     reader = AlertReader(settings.kafka_bootstrap)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from producers.simulator import EXPECTED_ALERT, SimulationConfig, plan
-from tests.integration.conftest import free_port, run_custody
+from tests.support.broker import free_port, run_custody
 
 pytestmark = pytest.mark.integration
 

@@ -12,26 +12,20 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is absent (Debian package chromium)", allow_module_level=True)
-
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
-
-from schemas.models import AccessEvent, TaskDeclaredEvent  # noqa: E402
-from tests.integration.explorer_fixtures import (  # noqa: E402
+from schemas.models import AccessEvent, TaskDeclaredEvent
+from tests.integration.explorer_fixtures import (
     GRACE,
     OTHER_TENANT,
     ROOTS,
@@ -40,12 +34,18 @@ from tests.integration.explorer_fixtures import (  # noqa: E402
     Tree,
     simulated,
 )
-from tests.integration.test_storage_e2e import Stack, api_address  # noqa: E402
+from tests.support import REPO
+from tests.support.polling import until
+from tests.support.stack import Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is absent (Debian package chromium)", allow_module_level=True)
 
 pytestmark = pytest.mark.integration
 
-EXPLORER = Path(__file__).resolve().parents[2] / "dashboards" / "explorer"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+EXPLORER = REPO / "dashboards" / "explorer"
+ARTIFACTS = REPO / "tests" / "artifacts"
 LAUNCH_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -82,17 +82,6 @@ class Explorer:
     def alerts(self, root: str, alert_type: str) -> list[dict[str, Any]]:
         rows = self.get("/api/alerts", type=alert_type, limit="5000")["alerts"]
         return [a for a in rows if a["root_task_id"] == root and a["tenant"] == TENANT]
-
-
-def until(
-    condition: Callable[[], bool], timeout: float, what: str, state: Callable[[], str]
-) -> None:
-    """Poll ``condition`` until it holds; past ``timeout``, fail saying what is missing."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s: {state()}")
-        time.sleep(0.5)
 
 
 def _stored_alert_types(explorer: Explorer, tenant: str) -> dict[str, Counter[str]]:
@@ -139,7 +128,7 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
                 "--misbehaviour-rate", "1", "--seed", str(SEED), "--start", "1d", "--json",
             )  # fmt: skip
             assert published.returncode == 0, published.stderr
-        running = Explorer(stack, api_address(stack), simulated(), simulated(OTHER_TENANT, 1))
+        running = Explorer(stack, stack.address(), simulated(), simulated(OTHER_TENANT, 1))
         expected = {t.root: t.alert_types for t in running.trees}
 
         def alerts_missing() -> dict[str, Counter[str]]:
@@ -149,8 +138,9 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
         until(
             lambda: not any(alerts_missing().values()),
             120,
-            "the alerts the correlator must raise, in ClickHouse",
-            lambda: f"missing {alerts_missing()}, stored {_stored_alert_types(running, TENANT)}",
+            lambda: f"the alerts the correlator must raise, in ClickHouse: missing "
+            f"{alerts_missing()}, stored {_stored_alert_types(running, TENANT)}",
+            0.5,
         )
         assert _stored_alert_types(running, TENANT) == expected
 
@@ -160,8 +150,9 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
         until(
             lambda: not trees_missing(),
             120,
-            "every tree's tasks, tokens and accesses in ClickHouse",
-            lambda: f"incomplete trees {trees_missing()}",
+            lambda: f"every tree's tasks, tokens and accesses in ClickHouse: incomplete trees "
+            f"{trees_missing()}",
+            0.5,
         )
         # The other tenant's copy only needs to be found (the correlator keys its state by
         # root task id alone, so it does not judge that copy apart: see the report).
@@ -169,7 +160,7 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
             lambda: _tree_found(running, OTHER_TENANT, running.other[0].root),
             120,
             "the other tenant's tree",
-            lambda: "not found",
+            0.5,
         )
         yield running
     finally:

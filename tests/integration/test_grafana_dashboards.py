@@ -18,7 +18,6 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +26,12 @@ from processors.storage.backend import ChdbBackend, Row
 from processors.storage.migrations import migrate
 from processors.storage.target import ChdbTarget
 from producers.simulator import SimulationConfig, simulate
-from tests.stored_simulation import store
+from tests.support import REPO
+from tests.support.stored import store
 
 pytestmark = pytest.mark.integration
 
-DASHBOARDS = Path(__file__).resolve().parents[2] / "dashboards" / "grafana"
+DASHBOARDS = REPO / "dashboards" / "grafana"
 PLUGIN = "grafana-clickhouse-datasource"
 DATASOURCE = {"type": PLUGIN, "uid": "${datasource}"}
 # The plugin's format enum (src/types: TIMESERIES = 0, TABLE = 1) and the v4 query type

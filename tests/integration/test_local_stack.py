@@ -10,7 +10,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from schemas import topics
-from tests.integration.conftest import free_port, run_custody
+from tests.support.broker import free_port, run_custody
 
 
 def _custody(home: Path, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,7 @@ import pytest
 from producers.settings import Settings
 from producers.simulator import SimulationConfig, plan, simulate
 from schemas.codec import AvroCodec
-from tests.integration.conftest import RunningBroker, read_to_end, run_custody
+from tests.support.broker import RunningBroker, read_to_end, run_custody
 
 pytestmark = pytest.mark.integration
 

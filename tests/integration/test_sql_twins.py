@@ -1,7 +1,7 @@
 """The SQL twins of the streaming alerts (``dashboards/queries/*.sql``) agree with the
 correlator on the same data.
 
-Many custody trees (each misbehaviour of :mod:`tests.correlation_trees` alone and in
+Many custody trees (each misbehaviour of :mod:`tests.support.trees` alone and in
 combination, clean trees, and trees built here at the edges of each rule: a revocation or
 expiry exactly at a deadline and a microsecond after it, ties broken by event id, a later
 or tied second issuance of a token, facts that belong to another tree, replayed events, a
@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -31,13 +30,11 @@ from processors.storage.backend import ChdbBackend, Row, iso
 from processors.storage.migrations import migrate
 from processors.storage.sink import BatchWriter, Record
 from processors.storage.target import ChdbTarget
-from producers import events
 from producers.context import CustodyContext
 from producers.events import Source
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
 from schemas.models import (
-    AccessEvent,
     Alert,
     AlertType,
     AuthzDecisionEvent,
@@ -48,23 +45,13 @@ from schemas.models import (
     TaskCompletedEvent,
     TaskDeclaredEvent,
 )
-from tests.correlation_trees import (
-    CODER,
-    CONFIG,
-    GRACE,
-    MISCHIEF,
-    PLANNER,
-    POLICY,
-    RESEARCHER,
-    VAULT,
-    Tree,
-    mischievous,
-    run,
-)
+from tests.support import REPO
+from tests.support.events import CODER, PLANNER, RESEARCHER, allow, issue, revoke, use
+from tests.support.trees import CONFIG, GRACE, MISCHIEF, Tree, mischievous, run
 
 pytestmark = pytest.mark.integration
 
-QUERIES = Path(__file__).resolve().parents[2] / "dashboards" / "queries"
+QUERIES = REPO / "dashboards" / "queries"
 CODEC = AvroCodec()
 US = timedelta(microseconds=1)
 FAR = datetime(2030, 1, 1, tzinfo=UTC)  # past every deadline of the dataset
@@ -132,33 +119,6 @@ def decision(stream: list[Envelope], decision_id: str) -> AuthzDecisionEvent:
 
 def declaration(stream: list[Envelope], task_id: str) -> TaskDeclaredEvent:
     return one(stream, TaskDeclaredEvent, lambda e: e.task_id == task_id)
-
-
-def use(tree: Tree, source: Source, token: str, when: datetime, scope: list[str]) -> AccessEvent:
-    """An access to ``db://x`` with ``token`` in the coder's task."""
-    return events.access(
-        source,
-        tree.code,
-        token_id=token,
-        tool="sql",
-        resource="db://x",
-        action="read",
-        data_scope=scope,
-        outcome="SUCCESS",
-        decision_id=f"dec-{token}",
-        event_time=when,
-    )
-
-
-def revoke(tree: Tree, token: str, when: datetime, reason: str = "MANUAL") -> Envelope:
-    return events.credential_revoked(
-        VAULT,
-        tree.code,
-        token_id=token,
-        reason=reason,
-        revoked_by=VAULT.actor.workload_id,
-        event_time=when,
-    )
 
 
 def unrevoked_edges(name: str, offset: float) -> list[Envelope]:
@@ -234,18 +194,14 @@ def reissued_elsewhere(name: str, offset: float) -> list[Envelope]:
     tree = Tree(name, offset)
     stream, at = tree.events, tree.at
     first = issuance(stream, name + "tok-code")
-    again = events.credential_issued(
-        VAULT,
+    again = issue(
         tree.research,
-        token_id=first.body.token_id,
-        token_subject=first.body.token_subject,
-        credential_kind="JWT",
-        audience="db",
+        first.body.token_id,
+        at(23.5),
+        subject=first.body.token_subject,
         scopes=first.body.scopes,
-        issued_at=at(23.5),
-        expires_at=first.body.expires_at,
+        expires=first.body.expires_at,
         decision_id=first.body.decision_id,
-        event_time=at(23.5),
     )
     stream.insert(stream.index(first) + 1, again)
     late = revocation(stream, name + "tok-code")
@@ -259,9 +215,10 @@ def earliest_decision_wins(name: str, offset: float) -> list[Envelope]:
     tree = Tree(name, offset)
     stream, at = tree.events, tree.at
     for decision_id, when in ((f"dec-{name}tok-code", 21.5), (f"dec-{name}tok-root", 2.5)):
-        allow = decision(stream, decision_id)
-        deny = with_body(allow, decision="DENY").model_copy(update={"event_id": str(uuid.uuid4())})
-        stream.insert(stream.index(allow), moved(deny, at(when)))
+        allowed = decision(stream, decision_id)
+        deny = with_body(allowed, decision="DENY")
+        deny = deny.model_copy(update={"event_id": str(uuid.uuid4())})
+        stream.insert(stream.index(allowed), moved(deny, at(when)))
     research = decision(stream, f"dec-{name}tok-research")
     elsewhere = allow_in(tree.root, research)
     return swap(stream, research, elsewhere)
@@ -269,20 +226,7 @@ def earliest_decision_wins(name: str, offset: float) -> list[Envelope]:
 
 def allow_in(task: CustodyContext, decision: AuthzDecisionEvent) -> Envelope:
     """An ALLOW with ``decision``'s id and time, decided in ``task``."""
-    return events.authz_decision(
-        POLICY,
-        task,
-        decision_id=decision.body.decision_id,
-        policy_engine="opa",
-        policy_id="p",
-        policy_version="1",
-        decision="ALLOW",
-        resource="db://x",
-        action="read",
-        data_scope=["db:read"],
-        reasons=["ok"],
-        event_time=decision.event_time,
-    )
+    return allow(task, decision.body.decision_id, decision.event_time)
 
 
 def foreign_facts(name: str, offset: float) -> list[list[Envelope]]:
@@ -291,10 +235,14 @@ def foreign_facts(name: str, offset: float) -> list[list[Envelope]]:
     first tree, which is judged alone."""
     first, second = Tree(name + "a-", offset), Tree(name + "b-", offset)
     stream = first.events
-    allow = decision(stream, f"dec-{name}a-tok-code")
-    stream = swap(stream, allow, None)
-    elsewhere = allow_in(second.code, allow)
-    other = [*second.events, elsewhere, revoke(second, f"{name}a-tok-code", second.at(20))]
+    allowed = decision(stream, f"dec-{name}a-tok-code")
+    stream = swap(stream, allowed, None)
+    elsewhere = allow_in(second.code, allowed)
+    other = [
+        *second.events,
+        elsewhere,
+        revoke(second.code, f"{name}a-tok-code", second.at(20), reason="MANUAL"),
+    ]
     return [stream, other]
 
 
@@ -307,10 +255,10 @@ def use_edges(name: str, offset: float) -> list[Envelope]:
     stream = swap(tree.events, revocation(tree.events, tok + "short"), None)
     return [
         *stream,
-        use(tree, CODER, tok + "code", at(25), ["db:read"]),
-        use(tree, CODER, tok + "code", at(25) + US, ["db:read"]),
-        use(tree, CODER, tok + "short", at(26), ["db:read"]),
-        use(tree, CODER, tok + "short", at(26) + US, ["db:read"]),
+        use(tree.code, tok + "code", at(25)),
+        use(tree.code, tok + "code", at(25) + US),
+        use(tree.code, tok + "short", at(26)),
+        use(tree.code, tok + "short", at(26) + US),
     ]
 
 
@@ -328,10 +276,10 @@ def instances(name: str, offset: float) -> list[Envelope]:
     other_instance = Source.of("acme", "runtime", CODER.actor.workload_id, "AGENT", "coder-2")
     return [
         *stream,
-        use(tree, CODER, tok + "inst", at(24.1), ["db:read"]),
-        use(tree, other_workload, tok + "inst", at(24.2), ["db:read"]),
-        use(tree, RESEARCHER, tok + "inst", at(24.3), ["db:read"]),
-        use(tree, other_instance, tok + "code", at(24.4), ["db:read"]),
+        use(tree.code, tok + "inst", at(24.1)),
+        use(tree.code, tok + "inst", at(24.2), source=other_workload),
+        use(tree.code, tok + "inst", at(24.3), source=RESEARCHER),
+        use(tree.code, tok + "code", at(24.4), source=other_instance),
     ]
 
 
@@ -341,9 +289,9 @@ def scopes(name: str, offset: float) -> list[Envelope]:
     tok, at = name + "tok-code", tree.at
     return [
         *tree.events,
-        use(tree, CODER, tok, at(24.1), ["db:read", "db:write"]),
-        use(tree, CODER, tok, at(24.2), []),
-        use(tree, CODER, tok, at(24.3), ["db:read", "db:read"]),
+        use(tree.code, tok, at(24.1), scopes=["db:read", "db:write"]),
+        use(tree.code, tok, at(24.2), scopes=[]),
+        use(tree.code, tok, at(24.3), scopes=["db:read", "db:read"]),
     ]
 
 
@@ -354,10 +302,10 @@ def revocations(name: str, offset: float) -> list[Envelope]:
     tok, at = name + "tok-", tree.at
     return [
         *tree.events,
-        revoke(tree, tok + "code", at(24.5)),
-        use(tree, CODER, tok + "code", at(24.7), ["db:read"]),
-        revoke(tree, tok + "root", at(4)),
-        use(tree, PLANNER, tok + "root", at(4.5), ["crm:read"]),
+        revoke(tree.code, tok + "code", at(24.5), reason="MANUAL"),
+        use(tree.code, tok + "code", at(24.7)),
+        revoke(tree.code, tok + "root", at(4), reason="MANUAL"),
+        use(tree.code, tok + "root", at(4.5), source=PLANNER, scopes=["crm:read"]),
     ]
 
 

@@ -23,9 +23,9 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
 from schemas.models import Envelope
-from tests.correlation_trees import GRACE, MISCHIEF, mischievous, run
-from tests.factories import one_of_each
-from tests.integration.conftest import CUSTODY
+from tests.support.broker import CUSTODY
+from tests.support.samples import one_of_each
+from tests.support.trees import GRACE, MISCHIEF, mischievous, run
 
 pytestmark = pytest.mark.integration
 

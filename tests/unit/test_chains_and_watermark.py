@@ -14,7 +14,7 @@ from processors.correlation.chains import (
 )
 from processors.correlation.watermark import Watermark
 from schemas.models import Alert
-from tests.correlation_trees import CONFIG, DETECTED, GRACE
+from tests.support.trees import CONFIG, DETECTED, GRACE
 
 US = 1_000_000
 

@@ -47,7 +47,9 @@ from schemas.models import (
     validate_event,
 )
 from schemas.registry import SchemaRegistryClient
-from tests.factories import T0, one_of_each, stamped
+from tests.support.events import T0
+from tests.support.samples import one_of_each, stamped
+from tests.support.trees import mischievous, run
 
 CODEC = AvroCodec()
 
@@ -316,17 +318,7 @@ def test_state_change_round_trips_and_needs_its_payload() -> None:
 
 
 def test_decoding_an_alert_as_an_event_is_a_contract_violation() -> None:
-    alert = Alert(
-        alert_id="a",
-        alert_type="EVIDENCE_GAP",
-        severity="LOW",
-        tenant="t",
-        root_task_id="r",
-        event_time=T0,
-        detected_at=T0,
-        evidence_event_ids=[],
-        detail="",
-    )
+    [alert] = run(mischievous({"leak"})).alerts
     with pytest.raises(ContractViolationError, match="expected an event"):
         CODEC.decode_event(CODEC.encode_alert(alert))
 

@@ -22,24 +22,19 @@ from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
-from tests.correlation_trees import mischievous, run
+from schemas.models import Envelope
+from tests.support.samples import stamped
+from tests.support.trees import mischievous, run
 
 CODEC = AvroCodec()
 CONFIG_3S = CorrelationConfig.of(3, Settings().max_credential_ttl_seconds)  # as _work's
 WALL = 1_900_000_000 * 1_000_000
 
 
-def _records(events: list, partition: int = 0) -> list[tuple[int, int, bytes, bytes]]:  # type: ignore[type-arg]
+def _records(events: list[Envelope], partition: int = 0) -> list[tuple[int, int, bytes, bytes]]:
     return [
-        (
-            partition,
-            offset,
-            e.root_task_id.encode(),
-            CODEC.encode_event(
-                e.model_copy(update={"producer_instance": "p/1", "seq": offset + 1})
-            ),
-        )
-        for offset, e in enumerate(events)
+        (partition, seq - 1, e.root_task_id.encode(), CODEC.encode_event(stamped(e, seq, "p/1")))
+        for seq, e in enumerate(events, start=1)
     ]
 
 

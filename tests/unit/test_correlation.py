@@ -5,42 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 
 from processors.correlation.engine import CorrelationConfig
-from producers import events
+from producers.events import Source
 from schemas.models import (
     CredentialIssuedEvent,
-    CredentialRevokedEvent,
     DelegationEvent,
     Envelope,
     StateKind,
     TaskDeclaredEvent,
 )
-from tests.correlation_trees import (
+from tests.support.events import (
     ALICE,
-    BOB,
     CODER,
-    GRACE,
     RESEARCHER,
-    VAULT,
-    Tree,
+    approve,
     at,
-    run,
+    break_glass,
+    revoke,
+    use,
 )
-
-
-def _revocation_of(token: str) -> object:
-    return lambda e: isinstance(e, CredentialRevokedEvent) and e.body.token_id == token
-
-
-def _revoke(tree: Tree, token: str, when: float) -> Envelope:
-    ctx = {"tok-root": tree.root, "tok-research": tree.research, "tok-code": tree.code}[token]
-    return events.credential_revoked(
-        VAULT,
-        ctx,
-        token_id=token,
-        reason="TASK_ENDED",
-        revoked_by="spiffe://acme/vault",
-        event_time=at(when),
-    )
+from tests.support.trees import GRACE, Tree, revocation_of, run
 
 
 def test_a_clean_tree_raises_nothing_and_reports_its_state() -> None:
@@ -64,29 +47,29 @@ def test_a_clean_tree_raises_nothing_and_reports_its_state() -> None:
 
 def test_unrevoked_token_fires_when_revocation_comes_after_the_grace_period() -> None:
     tree = Tree()
-    stream = tree.without(_revocation_of("tok-code"))
+    stream = tree.without(revocation_of("tok-code"))
     # The coder's task completed at 30 s: revoked at 30 + GRACE + 1 is too late.
-    result = run([*stream, _revoke(tree, "tok-code", 30 + GRACE + 1)])
+    result = run([*stream, revoke(tree.code, "tok-code", at(30 + GRACE + 1))])
     assert result.types() == ["UNREVOKED_TOKEN"]
     assert result.alerts[0].token_id == "tok-code" and result.alerts[0].task_id == "code"
 
 
 def test_unrevoked_near_miss_revoked_one_second_before_the_grace_period_ends() -> None:
     tree = Tree()
-    stream = tree.without(_revocation_of("tok-code"))
-    assert run([*stream, _revoke(tree, "tok-code", 30 + GRACE - 1)]).alerts == []
+    stream = tree.without(revocation_of("tok-code"))
+    assert run([*stream, revoke(tree.code, "tok-code", at(30 + GRACE - 1))]).alerts == []
 
 
 def test_unrevoked_near_miss_token_expired_within_the_grace_period() -> None:
     tree = Tree()
     tree.grant(tree.code, CODER, "tok-short", ["db:read"], start=23, ttl=30)
-    stream = tree.without(_revocation_of("tok-short"))
+    stream = tree.without(revocation_of("tok-short"))
     assert run(stream).alerts == []
 
 
 def test_never_revoked_token_is_unrevoked_with_its_evidence() -> None:
     tree = Tree()
-    result = run(tree.without(_revocation_of("tok-root")))
+    result = run(tree.without(revocation_of("tok-root")))
     assert result.types() == ["UNREVOKED_TOKEN"]
     issued = next(
         e
@@ -122,25 +105,9 @@ def test_token_without_an_allow_decision_is_orphaned_but_not_when_it_comes_late(
 # ---- TOKEN_USED_AFTER_REVOCATION / EXPIRY ------------------------------------------
 
 
-def _access(
-    tree: Tree,
-    token: str,
-    when: float,
-    source: object = CODER,
-    scopes: tuple[str, ...] = ("db:read",),
-) -> Envelope:
-    return events.access(
-        source,
-        tree.code,
-        token_id=token,
-        tool="sql",  # type: ignore[arg-type]
-        resource="db://x",
-        action="read",
-        data_scope=list(scopes),
-        outcome="SUCCESS",
-        decision_id=f"dec-{token}",
-        event_time=at(when),
-    )
+def _access(tree: Tree, token: str, when: float, source: Source = CODER) -> Envelope:
+    """An access with ``token`` in the coder's task, ``when`` seconds after T0."""
+    return use(tree.code, token, at(when), source=source)
 
 
 def test_use_after_revocation_fires_whatever_the_arrival_order() -> None:
@@ -158,7 +125,7 @@ def test_use_after_revocation_near_miss_use_before_revocation() -> None:
 def test_use_after_expiry_fires_and_its_near_miss_does_not() -> None:
     tree = Tree()
     tree.grant(tree.code, CODER, "tok-exp", ["db:read"], start=23, ttl=60)
-    stream = tree.without(_revocation_of("tok-exp"))
+    stream = tree.without(revocation_of("tok-exp"))
     # issued at 24, expires at 84 (within the grace after its task ended at 30)
     assert run([*stream, _access(tree, "tok-exp", 85)]).types() == ["TOKEN_USED_AFTER_EXPIRY"]
     assert run([*stream, _access(tree, "tok-exp", 83)]).alerts == []
@@ -176,7 +143,7 @@ def test_token_used_by_another_workload_is_shared() -> None:
 
 def test_shared_near_miss_another_replica_of_the_same_workload() -> None:
     tree = Tree()
-    replica = events.Source.of("acme", "runtime", CODER.actor.workload_id, "AGENT", "coder-2")
+    replica = Source.of("acme", "runtime", CODER.actor.workload_id, "AGENT", "coder-2")
     assert run([*tree.events, _access(tree, "tok-code", 24.5, source=replica)]).alerts == []
 
 
@@ -205,7 +172,7 @@ def test_escalation_near_miss_delegation_narrows_scope() -> None:
 
 def test_access_outside_the_token_scopes_escalates_and_inside_does_not() -> None:
     tree = Tree()
-    outside = _access(tree, "tok-code", 24.5, scopes=("db:read", "db:admin"))
+    outside = use(tree.code, "tok-code", at(24.5), scopes=["db:read", "db:admin"])
     assert "SCOPE_ESCALATION" in run([*tree.events, outside]).types()
     assert run([*tree.events, _access(tree, "tok-code", 24.5)]).alerts == []
 
@@ -232,45 +199,21 @@ def test_delegating_to_the_same_identity_is_flagged_and_a_distinct_one_is_not() 
 
 def test_access_without_a_covering_allow_is_unauthorized() -> None:
     tree = Tree()
-    wrong_resource = events.access(
-        CODER,
-        tree.code,
-        token_id="tok-code",
-        tool="sql",
-        resource="db://payroll",
-        action="read",
-        data_scope=["db:read"],
-        outcome="SUCCESS",
-        decision_id="dec-tok-code",
-        event_time=at(24.5),
-    )
+    wrong_resource = use(tree.code, "tok-code", at(24.5), resource="db://payroll")
     assert run([*tree.events, wrong_resource]).types() == ["UNAUTHORIZED_ACCESS"]
 
 
 def test_unauthorized_near_miss_denied_access_and_unnamed_but_covered_access() -> None:
     tree = Tree()
-    denied = events.access(
-        CODER,
+    denied = use(
         tree.code,
-        token_id="tok-code",
-        tool="sql",
+        "tok-code",
+        at(24.5),
         resource="db://payroll",
-        action="read",
-        data_scope=["db:read"],
         outcome="DENIED",
-        event_time=at(24.5),
+        decision_id=None,
     )
-    covered = events.access(
-        CODER,
-        tree.code,
-        token_id="tok-code",
-        tool="sql",
-        resource="db://x",
-        action="read",
-        data_scope=["db:read"],
-        outcome="SUCCESS",
-        event_time=at(24.6),
-    )
+    covered = use(tree.code, "tok-code", at(24.6), decision_id=None)
     assert run([*tree.events, denied, covered]).alerts == []
 
 
@@ -287,30 +230,12 @@ def test_a_decision_made_after_the_access_does_not_authorize_it() -> None:
 # ---- BREAK_GLASS_UNAPPROVED / OVERDUE ----------------------------------------------
 
 
-def _break_glass(tree: Tree, expires: float, approval_id: str | None = None) -> Envelope:
-    return events.break_glass(
-        CODER,
-        tree.code,
-        break_glass_id="bg-1",
-        reason="incident",
-        standing_access_unavailable="on-call role missing",
-        approval_id=approval_id,
-        expires_at=at(expires),
-        event_time=at(21.5),
-    )
+def _break_glass(tree: Tree, expires: float) -> Envelope:
+    return break_glass(tree.code, "bg-1", at(21.5), expires=at(expires))
 
 
 def _approve(tree: Tree, approves: str, approver: str = "bob", when: float = 21.6) -> Envelope:
-    return events.approval(
-        BOB,
-        tree.code,
-        approval_id="appr-1",
-        approver=approver,
-        approves=approves,
-        scopes=["db:read"],
-        reason="incident",
-        event_time=at(when),
-    )
+    return approve(tree.code, "appr-1", approves, at(when), approver=approver)
 
 
 def test_break_glass_without_approval_fires_and_with_late_arriving_approval_does_not() -> None:
@@ -389,7 +314,7 @@ def test_self_approval_is_found_when_the_approval_arrives_before_the_task() -> N
 
 def test_a_duplicated_event_changes_nothing() -> None:
     tree = Tree()
-    leaky = tree.without(_revocation_of("tok-root"))
+    leaky = tree.without(revocation_of("tok-root"))
     once = run(leaky)
     twice = run([*leaky, *leaky])
     assert once.ids() == twice.ids() and once.state == twice.state
@@ -398,13 +323,13 @@ def test_a_duplicated_event_changes_nothing() -> None:
 
 def test_alert_ids_are_deterministic_across_runs() -> None:
     tree = Tree()
-    leaky = tree.without(_revocation_of("tok-root"))
+    leaky = tree.without(revocation_of("tok-root"))
     assert run(leaky).ids() == run(list(reversed(leaky))).ids()
 
 
 def test_deadlines_wait_for_the_watermark() -> None:
     tree = Tree()
-    leaky = tree.without(_revocation_of("tok-root"))
+    leaky = tree.without(revocation_of("tok-root"))
     # Root completed at 32 s; its token is judged at 32 + GRACE.
     assert run(leaky, until=at(32 + GRACE - 1)).alerts == []
     assert run(leaky, until=at(32 + GRACE)).types() == ["UNREVOKED_TOKEN"]
@@ -456,16 +381,7 @@ def test_a_parent_whose_events_come_long_after_its_child_is_a_broken_chain() -> 
 def test_break_glass_approved_by_a_non_human_is_unapproved() -> None:
     tree = Tree()
     bg = _break_glass(tree, expires=600)
-    by_agent = events.approval(
-        CODER,
-        tree.code,
-        approval_id="appr-9",
-        approver="bob",
-        approves="bg-1",
-        scopes=[],
-        reason="x",
-        event_time=at(21.6),
-    )
+    by_agent = approve(tree.code, "appr-9", "bg-1", at(21.6), source=CODER, scopes=[], reason="x")
     assert "BREAK_GLASS_UNAPPROVED" in run([*tree.events, bg, by_agent]).types()
 
 
@@ -490,32 +406,8 @@ def test_a_long_job_s_accesses_are_forgotten_once_settled() -> None:
     tree = Tree()
     ctx, token = tree.code, "tok-batch"
     tree.grant(ctx, CODER, token, ["db:read"], start=23, ttl=3000)
-    uses = [
-        events.access(
-            CODER,
-            ctx,
-            token_id=token,
-            tool="sql",
-            resource="db://x",
-            action="read",
-            data_scope=["db:read"],
-            outcome="SUCCESS",
-            decision_id=f"dec-{token}",
-            event_time=at(25 + i / 1000),
-        )
-        for i in range(5000)
-    ]
-    stream = [e for e in tree.events if not _revocation_of(token)(e)] + uses
-    stream.append(
-        events.credential_revoked(
-            VAULT,
-            ctx,
-            token_id=token,
-            reason="TASK_ENDED",
-            revoked_by="spiffe://acme/vault",
-            event_time=at(40),
-        )
-    )
+    uses = [use(ctx, token, at(25 + i / 1000)) for i in range(5000)]
+    stream = [*tree.without(revocation_of(token)), *uses, revoke(ctx, token, at(40))]
     during = run(stream, until=at(30))
     assert sum(map(len, during.state.accesses.values())) > 5000
     settled = run(stream)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.models import Envelope
-from tests.correlation_trees import MISCHIEF, mischievous, run
+from tests.support.trees import MISCHIEF, mischievous, run
 
 
 def _verdict(stream: list[Envelope]) -> tuple[object, set[str]]:

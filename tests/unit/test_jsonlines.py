@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from producers.jsonlines import parse_event_lines
-from tests.factories import json_form, one_of_each
+from tests.support.samples import json_form, one_of_each
 
 
 def _lines(*events: dict[str, object]) -> list[str]:

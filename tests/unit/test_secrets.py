@@ -21,7 +21,7 @@ from schemas.secrets import (
     redact_secrets,
     reject_secrets,
 )
-from tests.factories import AGENT, json_form, one_of_each, stamped
+from tests.support.samples import AGENT, json_form, one_of_each, stamped
 
 CODEC = AvroCodec()
 

@@ -3,7 +3,6 @@ multi-agent work, and honest: clean trees raise no alert, each misbehaviour its 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import timedelta
 from itertools import pairwise
 
@@ -27,18 +26,11 @@ from schemas.models import (
     Envelope,
     EventType,
 )
-from tests.correlation_trees import run
+from tests.support.trees import by_root, run
 
 CONFIG = CorrelationConfig.of(grace_seconds=60, max_credential_ttl_seconds=86_400)
 # The production default grace: misbehaviour must show under it too.
 DEFAULT_CONFIG = CorrelationConfig.of(grace_seconds=300, max_credential_ttl_seconds=86_400)
-
-
-def by_root(stream: list[Envelope]) -> dict[str, list[Envelope]]:
-    trees: dict[str, list[Envelope]] = defaultdict(list)
-    for event in stream:
-        trees[event.root_task_id].append(event)
-    return trees
 
 
 CLEAN = SimulationConfig(roots=50, misbehaviour_rate=0, seed=3)

@@ -11,26 +11,24 @@ deadline of the simulation (:func:`closing_trees`), so each watermark moves on a
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 import zlib
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from processors.correlation.engine import CorrelationConfig
-from producers import events
 from producers.context import CustodyContext
 from producers.events import Source
 from producers.producer import CustodyProducer, DeliveryReport
 from producers.settings import Settings
 from producers.simulator import SimulationConfig, plan, simulate
 from schemas.models import Envelope
-from tests.correlation_trees import run
+from tests.support.events import complete, declare
+from tests.support.stack import api_query
+from tests.support.trees import by_root, run
 
 # Event-time seconds. The grace period is longer than any wait inside a simulated tree (a
 # break-glass approval comes up to 40 s after it), so no alert depends on how fast events
@@ -41,7 +39,7 @@ CONFIG = CorrelationConfig.of(GRACE, MAX_CREDENTIAL_TTL)
 PARTITIONS = 6
 MISBEHAVIOUR_RATE = 0.2
 
-STACK_ENV = {
+SIMULATION_ENV = {
     "CUSTODY_KAFKA_PROFILE": "development",
     "CUSTODY_KAFKA_SESSION_TIMEOUT_MS": "2000",
     "CUSTODY_EVENT_PARTITIONS": str(PARTITIONS),
@@ -83,10 +81,7 @@ def simulation(roots: int, seed: int, hours_ago: float = 8.0) -> Simulation:
 
 def expected_alerts(stream: Iterable[Envelope]) -> set[str]:
     """The pure correlator's alert ids over each custody tree, every deadline passed."""
-    trees: dict[str, list[Envelope]] = defaultdict(list)
-    for event in stream:
-        trees[event.root_task_id].append(event)
-    return {alert for tree in trees.values() for alert in run(tree, CONFIG).ids()}
+    return {alert for tree in by_root(stream).values() for alert in run(tree, CONFIG).ids()}
 
 
 def partition_of(key: str, partitions: int = PARTITIONS) -> int:
@@ -107,16 +102,8 @@ def closing_trees(at: datetime) -> list[Envelope]:
     closing: list[Envelope] = []
     for root in roots.values():
         ctx = CustodyContext.new_root(root)
-        closing.append(
-            events.task_declared(
-                source, ctx, purpose="close the stream", requested_scopes=[], event_time=at
-            )
-        )
-        closing.append(
-            events.task_completed(
-                source, ctx, outcome="SUCCEEDED", event_time=at + timedelta(seconds=1)
-            )
-        )
+        closing.append(declare(ctx, at, source=source, purpose="close the stream", scopes=[]))
+        closing.append(complete(ctx, at + timedelta(seconds=1), source=source))
     return closing
 
 
@@ -165,36 +152,6 @@ class Publisher(threading.Thread):
     @property
     def done(self) -> bool:
         return self.finished_at is not None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds passed; whether it held.
-    (Not an assertion: the fault tests record what they measured before asserting.)"""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def api_query(address: str, sql: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """``sql`` through the query API (read-only, ``final = 1``)."""
-    request = urllib.request.Request(
-        f"{address}/query",
-        data=json.dumps({"sql": sql}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as answer:
-        rows: list[dict[str, Any]] = json.loads(answer.read())["rows"]
-    return rows
-
-
-def api_health(address: str, timeout: float = 5.0) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{address}/health", timeout=timeout) as answer:
-        health: dict[str, Any] = json.loads(answer.read())
-    return health
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,30 @@
-"""A private ClickHouse server (Debian's ``clickhouse-server`` 18.16) for integration tests.
+"""A private ClickHouse server (Debian's ``clickhouse-server`` 18.16) for integration tests,
+and the reduced tables of the production schema that server can hold.
 
 The server runs as a plain child process, not as the packaged service: everything it writes
 (config, data, tmp, logs) lives under one directory the test owns, it listens only on a free
 loopback port for the native protocol, and the ``default`` user has no password. Install with
 ``apt-get install -y --no-install-recommends clickhouse-server``.
+
+The production schema (``infra/clickhouse/*.sql``) needs 24.3 (``custody migrate`` refuses
+older servers). :func:`reduced_table_statements` derives from it the tables 18.16 accepts:
+
+- ``DateTime64(p, 'UTC')`` becomes ``DateTime`` (second precision; the server zone is pinned
+  to UTC) and ``now64(p)`` ``now()``; ``LowCardinality(T)`` becomes ``T``;
+- ``Map(String, String)`` columns (attributes, context) are dropped, and so are TTLs,
+  data-skipping indexes and settings;
+- only the tables ingest writes rows to are kept, no ``*_avro`` tables or views (the native
+  protocol carries rows: the sink decodes records in Python and writes only the columns a
+  table has, skipping those with a default expression, such as ingested_at).
+
+Every column kept has its production name; engines and sorting keys are the production ones,
+so a replayed record is the same row and FINAL reads it once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +36,9 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from clickhouse_driver import Client
+
+from processors.storage.migrations import shipped
+from tests.support.broker import free_port
 
 # Debian ships the server in /usr/sbin, which is not on a non-root PATH; upstream packages
 # put it (a symlink to the multi-call ``clickhouse`` binary) in /usr/bin.
@@ -92,13 +111,6 @@ def server_binary() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -128,7 +140,7 @@ class ClickHouseServer:
         self.start_timeout = start_timeout
         self.users_xml = users_xml if users_xml is not None else _USERS
         self.host = "127.0.0.1"
-        self.tcp_port = _free_port()
+        self.tcp_port = free_port()
         self.data_dir = root / "data"
         self.log_dir = root / "log"
         self.config_path = root / "config.xml"
@@ -159,14 +171,19 @@ class ClickHouseServer:
         """A new clickhouse-driver client for this server; ``kwargs`` go to ``Client``."""
         return Client(self.host, port=self.tcp_port, **kwargs)
 
-    def version(self) -> str:
-        """What the server reports as ``SELECT version()``, e.g. ``18.16.1``."""
-        client = self.client()
+    def execute(self, sql: str, **client_options: Any) -> list[tuple[Any, ...]]:
+        """Run ``sql`` on a new connection (``client_options`` go to ``Client``, e.g.
+        ``database``); its rows."""
+        client = self.client(**client_options)
         try:
-            rows = client.execute("SELECT version()")
+            rows: list[tuple[Any, ...]] = client.execute(sql)
         finally:
             client.disconnect()
-        return str(rows[0][0])
+        return rows
+
+    def version(self) -> str:
+        """What the server reports as ``SELECT version()``, e.g. ``18.16.1``."""
+        return str(self.execute("SELECT version()")[0][0])
 
     def start(self) -> None:
         """Launch the server and return once it answers ``SELECT 1`` on the native port.
@@ -187,7 +204,7 @@ class ClickHouseServer:
                     raise RuntimeError(
                         f"port {self.tcp_port} is in use\n{self._log_tail()}"
                     ) from None
-                self.tcp_port = _free_port()
+                self.tcp_port = free_port()
             else:
                 self._ever_started = True
                 return
@@ -327,3 +344,56 @@ class ClickHouseServer:
 
 class _PortTaken(Exception):
     """The server could not bind its port because another process holds it."""
+
+
+# ---- the reduced tables ---------------------------------------------------------------------
+
+DATABASE = "custody"
+REDUCED_TABLES = ("events", "tasks", "delegations", "credentials", "alerts")
+_CREATE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\b")
+_DROPPED = re.compile(r"^\s*(INDEX |TTL |SETTINGS |\w+ Map\()")
+_REWRITTEN = (
+    (re.compile(r"DateTime64\(\d, 'UTC'\)"), "DateTime"),
+    (re.compile(r"now64\(\d\)"), "now()"),
+    (re.compile(r"LowCardinality\((.*)\)"), r"\1"),
+    (re.compile(r"^ENGINE = (\w+)$"), r"ENGINE = \1()"),
+)
+
+
+def _reduced(statement: str) -> str:
+    lines = []
+    for line in statement.splitlines():
+        if _DROPPED.match(line):
+            continue
+        for pattern, replacement in _REWRITTEN:
+            line = pattern.sub(replacement, line)
+        lines.append(line)
+    # A dropped last column (or index) leaves its predecessor's comma before the ")".
+    return re.sub(r",\n\)", "\n)", "\n".join(lines))
+
+
+def reduced_table_statements() -> list[str]:
+    """``CREATE TABLE`` statements for :data:`REDUCED_TABLES` that 18.16 accepts, derived
+    from the shipped migrations (see the module docstring)."""
+    found = []
+    for migration in shipped():
+        for statement in migration.statements(retention_days=1):
+            code = "\n".join(
+                line for line in statement.splitlines() if not line.lstrip().startswith("--")
+            )
+            create = _CREATE.match(code)
+            if create and create[1] in REDUCED_TABLES:
+                found.append(_reduced(code))
+    return found
+
+
+def create_reduced_tables(server: ClickHouseServer) -> None:
+    """The database :data:`DATABASE` with the reduced tables in it."""
+    server.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    for statement in reduced_table_statements():
+        server.execute(statement, database=DATABASE)
+
+
+def custody_url(server: ClickHouseServer) -> str:
+    """``CUSTODY_CLICKHOUSE_URL`` for the reduced tables on ``server``."""
+    return f"clickhouse://default:@{server.host}:{server.tcp_port}/{DATABASE}"
