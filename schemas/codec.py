@@ -22,6 +22,7 @@ import io
 import json
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import fastavro
@@ -40,6 +41,7 @@ from schemas.models import (
     describe_validation_error,
 )
 from schemas.registry import SchemaRegistryClient, SchemaRegistryError
+from schemas.writer import UnsupportedSchema, Writer, compile_writer
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 SINGLE_OBJECT_HEADER_SIZE = 10
@@ -128,10 +130,14 @@ class AvroCodec:
 
     def encode(self, record: str, datum: dict[str, Any]) -> bytes:
         """Encode an Avro datum (Python form) of ``record`` with its wire header."""
-        buffer = io.BytesIO()
-        buffer.write(self.header(record))
-        fastavro.schemaless_writer(buffer, catalog.latest(record).parsed, datum)
-        return buffer.getvalue()
+        schema = catalog.latest(record)
+        try:
+            body = _writer(schema)(datum)
+        except Exception:
+            # The compiled writer knows valid data only; fastavro writes or refuses anything
+            # else exactly as it always did.
+            body = _fastavro_body(schema.parsed, datum)
+        return self.header(record) + body
 
     # ---- decoding --------------------------------------------------------------------
 
@@ -229,6 +235,29 @@ class AvroCodec:
         if decoded.record != record:
             raise ContractViolationError(f"expected a {record} record, found {decoded.record}")
         return decoded.datum
+
+
+_WRITERS: dict[tuple[str, int], Writer] = {}
+
+
+def _fastavro_body(parsed: Any, datum: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, parsed, datum)
+    return buffer.getvalue()
+
+
+def _writer(schema: SchemaVersion) -> Writer:
+    """The compiled writer of a schema version (fastavro's for one it cannot compile)."""
+    key = (schema.record, schema.version)
+    writer = _WRITERS.get(key)
+    if writer is None:
+        try:
+            writer = compile_writer(schema.parsed)
+        except UnsupportedSchema:
+            writer = partial(_fastavro_body, schema.parsed)
+        # Compiling twice in a race is harmless: both writers are the same.
+        _WRITERS[key] = writer
+    return writer
 
 
 def event_to_avro(

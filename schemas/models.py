@@ -361,8 +361,9 @@ def validate_event(data: Any) -> CustodyEvent:
     if model is None:
         # The union reports a missing or unknown event_type as such.
         return EVENT_ADAPTER.validate_python(data)
-    # Dispatching by hand is ~40% faster than pydantic's tagged union on this hot path.
-    return cast(CustodyEvent, model.model_validate(data))
+    # Dispatching by hand is ~40% faster than pydantic's tagged union on this hot path;
+    # the validator is what model_validate calls, without its per-call argument handling.
+    return cast(CustodyEvent, model.__pydantic_validator__.validate_python(data))
 
 
 # ---- alerts and state changes ---------------------------------------------------------
