@@ -7,6 +7,7 @@ Settings come from ``CUSTODY_*`` environment variables; the global flags overrid
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -94,11 +95,16 @@ def _print_status(statuses: list[stack.ProcessStatus], as_json: bool) -> None:
     out.print(table)
 
 
-def _up(settings: Settings) -> None:
+def _up(settings: Settings, start_timeout: float = stack.START_TIMEOUT_SECONDS) -> None:
     """Start what is not running of the local stack, print its status; exit 1 on failure."""
-    with err.status("starting the local stack (broker, correlate, ingest+serve)"):
+    title = "starting the local stack (broker, correlate, ingest+serve)"
+    with err.status(title) as spinner:
+
+        def progress(said: str) -> None:
+            spinner.update(f"{title}: {escape(said)}")
+
         try:
-            statuses = stack.up(settings)
+            statuses = stack.up(settings, start_timeout=start_timeout, progress=progress)
         except (BrokerError, TopicSetupError, stack.StackError) as exc:
             err.print(f"[red]custody up failed:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
@@ -106,9 +112,20 @@ def _up(settings: Settings) -> None:
 
 
 @app.command()
-def up(ctx: typer.Context) -> None:
+def up(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            envvar="CUSTODY_UP_TIMEOUT_SECONDS",
+            help="Seconds at most to wait for the workers to start, however they progress "
+            f"(one whose log stops moving for {stack.START_STALL_SECONDS:.0f}s fails sooner).",
+        ),
+    ] = stack.START_TIMEOUT_SECONDS,
+) -> None:
     """Start the local stack (what is not already running) and create the topics."""
-    _up(_settings(ctx))
+    _up(_settings(ctx), timeout)
 
 
 @app.command()
@@ -134,9 +151,14 @@ def status(
 def correlate(ctx: typer.Context) -> None:
     """Run the correlate role: custody graphs and alerts from custody.events.v1."""
     # Imported here: faust takes a second to import, which the other commands need not pay.
-    from processors.correlate import run_worker
+    from processors.correlator.app import run_worker
 
-    run_worker(_settings(ctx))
+    log_json_to_stderr()
+    try:
+        run_worker(_settings(ctx))
+    except TopicSetupError as exc:
+        logging.getLogger("custody.correlate").error("correlate cannot start: %s", exc)
+        raise typer.Exit(1) from None
 
 
 def _open_input(source: str) -> TextIO:

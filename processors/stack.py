@@ -1,25 +1,36 @@
 """The local stack (``custody up`` / ``down`` / ``status``), without Docker.
 
-Each process of the stack is started detached, with its log in ``.custody/logs/<name>.log``
-and its PID, command and address in ``.custody/run/<name>.json``. ``up`` starts only what
-is not running, so it is idempotent. A recorded PID is trusted only while that process
-still runs the recorded command, so a reused PID is never killed by mistake.
+Each process of the stack is started detached, with its PID, command and address in
+``.custody/run/<name>.json`` and its output appended to ``.custody/logs/<name>.log``
+(moved to ``<name>.log.1`` at a start once it is large): JSON lines, each start's
+beginning with a record of the stack's, so a start that failed leaves its reason there,
+and ``up``'s error repeats it. ``up`` starts only what is not running, so it is
+idempotent. A recorded PID is trusted only while that process still runs the recorded
+command, so a reused PID is never killed by mistake.
+
+``up`` waits for a worker as long as its start really takes: while it runs and its log
+keeps moving (the correlator logs its phase, and how many changelog records its recovery
+has left, as they change), up to a bound (``--timeout``); a worker whose log has not moved
+for :data:`START_STALL_SECONDS` is stuck.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from processors import broker
+from processors.logs import JsonLines
 from processors.serving.reader import running_api
 from producers.admin import ensure_topics
 from producers.settings import Settings
@@ -29,6 +40,15 @@ CORRELATE = "correlate"
 INGEST = "ingest"
 # In start order.
 PROCESSES = (BROKER, CORRELATE, INGEST)
+# The longest `custody up` waits for the workers to start, however they progress.
+START_TIMEOUT_SECONDS = 600.0
+# A starting worker whose log has not moved for this long is stuck: longer than a
+# consumer group join (a session timeout), during which a worker has nothing to say.
+START_STALL_SECONDS = 120.0
+# A log larger than this when its process starts is moved aside (one older log is kept).
+_ROTATE_BYTES = 16 * 1024 * 1024
+# How much of a log's end is read for its last records.
+_TAIL_BYTES = 64 * 1024
 
 
 class StackError(RuntimeError):
@@ -80,9 +100,11 @@ def _alive(record: dict[str, Any]) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    # A script runs as "<interpreter> <script> ...": its path is then the second word.
-    head = [word.decode(errors="replace") for word in cmdline[:2]]
-    return record["argv"][0] in head
+    # A script runs as "<interpreter> <script> ...": the command is then the words after
+    # the first. The line ends with a NUL, hence the empty last word.
+    words = [word.decode(errors="replace") for word in cmdline[:-1]]
+    argv = list(record["argv"])
+    return bool(argv) and words[-len(argv) :] == argv
 
 
 def _custody_command(*args: str) -> list[str]:
@@ -148,11 +170,96 @@ def _heartbeat_fresh(settings: Settings, name: str, max_age: float = 10.0) -> bo
     return age <= max_age
 
 
-def _start(settings: Settings, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class Started:
+    """A process just started: its handle, and its log from where this start begins."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    offset: int
+
+    def exited(self) -> int | None:
+        """Its exit status, once it has exited."""
+        return self.process.poll()
+
+    def last_said(self) -> str:
+        """The last thing its log says since this start."""
+        records = _records_since(self.log, self.offset)
+        return _said(records[-1]) if records else ""
+
+    def failure(self) -> str:
+        """Why its start failed, as its log says: the last error record since the start
+        with an exception (its message and the exception's last line), else the last
+        error record, else the last line."""
+        records = _records_since(self.log, self.offset)
+        errors = [r for r in records if r.get("level") in ("error", "critical")]
+        with_exception = [r for r in errors if r.get("exception")]
+        chosen = (with_exception or errors or records or [{"message": "its log is empty"}])[-1]
+        return _said(chosen)
+
+
+def _said(record: dict[str, Any]) -> str:
+    """A record in a line: its exception's last line (``Type: text``) when it has one,
+    after its message unless that repeats the exception's text."""
+    message = str(record.get("message", ""))
+    exception = str(record.get("exception") or "").strip().splitlines()
+    if exception:
+        text = exception[-1].partition(": ")[2]
+        message = exception[-1] if text and text in message else f"{message}: {exception[-1]}"
+    return message[:1000]
+
+
+def _records_since(log: Path, offset: int) -> list[dict[str, Any]]:
+    """The records at the end of ``log`` from ``offset`` on (a line that is not JSON is a
+    record of its text)."""
+    try:
+        with log.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(offset, size - _TAIL_BYTES))
+            lines = file.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        records.append(record if isinstance(record, dict) else {"message": line.strip()})
+    return records
+
+
+def _stack_record(message: str) -> bytes:
+    """A JSON line of the stack's own, in the form the processes log theirs."""
+    record = logging.makeLogRecord(
+        {"name": "custody.stack", "levelno": logging.INFO, "levelname": "INFO", "msg": message}
+    )
+    return (JsonLines().format(record) + "\n").encode()
+
+
+def _rotate(log_path: Path) -> None:
+    try:
+        large = log_path.stat().st_size > _ROTATE_BYTES
+    except OSError:
+        return
+    if large:
+        log_path.replace(log_path.with_name(log_path.name + ".1"))
+
+
+def start_process(settings: Settings, name: str, argv: list[str]) -> Started:
+    """Start ``argv`` detached as the stack's process ``name``, its output appended to
+    its log after a record naming the start, and record it."""
     log_path = _log_path(settings, name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _run_dir(settings).mkdir(parents=True, exist_ok=True)
+    _rotate(log_path)
     with log_path.open("ab") as log:
+        offset = log.tell()
+        log.write(_stack_record(f"starting {name}: {' '.join(argv)}"))
+        log.flush()
         process = subprocess.Popen(
             argv,
             stdout=log,
@@ -164,7 +271,7 @@ def _start(settings: Settings, name: str, argv: list[str]) -> subprocess.Popen[b
     _record_path(settings, name).write_text(
         json.dumps({"pid": process.pid, "argv": argv, "started_at": time.time()})
     )
-    return process
+    return Started(name, process, log_path, offset)
 
 
 def _child_environment(settings: Settings) -> dict[str, str]:
@@ -177,29 +284,46 @@ def _child_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def up(settings: Settings, timeout: float = 30.0) -> list[ProcessStatus]:
-    """Start whatever part of the stack is not running, then create the topics."""
+def _broker_command(host: str, port: int) -> list[str]:
+    """The broker, through the relay that turns its plain-text output into JSON lines."""
+    relay = [sys.executable, "-m", "processors.log_relay", BROKER, "--"]
+    return relay + broker.broker_command(host, port)
+
+
+def up(
+    settings: Settings,
+    timeout: float = 30.0,
+    start_timeout: float = START_TIMEOUT_SECONDS,
+    progress: Callable[[str], None] | None = None,
+) -> list[ProcessStatus]:
+    """Start whatever part of the stack is not running, then create the topics. Waits
+    ``timeout`` for the broker, and for the workers as long as they progress, up to
+    ``start_timeout``; ``progress`` is told, while it waits, what the workers' logs say last."""
     if not _running(settings, BROKER):
         host, port = broker.split_bootstrap(settings.kafka_bootstrap)
         broker.refuse_taken_port(host, port)
-        pid = _start(settings, BROKER, broker.broker_command(host, port)).pid
+        started = start_process(settings, BROKER, _broker_command(host, port))
         try:
             broker.wait_until_ready(settings.kafka_admin(), timeout)
-        except broker.BrokerError:
-            _terminate(pid, timeout=5)
+        except broker.BrokerError as exc:
+            _terminate(started.process.pid, timeout=5)
             _record_path(settings, BROKER).unlink(missing_ok=True)
-            raise
+            raise broker.BrokerError(f"{exc}: {started.failure()} (log: {started.log})") from None
     ensure_topics(
         settings.kafka_admin(), settings.event_topic_partitions(), settings.topic_replication
     )
     # Both workers start before either is waited for: their group joins overlap.
-    started = {
-        name: _start_worker(settings, name)
+    workers = [
+        _start_worker(settings, name)
         for name in (CORRELATE, INGEST)
         if not _running(settings, name)
-    }
-    for name, worker in started.items():
-        _wait_for_heartbeat(settings, name, worker, timeout=60.0)
+    ]
+    wait_until_started(
+        workers,
+        lambda name: _worker_ready(settings, name),
+        start_timeout,
+        progress=progress,
+    )
     return status(settings)
 
 
@@ -208,28 +332,69 @@ def _running(settings: Settings, name: str) -> bool:
     return record is not None and _alive(record)
 
 
-def _start_worker(settings: Settings, name: str) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Settings, name: str) -> Started:
     heartbeat_path(settings, name).unlink(missing_ok=True)
     # The local stack always serves queries, whichever ClickHouse it writes to.
     extra = ("--serve",) if name == INGEST else ()
-    return _start(settings, name, _custody_command(name, *extra))
+    return start_process(settings, name, _custody_command(name, *extra))
 
 
-def _wait_for_heartbeat(
-    settings: Settings, name: str, worker: subprocess.Popen[bytes], timeout: float
+def _worker_ready(settings: Settings, name: str) -> bool:
+    """A worker has joined its group and beats (ingest: and serves queries)."""
+    return _heartbeat_fresh(settings, name) and (
+        name != INGEST or running_api(settings) is not None
+    )
+
+
+def wait_until_started(
+    starting: list[Started],
+    ready: Callable[[str], bool],
+    timeout: float,
+    stall: float = START_STALL_SECONDS,
+    progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Wait until a worker has joined its group and beats (ingest: and serves queries)."""
-    deadline = time.monotonic() + timeout
-    while not _heartbeat_fresh(settings, name) or (
-        name == INGEST and running_api(settings) is None
-    ):
-        if worker.poll() is not None:
-            raise StackError(f"{name} exited at start: see {_log_path(settings, name)}")
-        if time.monotonic() >= deadline:
-            raise StackError(
-                f"{name} not running after {timeout}s: see {_log_path(settings, name)}"
-            )
-        time.sleep(0.2)
+    """Wait until ``ready(name)`` holds for every process of ``starting``. Raises
+    :class:`StackError`, with the reason its log gives, when one exits, when one's log
+    has not moved for ``stall`` seconds, or after ``timeout`` seconds in all."""
+    begun = time.monotonic()
+    moved = {s.name: (-1, begun) for s in starting}
+    said = {s.name: "" for s in starting}
+    waiting = list(starting)
+    while waiting:
+        waiting = [s for s in waiting if not ready(s.name)]
+        now = time.monotonic()
+        for s in waiting:
+            status = s.exited()
+            if status is not None:
+                raise StackError(
+                    f"{s.name} exited at start (status {status}): {s.failure()} (log: {s.log})"
+                )
+            size = _size(s.log)
+            if size != moved[s.name][0]:
+                moved[s.name] = (size, now)
+                said[s.name] = s.last_said()
+            if now - moved[s.name][1] >= stall:
+                raise StackError(
+                    f"{s.name} stuck at start: its log has not moved for {stall:.0f}s "
+                    f"(it said last: {said[s.name]}) (log: {s.log})"
+                )
+            if now - begun >= timeout:
+                raise StackError(
+                    f"{s.name} not ready after {timeout:.0f}s "
+                    f"(it said last: {said[s.name]}) (log: {s.log})"
+                )
+        if waiting and progress is not None:
+            elapsed = now - begun
+            progress("; ".join(f"{s.name}: {said[s.name]} ({elapsed:.0f}s)" for s in waiting))
+        if waiting:
+            time.sleep(0.2)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _terminate(pid: int, timeout: float) -> None:

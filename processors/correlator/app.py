@@ -44,8 +44,11 @@ from schemas import topics
 APP_ID = "custody-correlate"
 _BATCH = 1000
 _BATCH_WITHIN = 0.2
-# How often a starting worker says how far it has come (what `custody up` shows).
+# How often a starting worker checks how far it has come, and says so when that changed
+# (what `custody up` shows); it says it again at least every _PROGRESS_REPEAT seconds, so
+# its log stops moving only when the worker is stuck.
 _PROGRESS_INTERVAL = 2.0
+_PROGRESS_REPEAT = 30.0
 
 _log = logging.getLogger("custody.correlate")
 
@@ -225,8 +228,8 @@ def build_app(settings: Settings) -> faust.App:
             [link for p, link in links if p in mine],
         )
 
-    trees.on_recover(index_trees)
-    pending_links.on_recover(index_chains)
+    trees.on_recover(workarounds.crash_on_failure(app, index_trees))
+    pending_links.on_recover(workarounds.crash_on_failure(app, index_chains))
     return app
 
 
@@ -285,18 +288,19 @@ class CorrelatorWorker(workarounds.CommitFreezingWorker):
         _log.info("ready: correlating %s", topics.EVENTS)
 
     async def _report_start(self) -> None:
-        """Log the start's phase whenever it changes, until the worker is ready: a start
-        whose log stops moving is stuck (``custody up`` reads it so)."""
-        said = None
+        """Log the start's phase when it changes, and at least every
+        :data:`_PROGRESS_REPEAT` seconds, until the worker is ready: a start whose log
+        stops moving is stuck (``custody up`` reads it so)."""
+        said, said_at = "", 0.0
         while not self._ready:
-            phase = _start_phase(self.app)
-            if phase != said:
+            phase = start_phase(self.app)
+            if phase != said or time.monotonic() - said_at >= _PROGRESS_REPEAT:
                 _log.info("starting: %s", phase)
-                said = phase
+                said, said_at = phase, time.monotonic()
             await asyncio.sleep(_PROGRESS_INTERVAL)
 
 
-def _start_phase(app: Any) -> str:
+def start_phase(app: Any) -> str:
     """Where a start is: joining the group, or recovering the tables (with how many
     changelog records are left)."""
     if not app.in_recovery:

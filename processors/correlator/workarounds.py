@@ -16,13 +16,14 @@ faust-streaming 0.15 and mode-streaming 0.7, the versions the project pins.
 6. :func:`write_state` and the other table helpers: state written under the Table API,
    whose writes go to the current event's partition and need one.
 7. :func:`turn_off_spinner`: faust's spinner writes terminal control codes into a log.
+8. :func:`crash_on_failure`: a table recovery callback's failure went unnoticed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import faust
@@ -315,3 +316,28 @@ def turn_off_spinner(worker: faust.Worker) -> None:
     use.
     """
     worker.spinner = None
+
+
+# ---- 8. recovery callbacks that fail ----------------------------------------------------
+
+
+def crash_on_failure(app: faust.App, callback: Callable[[], Awaitable[None]]) -> Any:
+    """``callback`` as a table recovery callback (``Table.on_recover``) whose failure
+    crashes the worker, the exception its crash reason (logged, the exit status 1).
+
+    faust runs the tables' recovery callbacks in tasks it waits for with ``asyncio.wait``
+    (``Recovery.on_recovery_completed``), which never retrieves their exceptions: a
+    callback that failed (saved state this worker cannot read, say) left the worker
+    running without the state it was to load, said only by asyncio's "Task exception was
+    never retrieved" when the task was collected.
+
+    Relies on: ``App.crash(exc)`` (mode's ``Service.crash``) stopping the worker.
+    """
+
+    async def recover() -> None:
+        try:
+            await callback()
+        except Exception as exc:
+            await app.crash(exc)
+
+    return recover
