@@ -138,8 +138,10 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
         until(
             lambda: not any(alerts_missing().values()),
             120,
-            lambda: f"the alerts the correlator must raise, in ClickHouse: missing "
-            f"{alerts_missing()}, stored {_stored_alert_types(running, TENANT)}",
+            lambda: (
+                f"the alerts the correlator must raise, in ClickHouse: missing "
+                f"{alerts_missing()}, stored {_stored_alert_types(running, TENANT)}"
+            ),
             0.5,
         )
         assert _stored_alert_types(running, TENANT) == expected
@@ -150,8 +152,10 @@ def explorer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explorer]:
         until(
             lambda: not trees_missing(),
             120,
-            lambda: f"every tree's tasks, tokens and accesses in ClickHouse: incomplete trees "
-            f"{trees_missing()}",
+            lambda: (
+                f"every tree's tasks, tokens and accesses in ClickHouse: incomplete trees "
+                f"{trees_missing()}"
+            ),
             0.5,
         )
         # The other tenant's copy only needs to be found (the correlator keys its state by

@@ -21,6 +21,7 @@ from tests.support.trees import traffic
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture()
 def stack(tmp_path: Path) -> Iterator[Stack]:
     running = Stack(tmp_path)
