@@ -231,10 +231,11 @@ async def append_end_offset_markers(app: faust.App, tables: Iterable[Any], parti
 
     faust's recovery reads a changelog up to the end offset the broker reports
     (``Recovery._build_highwaters``: highwater minus one is taken as the last record).
-    The local broker (Tansu) reports end offsets short of a changelog's last records, so
-    a restart lost the tail of a table; after a single-record batch its end offset is
-    exact again. Call it when partitions are revoked: faust sends that signal on every
-    rebalance, the first join included, before it recovers the tables.
+    The local broker (Tansu 0.6) answers ListOffsets after a multi-record batch with the
+    base offset of the partition's last batch + 1, short of its last records, so a restart
+    lost the tail of a table; after a single-record batch that answer is exact again.
+    Call it when partitions are revoked: faust sends that signal on every rebalance, the
+    first join included, before it recovers the tables.
 
     Relies on: ``Producer.send(topic, key, value, partition, timestamp, headers)``,
     ``Table.changelog_topic.get_topic_name()``, and ``App.on_partitions_revoked`` being
