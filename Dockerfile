@@ -29,7 +29,9 @@ COPY infra/clickhouse ./infra/clickhouse
 COPY dashboards ./dashboards
 # Not editable, no dev extras: the migrations (infra/clickhouse/*.sql), the Avro schemas
 # and the web explorer (dashboards/explorer) are package data and land in site-packages.
-RUN pip install --upgrade pip && pip install .
+# The base install is only the publishing SDK: the processors and the command come with
+# the pipeline extra, and the command still imports the local broker's wheel (stack).
+RUN pip install --upgrade pip && pip install ".[pipeline,stack]"
 
 # ---- runtime: the virtualenv, a non-root user, nothing else -------------------------
 FROM python:3.11-slim-bookworm AS runtime
