@@ -57,13 +57,17 @@ def _wall_us() -> int:
     return time.time_ns() // 1000
 
 
-def build_app(settings: Settings) -> faust.App:
-    """The faust app: two agents, two tables, a timer, and the workarounds."""
+def build_app(
+    settings: Settings, app_id: str = APP_ID, links_topic: str = CHAIN_LINKS
+) -> faust.App:
+    """The faust app (its id is also the consumer group's, and its tables' prefix): two
+    agents, three tables, a timer, and the workarounds; chain links go through
+    ``links_topic``."""
     partitions = settings.event_partitions
-    group_config = settings.kafka_consumer(APP_ID)
+    group_config = settings.kafka_consumer(app_id)
     session_s = group_config.get("session.timeout.ms", 45_000) / 1000
     app = faust.App(
-        APP_ID,
+        app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
         store="memory://",
         key_serializer="raw",
@@ -92,12 +96,12 @@ def build_app(settings: Settings) -> faust.App:
         "value_serializer": "raw",
     }
     events_topic = app.topic(topics.EVENTS, partitions=partitions, internal=False, **raw)
-    links_topic = app.topic(CHAIN_LINKS, partitions=partitions, internal=False, **raw)
+    links = app.topic(links_topic, partitions=partitions, internal=False, **raw)
     trees = workarounds.raw_table(app, "custody-trees", partitions)
     chains = workarounds.raw_table(app, "custody-chains", partitions)
     pending_links = workarounds.raw_table(app, "custody-chain-pending", partitions)
-    work = Correlation(settings)
-    guard = workarounds.OffsetGuard(app, group_config, (topics.EVENTS, CHAIN_LINKS))
+    work = Correlation(settings, links_topic)
+    guard = workarounds.OffsetGuard(app, group_config, (topics.EVENTS, links_topic))
 
     async def deliver(sends: list[Outbound]) -> None:
         pending: list[Awaitable[Any]] = [
@@ -145,11 +149,11 @@ def build_app(settings: Settings) -> faust.App:
                 store(trees, dirty)
                 work.written(dirty, {}, _wall_us())
 
-    @app.agent(links_topic)
+    @app.agent(links)
     async def check_chains(stream: Any) -> None:
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
             async with one_step_at_a_time():
-                messages = await guard.admitted(CHAIN_LINKS, batch)
+                messages = await guard.admitted(links_topic, batch)
                 if not messages:
                     continue
                 records = [(m.partition, m.key, m.value) for m in messages]
@@ -166,7 +170,7 @@ def build_app(settings: Settings) -> faust.App:
         heartbeat.touch()
         async with one_step_at_a_time():
             sends, tree_dirty, chain_dirty = work.due(
-                owned(topics.EVENTS), owned(CHAIN_LINKS), _wall_us()
+                owned(topics.EVENTS), owned(links_topic), _wall_us()
             )
             await deliver(sends)
             store(trees, tree_dirty)
@@ -220,7 +224,7 @@ def build_app(settings: Settings) -> faust.App:
 
     # One callback for both chain tables: it needs the prefixes and the pending links.
     async def index_chains() -> None:
-        mine = owned(CHAIN_LINKS)
+        mine = owned(links_topic)
         prefixes = [stored_state(value) for value in workarounds.stored_values(chains)]
         links = [stored_state(value) for value in workarounds.stored_values(pending_links)]
         work.recovered_chains(
@@ -309,15 +313,16 @@ def start_phase(app: Any) -> str:
     return f"recovering the tables, {left:,} changelog records left"
 
 
-def run_worker(settings: Settings) -> None:
-    """Create the topics the worker reads, then run it until SIGTERM/SIGINT."""
+def run_worker(settings: Settings, app_id: str = APP_ID, links_topic: str = CHAIN_LINKS) -> None:
+    """Create the topics the worker reads, then run it until SIGTERM/SIGINT (``app_id``
+    and ``links_topic``: see :func:`build_app`)."""
     ensure_topics(
         settings.kafka_admin(),
-        {**settings.event_topic_partitions(), CHAIN_LINKS: settings.event_partitions},
+        {**settings.event_topic_partitions(), links_topic: settings.event_partitions},
         settings.topic_replication,
     )
     # aiokafka logs every send at debug level, which costs a few percent even unseen;
     # faust's and mode's info records are multi-line tables.
     for name in ("aiokafka", "faust", "mode"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    CorrelatorWorker(build_app(settings)).execute_from_commandline()
+    CorrelatorWorker(build_app(settings, app_id, links_topic)).execute_from_commandline()

@@ -85,9 +85,11 @@ class _Pending:
 
 class Correlation:
     """The worker's state and steps, without faust: trees per root task, chains per
-    producer instance, watermarks per partition, and the outputs of each step."""
+    producer instance, watermarks per partition, and the outputs of each step; chain
+    links go to ``links_topic``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, links_topic: str = CHAIN_LINKS) -> None:
+        self.links_topic = links_topic
         self.config = CorrelationConfig.of(
             settings.grace_seconds, settings.max_credential_ttl_seconds
         )
@@ -203,7 +205,7 @@ class Correlation:
             for change in pending.changes.values()
         ]
         sends += [
-            Outbound(CHAIN_LINKS, instance.encode(), links_to_json(links))
+            Outbound(self.links_topic, instance.encode(), links_to_json(links))
             for instance, links in pending.links.items()
         ]
         return sends
@@ -237,7 +239,9 @@ class Correlation:
             value = json.dumps({"source_partition": partition, "watermark_us": watermark})
             for link_partition in range(self.partitions):
                 sends.append(
-                    Outbound(CHAIN_LINKS, WATERMARK_KEY, value.encode(), partition=link_partition)
+                    Outbound(
+                        self.links_topic, WATERMARK_KEY, value.encode(), partition=link_partition
+                    )
                 )
         return sends
 
