@@ -280,8 +280,8 @@ class CorrelatorWorker(workarounds.CommitFreezingWorker):
         self._ready = False
 
     async def on_first_start(self) -> None:
-        """Start reporting the start's progress (first start only: faust restarts
-        nothing else)."""
+        """Start reporting the start's progress (mode calls this once, before the app
+        starts)."""
         await super().on_first_start()
         self.add_future(self._report_start())
 
