@@ -7,6 +7,8 @@ same librdkafka settings (``Settings.kafka_producer()``):
   the single-object header, and handed to a raw confluent-kafka ``Producer``; then flush.
 - **sdk**: ``CustodyProducer.publish`` of each event in its JSON form (validation, secret
   check, hash-chain stamping, encoding, produce with a delivery callback); then flush.
+- **sdk_async**: the same through ``AsyncCustodyProducer.publish``, awaited one event after
+  the other in a running event loop; then ``await flush()``.
 
 The floor's datums carry the hash-chain fields the SDK will stamp (same producer instance,
 ``seq`` and ``prev_hash``), so both write identical messages. Each path runs
@@ -18,6 +20,7 @@ warm-up event and flushes (on Tansu, connecting and getting an idempotent produc
 
 from __future__ import annotations
 
+import asyncio
 import cProfile
 import gc
 import io
@@ -41,6 +44,7 @@ from confluent_kafka import Producer
 from processors.broker import start_broker, wait_until_ready
 from producers import events
 from producers.admin import ensure_topics
+from producers.aio import AsyncCustodyProducer
 from producers.chain import HashChain
 from producers.context import CustodyContext
 from producers.events import Source
@@ -391,6 +395,32 @@ def sdk_rate(settings: Settings, work: Workload) -> float:
     return len(json_events) / elapsed
 
 
+async def publish_all_async(
+    producer: AsyncCustodyProducer, json_events: list[dict[str, Any]]
+) -> None:
+    """The asyncio SDK path: await the publish of every event, then every delivery report."""
+    for event in json_events:
+        await producer.publish(event)
+    await producer.flush()
+
+
+def sdk_async_rate(settings: Settings, work: Workload) -> float:
+    """Events/s of ``AsyncCustodyProducer.publish`` of JSON-form events, then flush."""
+    json_events = work.json_events
+
+    async def timed() -> float:
+        async with await AsyncCustodyProducer.start(
+            settings, producer_instance=INSTANCE, create_topics=False
+        ) as producer:
+            await publish_all_async(producer, [work.warmup_event])
+            gc.collect()
+            start = time.perf_counter()
+            await publish_all_async(producer, json_events)
+            return time.perf_counter() - start
+
+    return len(json_events) / asyncio.run(timed())
+
+
 def profile_sdk(settings: Settings, work: Workload, count: int) -> None:
     """Print where the SDK path spends its time (main thread), by cumulative time."""
     json_events = work.json_events[:count]
@@ -438,22 +468,25 @@ def profiling() -> bool:
 
 
 def run() -> list[Entry]:
-    """Measure floor and SDK, alternating, and return their medians as entries."""
+    """Measure floor, SDK and asyncio SDK, alternating, and return their medians."""
     count = event_count()
     print(f"producer: generating {count:,} events")
     *models, warmup = generate(count + 1)
     work = prepare(models, warmup)
     floors: list[float] = []
     sdks: list[float] = []
+    asyncs: list[float] = []
     with local_broker() as bootstrap:
         settings = Settings(kafka_bootstrap=bootstrap)
         ensure_topics(settings.kafka_admin(), {topics.EVENTS: PARTITIONS})
         for round_number in range(1, ROUNDS + 1):
             floors.append(floor_rate(settings, work))
             sdks.append(sdk_rate(settings, work))
+            asyncs.append(sdk_async_rate(settings, work))
             print(
                 f"producer: round {round_number}: floor {floors[-1]:,.0f} {UNIT}, "
-                f"sdk {sdks[-1]:,.0f} {UNIT}, ratio {sdks[-1] / floors[-1]:.3f}"
+                f"sdk {sdks[-1]:,.0f} {UNIT} (ratio {sdks[-1] / floors[-1]:.3f}), "
+                f"sdk async {asyncs[-1]:,.0f} {UNIT} (ratio {asyncs[-1] / floors[-1]:.3f})"
             )
         if profiling():
             profile_sdk(settings, work, PROFILE_EVENTS)
@@ -471,6 +504,13 @@ def run() -> list[Entry]:
             UNIT,
             floor,
             {**detail, "sdk_rounds": [round(rate) for rate in sdks]},
+        ),
+        entry(
+            "producer.sdk_publish_async",
+            statistics.median(asyncs),
+            UNIT,
+            floor,
+            {**detail, "sdk_async_rounds": [round(rate) for rate in asyncs]},
         ),
         entry("producer.floor_encode_produce", floor, UNIT, detail=detail),
     ]
