@@ -27,6 +27,9 @@ Guarantees, each one a choice a security team would make:
   lost evidence stays visible.
 - **No secrets**: an event holding a secret-looking value raises
   :class:`schemas.secrets.SecretValueError` before anything is sent.
+
+:class:`producers.aio.AsyncCustodyProducer` gives the same guarantees to asyncio code: it
+is this producer, with every wait awaited.
 """
 
 from __future__ import annotations

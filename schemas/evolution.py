@@ -2,7 +2,8 @@
 
 Backward compatibility is judged by the reference implementation (the ``avro`` package's
 ``ReaderWriterCompatibilityChecker``), not by fastavro, so the verdict matches what other
-Avro implementations will do.
+Avro implementations will do. That package comes with the ``dev`` extra only: the contract
+tests judge releases, publishing and decoding never import this module.
 """
 
 from __future__ import annotations
