@@ -57,14 +57,14 @@ def _int(value: int) -> bytes:
     return _long(value)
 
 
-def _micros(value: datetime | int) -> int:
-    """``timestamp-micros`` of an aware datetime, computed as fastavro computes it."""
+def _timestamp_micros(value: datetime | int) -> bytes:
+    """A ``timestamp-micros`` long; an aware datetime counts as fastavro counts it."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ValueError("timestamp-micros needs an aware datetime")
         delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return value
+        value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _long(value)
 
 
 def _bad_symbol(enum: str) -> bytes:
@@ -88,7 +88,7 @@ class _Compiler:
         self.lines.append("    " * indent + line)
 
     def write(self, schema: Any, value: str, indent: int) -> None:
-        """Code appending the encoding of the expression ``value`` under ``schema``."""
+        """Code appending the encoding of the local variable ``value`` under ``schema``."""
         if isinstance(schema, str) and schema in self.named:
             schema = self.named[schema]
         if isinstance(schema, list):
@@ -104,12 +104,12 @@ class _Compiler:
             self.emit(indent, f"{size} = len({encoded})")
             self.emit(indent, f"a(_SMALL[{size}] if {size} < 64 else _long({size}))")
             self.emit(indent, f"a({encoded})")
-        elif kind in ("long", "int") and logical in (None, "timestamp-micros"):
-            if logical == "timestamp-micros":
-                number = self.fresh("t")
-                self.emit(indent, f"{number} = _micros({value})")
-                value = number
-            self.emit(indent, f"a({'_long' if kind == 'long' else '_int'}({value}))")
+        elif kind == "long" and logical == "timestamp-micros":
+            self.emit(indent, f"a(_timestamp_micros({value}))")
+        elif kind in ("long", "int") and logical is None:
+            # Small values, most lengths and counts, skip the call.
+            writer = "_long" if kind == "long" else "_int"
+            self.emit(indent, f"a(_SMALL[{value}] if 0 <= {value} < 64 else {writer}({value}))")
         elif kind == "enum":
             self._enum(schema, value, indent)
         elif kind == "record":
@@ -134,17 +134,13 @@ class _Compiler:
             raise UnsupportedSchema("only unions of null and one other type are compiled")
         other = schema[1] if schema[0] == "null" else schema[0]
         null_index, other_index = (0, 1) if schema[0] == "null" else (1, 0)
-        held = self.fresh("u")
-        self.emit(indent, f"{held} = {value}")
-        self.emit(indent, f"if {held} is None:")
+        self.emit(indent, f"if {value} is None:")
         self.emit(indent + 1, f"a({_long(null_index)!r})")
         self.emit(indent, "else:")
         self.emit(indent + 1, f"a({_long(other_index)!r})")
-        self.write(other, held, indent + 1)
+        self.write(other, value, indent + 1)
 
-    def _record(self, schema: dict[str, Any], value: str, indent: int) -> None:
-        record = self.fresh("r")
-        self.emit(indent, f"{record} = {value}")
+    def _record(self, schema: dict[str, Any], record: str, indent: int) -> None:
         for field in schema["fields"]:
             name, kind = field["name"], field["type"]
             may_be_null = kind == "null" or (isinstance(kind, list) and "null" in kind)
@@ -189,7 +185,7 @@ def compile_writer(schema: dict[str, Any]) -> Writer:
         "_SMALL": _SMALL,
         "_long": _long,
         "_int": _int,
-        "_micros": _micros,
+        "_timestamp_micros": _timestamp_micros,
         "_bad_symbol": _bad_symbol,
         **compiler.constants,
     }
