@@ -5,8 +5,10 @@ with it, and its ``custody`` command names the extras it needs."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,19 @@ print(report.event_id)
 """
 
 
+def checkout_copy(destination: Path) -> Path:
+    """The checkout's build inputs (pyproject, README and the packages it ships), so that
+    the build writes its build/ and egg-info there, not into the working tree."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    destination.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, destination / name)
+    for top in sorted({pattern.rstrip("*").split(".")[0] for pattern in shipped}):
+        shutil.copytree(ROOT / top, destination / top, ignore=shutil.ignore_patterns("__pycache__"))
+    return destination
+
+
 def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run outside the checkout (so it is not on sys.path) and outside the test's venv."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -66,7 +81,8 @@ def test_the_base_install_is_the_sdk_alone_and_publishes(
     created = run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     assert created.returncode == 0, created.stderr
     python = venv / "bin" / "python"
-    installed = run(python, "-m", "pip", "install", "--quiet", ROOT, cwd=tmp_path)
+    source = checkout_copy(tmp_path / "custody")
+    installed = run(python, "-m", "pip", "install", "--quiet", source, cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     present = run(
