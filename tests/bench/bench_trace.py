@@ -388,7 +388,7 @@ def time_traces(reader: Reader, ids: list[str]) -> tuple[list[float], dict[str, 
         started = time.perf_counter()
         result = trace(timed, task_id)
         latencies.append((time.perf_counter() - started) * 1000)
-        if not result["tasks"] or not result["credentials"]:
+        if not result.tasks or not result.credentials:
             raise RuntimeError(f"trace of {task_id} found no tasks or credentials: {result}")
     queries = {table: round(statistics.median(ms), 2) for table, ms in timed.times.items()}
     return sorted(latencies), queries
