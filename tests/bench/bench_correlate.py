@@ -50,9 +50,9 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from processors.correlate import CHAIN_LINKS
 from processors.correlation.engine import CorrelationConfig, observe
 from processors.correlation.tree import TreeState
+from processors.correlator.step import CHAIN_LINKS
 from producers.admin import ensure_topics
 from producers.context import CustodyContext
 from producers.producer import CustodyProducer, DeliveryReport

@@ -2,13 +2,13 @@
 
 ``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID STATS_PATH ENDS_PATH``
 
-- ``floor``: a faust app with the very settings :func:`processors.correlate.build_app`
+- ``floor``: a faust app with the very settings :func:`processors.correlator.app.build_app`
   gives its app (captured from it, so they cannot drift apart) and one agent that takes
   batches like the correlator (``take_events(1000, within=0.2)``), decodes every value with
   :class:`schemas.codec.AvroCodec` and counts.
-- ``correlator``: the real worker (:func:`processors.correlate.run_worker`) under its own
+- ``correlator``: the real worker (:func:`processors.correlator.app.run_worker`) under its own
   app id and its own chain-links topic, so every run starts from nothing and does the same
-  work; :meth:`processors.correlate.Correlation.on_events` is wrapped to count records.
+  work; :meth:`processors.correlator.step.Correlation.on_events` is wrapped to count records.
 
 Both write a small JSON file (``STATS_PATH``): the wall time of the first record, the
 count, and the wall time (and count) when the last offset of every partition, as read from
@@ -29,7 +29,8 @@ from unittest import mock
 
 import faust
 
-from processors import correlate
+from processors.correlator import app as correlator_app
+from processors.correlator.step import Correlation
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
@@ -111,7 +112,7 @@ def correlator_app_options(settings: Settings) -> dict[str, Any]:
         raise _Captured
 
     with mock.patch.object(faust, "App", record), contextlib.suppress(_Captured):
-        correlate.build_app(settings)
+        correlator_app.build_app(settings)
     return captured
 
 
@@ -142,12 +143,10 @@ def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
 
 def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
     """The real worker, with its own app id and chain-links topic, counting records."""
-    correlate.APP_ID = app_id
-    correlate.CHAIN_LINKS = f"{app_id}-chain-links"
-    original = correlate.Correlation.on_events
+    original = Correlation.on_events
 
     def on_events(
-        self: correlate.Correlation,
+        self: Correlation,
         records: Iterable[tuple[int, int, bytes | None, bytes | None]],
         load: Any,
         wall_us: int,
@@ -158,8 +157,8 @@ def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
         stats.add((partition, offset) for partition, offset, _, _ in batch)
         return result
 
-    correlate.Correlation.on_events = on_events  # type: ignore[method-assign]
-    correlate.run_worker(settings)
+    Correlation.on_events = on_events  # type: ignore[method-assign]
+    correlator_app.run_worker(settings, app_id=app_id, links_topic=f"{app_id}-chain-links")
 
 
 def main(argv: list[str]) -> None:

@@ -247,10 +247,10 @@ def publish(bad: WatchedStack, stream: list[Envelope], instance: str) -> None:
 
     This traffic lies hours behind the trees other tests put on the same partitions (a
     backfill). One producer instance spanning several trees, hence several partitions,
-    would have its chain read unevenly, and the chain check judges the links of a
-    backfill by their own old times: the hole between two partitions' reads is an
-    EVIDENCE_GAP at once (a known limitation, in the README). One instance per tree keeps
-    each chain on one partition, read in order.
+    would have its chain read unevenly; one instance per tree keeps each chain on one
+    partition, read in order, so this suite judges bad input alone. The backfill chain
+    rule (docs/operations.md, "Trees, backfills and chains") has its own test in
+    tests/faults/test_backfill.py.
     """
     for root, events_of_tree in by_root(stream).items():
         with CustodyProducer(bad.stack.settings(), producer_instance=f"{instance}/{root}") as sdk:

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from processors.correlate import APP_ID
+from processors.correlator.app import APP_ID
 from processors.processes import running
 from processors.stack import CORRELATE, INGEST
 from schemas import topics

@@ -11,7 +11,7 @@
   its invariants: each alert fired once, every output encodes in the contract, no passed
   deadline left, the changelog form round-trips, a restart from it changes nothing, a
   replay adds nothing.
-- The worker's step (:class:`processors.correlate.Correlation`) on mixed good and bad
+- The worker's step (:class:`processors.correlator.step.Correlation`) on mixed good and bad
   records: one dead letter per bad record, never an exception.
 - atheris (coverage-guided, libFuzzer) over the decoder for a bounded number of runs, in a
   subprocess, when it is installed.
@@ -37,11 +37,11 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from processors.correlate import Correlation
 from processors.correlation.alerts import MAX_DETAIL, from_micros
 from processors.correlation.engine import CorrelationConfig, Output, expire, observe, to_micros
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
+from processors.correlator.step import Correlation
 from producers.settings import Settings
 from schemas import topics
 from schemas.catalog import EVENT, latest

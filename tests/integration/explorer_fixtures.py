@@ -23,7 +23,7 @@ from schemas.models import (
     Envelope,
     TaskDeclaredEvent,
 )
-from tests.correlation_trees import run
+from tests.support.trees import run
 
 # Eight root tasks, each misbehaving, covering all five misbehaviours (checked below):
 # tree 0 delegation/use-after-expiry, 1 delegation/leaked token, 2 incident/shared

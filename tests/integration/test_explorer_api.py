@@ -1,7 +1,7 @@
 """The explorer's JSON API and static files, served by the real QueryApi over real chdb.
 
 The store holds a simulation where every tree misbehaves, stored the way ingest stores it
-(tests/stored_simulation.py), twice: for tenant acme and, with the same seed and so the
+(tests/support/stored.py), twice: for tenant acme and, with the same seed and so the
 same ids, for tenant globex. Expectations come from the simulator's events, not from the
 API. The page itself is driven in a browser by test_explorer.py.
 """
@@ -34,7 +34,7 @@ from schemas.models import (
     DelegationEvent,
     Envelope,
 )
-from tests.stored_simulation import store
+from tests.support.stored import store
 
 pytestmark = pytest.mark.integration
 

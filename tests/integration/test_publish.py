@@ -24,8 +24,8 @@ from producers.settings import Settings
 from schemas.codec import AvroCodec, body_bytes
 from schemas.models import Envelope, validate_event
 from schemas.secrets import SecretValueError
-from tests.factories import json_form, many_trees, one_of_each, stamped
-from tests.integration.conftest import RunningBroker, read_to_end, run_custody
+from tests.support.broker import RunningBroker, read_to_end, run_custody
+from tests.support.samples import json_form, many_trees, one_of_each, stamped
 
 CODEC = AvroCodec()
 

@@ -7,17 +7,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from processors.correlate import (
-    CHAIN_LINKS,
-    WATERMARK_KEY,
-    Correlation,
-    Outbound,
-    stored_form,
-    stored_state,
-    tree_key,
-)
 from processors.correlation.chains import links_from_json, links_to_json
 from processors.correlation.engine import CorrelationConfig, to_micros
+from processors.correlator.codec import stored_form, stored_state, tree_key
+from processors.correlator.step import CHAIN_LINKS, WATERMARK_KEY, Correlation, Outbound
 from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics

@@ -22,7 +22,7 @@ import typer.main
 import yaml
 
 from processors.cli import app
-from processors.correlate import CHAIN_LINKS
+from processors.correlator.step import CHAIN_LINKS
 from processors.storage.migrations import MINIMUM_VERSION
 from producers.settings import Settings
 from schemas import topics
@@ -480,7 +480,7 @@ def test_dockerfile() -> None:
     """The repository's Dockerfile passes its checks, and the entrypoint is the script."""
     assert dockerfile_problems(DOCKERFILE.read_text()) == []
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'custody = "processors.cli:main"' in pyproject
+    assert 'custody = "producers.command:main"' in pyproject
 
 
 @pytest.mark.parametrize(
