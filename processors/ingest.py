@@ -87,7 +87,8 @@ class _Batch:
 def _record(message: Message) -> Record:
     """A consumed message (without error, so it has a topic, partition and offset)."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None
+    if topic is None or partition is None or offset is None:
+        raise ValueError(f"a consumed message without its place: {topic} [{partition}] {offset}")
     return Record(topic, partition, offset, message.key(), message.value())
 
 

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from processors.serving.alerts import list_alerts, parse_since
@@ -146,119 +146,128 @@ class QueryApi:
             self._thread.join()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
+        """The request handler class, bound to this API."""
+        bound = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                _log.debug("%s " + format, self.address_string(), *args)
-
-            def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                for name, value in _PAGE_HEADERS.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _answer(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
-                self._send(status, json.dumps(payload).encode(), "application/json")
-
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                if url.path == "/health":
-                    self._answer(
-                        HTTPStatus.OK,
-                        {
-                            "status": "ok",
-                            "clickhouse": api.backend.target.describe(),
-                            "ingest": api.health(),
-                        },
-                    )
-                    return
-                if not api.host_allowed(self.headers.get("Host", "")):
-                    self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
-                    return
-                if url.path.startswith("/api/"):
-                    query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-                    self._explore(url.path.removeprefix("/api/"), query)
-                elif url.path in ("/", "/index.html"):
-                    self._file("index.html")
-                elif url.path.startswith("/static/"):
-                    self._file(url.path.removeprefix("/static/"))
-                else:
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
-
-            def _explore(self, route: str, query: dict[str, str]) -> None:
-                try:
-                    self._answer(HTTPStatus.OK, api.explore(route, query))
-                except UnknownRoute:
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such route {route}"})
-                except TreeNotFound as exc:
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": str(exc)})
-                except (AmbiguousTask, AmbiguousToken) as exc:
-                    self._answer(HTTPStatus.CONFLICT, {"error": str(exc)})
-                except (BadRequest, QueryError, ReadOnlyError) as exc:
-                    self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                except Exception:
-                    _log.exception("explorer route %s failed", route)
-                    self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
-
-            def _file(self, name: str) -> None:
-                root = explorer_dir().resolve()
-                path = (root / name).resolve()
-                # Only the page's own files: no way out of the directory, no dotfiles, no
-                # npm manifests.
-                if (
-                    not path.is_relative_to(root)
-                    or not path.is_file()
-                    or any(part.startswith(".") for part in path.relative_to(root).parts)
-                    or path.suffix not in (".html", ".js", ".css", ".svg", ".png")
-                ):
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such file {name}"})
-                    return
-                content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-                if content_type.startswith("text/") or content_type.endswith("javascript"):
-                    content_type += "; charset=utf-8"
-                self._send(HTTPStatus.OK, path.read_bytes(), content_type)
-
-            def do_POST(self) -> None:
-                if self.path != "/query":
-                    self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
-                    return
-                # A web page can POST plain text to a loopback port (CSRF), and DNS
-                # rebinding can make its own name point here; neither can send JSON
-                # without a CORS preflight, nor a Host header naming this API.
-                if self.headers.get_content_type() != "application/json":
-                    self._answer(
-                        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                        {"error": "send the query as application/json"},
-                    )
-                    return
-                if not api.host_allowed(self.headers.get("Host", "")):
-                    self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > _MAX_BODY:
-                    self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
-                    return
-                try:
-                    request = json.loads(self.rfile.read(length))
-                    sql, params = request["sql"], request.get("params") or {}
-                    if not isinstance(sql, str) or not isinstance(params, dict):
-                        raise TypeError("sql must be a string and params an object")
-                except (ValueError, KeyError, TypeError) as exc:
-                    self._answer(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {exc}"})
-                    return
-                try:
-                    rows = api.reader.select(sql, params)
-                except (QueryError, ReadOnlyError) as exc:
-                    self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                    return
-                self._answer(HTTPStatus.OK, {"rows": rows})
+        class Handler(_Handler):
+            api = bound
 
         return Handler
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """The query API's and the explorer's requests, for the :class:`QueryApi` ``api``."""
+
+    api: ClassVar[QueryApi]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in _PAGE_HEADERS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _answer(self, status: HTTPStatus, payload: dict[str, Any]) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/health":
+            self._answer(
+                HTTPStatus.OK,
+                {
+                    "status": "ok",
+                    "clickhouse": self.api.backend.target.describe(),
+                    "ingest": self.api.health(),
+                },
+            )
+            return
+        if not self.api.host_allowed(self.headers.get("Host", "")):
+            self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
+            return
+        if url.path.startswith("/api/"):
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            self._explore(url.path.removeprefix("/api/"), query)
+        elif url.path in ("/", "/index.html"):
+            self._file("index.html")
+        elif url.path.startswith("/static/"):
+            self._file(url.path.removeprefix("/static/"))
+        else:
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}"})
+
+    def _explore(self, route: str, query: dict[str, str]) -> None:
+        try:
+            self._answer(HTTPStatus.OK, self.api.explore(route, query))
+        except UnknownRoute:
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such route {route}"})
+        except TreeNotFound as exc:
+            self._answer(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+        except (AmbiguousTask, AmbiguousToken) as exc:
+            self._answer(HTTPStatus.CONFLICT, {"error": str(exc)})
+        except (BadRequest, QueryError, ReadOnlyError) as exc:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+        except Exception:
+            _log.exception("explorer route %s failed", route)
+            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+
+    def _file(self, name: str) -> None:
+        root = explorer_dir().resolve()
+        path = (root / name).resolve()
+        # Only the page's own files: no way out of the directory, no dotfiles, no
+        # npm manifests.
+        if (
+            not path.is_relative_to(root)
+            or not path.is_file()
+            or any(part.startswith(".") for part in path.relative_to(root).parts)
+            or path.suffix not in (".html", ".js", ".css", ".svg", ".png")
+        ):
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such file {name}"})
+            return
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        self._send(HTTPStatus.OK, path.read_bytes(), content_type)
+
+    def do_POST(self) -> None:
+        if self.path != "/query":
+            self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}"})
+            return
+        # A web page can POST plain text to a loopback port (CSRF), and DNS
+        # rebinding can make its own name point here; neither can send JSON
+        # without a CORS preflight, nor a Host header naming this API.
+        if self.headers.get_content_type() != "application/json":
+            self._answer(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                {"error": "send the query as application/json"},
+            )
+            return
+        if not self.api.host_allowed(self.headers.get("Host", "")):
+            self._answer(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "too large"})
+            return
+        try:
+            request = json.loads(self.rfile.read(length))
+            sql, params = request["sql"], request.get("params") or {}
+            if not isinstance(sql, str) or not isinstance(params, dict):
+                raise TypeError("sql must be a string and params an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": f"bad request: {exc}"})
+            return
+        try:
+            rows = self.api.reader.select(sql, params)
+        except (QueryError, ReadOnlyError) as exc:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        self._answer(HTTPStatus.OK, {"rows": rows})
 
 
 def _required(query: dict[str, str], name: str) -> str:

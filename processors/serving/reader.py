@@ -71,18 +71,21 @@ class HttpReader:
     """Reads through the query API of a running ingest+serve (or serve) process."""
 
     def __init__(self, address: str, timeout: float = 60.0) -> None:
+        # Only HTTP: urllib would also open file: and other schemes.
+        if not address.startswith(("http://", "https://")):
+            raise QueryError(f"query API address {address!r} is not an http(s) URL")
         self.address = address.rstrip("/")
         self.timeout = timeout
 
     def select(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 (an http(s) address, checked above)
             f"{self.address}/query",
             data=json.dumps({"sql": sql, "params": dict(params or {})}).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:

@@ -57,7 +57,8 @@ def readonly_sql(sql: str) -> str:
         raise ReadOnlyError(
             f"only read-only queries run here (SELECT or WITH ... SELECT); {word} is refused"
         )
-    return f"SELECT * FROM (\n{text}\n)"
+    # Running the analyst's own SQL is the point; it is checked above and runs read-only.
+    return f"SELECT * FROM (\n{text}\n)"  # noqa: S608
 
 
 def outside_reads(ast: str) -> set[str]:

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from processors.serving.records import Alert, CustodyTree, Task
+from processors.serving.records import Alert, CustodyTree, Delegation, Task
 
 _STATE_STYLE = {"ACTIVE": "green", "REVOKED": "dim", "EXPIRED": "yellow"}
 
@@ -36,45 +36,8 @@ def trace_tree(trace: CustodyTree) -> Tree:
     )
 
     def add_task(parent: Tree, task: Task) -> None:
-        actor = task.actor
-        behalf = f" for {escape(actor.on_behalf_of)}" if actor.on_behalf_of else ""
-        outcome = f" {task.outcome}" if task.outcome else ""
-        label = (
-            f"[bold cyan]task[/] {escape(task.task_id)} [dim]{task.status}{outcome}[/]\n"
-            f"  {escape(actor.workload_id)}{behalf}: {escape(task.purpose or '?')}"
-        )
-        delegation = delegated.get(task.task_id)
-        if delegation is not None:
-            label += (
-                f"\n  [magenta]delegated by[/] {escape(delegation.delegator)} "
-                f"scopes {escape(', '.join(delegation.scopes))}"
-            )
-        node = parent.add(label)
-        for credential in trace.credentials:
-            if credential.task_id != task.task_id:
-                continue
-            style = _STATE_STYLE.get(credential.state, "white")
-            node.add(
-                f"[{style}]token {escape(credential.token_id)} {credential.state}[/] "
-                f"{escape(', '.join(credential.scopes))} "
-                f"{_short(credential.issued_at)}-{_short(credential.expires_at)}"
-                + (f" revoked {_short(credential.revoked_at)}" if credential.revoked_at else "")
-            )
-        for access in trace.accesses:
-            if access.task_id == task.task_id:
-                node.add(
-                    f"access {escape(access.tool)} {escape(access.action)} "
-                    f"{escape(access.resource)} with {escape(access.token_id or '-')}: "
-                    f"{access.outcome} at {_short(access.event_time)}"
-                )
-        for approval in trace.approvals:
-            if approval.task_id == task.task_id:
-                node.add(f"approved by {escape(approval.approver)}: {escape(approval.reason)}")
-        for glass in trace.break_glass:
-            if glass.task_id == task.task_id:
-                node.add(f"[yellow]break-glass[/] {escape(glass.reason)}")
-        for alert in alerts_by_task.get(task.task_id, []):
-            node.add(f"[red]{alert.alert_type}[/] {escape(alert.detail)}")
+        node = parent.add(_task_label(task, delegated.get(task.task_id)))
+        _add_evidence(node, trace, task.task_id, alerts_by_task.get(task.task_id, []))
         for child in children.get(task.task_id, []):
             add_task(node, child)
 
@@ -86,6 +49,52 @@ def trace_tree(trace: CustodyTree) -> Tree:
     for alert in alerts_by_task.get(None, []):
         root.add(f"[red]{alert.alert_type}[/] {escape(alert.detail)}")
     return root
+
+
+def _task_label(task: Task, delegation: Delegation | None) -> str:
+    """A task's line: its id, status, workload and purpose, and who delegated it."""
+    actor = task.actor
+    behalf = f" for {escape(actor.on_behalf_of)}" if actor.on_behalf_of else ""
+    outcome = f" {task.outcome}" if task.outcome else ""
+    label = (
+        f"[bold cyan]task[/] {escape(task.task_id)} [dim]{task.status}{outcome}[/]\n"
+        f"  {escape(actor.workload_id)}{behalf}: {escape(task.purpose or '?')}"
+    )
+    if delegation is not None:
+        label += (
+            f"\n  [magenta]delegated by[/] {escape(delegation.delegator)} "
+            f"scopes {escape(', '.join(delegation.scopes))}"
+        )
+    return label
+
+
+def _add_evidence(node: Tree, trace: CustodyTree, task_id: str, alerts: list[Alert]) -> None:
+    """Under a task's ``node``: its credentials, accesses, approvals, break-glass, alerts."""
+    for credential in trace.credentials:
+        if credential.task_id != task_id:
+            continue
+        style = _STATE_STYLE.get(credential.state, "white")
+        node.add(
+            f"[{style}]token {escape(credential.token_id)} {credential.state}[/] "
+            f"{escape(', '.join(credential.scopes))} "
+            f"{_short(credential.issued_at)}-{_short(credential.expires_at)}"
+            + (f" revoked {_short(credential.revoked_at)}" if credential.revoked_at else "")
+        )
+    for access in trace.accesses:
+        if access.task_id == task_id:
+            node.add(
+                f"access {escape(access.tool)} {escape(access.action)} "
+                f"{escape(access.resource)} with {escape(access.token_id or '-')}: "
+                f"{access.outcome} at {_short(access.event_time)}"
+            )
+    for approval in trace.approvals:
+        if approval.task_id == task_id:
+            node.add(f"approved by {escape(approval.approver)}: {escape(approval.reason)}")
+    for glass in trace.break_glass:
+        if glass.task_id == task_id:
+            node.add(f"[yellow]break-glass[/] {escape(glass.reason)}")
+    for alert in alerts:
+        node.add(f"[red]{alert.alert_type}[/] {escape(alert.detail)}")
 
 
 def rows_table(rows: Sequence[Mapping[str, object]], title: str | None = None) -> Table:

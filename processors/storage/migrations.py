@@ -294,22 +294,7 @@ def run_migrations(
                     report.skipped[name] = reason
                     _log.warning("migration %s not applied: %s", name, reason)
                     continue
-            for statement in migration.statements(retention_days, target.database):
-                try:
-                    backend.execute(statement)
-                except StorageRejected as exc:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                    ) from None
-            backend.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) "
-                "VALUES ({version:UInt32}, {name:String}, {checksum:String})",
-                {
-                    "version": migration.version,
-                    "name": migration.name,
-                    "checksum": migration.checksum,
-                },
-            )
+            _apply(backend, migration, retention_days, target.database)
             report.applied.append(f"{migration.version:04d}_{migration.name}")
         for table, expression in RETENTION.items():
             backend.execute(
@@ -322,6 +307,26 @@ def run_migrations(
     finally:
         if own:
             backend.close()
+
+
+def _apply(backend: Backend, migration: Migration, retention_days: int, database: str) -> None:
+    """Run ``migration``'s statements, then record it as applied."""
+    for statement in migration.statements(retention_days, database):
+        try:
+            backend.execute(statement)
+        except StorageRejected as exc:
+            raise MigrationError(
+                f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+            ) from None
+    backend.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) "
+        "VALUES ({version:UInt32}, {name:String}, {checksum:String})",
+        {
+            "version": migration.version,
+            "name": migration.name,
+            "checksum": migration.checksum,
+        },
+    )
 
 
 def _keep_users(backend: Backend, users: Sequence[AccessUser], report: MigrationReport) -> None:
