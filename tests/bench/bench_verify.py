@@ -53,7 +53,8 @@ def _fill(backend: ChdbBackend, events: int) -> int:
         chunk = values[start : start + 20_000]
         records = [Record(topics.EVENTS, 0, start + i, None, v) for i, v in enumerate(chunk)]
         result = writer.write(records)
-        assert result.stored == len(records) and not result.rejected
+        assert result.stored == len(records)
+        assert not result.rejected
     return len(values)
 
 
@@ -78,7 +79,8 @@ def run() -> list[Entry]:
                 started = time.perf_counter()
                 report = verify_module.verify(reader)
                 rates.append(stored / (time.perf_counter() - started))
-                assert report.intact and report.vouched == stored - INSTANCES, report.findings[:3]
+                assert report.intact, report.findings[:3]
+                assert report.vouched == stored - INSTANCES, report.findings[:3]
         finally:
             backend.close()
     return [

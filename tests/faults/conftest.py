@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,8 @@ def scaled(short: int, full: int) -> int:
 Recorder = Callable[..., None]
 
 
-@pytest.fixture()
-def record_fault(request: pytest.FixtureRequest) -> Iterator[Recorder]:
+@pytest.fixture
+def record_fault(request: pytest.FixtureRequest) -> Recorder:
     """``record_fault(area, tried, survived, **measured)``: one row of the results."""
 
     def record(area: str, tried: str, survived: bool, **measured: Any) -> None:
@@ -57,7 +57,7 @@ def record_fault(request: pytest.FixtureRequest) -> Iterator[Recorder]:
             }
         )
 
-    yield record
+    return record
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

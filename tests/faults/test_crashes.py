@@ -76,6 +76,29 @@ def _correlated(stack: Stack) -> int:
         consumer.close()
 
 
+def _complete(address: str, events: int, expected: frozenset[str], stored_alerts: set[str]) -> bool:
+    """Whether the stack at ``address`` holds ``events`` events and at least the
+    ``expected`` alerts; ``stored_alerts`` is refilled with the alert ids it holds."""
+    try:
+        count = int(api_query(address, "SELECT count() AS n FROM events")[0]["n"])
+        rows = api_query(address, "SELECT alert_id FROM alerts")
+    except (OSError, ValueError, KeyError):
+        return False
+    stored_alerts.clear()
+    stored_alerts.update(str(row["alert_id"]) for row in rows)
+    return count >= events and stored_alerts >= expected
+
+
+def _spools_of(pids: list[int]) -> list[str]:
+    """The insert spool directories left by the ingest processes ``pids``."""
+    return [
+        path.name
+        # Where ingest keeps its spools (processors/storage/backend.py); only read here.
+        for path in Path("/dev/shm").glob("custody-spool-*")  # noqa: S108
+        if int(path.name.split("-")[2]) in pids
+    ]
+
+
 def _kill_and_restart(
     stack: Stack, targets: list[str], publisher: Publisher, started: float
 ) -> list[dict[str, Any]]:
@@ -142,17 +165,9 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
 
         address = stack.address()
         stored_alerts: set[str] = set()
-
-        def complete() -> bool:
-            try:
-                count = int(api_query(address, "SELECT count() AS n FROM events")[0]["n"])
-                rows = api_query(address, "SELECT alert_id FROM alerts")
-            except (OSError, ValueError, KeyError):
-                return False
-            stored_alerts.clear()
-            stored_alerts.update(str(row["alert_id"]) for row in rows)
-            return count >= len(sim.events) and stored_alerts >= sim.expected_alerts
-
+        complete = functools.partial(
+            _complete, address, len(sim.events), sim.expected_alerts, stored_alerts
+        )
         settled = poll(complete, SETTLE_TIMEOUT, 1.0)
         # A window in which a late or invented alert would still have to arrive.
         poll(lambda: False, 5, 1.0)
@@ -167,11 +182,7 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
         # The offset guard's seeks back (processors/offset_order.py): records faust
         # delivered past ones it skipped, after a restart with a backlog.
         rewinds = stack.log(CORRELATE).count("seeking back")
-        stale_spools = [
-            p.name
-            for p in Path("/dev/shm").glob("custody-spool-*")
-            if int(p.name.split("-")[2]) in killed_ingest_pids
-        ]
+        stale_spools = _spools_of(killed_ingest_pids)
         everything_published = (
             not publisher.failed
             and publisher.error is None
@@ -220,7 +231,8 @@ def test_kill_9_of_correlate_and_ingest_at_random_points_loses_nothing(
         assert stored_alerts - sim.expected_alerts == set(), "alerts a clean run does not raise"
         assert sim.expected_alerts - stored_alerts == set(), "alerts lost"
         assert alert_duplicates == 0
-        assert by_target[CORRELATE] >= KILLS_EACH and by_target[INGEST] >= KILLS_EACH
+        assert by_target[CORRELATE] >= KILLS_EACH
+        assert by_target[INGEST] >= KILLS_EACH
         assert stale_spools == [], "a killed ingest's spool directory was never removed"
         assert "Traceback" not in ingest_log, ingest_log[-3000:]
     finally:

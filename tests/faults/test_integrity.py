@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ class Stored:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Stored:
     home = tmp_path_factory.mktemp("integrity")
     stack = Stack(home / "stack")
     stack.home.mkdir()
@@ -106,7 +105,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
         assert rows[0]["n"] == expected, f"stored {rows[0]['n']} of {expected}"
     finally:
         stack.custody("down")
-    yield Stored(stack, published, start)
+    return Stored(stack, published, start)
 
 
 def _kinds(report: dict[str, Any]) -> list[tuple[str, str, int]]:
@@ -125,7 +124,8 @@ def test_untouched_evidence_verifies(stored: Stored, record_fault: Recorder) -> 
         vouched=report["vouched"],
         findings=len(report["findings"]),
     )
-    assert survived and report["findings"] == []
+    assert survived
+    assert report["findings"] == []
     assert report["vouched"] == events - len(INSTANCES)
 
 
@@ -240,7 +240,9 @@ def test_since_checks_only_the_window(stored: Stored, record_fault: Recorder) ->
         events=report["events"],
     )
     total = sum(len(ids) for ids in stored.published.values())
-    assert code == 0 and report["intact"] and 0 < report["events"] < total
+    assert code == 0
+    assert report["intact"]
+    assert 0 < report["events"] < total
 
 
 def test_chain_logic_without_services() -> None:
@@ -254,7 +256,8 @@ def test_chain_logic_without_services() -> None:
     ]
     rows = [_row(1, None, redacted=True), _row(2, "x")]
     report = check_chain("p", rows)
-    assert [f.kind for f in report.findings] == ["REDACTED_LINK"] and report.intact
+    assert [f.kind for f in report.findings] == ["REDACTED_LINK"]
+    assert report.intact
 
 
 def _row(seq: int, prev_hash: str | None, redacted: bool = False) -> dict[str, Any]:

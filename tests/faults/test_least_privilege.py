@@ -365,6 +365,8 @@ def test_chdb_readonly_profile_refuses_writes_and_custody_query_settings(
 
 # ---- custody query refuses writes, whoever runs it --------------------------------------------
 
+# Where a refused INTO OUTFILE would have written: the test only checks it never appears.
+LEAK = "/tmp/custody-leak"  # noqa: S108
 WRITES = (
     "INSERT INTO events (event_id, tenant) VALUES ('x', 'a')",
     "SELECT 1; DROP TABLE events",
@@ -372,7 +374,7 @@ WRITES = (
     "SELECT * FROM file('/etc/passwd', 'LineAsString')",
     "ALTER TABLE events DELETE WHERE 1",
     "OPTIMIZE TABLE events FINAL",
-    "SELECT * FROM events INTO OUTFILE '/tmp/custody-leak'",
+    f"SELECT * FROM events INTO OUTFILE '{LEAK}'",
 )
 
 
@@ -428,7 +430,7 @@ def test_custody_query_refuses_writes_even_for_a_user_who_may_write(
         and before == after
         and "events" in tables
         and cli.returncode != 0
-        and not Path("/tmp/custody-leak").exists()
+        and not Path(LEAK).exists()
     )
     record_fault(
         area=AREA,
@@ -489,7 +491,7 @@ _USERS_18 = """<?xml version="1.0"?>
 """
 
 
-@pytest.fixture()
+@pytest.fixture
 def clickhouse_18(tmp_path: Path) -> Iterator[ClickHouseServer]:
     if server_binary() is None:
         pytest.skip("clickhouse-server is not installed (recorded by the test below)")

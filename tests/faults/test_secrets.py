@@ -95,14 +95,15 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
         settings = stack.settings()
 
         # 1. The SDK refuses every kind before anything is sent.
-        refused = 0
+        refusals: list[str] = []
         with CustodyProducer(settings, producer_instance="faults/secrets/sdk") as producer:
             for kind in CANARIES:
                 try:
                     producer.publish(_with_canary(stream[0], kind))
                 except SecretValueError as exc:
-                    refused += 1
-                    assert not _leaks(str(exc))
+                    refusals.append(str(exc))
+        refused = len(refusals)
+        assert not [message for message in refusals if _leaks(message)]
 
         # 2. custody publish refuses a JSON line, naming it and the field.
         line = json.loads(stream[0].model_dump_json())
@@ -198,5 +199,7 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
         leaked=leaked or "none",
     )
     assert not leaked, leaked
-    assert refused == len(CANARIES) and cli_refused, cli.stderr
-    assert redacted >= tainted and dead_letters >= len(garbage)
+    assert refused == len(CANARIES), cli.stderr
+    assert cli_refused, cli.stderr
+    assert redacted >= tainted
+    assert dead_letters >= len(garbage)

@@ -65,7 +65,7 @@ SORTING_KEYS = {
 # ---- the server -----------------------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture
 def clickhouse(tmp_path: Path) -> Iterator[ClickHouseServer]:
     server = ClickHouseServer(tmp_path / "clickhouse")
     server.start()
@@ -122,7 +122,8 @@ def test_batch_writer_stores_events_state_and_alerts_on_18_16_and_reads_them_bac
             for event in mischievous({kind}, name=f"t{i}-", offset=40 * i)
         ]
         verdict = run(events, CONFIG)
-        assert verdict.alerts and {c.kind for c in verdict.changes} == set(STATE_TABLES)
+        assert verdict.alerts
+        assert {c.kind for c in verdict.changes} == set(STATE_TABLES)
         records = event_records(events, "ch-batch")
         records += [
             Record(topics.STATE, 0, i, change.root_task_id.encode(), CODEC.encode_state(change))
@@ -160,7 +161,8 @@ def test_batch_writer_stores_events_state_and_alerts_on_18_16_and_reads_them_bac
             )
             if kind == ""
         ]
-        assert "attributes" not in columns and "context" not in columns
+        assert "attributes" not in columns
+        assert "context" not in columns
         stored_events = {
             row["event_id"]: row
             for row in backend.select(f"SELECT {', '.join(columns)} FROM events FINAL")

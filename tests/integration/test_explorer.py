@@ -244,7 +244,7 @@ class Session:
             assert self.errors == []
 
 
-@pytest.fixture()
+@pytest.fixture
 def session(browser: Browser, explorer: Explorer) -> Iterator[Session]:
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
@@ -294,13 +294,15 @@ def test_a_tree_by_url_shows_every_node_with_its_marks(
     )
     assert set(nodes) == set().union(*expected.values())  # nothing else, no stubs
     delegated = {(s, t) for s, t, kind in session.edges() if kind == "delegated"}
-    assert delegated == tree.delegations() and delegated
+    assert delegated == tree.delegations()
+    assert delegated
     assert session.with_class("root") == {f"task:{tree.root}"}
 
     states = {f"token:{c['token_id']}": c["state"] for c in traced["credentials"]}
     revoked = {node for node, state in states.items() if state == "REVOKED"}
     expired = {node for node, state in states.items() if state == "EXPIRED"}
-    assert revoked and expired
+    assert revoked
+    assert expired
     assert session.with_class("revoked") == revoked
     assert session.with_class("expired") == expired
 
@@ -381,7 +383,9 @@ def test_the_search_box_opens_a_task_a_token_and_a_workload(
     assert results.count() > 1
     chosen = results.nth(1)
     root, workload = chosen.get_attribute("data-root"), chosen.get_attribute("data-id")
-    assert root and workload and workload.endswith("/agent/planner")
+    assert root
+    assert workload
+    assert workload.endswith("/agent/planner")
     chosen.click()
     session.wait_tree(root)
     expect(page.get_by_test_id("details")).to_have_attribute("data-id", f"agent:{workload}")

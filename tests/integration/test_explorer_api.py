@@ -139,7 +139,8 @@ def test_tree_graph_holds_every_task_agent_token_tool_and_human(stored: Stored) 
         if isinstance(e, DelegationEvent)
     }
     for edge in tree["graph"]["edges"]:
-        assert edge["source"] in nodes and edge["target"] in nodes, edge
+        assert edge["source"] in nodes, edge
+        assert edge["target"] in nodes, edge
 
 
 def test_alerting_nodes_are_the_ones_the_alerts_name(stored: Stored) -> None:
@@ -164,9 +165,12 @@ def test_alerting_nodes_are_the_ones_the_alerts_name(stored: Stored) -> None:
 def test_a_task_id_in_two_tenants_needs_the_tenant(stored: Stored) -> None:
     root = stored.events[0].root_task_id
     status, body = stored.api("tree", id=root)
-    assert status == 409 and "acme" in body["error"] and "globex" in body["error"]
+    assert status == 409
+    assert "acme" in body["error"]
+    assert "globex" in body["error"]
     status, tree = stored.api("tree", id=root, tenant="globex")
-    assert status == 200 and tree["tenant"] == "globex"
+    assert status == 200
+    assert tree["tenant"] == "globex"
 
 
 def test_unknown_and_malformed_tree_requests(stored: Stored) -> None:
@@ -179,7 +183,8 @@ def test_search_finds_tasks_tokens_and_workloads(stored: Stored) -> None:
     child = next(e for e in stored.events if isinstance(e, DelegationEvent)).body.child_task_id
     status, found = stored.api("search", q=child, tenant="acme")
     assert status == 200
-    assert found["results"][0]["kind"] == "task" and found["results"][0]["id"] == child
+    assert found["results"][0]["kind"] == "task"
+    assert found["results"][0]["id"] == child
 
     token = next(e for e in stored.events if isinstance(e, CredentialIssuedEvent))
     _, found = stored.api("search", q=token.body.token_id[:16], tenant="acme")
@@ -210,10 +215,12 @@ def test_token_timeline_follows_its_lifecycle(stored: Stored) -> None:
     ]
     assert kinds[0] == "ISSUED"
     assert Counter(kinds)["ACCESS"] == len(accesses)
-    assert Counter(kinds)["REVOKED"] == 1 and "EXPIRES" in kinds
+    assert Counter(kinds)["REVOKED"] == 1
+    assert "EXPIRES" in kinds
     times = [mark["time"] for mark in body["timeline"]]
     assert times == sorted(times)
-    assert body["token"]["state"] == "REVOKED" and body["root_task_id"] == revoked.root_task_id
+    assert body["token"]["state"] == "REVOKED"
+    assert body["root_task_id"] == revoked.root_task_id
     assert stored.api("token", id=token_id)[0] == 409
     assert stored.api("token", id="tok-nothing", tenant="acme")[0] == 404
 
@@ -232,11 +239,13 @@ def test_alerts_newest_first_filtered_and_limited(stored: Stored) -> None:
 
 def test_page_and_static_files_only(stored: Stored) -> None:
     status, headers, page = stored.get("/")
-    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
     assert "default-src 'self'" in headers["Content-Security-Policy"]
     assert b"static/vendor/cytoscape.min.js" in page
     status, headers, _ = stored.get("/static/vendor/cytoscape.min.js")
-    assert status == 200 and "javascript" in headers["Content-Type"]
+    assert status == 200
+    assert "javascript" in headers["Content-Type"]
     for path in (
         "/static/../../pyproject.toml",
         "/static/%2e%2e/%2e%2e/pyproject.toml",

@@ -244,7 +244,8 @@ def test_each_dashboard_is_a_clickhouse_dashboard(name: str) -> None:
     assert by_name["datasource"]["type"] == "datasource"
     assert by_name["datasource"]["query"] == PLUGIN
     tenant = by_name["tenant"]
-    assert tenant["type"] == "query" and tenant["datasource"] == DATASOURCE
+    assert tenant["type"] == "query"
+    assert tenant["datasource"] == DATASOURCE
     assert "custody.events" in variable_sql(tenant)
 
     found = panels(dashboard)
@@ -256,17 +257,21 @@ def test_each_dashboard_is_a_clickhouse_dashboard(name: str) -> None:
     occupied: dict[tuple[int, int], str] = {}
     for panel in found:
         title = panel["title"]
-        assert isinstance(title, str) and title
+        assert isinstance(title, str)
+        assert title
         assert panel["datasource"] == DATASOURCE, title
         grid = panel["gridPos"]
         assert all(isinstance(grid[key], int) for key in ("h", "w", "x", "y")), title
-        assert grid["w"] > 0 and grid["h"] > 0 and grid["x"] + grid["w"] <= 24, title
+        assert grid["w"] > 0, title
+        assert grid["h"] > 0, title
+        assert grid["x"] + grid["w"] <= 24, title
         for x in range(grid["x"], grid["x"] + grid["w"]):
             for y in range(grid["y"], grid["y"] + grid["h"]):
                 assert (x, y) not in occupied, f"{title} overlaps {occupied[(x, y)]}"
                 occupied[(x, y)] = title
         targets = panel["targets"]
-        assert targets and all(t.get("rawSql", "").strip() for t in targets), title
+        assert targets, title
+        assert all(t.get("rawSql", "").strip() for t in targets), title
         for target in targets:
             assert target["datasource"] == DATASOURCE, title
             assert target["editorType"] == "sql", title
@@ -368,4 +373,5 @@ def test_the_key_panels_show_the_simulation(engine: ChdbBackend) -> None:
     assert all(w.startswith("spiffe://acme/") for w in workloads)  # AGENT and SERVICE only
 
     long_lived = rows_of("token-hygiene", "Long-lived tokens")
-    assert long_lived and all(r["lifetime_s"] > 1800 for r in long_lived)
+    assert long_lived
+    assert all(r["lifetime_s"] > 1800 for r in long_lived)

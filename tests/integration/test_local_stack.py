@@ -30,10 +30,15 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
         assert first.returncode == 0, first.stderr
         code, processes = _status(tmp_path, bootstrap)
         broker, correlate = processes["broker"], processes["correlate"]
-        assert code == 0 and broker["running"] and broker["healthy"]
-        assert correlate["running"] and isinstance(correlate["pid"], int)
+        assert code == 0
+        assert broker["running"]
+        assert broker["healthy"]
+        assert correlate["running"]
+        assert isinstance(correlate["pid"], int)
         ingest = processes["ingest"]
-        assert ingest["running"] and ingest["healthy"] and isinstance(ingest["pid"], int)
+        assert ingest["running"]
+        assert ingest["healthy"]
+        assert isinstance(ingest["pid"], int)
         assert str(ingest["address"]).startswith("http://127.0.0.1:")
         assert isinstance(broker["pid"], int)
         assert (tmp_path / ".custody" / "logs" / "broker.log").exists()
@@ -52,8 +57,10 @@ def test_up_is_idempotent_and_down_stops_everything(tmp_path: Path) -> None:
     assert down.returncode == 0
     assert all(name in down.stdout for name in ("broker", "correlate", "ingest"))
     code, processes = _status(tmp_path, bootstrap)
-    assert code == 3 and not processes["broker"]["running"]
-    assert not processes["correlate"]["running"] and not processes["ingest"]["running"]
+    assert code == 3
+    assert not processes["broker"]["running"]
+    assert not processes["correlate"]["running"]
+    assert not processes["ingest"]["running"]
     assert (
         not Path(f"/proc/{broker['pid']}").exists()
         or b"tansu" not in Path(f"/proc/{broker['pid']}/cmdline").read_bytes()

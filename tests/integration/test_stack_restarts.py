@@ -23,7 +23,8 @@ pytestmark = pytest.mark.integration
 
 def _records(log: Path) -> list[dict[str, Any]]:
     raw = log.read_bytes()
-    assert b"\x1b" not in raw and b"\b" not in raw, f"control codes in {log}"
+    assert b"\x1b" not in raw, f"control codes in {log}"
+    assert b"\b" not in raw, f"control codes in {log}"
     return [json.loads(line) for line in raw.decode().splitlines()]
 
 

@@ -33,7 +33,7 @@ CODEC = AvroCodec()
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
+@pytest.fixture
 def backend(tmp_path: Path) -> Iterator[ChdbBackend]:
     target = ChdbTarget(tmp_path / "chdb")
     opened = ChdbBackend(target)
@@ -111,9 +111,11 @@ def test_every_field_of_every_event_type_is_a_column(backend: ChdbBackend) -> No
     }
     assert len(rows) == 9
     issued = rows["CREDENTIAL_ISSUED"]
-    assert issued["token_id"] == "tok-1" and issued["scopes"] == ["crm:read"]
+    assert issued["token_id"] == "tok-1"
+    assert issued["scopes"] == ["crm:read"]
     assert issued["issued_at"] == "2026-11-29T09:00:02.000000Z"
-    assert issued["actor_kind"] == "BROKER" and issued["seq"] == 3
+    assert issued["actor_kind"] == "BROKER"
+    assert issued["seq"] == 3
     access = rows["ACCESS"]
     assert (access["tool"], access["outcome"], access["detail"]) == (
         "crm.search",
@@ -122,7 +124,8 @@ def test_every_field_of_every_event_type_is_a_column(backend: ChdbBackend) -> No
     )
     assert access["actor_on_behalf_of"] == "alice@acme"
     decision = rows["AUTHZ_DECISION"]
-    assert decision["context"] == {"ip": "10.0.0.1"} and decision["decision"] == "ALLOW"
+    assert decision["context"] == {"ip": "10.0.0.1"}
+    assert decision["decision"] == "ALLOW"
     assert rows["DELEGATION"]["delegatee"] == "spiffe://acme/agent/coder"
     assert rows["APPROVAL"]["approver"] == "bob@acme"
     assert rows["BREAK_GLASS"]["approval_id"] == "appr-1"
@@ -357,22 +360,27 @@ def test_read_commands_without_a_running_stack(tmp_path: Path) -> None:
     assert {c["token_id"] for c in document["credentials"]} == {
         c.credential.token_id for c in result.changes if c.credential is not None
     }
-    assert document["accesses"] and document["approvals"] and document["delegations"]
+    assert document["accesses"]
+    assert document["approvals"]
+    assert document["delegations"]
 
     shown = _cli(tmp_path, "trace", leaf)
-    assert shown.returncode == 0 and "cli-root" in shown.stdout
+    assert shown.returncode == 0
+    assert "cli-root" in shown.stdout
 
     listed = _cli(tmp_path, "alerts", "--json", "--type", "SHARED_CREDENTIAL")
     assert listed.returncode == 0, listed.stderr
     lines = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert lines and {line["alert_type"] for line in lines} == {"SHARED_CREDENTIAL"}
+    assert lines
+    assert {line["alert_type"] for line in lines} == {"SHARED_CREDENTIAL"}
     assert set(lines[0]) == {
         "alert_id", "alert_type", "severity", "tenant", "root_task_id", "task_id",
         "token_id", "workload_id", "event_time", "detected_at", "evidence_event_ids",
         "detail",
     }  # fmt: skip
     future = _cli(tmp_path, "alerts", "--json", "--since", "2100-01-01T00:00:00Z")
-    assert future.returncode == 0 and future.stdout == ""
+    assert future.returncode == 0
+    assert future.stdout == ""
 
     queried = _cli(tmp_path, "query", "SELECT count() AS n FROM events", "--json")
     assert json.loads(queried.stdout) == {"n": len(tree)}
@@ -391,7 +399,8 @@ def test_read_commands_without_a_running_stack(tmp_path: Path) -> None:
         a.alert_id for a in result.alerts if a.alert_type == "UNREVOKED_TOKEN"
     }
     refused = _cli(tmp_path, "query", "DROP TABLE events")
-    assert refused.returncode == 1 and "refused" in refused.stderr
+    assert refused.returncode == 1
+    assert "refused" in refused.stderr
 
     exported = _cli(tmp_path, "export", leaf, "--format", "prov-json")
     assert exported.returncode == 0, exported.stderr
@@ -401,4 +410,5 @@ def test_read_commands_without_a_running_stack(tmp_path: Path) -> None:
     assert {qualified_name("task", e.task_id) for e in tree} <= activities
 
     missing = _cli(tmp_path, "trace", "no-such-task")
-    assert missing.returncode == 4 and "no-such-task" in missing.stderr
+    assert missing.returncode == 4
+    assert "no-such-task" in missing.stderr

@@ -22,7 +22,7 @@ from tests.support.trees import traffic
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
+@pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     running = Stack(tmp_path)
     yield running
@@ -58,7 +58,8 @@ def test_published_traffic_is_traced_alerted_and_exported(stack: Stack) -> None:
     }
     assert {a["alert_type"] for a in tree["alerts"]} == {"UNREVOKED_TOKEN"}  # t0 leaks
     revoked = [c for c in tree["credentials"] if c["state"] == "REVOKED"]
-    assert revoked and all(c["revoked_at"] and c["revocation_reason"] for c in revoked)
+    assert revoked
+    assert all(c["revoked_at"] and c["revocation_reason"] for c in revoked)
 
     exported = stack.custody("export", leaf, "--format", "prov-json")
     assert exported.returncode == 0, exported.stderr
@@ -68,7 +69,8 @@ def test_published_traffic_is_traced_alerted_and_exported(stack: Stack) -> None:
 
     status = stack.custody("status", "--json")
     processes = {p["name"]: p for p in json.loads(status.stdout)["processes"]}
-    assert status.returncode == 0 and processes["ingest"]["healthy"]
+    assert status.returncode == 0
+    assert processes["ingest"]["healthy"]
 
 
 def test_ingest_killed_mid_stream_stores_every_event_exactly_once(tmp_path: Path) -> None:
@@ -91,7 +93,8 @@ def test_ingest_killed_mid_stream_stores_every_event_exactly_once(tmp_path: Path
         # The rest arrives while ingest is dead; the directory is free for a direct read.
         stack.publish(stream[half:], "second")
         stored_at_kill = stack.query("SELECT count() AS n FROM events")[0]["n"]
-        assert isinstance(stored_at_kill, int) and 3000 <= stored_at_kill <= half
+        assert isinstance(stored_at_kill, int)
+        assert 3000 <= stored_at_kill <= half
         stack.up()  # starts what is not running: ingest again
         assert stack.pid("ingest") != killed
 

@@ -71,7 +71,7 @@ def local_broker() -> Iterator[str]:
         running.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def broker() -> Iterator[RunningBroker]:
     running = RunningBroker()
     running.start()
@@ -79,7 +79,7 @@ def broker() -> Iterator[RunningBroker]:
     running.kill()
 
 
-@pytest.fixture()
+@pytest.fixture
 def settings(broker: RunningBroker) -> Settings:
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,

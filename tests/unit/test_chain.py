@@ -15,7 +15,8 @@ def test_chain_numbers_from_one_and_links_to_the_previous_body() -> None:
     second = chain.next_link()
     assert second.seq == 2
     assert second.prev_hash == hashlib.sha256(b"body-1").hexdigest() == body_hash(b"body-1")
-    assert len(second.prev_hash) == 64 and second.prev_hash == second.prev_hash.lower()
+    assert len(second.prev_hash) == 64
+    assert second.prev_hash == second.prev_hash.lower()
 
 
 def test_a_link_not_advanced_is_handed_out_again() -> None:
@@ -24,4 +25,5 @@ def test_a_link_not_advanced_is_handed_out_again() -> None:
     refused = chain.next_link()
     assert chain.next_link() == refused
     chain.advance(refused.seq, b"b")
-    assert chain.next_link().seq == 3 and chain.last_seq == 2
+    assert chain.next_link().seq == 3
+    assert chain.last_seq == 2

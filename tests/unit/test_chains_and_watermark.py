@@ -54,14 +54,17 @@ def test_an_intact_chain_in_any_order_raises_nothing() -> None:
     links = _chain(50)
     random.Random(4).shuffle(links)
     state, alerts = _run(links)
-    assert alerts == [] and state.verified_seq == 50 and not state.pending
+    assert alerts == []
+    assert state.verified_seq == 50
+    assert not state.pending
 
 
 def test_a_missing_event_is_a_gap_after_the_grace_period_only() -> None:
     links = _chain(10)
     del links[4]  # seq 5
     state, alerts = _run(links, until_us=6 * US + GRACE * US - 1)
-    assert alerts == [] and state.verified_seq == 4
+    assert alerts == []
+    assert state.verified_seq == 4
     _, alerts = _run(links)
     assert [a.alert_type for a in alerts] == ["EVIDENCE_GAP"]
     assert "seq 5 never arrived" in alerts[0].detail
@@ -105,14 +108,16 @@ def test_two_events_claiming_one_seq_are_reported_and_a_replay_is_not() -> None:
     links = _chain(3)
     impostor = ChainLink("other", "acme", "r", "agent/1", 2, links[0].body_hash, "f" * 64, 2 * US)
     _, alerts = _run([*links, links[1], impostor])
-    assert len(alerts) == 1 and "two different events claim seq 2" in alerts[0].detail
+    assert len(alerts) == 1
+    assert "two different events claim seq 2" in alerts[0].detail
 
 
 def test_chain_state_survives_its_stored_form() -> None:
     links = _chain(8)
     del links[3]
     state, _ = _run(links, until_us=0)
-    assert state.added == {5, 6, 7, 8} and not state.removed
+    assert state.added == {5, 6, 7, 8}
+    assert not state.removed
     stored = [pending_from_json(state.pending_json(seq)) for seq in state.added]
     restored = ChainState.from_json(state.to_json(), stored, CONFIG)
     assert restored.to_json() == state.to_json()
@@ -133,13 +138,16 @@ def test_a_backfill_behind_the_watermark_waits_a_grace_period_from_its_arrival()
         assert out.alerts == []
     assert state is not None
     state, out = expire_chain(state, watermark + GRACE * US - 1, CONFIG, DETECTED)
-    assert out.alerts == [] and state.verified_seq == 0
+    assert out.alerts == []
+    assert state.verified_seq == 0
     stored = [pending_from_json(state.pending_json(seq)) for seq in state.added]
     state = ChainState.from_json(state.to_json(), stored, CONFIG)  # a restart keeps the wait
     for link in links[:3]:  # the other partition's
         state, out = observe_link(state, link, CONFIG, DETECTED, watermark)
         assert out.alerts == []
-    assert state.verified_seq == 6 and not state.pending and not state.due
+    assert state.verified_seq == 6
+    assert not state.pending
+    assert not state.due
     # A hole in a backfill is still a gap, a grace period after the links behind it came.
     held, _ = _run(links[:2], until_us=0)
     for link in links[3:]:
@@ -153,8 +161,10 @@ def test_a_backfill_behind_the_watermark_waits_a_grace_period_from_its_arrival()
 def test_links_verified_in_one_go_leave_nothing_to_store_or_delete() -> None:
     links = _chain(5)
     state, _ = _run([links[1], links[2], links[0], links[4], links[3]], until_us=0)
-    assert state.verified_seq == 5 and not state.pending
-    assert not state.added and not state.removed
+    assert state.verified_seq == 5
+    assert not state.pending
+    assert not state.added
+    assert not state.removed
 
 
 def test_watermark_trails_by_the_lateness_and_advances_when_idle() -> None:

@@ -30,7 +30,8 @@ def test_child_is_one_level_deeper_under_the_same_root() -> None:
         "r",
         1,
     )
-    assert grandchild.parent_task_id == "c" and grandchild.depth == 2
+    assert grandchild.parent_task_id == "c"
+    assert grandchild.depth == 2
     assert grandchild.task_id not in {"r", "c"}
 
 
@@ -48,8 +49,10 @@ def test_headers_and_environment_carry_the_context() -> None:
     assert HEADER in headers
     env: dict[str, str] = {}
     ctx.to_environ(env)
-    assert CustodyContext.from_environ(env) == ctx and ENV_VAR in env
-    assert CustodyContext.extract({}) is None and CustodyContext.from_environ({}) is None
+    assert CustodyContext.from_environ(env) == ctx
+    assert ENV_VAR in env
+    assert CustodyContext.extract({}) is None
+    assert CustodyContext.from_environ({}) is None
 
 
 @pytest.mark.parametrize(

@@ -336,7 +336,8 @@ def test_compatibility_check_catches_a_breaking_change() -> None:
     broken = json.loads(json.dumps(current))
     broken["fields"].append({"name": "new_required", "type": "string"})
     ok, messages = evolution.can_read(broken, current)
-    assert not ok and messages
+    assert not ok
+    assert messages
     additive = json.loads(json.dumps(current))
     additive["fields"].append({"name": "optional", "type": ["null", "string"], "default": None})
     assert evolution.can_read(additive, current)[0]
@@ -376,7 +377,7 @@ class _Registry(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture()
+@pytest.fixture
 def registry_url() -> Iterator[str]:
     _Registry.schemas = {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)

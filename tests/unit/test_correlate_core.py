@@ -76,7 +76,8 @@ def test_chain_checks_wait_for_every_source_partition() -> None:
     work = _work(partitions=2)
     work.on_events(_records(mischievous(set(), name="b-")), lambda _: None, WALL)
     marks = work.source_watermarks([0], WALL)
-    assert {m.partition for m in marks} == {0, 1} and all(m.key == WATERMARK_KEY for m in marks)
+    assert {m.partition for m in marks} == {0, 1}
+    assert all(m.key == WATERMARK_KEY for m in marks)
     work.on_links([(0, m.key, m.value) for m in marks if m.partition == 0], WALL)
     assert work.chain_watermark(0) is None  # source partition 1 not heard from yet
     other = json.dumps({"source_partition": 1, "watermark_us": 5}).encode()
@@ -185,7 +186,8 @@ def test_a_backfilled_instance_read_from_two_partitions_unevenly_has_no_gap() ->
         work.on_links([(0, b"p/1", links_to_json(links[:half]))], WALL + 2_000_000)[0],
     ]
     assert not [s for sends in outputs for s in sends if s.topic == topics.ALERTS]
-    assert work.chains["p/1"].verified_seq == len(links) and not work.chains["p/1"].pending
+    assert work.chains["p/1"].verified_seq == len(links)
+    assert not work.chains["p/1"].pending
 
 
 def test_a_slow_step_does_not_use_up_a_backfills_hold_or_its_partitions_idle_time() -> None:

@@ -51,7 +51,8 @@ def test_unrevoked_token_fires_when_revocation_comes_after_the_grace_period() ->
     # The coder's task completed at 30 s: revoked at 30 + GRACE + 1 is too late.
     result = run([*stream, revoke(tree.code, "tok-code", at(30 + GRACE + 1))])
     assert result.types() == ["UNREVOKED_TOKEN"]
-    assert result.alerts[0].token_id == "tok-code" and result.alerts[0].task_id == "code"
+    assert result.alerts[0].token_id == "tok-code"
+    assert result.alerts[0].task_id == "code"
 
 
 def test_unrevoked_near_miss_revoked_one_second_before_the_grace_period_ends() -> None:
@@ -317,7 +318,8 @@ def test_a_duplicated_event_changes_nothing() -> None:
     leaky = tree.without(revocation_of("tok-root"))
     once = run(leaky)
     twice = run([*leaky, *leaky])
-    assert once.ids() == twice.ids() and once.state == twice.state
+    assert once.ids() == twice.ids()
+    assert once.state == twice.state
     assert len(twice.alerts) == 1
 
 

@@ -110,18 +110,22 @@ def test_nodes_states_and_alert_marks() -> None:
     graph = custody_graph(TRACE)
     nodes = {node["id"]: node for node in graph["nodes"]}
     assert {n for n, node in nodes.items() if node["kind"] == "task"} == {"task:t1", "task:t2"}
-    assert nodes["token:k1"]["revoked"] and not nodes["token:k1"]["expired"]
-    assert nodes["token:k2"]["expired"] and not nodes["token:k2"]["revoked"]
+    assert nodes["token:k1"]["revoked"]
+    assert not nodes["token:k1"]["expired"]
+    assert nodes["token:k2"]["expired"]
+    assert not nodes["token:k2"]["revoked"]
     assert nodes["human:alice"]["alert_types"] == ["SELF_APPROVAL"]
     assert nodes["task:t2"]["alert_types"] == ["SELF_APPROVAL"]
     assert nodes["token:k2"]["alert_types"] == ["TOKEN_USED_AFTER_EXPIRY"]
-    assert not nodes["task:t1"]["alerting"] and not nodes["token:k1"]["alerting"]
+    assert not nodes["task:t1"]["alerting"]
+    assert not nodes["token:k1"]["alerting"]
 
 
 def test_a_rotation_from_outside_the_tree_is_a_stub_node() -> None:
     nodes = {node["id"]: node for node in custody_graph(TRACE)["nodes"]}
     stub = nodes["token:k0-elsewhere"]
-    assert stub["data"] == {"missing": True} and stub["status"] == "NOT IN TREE"
+    assert stub["data"] == {"missing": True}
+    assert stub["status"] == "NOT IN TREE"
 
 
 def test_repeated_calls_are_counted_and_a_denied_one_is_its_own_edge() -> None:

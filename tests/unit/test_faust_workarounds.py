@@ -104,7 +104,8 @@ def test_gap_filling_is_off() -> None:
 
 def test_a_stop_signal_freezes_commits() -> None:
     handlers = inspect.getsource(mode.Worker._install_signal_handlers_unix)
-    assert "self._on_sigterm" in handlers and "self._on_sigint" in handlers
+    assert "self._on_sigterm" in handlers
+    assert "self._on_sigint" in handlers
     for name in ("commit", "force_commit"):
         assert _parameters(getattr(Consumer, name)) == ["self", "topics", "start_new_transaction"]
 
@@ -233,4 +234,5 @@ def test_a_recovery_callback_that_fails_crashes_the_worker() -> None:
         return app.crash_reason
 
     reason = asyncio.run(crash_reason())
-    assert isinstance(reason, ValueError) and "unknown format" in str(reason)
+    assert isinstance(reason, ValueError)
+    assert "unknown format" in str(reason)

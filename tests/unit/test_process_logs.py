@@ -41,7 +41,8 @@ ROLE = textwrap.dedent(
 
 def _records(log: Path) -> list[dict[str, Any]]:
     raw = log.read_bytes()
-    assert b"\x1b" not in raw and b"\b" not in raw
+    assert b"\x1b" not in raw
+    assert b"\b" not in raw
     return [json.loads(line) for line in raw.decode().splitlines()]
 
 

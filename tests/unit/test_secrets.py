@@ -80,8 +80,10 @@ def test_rejection_names_field_and_kind_but_never_the_value() -> None:
     with pytest.raises(SecretValueError) as caught:
         reject_secrets({"body": {"detail": JWT}})
     message = str(caught.value)
-    assert "body.detail" in message and "jwt" in message
-    assert JWT not in message and JWT[:20] not in message
+    assert "body.detail" in message
+    assert "jwt" in message
+    assert JWT not in message
+    assert JWT[:20] not in message
 
 
 def test_redaction_replaces_only_the_secret() -> None:
@@ -106,7 +108,8 @@ def test_validation_errors_never_echo_a_secret() -> None:
         )
     text = str(caught.value) + repr(caught.value)
     assert "outcome" in text
-    assert AWS not in text and JWT[:20] not in text
+    assert AWS not in text
+    assert JWT[:20] not in text
 
 
 def test_publish_file_with_a_secret_reports_line_and_field_only() -> None:
@@ -143,7 +146,9 @@ def test_masking_keeps_length_and_framing_and_names_the_kind(kind: str, value: s
     event = stamped(one_of_each()[3])
     leaky = CODEC.encode_event(event.model_copy(update={"attributes": {"x": f"a {value} b"}}))
     masked, kinds = mask_secrets(leaky)
-    assert masked is not None and len(masked) == len(leaky) and kinds == [kind]
+    assert masked is not None
+    assert len(masked) == len(leaky)
+    assert kinds == [kind]
     assert value.encode() not in masked
     # Still the same Avro record, the secret overwritten in place.
     assert CODEC.decode_event(masked).attributes["x"] == f"a {'*' * len(value)} b"

@@ -92,7 +92,8 @@ def test_a_missing_column_fails_naming_it() -> None:
 
 def test_a_task_nests_its_actor_where_the_row_has_its_columns() -> None:
     task = records.Task.from_row(TASK_ROW)
-    assert task.actor.kind == "AGENT" and task.actor.on_behalf_of == "user:alice@acme"
+    assert task.actor.kind == "AGENT"
+    assert task.actor.on_behalf_of == "user:alice@acme"
     as_json = task.as_json()
     assert list(as_json) == [
         "task_id",
@@ -159,8 +160,10 @@ def test_the_tree_json_has_every_part_in_the_documented_order() -> None:
         "break_glass",
         "alerts",
     ]
-    assert as_json["credentials"] == [CREDENTIAL_ROW] and as_json["alerts"] == [ALERT_ROW]
-    assert as_json["decisions"] == [] and as_json["tasks"][0]["actor"]["instance_id"] == "coder-7"
+    assert as_json["credentials"] == [CREDENTIAL_ROW]
+    assert as_json["alerts"] == [ALERT_ROW]
+    assert as_json["decisions"] == []
+    assert as_json["tasks"][0]["actor"]["instance_id"] == "coder-7"
 
 
 def test_the_alert_columns_are_the_alert_fields() -> None:

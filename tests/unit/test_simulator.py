@@ -75,7 +75,8 @@ def test_shape_of_a_run(clean: list[Envelope]) -> None:
         if isinstance(e, CredentialRevokedEvent) and e.body.reason == "ROTATED"
     }
     children = [e for e in issued if e.body.parent_token_id is not None]
-    assert children and {e.body.parent_token_id for e in children} == rotated
+    assert children
+    assert {e.body.parent_token_id for e in children} == rotated
 
 
 def test_each_delegation_step_is_a_distinct_identity_acting_for_a_human(
