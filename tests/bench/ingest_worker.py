@@ -41,6 +41,7 @@ from processors.storage.target import ChdbTarget
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_HEADER_SIZE
+from tests.support.broker import payload
 
 BATCH = 10_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
@@ -121,7 +122,7 @@ def run_floor(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
                 first, first_cpu = time.perf_counter(), time.process_time()
             for message in messages:
                 if message.error() is None:
-                    bodies.append(message.value()[header:])  # type: ignore[index]
+                    bodies.append(payload(message)[header:])
                     seen += 1
                     if len(bodies) == BATCH:
                         insert()
@@ -175,6 +176,7 @@ def run_ingest(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]
     )
     ingest = ingest_module.Ingest(fresh_group, BatchWriter(backend))
     clock = ClockedConsumer(ingest._consumer)
+    # A proxy that times the real consumer stands in for it (it is no Consumer subclass).
     ingest._consumer = clock  # type: ignore[assignment]
     failure: list[BaseException] = []
 

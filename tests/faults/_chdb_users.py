@@ -43,7 +43,9 @@ def access_statements(database: str = "custody") -> list[str]:
 def tenant_filter(database: str = "custody") -> str:
     """The USING expression of 0004's analyst policy (the same on every tenant table)."""
     text = ACCESS_SQL.read_text().replace("{{database}}", database)
-    found = set(re.findall(r"custody_analyst_tenant ON \S+ FOR SELECT\s+USING (.+?)\s+TO ", text))
+    found: set[str] = set(
+        re.findall(r"custody_analyst_tenant ON \S+ FOR SELECT\s+USING (.+?)\s+TO ", text)
+    )
     assert len(found) == 1, found
     return found.pop()
 
@@ -100,8 +102,13 @@ def _with_config(suffix: str) -> None:
     """Make every chdb session of this process start with ``suffix`` (a config file)."""
     from chdb import session
 
-    original = session.Session
-    session.Session = lambda path=None: original(f"{path}{suffix}")  # type: ignore[misc]
+    class Configured(session.Session):
+        def __init__(self, path: str | None = None) -> None:
+            super().__init__(f"{path}{suffix}")
+
+    # Replacing chdb's class is the point (this process only); mypy refuses any assignment
+    # to a class.
+    session.Session = Configured  # type: ignore[misc]
 
 
 def _try(run: Any) -> dict[str, Any]:

@@ -6,17 +6,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.faults.conftest import ROOT
 
 
-def table(results: dict[str, object]) -> str:
+def table(results: dict[str, Any]) -> str:
     """The results as a markdown table: area, what was tried, survived, measured."""
     lines = [
         "| area | tried | survived | measured |",
         "| --- | --- | --- | --- |",
     ]
-    for row in results["results"]:  # type: ignore[attr-defined]
+    for row in results["results"]:
         measured = ", ".join(f"{k} {v}" for k, v in row["measured"].items())
         survived = "yes" if row["survived"] else "**NO**"
         lines.append(f"| {row['area']} | {row['tried']} | {survived} | {measured} |")

@@ -12,6 +12,7 @@ are stored in ClickHouse and correlated (their expected alerts appear).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import struct
@@ -33,7 +34,7 @@ from schemas.catalog import EVENT, latest
 from schemas.codec import SINGLE_OBJECT_MAGIC, body_bytes, event_to_avro
 from schemas.models import DelegationEvent, Envelope, TaskDeclaredEvent
 from tests.faults.conftest import Recorder, scaled
-from tests.support.broker import read_to_end
+from tests.support.broker import header_list, read_to_end
 from tests.support.events import (
     PLANNER,
     allow,
@@ -272,7 +273,7 @@ def dead_letters(bad: WatchedStack) -> dict[bytes, dict[str, list[str]]]:
     for message in read_to_end(bad.stack.settings(), topics.DLQ):
         if (message.value() or b"").startswith(b"end-marker-"):
             continue  # an earlier read's marker (see read_to_end)
-        headers = {k: (v or b"").decode() for k, v in message.headers() or []}
+        headers = {name: value.decode() for name, value in header_list(message)}
         stage = headers["custody-dlq-stage"]
         found.setdefault(message.key() or b"", {}).setdefault(stage, []).append(
             headers["custody-dlq-reason"]
@@ -481,11 +482,13 @@ def test_valid_but_adversarial_events_are_handled_by_alerts(
         "separator": "adv-sep-",
         "wide": "adv-wide-",
     }
+
+    def arrived(prefix: str, name: str) -> bool:
+        return bad.stored_events(prefix) == sent[name] and bad.alert_ids(prefix) >= expected[name]
+
     for name, prefix in prefixes.items():
         until(
-            lambda p=prefix, n=name: (
-                bad.stored_events(p) == sent[n] and bad.alert_ids(p) >= expected[n]
-            ),
+            functools.partial(arrived, prefix, name),
             120,
             f"{name}: events stored and expected alerts",
         )

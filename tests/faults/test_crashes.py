@@ -89,6 +89,10 @@ def _complete(address: str, events: int, expected: frozenset[str], stored_alerts
     return count >= events and stored_alerts >= expected
 
 
+def _gone(pid: int) -> bool:
+    return not running(pid)
+
+
 def _spools_of(pids: list[int]) -> list[str]:
     """The insert spool directories left by the ingest processes ``pids``."""
     return [
@@ -124,7 +128,7 @@ def _kill_and_restart(
         os.kill(kill["pid"], signal.SIGKILL)
     for kill in kills:
         pid: int = kill["pid"]
-        assert poll(lambda pid=pid: not running(pid), 10, 0.05), f"{kill} survived"
+        assert poll(functools.partial(_gone, pid), 10, 0.05), f"{kill} survived"
     restart = time.monotonic()
     stack.up()  # starts what is not running: the killed workers
     for kill in kills:

@@ -534,7 +534,7 @@ def _events(*specs: dict[str, Any]) -> list[Envelope]:
         "actor": {"workload_id": "w", "kind": "AGENT", "instance_id": "i"},
         "producer_instance": "fuzz/1",
     }
-    out = []
+    out: list[Envelope] = []
     for seq, spec in enumerate(specs, 1):
         data = {**base, "event_id": f"00000000-0000-0000-0000-{seq:012d}", "seq": seq, **spec}
         out.append(validate_event(data))

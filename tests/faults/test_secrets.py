@@ -24,9 +24,9 @@ from schemas import topics
 from schemas.models import Envelope
 from schemas.secrets import SecretValueError
 from tests.faults.conftest import Recorder
-from tests.support.broker import free_port, read_to_end, run_custody
+from tests.support.broker import free_port, header_list, read_to_end, run_custody
 from tests.support.polling import until
-from tests.support.samples import Chain
+from tests.support.samples import Chain, as_event
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,7 @@ def _with_canary(event: Envelope, kind: str) -> Envelope:
     """The event with the canary in its attributes and in a free-text body field."""
     secret = CANARIES[kind]
     update: dict[str, Any] = {"attributes": {**event.attributes, "note": f"key {secret}"}}
-    body = event.body
+    body = as_event(event).body
     for name in ("purpose", "detail", "resource"):
         if getattr(body, name, None) is not None:
             update["body"] = body.model_copy(update={name: f"see {secret}"})
@@ -128,15 +128,11 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
         assert raw.flush(30) == 0
 
         def stored() -> bool:
-            rows = stack.query("SELECT count() AS n FROM events")
-            return rows[0]["n"] >= len(values)
+            return stack.count("SELECT count() AS n FROM events") >= len(values)
 
         until(stored, 120, "the raw events stored")
         until(
-            lambda: (
-                len(stack.query("SELECT count() AS n FROM tasks")) > 0
-                and stack.query("SELECT count() AS n FROM tasks")[0]["n"] > 0
-            ),
+            lambda: stack.count("SELECT count() AS n FROM tasks") > 0,
             120,
             "the correlator's state stored",
         )
@@ -156,9 +152,9 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
 
         # Scan what was written.
         leaks: dict[str, list[str]] = {}
-        redacted = stack.query(
+        redacted = stack.count(
             "SELECT count() AS n FROM events WHERE mapContains(attributes, 'custody.redacted')"
-        )[0]["n"]
+        )
         for table in ("events", "tasks", "delegations", "credentials", "alerts", "task_roots"):
             dump = stack.custody("query", f"SELECT * FROM {table}", "--json").stdout
             leaks[f"clickhouse {table}"] = _leaks(dump)
@@ -172,7 +168,7 @@ def test_no_secret_reaches_logs_topics_or_clickhouse(
         for topic in (topics.STATE, topics.ALERTS, topics.DLQ):
             for message in read_to_end(settings, topic):
                 dead_letters += topic == topics.DLQ
-                headers = b"".join(v or b"" for _, v in (message.headers() or []))
+                headers = b"".join(value for _, value in header_list(message))
                 found = _leaks((message.key() or b"") + (message.value() or b"") + headers)
                 leaks.setdefault(f"topic {topic}", []).extend(found)
     finally:

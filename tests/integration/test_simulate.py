@@ -10,7 +10,7 @@ import pytest
 from producers.settings import Settings
 from producers.simulator import SimulationConfig, plan, simulate
 from schemas.codec import AvroCodec
-from tests.support.broker import RunningBroker, read_to_end, run_custody
+from tests.support.broker import RunningBroker, payload, read_to_end, run_custody
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_simulate_publishes_the_generated_events(broker: RunningBroker, settings
     config = SimulationConfig(roots=20, seed=7, misbehaviour_rate=0.1, tenant=settings.tenant)
     expected = [event.event_id for event in simulate(config)]
     codec = AvroCodec()
-    stored = [codec.decode_event(m.value()) for m in read_to_end(settings)]
+    stored = [codec.decode_event(payload(m)) for m in read_to_end(settings)]
 
     assert len(stored) == len(expected) == summary["events"] == summary["planned_events"]
     assert sorted(e.event_id for e in stored) == sorted(expected)

@@ -47,6 +47,7 @@ from schemas.models import (
 )
 from tests.support import REPO
 from tests.support.events import CODER, PLANNER, RESEARCHER, allow, issue, revoke, use
+from tests.support.samples import as_event
 from tests.support.trees import CONFIG, GRACE, MISCHIEF, Tree, mischievous, run
 
 pytestmark = pytest.mark.integration
@@ -88,7 +89,7 @@ def moved(event: E, when: datetime) -> E:
 
 def with_body(event: E, **fields: Any) -> E:
     """``event`` with some body fields changed (same event id)."""
-    body = event.body  # type: ignore[attr-defined]
+    body = as_event(event).body
     return event.model_copy(update={"body": body.model_copy(update=fields)})
 
 

@@ -22,7 +22,7 @@ from processors.storage.target import ChdbTarget
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
-from schemas.models import Envelope
+from schemas.models import AccessEvent, Envelope
 from tests.support.broker import CUSTODY
 from tests.support.samples import one_of_each
 from tests.support.trees import GRACE, MISCHIEF, mischievous, run
@@ -217,6 +217,7 @@ def test_a_missing_table_is_not_blamed_on_the_data(tmp_path: Path) -> None:
 def test_secret_looking_values_are_redacted_before_storage(backend: ChdbBackend) -> None:
     secret = "AKIA" + "Q3EGRZ7EXAMPLEAB"
     access = one_of_each()[3]
+    assert isinstance(access, AccessEvent)
     leaky = access.model_copy(
         update={"body": access.body.model_copy(update={"detail": f"key {secret}"})}
     )

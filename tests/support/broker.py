@@ -1,6 +1,6 @@
 """A real Tansu broker (from the pinned wheel) on a free loopback port, the fixtures that
-give each test its own, a plain consumer that reads topics back, and the installed
-``custody`` command pointed at a broker."""
+give each test its own, a plain consumer that reads topics back (and typed access to what
+it read), and the installed ``custody`` command pointed at a broker."""
 
 from __future__ import annotations
 
@@ -136,6 +136,25 @@ def read_to_end(settings: Settings, topic: str = EVENTS, timeout: float = 60.0) 
         return seen == set(partitions)
 
     return [m for m in consume(settings, all_markers, topic, timeout) if m.value() != marker]
+
+
+def payload(message: Message) -> bytes:
+    """A consumed record's value (every record the tests read back carries one)."""
+    value = message.value()
+    assert value is not None, f"no value at {message.topic()} {message.partition()}"
+    return value
+
+
+def header_list(message: Message) -> list[tuple[str, bytes]]:
+    """A consumed record's headers in order, an absent value as b"" (a consumer gets them
+    as (name, bytes) pairs)."""
+    headers = message.headers() or []
+    assert isinstance(headers, list), headers
+    pairs: list[tuple[str, bytes]] = []
+    for name, value in headers:
+        assert not isinstance(value, str), name
+        pairs.append((name, value or b""))
+    return pairs
 
 
 def run_custody(

@@ -4,13 +4,25 @@ forms, and the hash chain a producer instance stamps."""
 from __future__ import annotations
 
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from producers.chain import HashChain
 from producers.context import CustodyContext
 from producers.events import Source
 from schemas.codec import AvroCodec, body_bytes
-from schemas.models import Envelope
+from schemas.models import (
+    AccessEvent,
+    ApprovalEvent,
+    AuthzDecisionEvent,
+    BreakGlassEvent,
+    CredentialIssuedEvent,
+    CredentialRevokedEvent,
+    CustodyEvent,
+    DelegationEvent,
+    Envelope,
+    TaskCompletedEvent,
+    TaskDeclaredEvent,
+)
 from tests.support import events as build
 from tests.support.events import at
 
@@ -25,6 +37,24 @@ BROKER = Source.of("acme", "broker.vault", "spiffe://acme/broker/vault", "BROKER
 HUMAN = Source.of("acme", "approvals", "user:bob@acme", "HUMAN", "portal-1")
 
 _CODEC = AvroCodec()
+_EVENT_TYPES = (
+    TaskDeclaredEvent,
+    AuthzDecisionEvent,
+    CredentialIssuedEvent,
+    AccessEvent,
+    DelegationEvent,
+    ApprovalEvent,
+    BreakGlassEvent,
+    CredentialRevokedEvent,
+    TaskCompletedEvent,
+)
+
+
+def as_event(event: Envelope) -> CustodyEvent:
+    """``event`` as one of the nine event types (what has a ``body``); the builders and the
+    simulator hand out the envelope type."""
+    assert isinstance(event, _EVENT_TYPES), type(event)
+    return event
 
 
 def one_of_each(root: CustodyContext | None = None) -> list[Envelope]:
@@ -108,7 +138,7 @@ def stamped(event: E, seq: int = 1, instance: str = "test/1") -> E:
     return event.model_copy(update={"producer_instance": instance, "seq": seq})
 
 
-def json_form(event: Envelope) -> dict[str, object]:
+def json_form(event: Envelope) -> dict[str, Any]:
     """The JSON-lines form of an unstamped event, as a service would write it."""
     data = event.model_dump(mode="json")
     for key in ("producer_instance", "seq", "prev_hash"):

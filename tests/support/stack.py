@@ -61,6 +61,13 @@ class Stack:
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
+    def count(self, sql: str) -> int:
+        """The number ``sql`` selects as its one row's ``n``."""
+        [row] = self.query(sql)
+        number = row["n"]
+        assert isinstance(number, int), row
+        return number
+
     def _run_record(self, name: str) -> dict[str, Any]:
         record: dict[str, Any] = json.loads(
             (self.home / ".custody" / "run" / f"{name}.json").read_text()

@@ -15,7 +15,7 @@ from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
-from schemas.models import Envelope
+from schemas.models import AccessEvent, Alert, Envelope
 from tests.support.samples import stamped
 from tests.support.trees import mischievous, run
 
@@ -29,6 +29,12 @@ def _records(events: list[Envelope], partition: int = 0) -> list[tuple[int, int,
         (partition, seq - 1, e.root_task_id.encode(), CODEC.encode_event(stamped(e, seq, "p/1")))
         for seq, e in enumerate(events, start=1)
     ]
+
+
+def _alert(send: Outbound) -> Alert:
+    """The alert ``send`` carries (an alert record is never a deletion)."""
+    assert send.value is not None
+    return CODEC.decode_alert(send.value)
 
 
 def _work(partitions: int = 2) -> Correlation:
@@ -53,7 +59,7 @@ def test_events_give_alerts_state_changes_and_one_chain_link_each() -> None:
     work = _work()
     events = mischievous({"shared"}, name="a-")
     sends, dirty = work.on_events(_records(events), lambda _: None, WALL)
-    by_topic: dict[str, list] = {}  # type: ignore[type-arg]
+    by_topic: dict[str, list[Outbound]] = {}
     for send in sends:
         by_topic.setdefault(send.topic, []).append(send)
     links = [
@@ -64,7 +70,7 @@ def test_events_give_alerts_state_changes_and_one_chain_link_each() -> None:
     ]
     assert [link.event_id for link in links] == [e.event_id for e in events]
     assert any(send.key == WATERMARK_KEY for send in by_topic[CHAIN_LINKS])
-    alerts = [CODEC.decode_alert(s.value) for s in by_topic[topics.ALERTS]]
+    alerts = [_alert(s) for s in by_topic[topics.ALERTS]]
     assert "SHARED_CREDENTIAL" in {a.alert_type for a in alerts}
     assert all(
         s.key == a.alert_id.encode() for s, a in zip(by_topic[topics.ALERTS], alerts, strict=True)
@@ -91,7 +97,8 @@ def test_stored_form_keeps_the_partition() -> None:
 
 def test_secret_looking_values_are_redacted_and_flagged_before_state() -> None:
     secret = "AKIA" + "Q3EGRZ7EXAMPLEAB"
-    event = mischievous(set(), name="s-")[3]  # an access
+    event = mischievous(set(), name="s-")[3]
+    assert isinstance(event, AccessEvent)
     leaky = event.model_copy(
         update={"body": event.body.model_copy(update={"detail": f"key {secret}"})}
     )
@@ -134,7 +141,7 @@ def test_two_tenants_reusing_a_root_task_id_keep_separate_trees() -> None:
     globex = [e.model_copy(update={"tenant": "globex"}) for e in acme]
     work = _work()
     sends, dirty = work.on_events(_records(acme + globex), lambda _: None, WALL)
-    alerts = [CODEC.decode_alert(s.value) for s in sends if s.topic == topics.ALERTS]
+    alerts = [_alert(s) for s in sends if s.topic == topics.ALERTS]
     assert sorted(a.tenant for a in alerts if a.alert_type == "SELF_APPROVAL") == [
         "acme",
         "globex",

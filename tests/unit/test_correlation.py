@@ -7,6 +7,7 @@ from datetime import timedelta
 from processors.correlation.engine import CorrelationConfig
 from producers.events import Source
 from schemas.models import (
+    AuthzDecisionEvent,
     CredentialIssuedEvent,
     DelegationEvent,
     Envelope,
@@ -23,7 +24,7 @@ from tests.support.events import (
     revoke,
     use,
 )
-from tests.support.trees import GRACE, Tree, revocation_of, run
+from tests.support.trees import GRACE, Predicate, Tree, revocation_of, run
 
 
 def test_a_clean_tree_raises_nothing_and_reports_its_state() -> None:
@@ -32,14 +33,16 @@ def test_a_clean_tree_raises_nothing_and_reports_its_state() -> None:
     assert result.alerts == []
     final = {(c.kind, c.key): c for c in result.changes}  # the last change per key wins
     assert {key for kind, key in final if kind == StateKind.TASK} == {"root", "research", "code"}
-    assert all(
-        final[(StateKind.TASK, t)].task.status == "COMPLETED"  # type: ignore[union-attr]
-        for t in ("root", "research", "code")
-    )
-    assert final[(StateKind.CREDENTIAL, "tok-code")].credential.state == "REVOKED"  # type: ignore[union-attr]
-    assert (
-        final[(StateKind.DELEGATION, "code")].delegation.delegator == RESEARCHER.actor.workload_id
-    )  # type: ignore[union-attr]
+    for task_id in ("root", "research", "code"):
+        task = final[(StateKind.TASK, task_id)].task
+        assert task is not None
+        assert task.status == "COMPLETED"
+    credential = final[(StateKind.CREDENTIAL, "tok-code")].credential
+    assert credential is not None
+    assert credential.state == "REVOKED"
+    delegation = final[(StateKind.DELEGATION, "code")].delegation
+    assert delegation is not None
+    assert delegation.delegator == RESEARCHER.actor.workload_id
 
 
 # ---- UNREVOKED_TOKEN ----------------------------------------------------------------
@@ -75,7 +78,7 @@ def test_never_revoked_token_is_unrevoked_with_its_evidence() -> None:
     issued = next(
         e
         for e in tree.events
-        if getattr(e.body, "token_id", None) == "tok-root" and e.event_type == "CREDENTIAL_ISSUED"
+        if isinstance(e, CredentialIssuedEvent) and e.body.token_id == "tok-root"
     )
     assert issued.event_id in result.alerts[0].evidence_event_ids
 
@@ -94,8 +97,7 @@ def test_token_without_an_allow_decision_is_orphaned_but_not_when_it_comes_late(
     decision = next(
         e
         for e in tree.events
-        if getattr(e.body, "decision_id", None) == "dec-tok-code"
-        and e.event_type == "AUTHZ_DECISION"
+        if isinstance(e, AuthzDecisionEvent) and e.body.decision_id == "dec-tok-code"
     )
     without = [e for e in tree.events if e is not decision]
     assert "ORPHANED_TOKEN" in run(without).types()
@@ -354,10 +356,10 @@ def test_configuration_comes_from_settings() -> None:
 # ---- late pieces are judged by their event time, not by their arrival -----------------
 
 
-def _shift(events: list[Envelope], predicate: object, seconds: float) -> list[Envelope]:
+def _shift(events: list[Envelope], predicate: Predicate, seconds: float) -> list[Envelope]:
     return [
         e.model_copy(update={"event_time": e.event_time + timedelta(seconds=seconds)})
-        if predicate(e)  # type: ignore[operator]
+        if predicate(e)
         else e
         for e in events
     ]

@@ -3,6 +3,8 @@ replays (events within the allowed lateness)."""
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,9 @@ def _verdict(stream: list[Envelope]) -> tuple[object, set[str]]:
 
 @settings(max_examples=150, deadline=None)
 @given(st.sets(st.sampled_from(MISCHIEF)), st.randoms(use_true_random=False))
-def test_any_permutation_gives_the_same_state_and_alerts(mischief: set[str], rnd) -> None:  # type: ignore[no-untyped-def]
+def test_any_permutation_gives_the_same_state_and_alerts(
+    mischief: set[str], rnd: random.Random
+) -> None:
     stream = mischievous(mischief)
     shuffled = list(stream)
     rnd.shuffle(shuffled)
@@ -26,7 +30,7 @@ def test_any_permutation_gives_the_same_state_and_alerts(mischief: set[str], rnd
 
 @settings(max_examples=100, deadline=None)
 @given(st.sets(st.sampled_from(MISCHIEF)), st.randoms(use_true_random=False))
-def test_duplicates_and_replays_change_nothing(mischief: set[str], rnd) -> None:  # type: ignore[no-untyped-def]
+def test_duplicates_and_replays_change_nothing(mischief: set[str], rnd: random.Random) -> None:
     stream = mischievous(mischief)
     replayed = stream + rnd.sample(stream, k=len(stream) // 2) + stream
     rnd.shuffle(replayed)

@@ -34,11 +34,13 @@ def batch() -> _Batch:
     return pending
 
 
-def test_a_stop_during_an_outage_ends_the_retries_without_a_commit() -> None:
+def test_a_stop_during_an_outage_ends_the_retries_without_a_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     writer = Unreachable(StorageUnavailable("connection refused"))
     ingest = Ingest(SETTINGS, writer)
-    committed: list[object] = []
-    ingest._commit = committed.append  # type: ignore[method-assign]
+    committed: list[dict[tuple[str, int], int]] = []
+    monkeypatch.setattr(ingest, "_commit", committed.append)
     threading.Timer(1.0, ingest.stop.set).start()
     with pytest.raises(Stopped):
         ingest._flush(batch())

@@ -24,7 +24,7 @@ def test_valid_lines_give_events_with_their_line_numbers() -> None:
 def test_each_invalid_line_names_its_field_and_reason() -> None:
     good = json_form(one_of_each()[3])
     no_token = json_form(one_of_each()[3])
-    del no_token["body"]["token_id"]  # type: ignore[attr-defined]
+    del no_token["body"]["token_id"]
     naive_time = {**json_form(one_of_each()[0]), "event_time": "2026-11-29T10:00:00"}
     bad_type = {**json_form(one_of_each()[0]), "event_type": "TELEPORT"}
     no_type = {k: v for k, v in json_form(one_of_each()[0]).items() if k != "event_type"}

@@ -23,6 +23,7 @@ from schemas.models import (
     ApprovalEvent,
     CredentialIssuedEvent,
     CredentialRevokedEvent,
+    DelegationEvent,
     Envelope,
     EventType,
 )
@@ -86,8 +87,8 @@ def test_each_delegation_step_is_a_distinct_identity_acting_for_a_human(
     assert all(e.actor.on_behalf_of for e in declared)
     for tree in by_root(clean).values():
         for event in tree:
-            if event.event_type == EventType.DELEGATION:
-                assert event.body.delegator != event.body.delegatee  # type: ignore[attr-defined]
+            if isinstance(event, DelegationEvent):
+                assert event.body.delegator != event.body.delegatee
         approvals = [e for e in tree if isinstance(e, ApprovalEvent)]
         requester = tree[0].actor.on_behalf_of
         assert all(a.actor.kind == "HUMAN" and a.body.approver != requester for a in approvals)
