@@ -27,7 +27,7 @@ from tests.support.samples import Chain
 from tests.support.stack import WatchedStack, watched
 from tests.support.trees import in_turn, mischievous, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 @pytest.fixture(scope="module")

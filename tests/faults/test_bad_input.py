@@ -50,7 +50,7 @@ from tests.support.samples import Chain, json_form, one_of_each, stamped
 from tests.support.stack import WatchedStack, watched
 from tests.support.trees import by_root, run, traffic
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 SCOPES = ["a"]
 

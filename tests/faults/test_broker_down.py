@@ -29,7 +29,7 @@ from schemas.codec import AvroCodec
 from tests.faults.conftest import Recorder, scaled
 from tests.support.broker import RunningBroker, payload, read_to_end
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CODEC = AvroCodec()
 

@@ -53,7 +53,7 @@ from tests.support.pipeline import (
 from tests.support.polling import poll
 from tests.support.stack import Stack, api_health, api_query
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 SEED = 20261130
 OUTAGE = scaled(8, 30)  # seconds ClickHouse is down

@@ -45,7 +45,7 @@ from tests.support.pipeline import (
 from tests.support.polling import poll
 from tests.support.stack import Stack, api_query
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 SEED = 20261129
 ROOTS = scaled(120, 2300)  # ~5,400 / ~105,000 events

@@ -57,6 +57,9 @@ from tests.support.events import T0
 from tests.support.samples import one_of_each, stamped
 from tests.support.trees import CONFIG, DETECTED, mischievous, run
 
+# No service: the decoder and the state machine in this process (atheris in a child).
+pytestmark = pytest.mark.faults
+
 CODEC = AvroCodec()
 REASONS = {"unknown_wire_format", "unknown_schema", "malformed_avro", "contract_violation"}
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)

@@ -27,7 +27,7 @@ from tests.faults.conftest import Recorder, scaled
 from tests.support.broker import run_custody
 from tests.support.stack import Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 INSTANCES = ("faults/integrity/a", "faults/integrity/b")
 

@@ -56,6 +56,8 @@ from tests.support.clickhouse_server import (
 )
 from tests.support.samples import many_trees, stamped
 
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
 AREA = "least privilege"
 TENANT_TABLES = ("events", "task_roots", "tasks", "delegations", "credentials", "alerts")
 # The released migrations: their checksums (recorded by every deployment) never change.

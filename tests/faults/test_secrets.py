@@ -29,7 +29,7 @@ from tests.support.polling import until
 from tests.support.samples import Chain, as_event
 from tests.support.stack import Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 CANARIES = {
     "jwt": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkwMSJ9.c2lnbmF0dXJlY2FuYXJ5",

@@ -11,9 +11,10 @@ import pytest
 
 from tests.support.clickhouse_server import ClickHouseServer, server_binary
 
-pytestmark = pytest.mark.skipif(
-    server_binary() is None, reason="clickhouse-server is not installed"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(server_binary() is None, reason="clickhouse-server is not installed"),
+]
 
 ROWS = 10_000
 

@@ -21,6 +21,8 @@ from tests.support.broker import CUSTODY, RunningBroker, read_to_end
 from tests.support.stack import CONFIG, GRACE, LATENESS
 from tests.support.trees import traffic
 
+pytestmark = pytest.mark.integration
+
 CODEC = AvroCodec()
 
 

@@ -7,10 +7,13 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from schemas import topics
 from tests.support.broker import free_port, run_custody
+
+pytestmark = pytest.mark.integration
 
 
 def _custody(home: Path, bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:

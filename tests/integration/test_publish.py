@@ -27,6 +27,8 @@ from schemas.secrets import SecretValueError
 from tests.support.broker import RunningBroker, read_to_end, run_custody
 from tests.support.samples import json_form, many_trees, one_of_each, stamped
 
+pytestmark = pytest.mark.integration
+
 CODEC = AvroCodec()
 
 
