@@ -41,6 +41,8 @@ system-deps:
 demo: install
 	CUSTODY_KAFKA_PROFILE=development $(BIN)/custody demo
 
+## ruff (its rules in pyproject.toml) and mypy strict over the code and the tests (mypy's
+## packages in pyproject.toml: schemas, producers, processors, tests); docs/testing.md.
 lint: install
 	$(BIN)/ruff check schemas producers processors tests
 	$(BIN)/mypy
