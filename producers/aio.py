@@ -29,13 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from producers.context import CustodyContext
-from producers.events import Source
+from producers.events import (
+    AccessFields,
+    CredentialIssuedFields,
+    DecisionFields,
+    Delegated,
+    EnvelopeFields,
+    Revocation,
+    TaskCompletion,
+    TaskDeclaration,
+)
 from producers.producer import (
     ROOM_WAIT_SECONDS,
     CustodyProducer,
@@ -49,14 +56,7 @@ from producers.producer import (
 from producers.roles import AgentEvents, CredentialBrokerEvents, PolicyEngineEvents
 from producers.scopes import AsyncElevation, AsyncRotation, AsyncTaskScope
 from producers.settings import Settings
-from schemas.models import (
-    AccessOutcome,
-    CredentialKind,
-    Decision,
-    Envelope,
-    RevocationReason,
-    TaskOutcome,
-)
+from schemas.models import Envelope, TaskOutcome
 
 
 class AsyncCustodyProducer:
@@ -176,57 +176,23 @@ class AsyncPublisher(Protocol):
     async def publish_sync(self, event: Envelope) -> DeliveryReport: ...
 
 
-class AsyncAgentRecorder(AgentEvents):
+class AsyncAgentRecorder(
+    AgentEvents[AsyncPublisher, "AsyncCredentialBrokerRecorder", AsyncTaskScope, AsyncElevation]
+):
     """:class:`producers.roles.AgentRecorder` for coroutines: the same verbs, awaited."""
 
-    def __init__(self, producer: AsyncPublisher, source: Source) -> None:
-        self.producer = producer
-        self.source = source
-
-    def task(
-        self,
-        purpose: str,
-        requested_scopes: Sequence[str],
-        *,
-        ctx: CustodyContext | None = None,
-        broker: AsyncCredentialBrokerRecorder | None = None,
-        **extra: Any,
-    ) -> AsyncTaskScope:
-        """A task scope for ``async with`` (see :meth:`producers.roles.AgentRecorder.task`)."""
-        return AsyncTaskScope(
-            self, broker, ctx or CustodyContext.new_root(), purpose, requested_scopes, extra
-        )
-
-    def break_glass(
-        self,
-        ctx: CustodyContext,
-        *,
-        broker: AsyncCredentialBrokerRecorder,
-        reason: str,
-        standing_access_unavailable: str,
-        expires_at: datetime,
-        approval_id: str | None = None,
-        break_glass_id: str | None = None,
-    ) -> AsyncElevation:
-        """A break-glass elevation for ``async with`` (see
-        :meth:`producers.roles.AgentRecorder.break_glass`)."""
-        return AsyncElevation(
-            self,
-            broker,
-            ctx,
-            dict(
-                reason=reason,
-                standing_access_unavailable=standing_access_unavailable,
-                expires_at=expires_at,
-                approval_id=approval_id,
-                break_glass_id=break_glass_id or str(uuid.uuid4()),
-            ),
-        )
+    _task_scope = AsyncTaskScope
+    _elevation = AsyncElevation
 
     async def declare_task(
-        self, ctx: CustodyContext, purpose: str, requested_scopes: Sequence[str], **extra: Any
+        self,
+        ctx: CustodyContext,
+        purpose: str,
+        requested_scopes: Sequence[str],
+        **extra: Unpack[TaskDeclaration],
     ) -> None:
-        await self.producer.publish(self.declared_event(ctx, purpose, requested_scopes, **extra))
+        """:meth:`producers.roles.AgentRecorder.declare_task`, awaited."""
+        await self.producer.publish(self.declared_event(ctx, purpose, requested_scopes, extra))
 
     async def delegate(
         self,
@@ -235,145 +201,53 @@ class AsyncAgentRecorder(AgentEvents):
         scopes: Sequence[str],
         decision_id: str,
         child_task_id: str | None = None,
-        **extra: Any,
+        **extra: Unpack[EnvelopeFields],
     ) -> CustodyContext:
-        """Record a delegation and return the child's context to hand to the delegatee."""
-        child, event = self.delegation_event(
-            ctx, delegatee, scopes, decision_id, child_task_id, **extra
-        )
-        await self.producer.publish(event)
+        """:meth:`producers.roles.AgentRecorder.delegate`, awaited."""
+        child = ctx.child(child_task_id)
+        delegated = Delegated(delegatee=delegatee, scopes=scopes, decision_id=decision_id)
+        await self.producer.publish(self.delegation_event(ctx, child, {**delegated, **extra}))
         return child
 
-    async def access(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        tool: str,
-        resource: str,
-        action: str,
-        data_scope: Sequence[str],
-        outcome: AccessOutcome | str,
-        decision_id: str | None = None,
-        **extra: Any,
+    async def access(self, ctx: CustodyContext, **fields: Unpack[AccessFields]) -> None:
+        """:meth:`producers.roles.AgentRecorder.access`, awaited."""
+        await self.producer.publish(self.access_event(ctx, fields))
+
+    async def complete(
+        self, ctx: CustodyContext, outcome: TaskOutcome | str, **extra: Unpack[TaskCompletion]
     ) -> None:
-        await self.producer.publish(
-            self.access_event(
-                ctx,
-                token_id=token_id,
-                tool=tool,
-                resource=resource,
-                action=action,
-                data_scope=data_scope,
-                outcome=outcome,
-                decision_id=decision_id,
-                **extra,
-            )
-        )
-
-    async def complete(self, ctx: CustodyContext, outcome: TaskOutcome | str, **extra: Any) -> None:
-        await self.producer.publish(self.completed_event(ctx, outcome, **extra))
+        """:meth:`producers.roles.AgentRecorder.complete`, awaited."""
+        await self.producer.publish(self.completed_event(ctx, outcome, extra))
 
 
-class AsyncPolicyEngineRecorder(PolicyEngineEvents):
+class AsyncPolicyEngineRecorder(PolicyEngineEvents[AsyncPublisher]):
     """:class:`producers.roles.PolicyEngineRecorder` for coroutines."""
-
-    def __init__(self, producer: AsyncPublisher, source: Source) -> None:
-        self.producer = producer
-        self.source = source
 
     async def decision(
         self,
         ctx: CustodyContext,
         *,
-        policy_id: str,
-        policy_version: str,
-        decision: Decision | str,
-        resource: str,
-        action: str,
-        data_scope: Sequence[str],
-        reasons: Sequence[str],
-        context: Mapping[str, str] | None = None,
         decision_id: str | None = None,
-        **extra: Any,
+        **fields: Unpack[DecisionFields],
     ) -> str:
-        """Record a decision; returns its ``decision_id`` for the credential and access."""
-        decision_id, event = self.decision_event(
-            ctx,
-            decision_id,
-            policy_id=policy_id,
-            policy_version=policy_version,
-            decision=decision,
-            resource=resource,
-            action=action,
-            data_scope=data_scope,
-            reasons=reasons,
-            context=context,
-            **extra,
-        )
+        """:meth:`producers.roles.PolicyEngineRecorder.decision`, awaited."""
+        decision_id, event = self.decision_event(ctx, decision_id, fields)
         await self.producer.publish(event)
         return decision_id
 
 
-class AsyncCredentialBrokerRecorder(CredentialBrokerEvents):
+class AsyncCredentialBrokerRecorder(CredentialBrokerEvents[AsyncPublisher, AsyncRotation]):
     """:class:`producers.roles.CredentialBrokerRecorder` for coroutines: issuance and
     revocation are awaited until the broker acknowledged them."""
 
-    def __init__(self, producer: AsyncPublisher, source: Source) -> None:
-        self.producer = producer
-        self.source = source
-
-    def rotation(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-    ) -> AsyncRotation:
-        """A rotating credential for ``async with`` (see
-        :meth:`producers.roles.CredentialBrokerRecorder.rotation`)."""
-        return AsyncRotation(self, ctx, token_subject, credential_kind, audience, scopes)
+    _rotation = AsyncRotation
 
     async def issued(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        issued_at: datetime,
-        expires_at: datetime,
-        decision_id: str,
-        parent_token_id: str | None = None,
-        **extra: Any,
+        self, ctx: CustodyContext, **fields: Unpack[CredentialIssuedFields]
     ) -> DeliveryReport:
-        """Record an issuance; hand the token out only if this returns."""
-        return await self.producer.publish_sync(
-            self.issued_event(
-                ctx,
-                issued_at,
-                token_id=token_id,
-                token_subject=token_subject,
-                credential_kind=credential_kind,
-                audience=audience,
-                scopes=scopes,
-                expires_at=expires_at,
-                decision_id=decision_id,
-                parent_token_id=parent_token_id,
-                **extra,
-            )
-        )
+        """:meth:`producers.roles.CredentialBrokerRecorder.issued`, awaited."""
+        return await self.producer.publish_sync(self.issued_event(ctx, fields))
 
-    async def revoked(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        reason: RevocationReason | str,
-        **extra: Any,
-    ) -> DeliveryReport:
-        return await self.producer.publish_sync(self.revoked_event(ctx, token_id, reason, **extra))
+    async def revoked(self, ctx: CustodyContext, **fields: Unpack[Revocation]) -> DeliveryReport:
+        """:meth:`producers.roles.CredentialBrokerRecorder.revoked`, awaited."""
+        return await self.producer.publish_sync(self.revoked_event(ctx, fields))

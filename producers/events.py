@@ -4,6 +4,12 @@ Each builder takes the :class:`Source` (who emits), the :class:`CustodyContext` 
 the custody tree) and the body's fields as keyword arguments, and returns a validated,
 not yet stamped event model; :class:`producers.producer.CustodyProducer` stamps the hash
 chain when it publishes. ``event_time`` defaults to now (UTC).
+
+The keyword arguments of each event type are named once, as a ``TypedDict`` here (PEP 692):
+the builders, the recorders of :mod:`producers.roles` and :mod:`producers.aio` and the
+scopes of :mod:`producers.scopes` all take them from these, so a type checker holds every
+call to the contract's fields. Where a recorder fills a field itself (the delegator, the
+revoking broker, a new decision id), its arguments are the part without that field.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NotRequired, TypedDict, TypeVar, Unpack
 
 from producers.context import CustodyContext
 from schemas.models import (
@@ -66,14 +72,164 @@ class Source:
         return cls(tenant, producer, actor)
 
 
-def _envelope(
+# ---- the keyword arguments of each event type ------------------------------------------
+
+
+class EnvelopeFields(TypedDict, total=False):
+    """What every event may take besides its body: when it happened (default: now) and
+    free-form string attributes."""
+
+    event_time: datetime | None
+    attributes: Mapping[str, str] | None
+
+
+class TaskDeclaration(EnvelopeFields, total=False):
+    """A declaration's optional part, beside its purpose and requested scopes."""
+
+    deadline: datetime | None
+
+
+class TaskDeclaredFields(TaskDeclaration):
+    """A TASK_DECLARED body."""
+
+    purpose: str
+    requested_scopes: Sequence[str]
+
+
+class DecisionFields(EnvelopeFields):
+    """What a policy engine decided; the engine and the decision's id come from it."""
+
+    policy_id: str
+    policy_version: str
+    decision: Decision | str
+    resource: str
+    action: str
+    data_scope: Sequence[str]
+    reasons: Sequence[str]
+    context: NotRequired[Mapping[str, str] | None]
+
+
+class AuthzDecisionFields(DecisionFields):
+    """An AUTHZ_DECISION body."""
+
+    decision_id: str
+    policy_engine: str
+
+
+class CredentialGrant(TypedDict):
+    """What a credential grants: its kind, audience and scopes (a rotation's every one)."""
+
+    credential_kind: CredentialKind | str
+    audience: str
+    scopes: Sequence[str]
+
+
+class CredentialIssuedFields(CredentialGrant, EnvelopeFields):
+    """A CREDENTIAL_ISSUED body."""
+
+    token_id: str
+    token_subject: str
+    issued_at: datetime
+    expires_at: datetime
+    decision_id: str
+    parent_token_id: NotRequired[str | None]
+
+
+class AccessFields(EnvelopeFields):
+    """An ACCESS body."""
+
+    token_id: str
+    tool: str
+    resource: str
+    action: str
+    data_scope: Sequence[str]
+    outcome: AccessOutcome | str
+    decision_id: NotRequired[str | None]
+    detail: NotRequired[str | None]
+
+
+class Delegated(EnvelopeFields):
+    """What a task hands over and on which decision; the delegator is the recorder's."""
+
+    delegatee: str
+    scopes: Sequence[str]
+    decision_id: str
+
+
+class DelegationFields(Delegated):
+    """A DELEGATION body: ``child`` is the delegated task's context, made by ``ctx.child()``."""
+
+    child: CustodyContext
+    delegator: str
+
+
+class ApprovalFields(EnvelopeFields):
+    """An APPROVAL body."""
+
+    approval_id: str
+    approver: str
+    approves: str
+    scopes: Sequence[str]
+    reason: str
+    expires_at: NotRequired[datetime | None]
+
+
+class ElevationFields(EnvelopeFields):
+    """Why a break-glass is needed and until when; a recorder names it unless told."""
+
+    reason: str
+    standing_access_unavailable: str
+    expires_at: datetime
+    approval_id: NotRequired[str | None]
+
+
+class BreakGlassFields(ElevationFields):
+    """A BREAK_GLASS body."""
+
+    break_glass_id: str
+
+
+class Revocation(EnvelopeFields):
+    """What a broker revokes and why; the revoking workload is the broker's."""
+
+    token_id: str
+    reason: RevocationReason | str
+
+
+class CredentialRevokedFields(Revocation):
+    """A CREDENTIAL_REVOKED body."""
+
+    revoked_by: str
+
+
+class TaskCompletion(EnvelopeFields, total=False):
+    """A completion's optional part, beside its outcome."""
+
+    detail: str | None
+
+
+class TaskCompletedFields(TaskCompletion):
+    """A TASK_COMPLETED body."""
+
+    outcome: TaskOutcome | str
+
+
+# ---- builders -------------------------------------------------------------------------
+
+
+def _build(
+    model: type[E],
+    event_type: EventType,
     source: Source,
     ctx: CustodyContext,
-    event_type: EventType,
-    event_time: datetime | None,
-    attributes: Mapping[str, str] | None,
-) -> dict[str, Any]:
-    return {
+    fields: Mapping[str, Any],
+) -> E:
+    # The envelope's two optional fields travel with the body's; the rest is the body,
+    # which the model checks (a field it does not know is rejected there).
+    body = dict(fields)
+    event_time = body.pop("event_time", None)
+    attributes = body.pop("attributes", None)
+    envelope = {
         "event_id": str(uuid.uuid4()),
         "event_type": event_type,
         "event_time": event_time or datetime.now(UTC),
@@ -85,227 +241,73 @@ def _envelope(
         "depth": ctx.depth,
         "actor": source.actor,
         "attributes": dict(attributes or {}),
+        "body": body,
     }
-
-
-def _build(model: type[E], envelope: dict[str, Any], body: dict[str, Any]) -> E:
-    return model.model_validate({**envelope, "body": body})
+    return model.model_validate(envelope)
 
 
 def task_declared(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    purpose: str,
-    requested_scopes: Sequence[str],
-    deadline: datetime | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[TaskDeclaredFields]
 ) -> TaskDeclaredEvent:
     """A task is declared with its purpose and the scopes it asks for."""
-    envelope = _envelope(source, ctx, EventType.TASK_DECLARED, event_time, attributes)
-    body = {"purpose": purpose, "requested_scopes": list(requested_scopes), "deadline": deadline}
-    return _build(TaskDeclaredEvent, envelope, body)
+    return _build(TaskDeclaredEvent, EventType.TASK_DECLARED, source, ctx, fields)
 
 
 def authz_decision(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    decision_id: str,
-    policy_engine: str,
-    policy_id: str,
-    policy_version: str,
-    decision: Decision | str,
-    resource: str,
-    action: str,
-    data_scope: Sequence[str],
-    reasons: Sequence[str],
-    context: Mapping[str, str] | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[AuthzDecisionFields]
 ) -> AuthzDecisionEvent:
     """A policy engine allowed or denied an action, with machine-readable reasons."""
-    envelope = _envelope(source, ctx, EventType.AUTHZ_DECISION, event_time, attributes)
-    body = {
-        "decision_id": decision_id,
-        "policy_engine": policy_engine,
-        "policy_id": policy_id,
-        "policy_version": policy_version,
-        "decision": decision,
-        "resource": resource,
-        "action": action,
-        "data_scope": list(data_scope),
-        "reasons": list(reasons),
-        "context": dict(context or {}),
-    }
-    return _build(AuthzDecisionEvent, envelope, body)
+    body = {**fields, "context": fields.get("context") or {}}
+    return _build(AuthzDecisionEvent, EventType.AUTHZ_DECISION, source, ctx, body)
 
 
 def credential_issued(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    token_id: str,
-    token_subject: str,
-    credential_kind: CredentialKind | str,
-    audience: str,
-    scopes: Sequence[str],
-    issued_at: datetime,
-    expires_at: datetime,
-    decision_id: str,
-    parent_token_id: str | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[CredentialIssuedFields]
 ) -> CredentialIssuedEvent:
     """A short-lived credential was issued, named by ``token_id`` (never its value)."""
-    envelope = _envelope(source, ctx, EventType.CREDENTIAL_ISSUED, event_time, attributes)
-    body = {
-        "token_id": token_id,
-        "token_subject": token_subject,
-        "credential_kind": credential_kind,
-        "audience": audience,
-        "scopes": list(scopes),
-        "issued_at": issued_at,
-        "expires_at": expires_at,
-        "decision_id": decision_id,
-        "parent_token_id": parent_token_id,
-    }
-    return _build(CredentialIssuedEvent, envelope, body)
+    return _build(CredentialIssuedEvent, EventType.CREDENTIAL_ISSUED, source, ctx, fields)
 
 
-def access(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    token_id: str,
-    tool: str,
-    resource: str,
-    action: str,
-    data_scope: Sequence[str],
-    outcome: AccessOutcome | str,
-    decision_id: str | None = None,
-    detail: str | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
-) -> AccessEvent:
+def access(source: Source, ctx: CustodyContext, **fields: Unpack[AccessFields]) -> AccessEvent:
     """A workload used a credential through a tool on a resource."""
-    envelope = _envelope(source, ctx, EventType.ACCESS, event_time, attributes)
-    body = {
-        "token_id": token_id,
-        "tool": tool,
-        "resource": resource,
-        "action": action,
-        "data_scope": list(data_scope),
-        "decision_id": decision_id,
-        "outcome": outcome,
-        "detail": detail,
-    }
-    return _build(AccessEvent, envelope, body)
+    return _build(AccessEvent, EventType.ACCESS, source, ctx, fields)
 
 
 def delegation(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    child: CustodyContext,
-    delegator: str,
-    delegatee: str,
-    scopes: Sequence[str],
-    decision_id: str,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[DelegationFields]
 ) -> DelegationEvent:
     """The task of ``ctx`` delegated work to ``child`` (made with ``ctx.child()``)."""
+    body: dict[str, Any] = dict(fields)
+    child: CustodyContext = body.pop("child")
     if child.parent_task_id != ctx.task_id or child.root_task_id != ctx.root_task_id:
         raise ValueError("child context must be derived from ctx with ctx.child()")
-    envelope = _envelope(source, ctx, EventType.DELEGATION, event_time, attributes)
-    body = {
-        "delegator": delegator,
-        "delegatee": delegatee,
-        "child_task_id": child.task_id,
-        "scopes": list(scopes),
-        "decision_id": decision_id,
-    }
-    return _build(DelegationEvent, envelope, body)
+    body["child_task_id"] = child.task_id
+    return _build(DelegationEvent, EventType.DELEGATION, source, ctx, body)
 
 
 def approval(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    approval_id: str,
-    approver: str,
-    approves: str,
-    scopes: Sequence[str],
-    reason: str,
-    expires_at: datetime | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[ApprovalFields]
 ) -> ApprovalEvent:
     """A human approved a task or a break-glass."""
-    envelope = _envelope(source, ctx, EventType.APPROVAL, event_time, attributes)
-    body = {
-        "approval_id": approval_id,
-        "approver": approver,
-        "approves": approves,
-        "scopes": list(scopes),
-        "expires_at": expires_at,
-        "reason": reason,
-    }
-    return _build(ApprovalEvent, envelope, body)
+    return _build(ApprovalEvent, EventType.APPROVAL, source, ctx, fields)
 
 
 def break_glass(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    break_glass_id: str,
-    reason: str,
-    standing_access_unavailable: str,
-    expires_at: datetime,
-    approval_id: str | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[BreakGlassFields]
 ) -> BreakGlassEvent:
     """Emergency access outside standing policy, and why standing access was not used."""
-    envelope = _envelope(source, ctx, EventType.BREAK_GLASS, event_time, attributes)
-    body = {
-        "break_glass_id": break_glass_id,
-        "reason": reason,
-        "standing_access_unavailable": standing_access_unavailable,
-        "approval_id": approval_id,
-        "expires_at": expires_at,
-    }
-    return _build(BreakGlassEvent, envelope, body)
+    return _build(BreakGlassEvent, EventType.BREAK_GLASS, source, ctx, fields)
 
 
 def credential_revoked(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    token_id: str,
-    reason: RevocationReason | str,
-    revoked_by: str,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[CredentialRevokedFields]
 ) -> CredentialRevokedEvent:
     """A credential was revoked."""
-    envelope = _envelope(source, ctx, EventType.CREDENTIAL_REVOKED, event_time, attributes)
-    body = {"token_id": token_id, "reason": reason, "revoked_by": revoked_by}
-    return _build(CredentialRevokedEvent, envelope, body)
+    return _build(CredentialRevokedEvent, EventType.CREDENTIAL_REVOKED, source, ctx, fields)
 
 
 def task_completed(
-    source: Source,
-    ctx: CustodyContext,
-    *,
-    outcome: TaskOutcome | str,
-    detail: str | None = None,
-    event_time: datetime | None = None,
-    attributes: Mapping[str, str] | None = None,
+    source: Source, ctx: CustodyContext, **fields: Unpack[TaskCompletedFields]
 ) -> TaskCompletedEvent:
     """A task ended with an outcome."""
-    envelope = _envelope(source, ctx, EventType.TASK_COMPLETED, event_time, attributes)
-    body = {"outcome": outcome, "detail": detail}
-    return _build(TaskCompletedEvent, envelope, body)
+    return _build(TaskCompletedEvent, EventType.TASK_COMPLETED, source, ctx, fields)

@@ -7,31 +7,35 @@ only once the broker acknowledged the event and raises
 :class:`producers.producer.DeliveryError` otherwise, so the caller can refuse to hand out
 a token whose issuance was not recorded.
 
-Each recorder builds its events in one place (the ``*Events`` bases), shared with the
-asyncio recorders of :mod:`producers.aio`; the recorders here publish them blocking.
-:meth:`AgentRecorder.task` opens a task scope (:mod:`producers.scopes`).
+Each recorder builds its events and opens its scopes in one place (the ``*Events`` bases),
+shared with the asyncio recorders of :mod:`producers.aio`; the recorders here publish the
+events blocking. :meth:`AgentRecorder.task` opens a task scope (:mod:`producers.scopes`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Generic, Protocol, TypeVar, Unpack
 
 from producers import events
 from producers.context import CustodyContext
-from producers.events import Source
-from producers.producer import DeliveryReport, Stamp
-from producers.scopes import Elevation, Rotation, TaskScope
-from schemas.models import (
-    AccessOutcome,
-    CredentialKind,
-    Decision,
-    Envelope,
-    RevocationReason,
-    TaskOutcome,
+from producers.events import (
+    AccessFields,
+    CredentialGrant,
+    CredentialIssuedFields,
+    DecisionFields,
+    Delegated,
+    ElevationFields,
+    EnvelopeFields,
+    Revocation,
+    Source,
+    TaskCompletion,
+    TaskDeclaration,
 )
+from producers.producer import DeliveryReport, Stamp
+from producers.scopes import Elevation, Rotation, TaskScope, _Elevation, _Rotation, _Task
+from schemas.models import Envelope, TaskOutcome
 
 
 class Publisher(Protocol):
@@ -42,106 +46,29 @@ class Publisher(Protocol):
     def publish_sync(self, event: Envelope) -> DeliveryReport: ...
 
 
-# ---- events, built once for the blocking and the asyncio recorders --------------------
+PublisherT = TypeVar("PublisherT")
+BrokerT = TypeVar("BrokerT")
+TaskT = TypeVar("TaskT", bound=_Task[Any, Any, Any, Any])
+ElevationT = TypeVar("ElevationT", bound=_Elevation[Any, Any])
+RotationT = TypeVar("RotationT", bound=_Rotation[Any])
 
 
-class AgentEvents:
-    """The events of an agent runtime, from its :class:`Source`."""
-
-    source: Source
-
-    def declared_event(
-        self, ctx: CustodyContext, purpose: str, requested_scopes: Sequence[str], **extra: Any
-    ) -> Envelope:
-        return events.task_declared(
-            self.source, ctx, purpose=purpose, requested_scopes=requested_scopes, **extra
-        )
-
-    def delegation_event(
-        self,
-        ctx: CustodyContext,
-        delegatee: str,
-        scopes: Sequence[str],
-        decision_id: str,
-        child_task_id: str | None = None,
-        **extra: Any,
-    ) -> tuple[CustodyContext, Envelope]:
-        """The child's context and the delegation that hands it over."""
-        child = ctx.child(child_task_id)
-        event = events.delegation(
-            self.source,
-            ctx,
-            child=child,
-            delegator=self.source.actor.workload_id,
-            delegatee=delegatee,
-            scopes=scopes,
-            decision_id=decision_id,
-            **extra,
-        )
-        return child, event
-
-    def access_event(self, ctx: CustodyContext, **fields: Any) -> Envelope:
-        return events.access(self.source, ctx, **fields)
-
-    def completed_event(
-        self, ctx: CustodyContext, outcome: TaskOutcome | str, **extra: Any
-    ) -> Envelope:
-        return events.task_completed(self.source, ctx, outcome=outcome, **extra)
-
-    def break_glass_event(self, ctx: CustodyContext, **fields: Any) -> Envelope:
-        return events.break_glass(self.source, ctx, **fields)
+# ---- events and scopes, built once for the blocking and the asyncio recorders ---------
 
 
-class PolicyEngineEvents:
-    """The events of a policy engine, from its :class:`Source`."""
+class _Recorder(Generic[PublisherT]):
+    """A producer and the :class:`Source` of what it records."""
 
-    source: Source
-
-    def decision_event(
-        self, ctx: CustodyContext, decision_id: str | None, **fields: Any
-    ) -> tuple[str, Envelope]:
-        """The decision's id (a new one unless given) and its event."""
-        decision_id = decision_id or str(uuid.uuid4())
-        event = events.authz_decision(
-            self.source, ctx, decision_id=decision_id, policy_engine=self.source.producer, **fields
-        )
-        return decision_id, event
-
-
-class CredentialBrokerEvents:
-    """The events of a credential broker, from its :class:`Source`."""
-
-    source: Source
-
-    def issued_event(
-        self, ctx: CustodyContext, issued_at: datetime | None = None, **fields: Any
-    ) -> Envelope:
-        return events.credential_issued(
-            self.source, ctx, issued_at=issued_at or datetime.now(UTC), **fields
-        )
-
-    def revoked_event(
-        self, ctx: CustodyContext, token_id: str, reason: RevocationReason | str, **extra: Any
-    ) -> Envelope:
-        return events.credential_revoked(
-            self.source,
-            ctx,
-            token_id=token_id,
-            reason=reason,
-            revoked_by=self.source.actor.workload_id,
-            **extra,
-        )
-
-
-# ---- blocking recorders ---------------------------------------------------------------
-
-
-class AgentRecorder(AgentEvents):
-    """What an agent runtime records: tasks, delegations, tool accesses, completion."""
-
-    def __init__(self, producer: Publisher, source: Source) -> None:
+    def __init__(self, producer: PublisherT, source: Source) -> None:
         self.producer = producer
         self.source = source
+
+
+class AgentEvents(_Recorder[PublisherT], Generic[PublisherT, BrokerT, TaskT, ElevationT]):
+    """The events of an agent runtime, from its :class:`Source`, and the scopes it opens."""
+
+    _task_scope: type[TaskT]
+    _elevation: type[ElevationT]
 
     def task(
         self,
@@ -149,49 +76,120 @@ class AgentRecorder(AgentEvents):
         requested_scopes: Sequence[str],
         *,
         ctx: CustodyContext | None = None,
-        broker: CredentialBrokerRecorder | None = None,
-        **extra: Any,
-    ) -> TaskScope:
+        broker: BrokerT | None = None,
+        **declaration: Unpack[TaskDeclaration],
+    ) -> TaskT:
         """A task scope: ``with recorder.task(purpose, scopes) as task:`` declares the task
         (a new root unless ``ctx`` is given, e.g. a delegated task's context), completes it
         SUCCEEDED, or FAILED with the exception's type, and revokes every credential issued
-        through ``task.issue`` (by ``broker``) and not revoked yet. ``extra`` goes to the
-        declaration (``deadline``, ``attributes``)."""
-        return TaskScope(
-            self, broker, ctx or CustodyContext.new_root(), purpose, requested_scopes, extra
-        )
+        through ``task.issue`` (by ``broker``) and not revoked yet. ``declaration`` goes to
+        the declaration (``deadline``, ``attributes``); ``async with`` for the asyncio
+        recorder."""
+        root = ctx or CustodyContext.new_root()
+        return self._task_scope(self, broker, root, purpose, requested_scopes, declaration)
 
     def break_glass(
         self,
         ctx: CustodyContext,
         *,
-        broker: CredentialBrokerRecorder,
-        reason: str,
-        standing_access_unavailable: str,
-        expires_at: datetime,
-        approval_id: str | None = None,
+        broker: BrokerT,
         break_glass_id: str | None = None,
-    ) -> Elevation:
+        **fields: Unpack[ElevationFields],
+    ) -> ElevationT:
         """A break-glass elevation: ``with recorder.break_glass(ctx, ...) as elevation:``
         records the break-glass and revokes, at exit, every credential issued through
-        ``elevation.issue`` and not revoked yet."""
-        return Elevation(
-            self,
-            broker,
-            ctx,
-            dict(
-                reason=reason,
-                standing_access_unavailable=standing_access_unavailable,
-                expires_at=expires_at,
-                approval_id=approval_id,
-                break_glass_id=break_glass_id or str(uuid.uuid4()),
-            ),
+        ``elevation.issue`` and not revoked yet (``async with`` for the asyncio recorder)."""
+        return self._elevation(self, broker, ctx, break_glass_id, fields)
+
+    def declared_event(
+        self, ctx: CustodyContext, purpose: str, scopes: Sequence[str], extra: TaskDeclaration
+    ) -> Envelope:
+        """The declaration of the task of ``ctx``."""
+        return events.task_declared(
+            self.source, ctx, purpose=purpose, requested_scopes=scopes, **extra
         )
 
+    def delegation_event(
+        self, ctx: CustodyContext, child: CustodyContext, fields: Delegated
+    ) -> Envelope:
+        """The delegation that hands ``child`` (made by ``ctx.child()``) over."""
+        delegator = self.source.actor.workload_id
+        return events.delegation(self.source, ctx, child=child, delegator=delegator, **fields)
+
+    def access_event(self, ctx: CustodyContext, fields: AccessFields) -> Envelope:
+        """A tool access in the task of ``ctx``."""
+        return events.access(self.source, ctx, **fields)
+
+    def completed_event(
+        self, ctx: CustodyContext, outcome: TaskOutcome | str, extra: TaskCompletion
+    ) -> Envelope:
+        """The completion of the task of ``ctx``."""
+        return events.task_completed(self.source, ctx, outcome=outcome, **extra)
+
+    def break_glass_event(
+        self, ctx: CustodyContext, break_glass_id: str, fields: ElevationFields
+    ) -> Envelope:
+        """A break-glass in the task of ``ctx``."""
+        return events.break_glass(self.source, ctx, break_glass_id=break_glass_id, **fields)
+
+
+class PolicyEngineEvents(_Recorder[PublisherT]):
+    """The events of a policy engine, from its :class:`Source`."""
+
+    def decision_event(
+        self, ctx: CustodyContext, decision_id: str | None, fields: DecisionFields
+    ) -> tuple[str, Envelope]:
+        """The decision's id (a new one unless given) and its event."""
+        decision_id = decision_id or str(uuid.uuid4())
+        engine = self.source.producer
+        event = events.authz_decision(
+            self.source, ctx, decision_id=decision_id, policy_engine=engine, **fields
+        )
+        return decision_id, event
+
+
+class CredentialBrokerEvents(_Recorder[PublisherT], Generic[PublisherT, RotationT]):
+    """The events of a credential broker, from its :class:`Source`, and its rotations."""
+
+    _rotation: type[RotationT]
+
+    def rotation(
+        self, ctx: CustodyContext, *, token_subject: str, **grant: Unpack[CredentialGrant]
+    ) -> RotationT:
+        """A batch job's rotating credential: ``with broker.rotation(ctx, ...) as tokens:``
+        then ``tokens.rotate(token_id, ...)`` issues each new one (naming the one before
+        as its parent) and revokes the one before ``ROTATED``; at exit the last one is
+        revoked ``TASK_ENDED`` (``async with`` for the asyncio recorder)."""
+        return self._rotation(self, ctx, token_subject, grant)
+
+    def issued_event(self, ctx: CustodyContext, fields: CredentialIssuedFields) -> Envelope:
+        """An issuance by this broker."""
+        return events.credential_issued(self.source, ctx, **fields)
+
+    def revoked_event(self, ctx: CustodyContext, fields: Revocation) -> Envelope:
+        """A revocation by this broker (its workload revokes)."""
+        revoked_by = self.source.actor.workload_id
+        return events.credential_revoked(self.source, ctx, revoked_by=revoked_by, **fields)
+
+
+# ---- blocking recorders ---------------------------------------------------------------
+
+
+class AgentRecorder(AgentEvents[Publisher, "CredentialBrokerRecorder", TaskScope, Elevation]):
+    """What an agent runtime records: tasks, delegations, tool accesses, completion."""
+
+    _task_scope = TaskScope
+    _elevation = Elevation
+
     def declare_task(
-        self, ctx: CustodyContext, purpose: str, requested_scopes: Sequence[str], **extra: Any
+        self,
+        ctx: CustodyContext,
+        purpose: str,
+        requested_scopes: Sequence[str],
+        **extra: Unpack[TaskDeclaration],
     ) -> None:
-        self.producer.publish(self.declared_event(ctx, purpose, requested_scopes, **extra))
+        """Record a task's declaration (a task scope does it at entry)."""
+        self.producer.publish(self.declared_event(ctx, purpose, requested_scopes, extra))
 
     def delegate(
         self,
@@ -200,146 +198,52 @@ class AgentRecorder(AgentEvents):
         scopes: Sequence[str],
         decision_id: str,
         child_task_id: str | None = None,
-        **extra: Any,
+        **extra: Unpack[EnvelopeFields],
     ) -> CustodyContext:
         """Record a delegation and return the child's context to hand to the delegatee."""
-        child, event = self.delegation_event(
-            ctx, delegatee, scopes, decision_id, child_task_id, **extra
-        )
-        self.producer.publish(event)
+        child = ctx.child(child_task_id)
+        delegated = Delegated(delegatee=delegatee, scopes=scopes, decision_id=decision_id)
+        self.producer.publish(self.delegation_event(ctx, child, {**delegated, **extra}))
         return child
 
-    def access(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        tool: str,
-        resource: str,
-        action: str,
-        data_scope: Sequence[str],
-        outcome: AccessOutcome | str,
-        decision_id: str | None = None,
-        **extra: Any,
+    def access(self, ctx: CustodyContext, **fields: Unpack[AccessFields]) -> None:
+        """Record a tool access."""
+        self.producer.publish(self.access_event(ctx, fields))
+
+    def complete(
+        self, ctx: CustodyContext, outcome: TaskOutcome | str, **extra: Unpack[TaskCompletion]
     ) -> None:
-        self.producer.publish(
-            self.access_event(
-                ctx,
-                token_id=token_id,
-                tool=tool,
-                resource=resource,
-                action=action,
-                data_scope=data_scope,
-                outcome=outcome,
-                decision_id=decision_id,
-                **extra,
-            )
-        )
-
-    def complete(self, ctx: CustodyContext, outcome: TaskOutcome | str, **extra: Any) -> None:
-        self.producer.publish(self.completed_event(ctx, outcome, **extra))
+        """Record a task's completion (a task scope does it at exit)."""
+        self.producer.publish(self.completed_event(ctx, outcome, extra))
 
 
-class PolicyEngineRecorder(PolicyEngineEvents):
+class PolicyEngineRecorder(PolicyEngineEvents[Publisher]):
     """What a policy engine records: each decision with its policy and reasons."""
-
-    def __init__(self, producer: Publisher, source: Source) -> None:
-        self.producer = producer
-        self.source = source
 
     def decision(
         self,
         ctx: CustodyContext,
         *,
-        policy_id: str,
-        policy_version: str,
-        decision: Decision | str,
-        resource: str,
-        action: str,
-        data_scope: Sequence[str],
-        reasons: Sequence[str],
-        context: Mapping[str, str] | None = None,
         decision_id: str | None = None,
-        **extra: Any,
+        **fields: Unpack[DecisionFields],
     ) -> str:
         """Record a decision; returns its ``decision_id`` for the credential and access."""
-        decision_id, event = self.decision_event(
-            ctx,
-            decision_id,
-            policy_id=policy_id,
-            policy_version=policy_version,
-            decision=decision,
-            resource=resource,
-            action=action,
-            data_scope=data_scope,
-            reasons=reasons,
-            context=context,
-            **extra,
-        )
+        decision_id, event = self.decision_event(ctx, decision_id, fields)
         self.producer.publish(event)
         return decision_id
 
 
-class CredentialBrokerRecorder(CredentialBrokerEvents):
+class CredentialBrokerRecorder(CredentialBrokerEvents[Publisher, Rotation]):
     """What a credential broker records, synchronously: issuance and revocation."""
 
-    def __init__(self, producer: Publisher, source: Source) -> None:
-        self.producer = producer
-        self.source = source
-
-    def rotation(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-    ) -> Rotation:
-        """A batch job's rotating credential: ``with broker.rotation(ctx, ...) as tokens:``
-        then ``tokens.rotate(token_id, ...)`` issues each new one (naming the one before
-        as its parent) and revokes the one before ``ROTATED``; at exit the last one is
-        revoked ``TASK_ENDED``."""
-        return Rotation(self, ctx, token_subject, credential_kind, audience, scopes)
+    _rotation = Rotation
 
     def issued(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        issued_at: datetime,
-        expires_at: datetime,
-        decision_id: str,
-        parent_token_id: str | None = None,
-        **extra: Any,
+        self, ctx: CustodyContext, **fields: Unpack[CredentialIssuedFields]
     ) -> DeliveryReport:
         """Record an issuance; hand the token out only if this returns."""
-        return self.producer.publish_sync(
-            self.issued_event(
-                ctx,
-                issued_at,
-                token_id=token_id,
-                token_subject=token_subject,
-                credential_kind=credential_kind,
-                audience=audience,
-                scopes=scopes,
-                expires_at=expires_at,
-                decision_id=decision_id,
-                parent_token_id=parent_token_id,
-                **extra,
-            )
-        )
+        return self.producer.publish_sync(self.issued_event(ctx, fields))
 
-    def revoked(
-        self,
-        ctx: CustodyContext,
-        *,
-        token_id: str,
-        reason: RevocationReason | str,
-        **extra: Any,
-    ) -> DeliveryReport:
-        return self.producer.publish_sync(self.revoked_event(ctx, token_id, reason, **extra))
+    def revoked(self, ctx: CustodyContext, **fields: Unpack[Revocation]) -> DeliveryReport:
+        """Record a revocation, acknowledged by the broker when this returns."""
+        return self.producer.publish_sync(self.revoked_event(ctx, fields))

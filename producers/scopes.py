@@ -25,24 +25,41 @@ credential: each ``rotate`` issues the next one, naming the one before as its pa
 revokes the one before ``ROTATED``; at exit the last one is revoked ``TASK_ENDED``. Made
 from a task scope, both share its memory of live credentials, so the task's exit revokes
 what they could not.
+
+What a scope remembers and decides (what it issued, what its exit revokes, the outcome it
+records) is written once, in the bases here; the blocking and the asyncio scopes add only
+the calls to their recorders, made or awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, NotRequired, Protocol, TypeVar, Unpack
 
 from producers.context import CustodyContext
+from producers.events import (
+    AccessFields,
+    CredentialGrant,
+    CredentialIssuedFields,
+    ElevationFields,
+    EnvelopeFields,
+    Source,
+    TaskDeclaration,
+)
 from producers.producer import DeliveryReport
-from schemas.models import CredentialKind, RevocationReason, TaskOutcome
+from schemas.models import RevocationReason, TaskOutcome
 
 if TYPE_CHECKING:
-    from producers.aio import AsyncAgentRecorder, AsyncCredentialBrokerRecorder
-    from producers.roles import AgentRecorder, CredentialBrokerRecorder
+    # Named as strings in the scopes' type arguments (the recorders import this module),
+    # where ruff does not look for them.
+    from producers.aio import AsyncAgentRecorder, AsyncCredentialBrokerRecorder  # noqa: F401
+    from producers.roles import AgentRecorder, CredentialBrokerRecorder  # noqa: F401
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +69,31 @@ Live = dict[str, None]
 
 class ScopeError(RuntimeError):
     """A scope was used in a way it cannot honour (no broker to issue with)."""
+
+
+class CredentialTerms(EnvelopeFields):
+    """What each credential of a rotation has of its own, beside its token id; it is issued
+    now unless ``issued_at`` says otherwise."""
+
+    expires_at: datetime
+    decision_id: str
+    issued_at: NotRequired[datetime | None]
+
+
+class IssueRequest(CredentialGrant, CredentialTerms):
+    """What a scope's ``issue`` takes besides the token id: the credential is the agent's
+    own workload's unless ``token_subject`` names another, and renews ``parent_token_id``
+    if given."""
+
+    token_subject: NotRequired[str | None]
+    parent_token_id: NotRequired[str | None]
+
+
+class RotationRequest(CredentialGrant):
+    """What every credential of a task's rotation grants; its subject is the agent's own
+    workload unless ``token_subject`` names another."""
+
+    token_subject: NotRequired[str | None]
 
 
 def exception_name(kind: type[BaseException]) -> str:
@@ -72,6 +114,28 @@ def completion(
     return TaskOutcome.FAILED, exception_name(type(error))
 
 
+def _attempts(steps: Iterable[Callable[[], object]]) -> list[Exception]:
+    """Take every step, even after one failed; the errors met."""
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            step()
+        except Exception as failed:
+            errors.append(failed)
+    return errors
+
+
+async def _awaited_attempts(steps: Iterable[Callable[[], Awaitable[object]]]) -> list[Exception]:
+    """:func:`_attempts` with every step awaited."""
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            await step()
+        except Exception as failed:
+            errors.append(failed)
+    return errors
+
+
 def end_of_scope(what: str, errors: list[Exception], error: BaseException | None) -> None:
     """Raise the first failed exit step (with the others as notes) when the block itself
     succeeded; when it raised, log them and let its exception go on."""
@@ -86,97 +150,269 @@ def end_of_scope(what: str, errors: list[Exception], error: BaseException | None
         _log.error("end of %s (left by %s): %r", what, exception_name(type(error)), other)
 
 
-def _issue_fields(
-    token_id: str,
-    token_subject: str,
-    credential_kind: CredentialKind | str,
-    audience: str,
-    scopes: Sequence[str],
-    expires_at: datetime,
-    decision_id: str,
-    issued_at: datetime | None,
-    parent_token_id: str | None,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "token_id": token_id,
-        "token_subject": token_subject,
-        "credential_kind": credential_kind,
-        "audience": audience,
-        "scopes": scopes,
-        "issued_at": issued_at or datetime.now(UTC),
-        "expires_at": expires_at,
-        "decision_id": decision_id,
-        "parent_token_id": parent_token_id,
-        **extra,
-    }
+# ---- what every scope keeps, blocking or asyncio ----------------------------------------
 
 
-def _broker_of(broker: Any) -> Any:
-    if broker is None:
-        raise ScopeError("this scope was opened without a credential broker (broker=...)")
-    return broker
+class _Agent(Protocol):
+    """What a scope reads of its agent recorder."""
+
+    @property
+    def source(self) -> Source: ...
+
+
+AgentT = TypeVar("AgentT", bound=_Agent)
+BrokerT = TypeVar("BrokerT")
+
+
+class _Scope(Generic[BrokerT]):
+    """A scope's context, the broker it issues with, whose credentials it issues unless
+    told otherwise, and the credentials issued through it and not revoked yet (a task's,
+    when shared)."""
+
+    def __init__(self, broker: BrokerT | None, ctx: CustodyContext, subject: str) -> None:
+        self.ctx = ctx
+        self._broker_or_none = broker
+        self._subject = subject
+        self._live: Live = {}
+
+    def share(self, live: Live) -> None:
+        """Keep live credentials in ``live`` (a task scope's), before entry."""
+        self._live = live
+
+    @property
+    def _broker(self) -> BrokerT:
+        if self._broker_or_none is None:
+            raise ScopeError("this scope was opened without a credential broker (broker=...)")
+        return self._broker_or_none
+
+    def _issuance(self, token_id: str, request: IssueRequest) -> CredentialIssuedFields:
+        """The CREDENTIAL_ISSUED fields of a request, issued now unless it says when."""
+        fields: dict[str, Any] = {
+            **request,
+            "token_id": token_id,
+            "token_subject": request.get("token_subject") or self._subject,
+            "issued_at": request.get("issued_at") or datetime.now(UTC),
+            "parent_token_id": request.get("parent_token_id"),
+        }
+        return fields  # type: ignore[return-value]
+
+    def _left(self) -> list[str]:
+        """The credentials the exit ends: every live one."""
+        return list(self._live)
+
+    def _still_live(self) -> list[str]:
+        """What the exit revokes: those of the credentials it ends that are still live."""
+        return [token_id for token_id in self._left() if token_id in self._live]
+
+    def _name(self) -> str:
+        return f"task {self.ctx.task_id}"
+
+
+class _Elevation(_Scope[BrokerT], Generic[AgentT, BrokerT]):
+    """A break-glass elevation's bookkeeping: what it records at entry and what it issued."""
+
+    def __init__(
+        self,
+        agent: AgentT,
+        broker: BrokerT,
+        ctx: CustodyContext,
+        break_glass_id: str | None,
+        fields: ElevationFields,
+    ) -> None:
+        super().__init__(broker, ctx, agent.source.actor.workload_id)
+        self.break_glass_id = break_glass_id or str(uuid.uuid4())
+        self._agent = agent
+        self._fields = fields
+        self._issued: list[str] = []
+
+    def _issuance(self, token_id: str, request: IssueRequest) -> CredentialIssuedFields:
+        # Remembered before the issuance is tried: one that fails never becomes live, and
+        # the exit revokes only live credentials.
+        self._issued.append(token_id)
+        return super()._issuance(token_id, request)
+
+    def _left(self) -> list[str]:
+        return self._issued
+
+    def _name(self) -> str:
+        return f"break-glass {self.break_glass_id}"
+
+
+class _Rotation(_Scope[BrokerT]):
+    """A rotating credential's bookkeeping: its grant, and the credential now current."""
+
+    def __init__(
+        self, broker: BrokerT, ctx: CustodyContext, token_subject: str, grant: CredentialGrant
+    ) -> None:
+        super().__init__(broker, ctx, token_subject)
+        self.current: str | None = None
+        self._grant = CredentialGrant(
+            credential_kind=grant["credential_kind"],
+            audience=grant["audience"],
+            scopes=list(grant["scopes"]),
+        )
+
+    def _next(self, token_id: str, terms: CredentialTerms) -> CredentialIssuedFields:
+        """The next credential, renewing the current one."""
+        request: IssueRequest = {
+            **self._grant,
+            **terms,
+            "token_subject": self._subject,
+            "parent_token_id": self.current,
+        }
+        return self._issuance(token_id, request)
+
+    def _left(self) -> list[str]:
+        return [self.current] if self.current is not None else []
+
+    def _name(self) -> str:
+        return f"rotation in task {self.ctx.task_id}"
+
+
+ElevationT = TypeVar("ElevationT", bound=_Elevation[Any, Any])
+RotationT = TypeVar("RotationT", bound=_Rotation[Any])
+
+
+class _Task(_Scope[BrokerT], Generic[AgentT, BrokerT, ElevationT, RotationT]):
+    """A task scope's bookkeeping: what it declares, the outcome it records, and the
+    elevations and rotations opened inside it, which share its live credentials."""
+
+    _elevation: type[ElevationT]
+    _rotation: type[RotationT]
+
+    def __init__(
+        self,
+        agent: AgentT,
+        broker: BrokerT | None,
+        ctx: CustodyContext,
+        purpose: str,
+        requested_scopes: Sequence[str],
+        declaration: TaskDeclaration,
+    ) -> None:
+        super().__init__(broker, ctx, agent.source.actor.workload_id)
+        self._agent = agent
+        self._purpose = purpose
+        self._requested_scopes = list(requested_scopes)
+        self._declaration = declaration
+        self._outcome = TaskOutcome.SUCCEEDED
+        self._detail: str | None = None
+
+    @property
+    def live_tokens(self) -> list[str]:
+        """Credentials issued through this scope and not revoked yet, oldest first."""
+        return list(self._live)
+
+    def set_outcome(self, outcome: TaskOutcome | str, detail: str | None = None) -> None:
+        """What the completion records if the block ends without an exception."""
+        self._outcome, self._detail = TaskOutcome(outcome), detail
+
+    def break_glass(
+        self, *, break_glass_id: str | None = None, **fields: Unpack[ElevationFields]
+    ) -> ElevationT:
+        """A break-glass elevation inside this task (see :meth:`AgentRecorder.break_glass`)."""
+        elevation = self._elevation(self._agent, self._broker, self.ctx, break_glass_id, fields)
+        elevation.share(self._live)
+        return elevation
+
+    def rotation(self, **request: Unpack[RotationRequest]) -> RotationT:
+        """A rotating credential inside this task (see
+        :meth:`CredentialBrokerRecorder.rotation`)."""
+        subject = request.pop("token_subject", None) or self._subject
+        rotation = self._rotation(self._broker, self.ctx, subject, request)
+        rotation.share(self._live)
+        return rotation
+
+    def _completion(self, error: BaseException | None) -> tuple[TaskOutcome, str | None]:
+        return completion(error, self._outcome, self._detail)
 
 
 # ---- blocking scopes ------------------------------------------------------------------
 
 
-class _Credentials:
-    """Issues and revokes through one broker under one context, remembering what is live."""
+class _Blocking(_Scope["CredentialBrokerRecorder"]):
+    """Issues and revokes through a blocking broker; the exit revokes what is left."""
 
-    def __init__(
-        self, broker: CredentialBrokerRecorder | None, ctx: CustodyContext, live: Live
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
-        self.broker = broker
-        self.ctx = ctx
-        self.live = live
+        errors = _attempts(self._exit_steps(error))
+        end_of_scope(self._name(), errors, error)
 
-    def issue(self, fields: dict[str, Any]) -> DeliveryReport:
-        report: DeliveryReport = _broker_of(self.broker).issued(self.ctx, **fields)
-        self.live[fields["token_id"]] = None
+    def _exit_steps(self, error: BaseException | None) -> list[Callable[[], object]]:
+        ended = RevocationReason.TASK_ENDED
+        revocations = [partial(self._revoke, token, ended, {}) for token in self._still_live()]
+        return [*revocations, partial(self._close, error)]
+
+    def _close(self, error: BaseException | None) -> None:
+        """The last exit step, after the revocations: a task's completion."""
+
+    def _issue(self, fields: CredentialIssuedFields) -> DeliveryReport:
+        report = self._broker.issued(self.ctx, **fields)
+        self._live[fields["token_id"]] = None
         return report
+
+    def _revoke(
+        self, token_id: str, reason: RevocationReason | str, extra: EnvelopeFields
+    ) -> DeliveryReport:
+        report = self._broker.revoked(self.ctx, token_id=token_id, reason=reason, **extra)
+        self._live.pop(token_id, None)
+        return report
+
+
+class _BlockingCredentials(_Blocking):
+    """The issuing and revoking verbs of a task scope and an elevation."""
+
+    def issue(self, token_id: str, **request: Unpack[IssueRequest]) -> DeliveryReport:
+        """Record an issuance (synchronously, by the broker; for the agent's own workload
+        unless ``token_subject`` says otherwise); hand the token out only if this returns.
+        The scope revokes it at exit unless :meth:`revoke` did."""
+        return self._issue(self._issuance(token_id, request))
 
     def revoke(
-        self, token_id: str, reason: RevocationReason | str, extra: dict[str, Any]
+        self,
+        token_id: str,
+        reason: RevocationReason | str = RevocationReason.MANUAL,
+        **extra: Unpack[EnvelopeFields],
     ) -> DeliveryReport:
-        report: DeliveryReport = _broker_of(self.broker).revoked(
-            self.ctx, token_id=token_id, reason=reason, **extra
-        )
-        self.live.pop(token_id, None)
+        """Record a revocation before the scope ends."""
+        return self._revoke(token_id, reason, extra)
+
+
+class Elevation(_Elevation["AgentRecorder", "CredentialBrokerRecorder"], _BlockingCredentials):
+    """A break-glass elevation; made by :meth:`AgentRecorder.break_glass`."""
+
+    def __enter__(self) -> Elevation:
+        event = self._agent.break_glass_event(self.ctx, self.break_glass_id, self._fields)
+        self._agent.producer.publish(event)
+        return self
+
+
+class Rotation(_Rotation["CredentialBrokerRecorder"], _Blocking):
+    """A rotating credential; made by :meth:`CredentialBrokerRecorder.rotation`."""
+
+    def __enter__(self) -> Rotation:
+        return self
+
+    def rotate(self, token_id: str, **terms: Unpack[CredentialTerms]) -> DeliveryReport:
+        """Issue the next credential, then revoke the one before it ``ROTATED``."""
+        previous = self.current
+        report = self._issue(self._next(token_id, terms))
+        self.current = token_id
+        if previous is not None:
+            self._revoke(previous, RevocationReason.ROTATED, {})
         return report
 
-    def end(self, token_ids: Sequence[str]) -> list[Exception]:
-        """Revoke each of ``token_ids`` still live (``TASK_ENDED``); the errors met."""
-        errors: list[Exception] = []
-        for token_id in token_ids:
-            if token_id in self.live:
-                try:
-                    self.revoke(token_id, RevocationReason.TASK_ENDED, {})
-                except Exception as error:
-                    errors.append(error)
-        return errors
 
-
-class TaskScope:
+class TaskScope(
+    _Task["AgentRecorder", "CredentialBrokerRecorder", Elevation, Rotation], _BlockingCredentials
+):
     """One task from declaration to completion; made by :meth:`AgentRecorder.task`."""
 
-    def __init__(
-        self,
-        agent: AgentRecorder,
-        broker: CredentialBrokerRecorder | None,
-        ctx: CustodyContext,
-        purpose: str,
-        requested_scopes: Sequence[str],
-        declaration: dict[str, Any],
-    ) -> None:
-        self.ctx = ctx
-        self._agent = agent
-        self._purpose = purpose
-        self._requested_scopes = list(requested_scopes)
-        self._declaration = declaration
-        self._credentials = _Credentials(broker, ctx, {})
-        self._outcome = TaskOutcome.SUCCEEDED
-        self._detail: str | None = None
+    _elevation = Elevation
+    _rotation = Rotation
 
     def __enter__(self) -> TaskScope:
         self._agent.declare_task(
@@ -184,28 +420,9 @@ class TaskScope:
         )
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        errors = self._credentials.end(self.live_tokens)
-        outcome, detail = completion(error, self._outcome, self._detail)
-        try:
-            self._agent.complete(self.ctx, outcome, detail=detail)
-        except Exception as failed:
-            errors.append(failed)
-        end_of_scope(f"task {self.ctx.task_id}", errors, error)
-
-    @property
-    def live_tokens(self) -> list[str]:
-        """Credentials issued through this scope and not revoked yet, oldest first."""
-        return list(self._credentials.live)
-
-    def set_outcome(self, outcome: TaskOutcome | str, detail: str | None = None) -> None:
-        """What the completion records if the block ends without an exception."""
-        self._outcome, self._detail = TaskOutcome(outcome), detail
+    def _close(self, error: BaseException | None) -> None:
+        outcome, detail = self._completion(error)
+        self._agent.complete(self.ctx, outcome, detail=detail)
 
     def delegate(
         self,
@@ -213,296 +430,107 @@ class TaskScope:
         scopes: Sequence[str],
         decision_id: str,
         child_task_id: str | None = None,
-        **extra: Any,
+        **extra: Unpack[EnvelopeFields],
     ) -> CustodyContext:
         """Record a delegation; returns the child's context to hand to the delegatee."""
         return self._agent.delegate(
             self.ctx, delegatee, scopes, decision_id, child_task_id, **extra
         )
 
-    def access(self, **fields: Any) -> None:
+    def access(self, **fields: Unpack[AccessFields]) -> None:
         """Record a tool access (the fields of :meth:`AgentRecorder.access`)."""
         self._agent.access(self.ctx, **fields)
-
-    def issue(
-        self,
-        token_id: str,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        expires_at: datetime,
-        decision_id: str,
-        token_subject: str | None = None,
-        issued_at: datetime | None = None,
-        parent_token_id: str | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """Record an issuance (synchronously, by the broker; for the agent's own workload
-        unless ``token_subject`` says otherwise); hand the token out only if this returns.
-        The scope revokes it at exit unless :meth:`revoke` did."""
-        subject = token_subject or self._agent.source.actor.workload_id
-        return self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                credential_kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                parent_token_id,
-                extra,
-            )
-        )
-
-    def revoke(
-        self, token_id: str, reason: RevocationReason | str = RevocationReason.MANUAL, **extra: Any
-    ) -> DeliveryReport:
-        """Record a revocation before the task ends."""
-        return self._credentials.revoke(token_id, reason, extra)
-
-    def break_glass(
-        self,
-        *,
-        reason: str,
-        standing_access_unavailable: str,
-        expires_at: datetime,
-        approval_id: str | None = None,
-        break_glass_id: str | None = None,
-    ) -> Elevation:
-        """A break-glass elevation inside this task (see :meth:`AgentRecorder.break_glass`)."""
-        elevation = self._agent.break_glass(
-            self.ctx,
-            broker=_broker_of(self._credentials.broker),
-            reason=reason,
-            standing_access_unavailable=standing_access_unavailable,
-            expires_at=expires_at,
-            approval_id=approval_id,
-            break_glass_id=break_glass_id,
-        )
-        elevation.share(self._credentials.live)
-        return elevation
-
-    def rotation(
-        self,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        token_subject: str | None = None,
-    ) -> Rotation:
-        """A rotating credential inside this task (see
-        :meth:`CredentialBrokerRecorder.rotation`)."""
-        broker: CredentialBrokerRecorder = _broker_of(self._credentials.broker)
-        rotation = broker.rotation(
-            self.ctx,
-            token_subject=token_subject or self._agent.source.actor.workload_id,
-            credential_kind=credential_kind,
-            audience=audience,
-            scopes=scopes,
-        )
-        rotation.share(self._credentials.live)
-        return rotation
-
-
-class Elevation:
-    """A break-glass elevation; made by :meth:`AgentRecorder.break_glass`."""
-
-    def __init__(
-        self,
-        agent: AgentRecorder,
-        broker: CredentialBrokerRecorder,
-        ctx: CustodyContext,
-        fields: dict[str, Any],
-    ) -> None:
-        self.ctx = ctx
-        self.break_glass_id: str = fields["break_glass_id"]
-        self._agent = agent
-        self._fields = fields
-        self._credentials = _Credentials(broker, ctx, {})
-        self._issued: list[str] = []
-
-    def share(self, live: Live) -> None:
-        """Keep live credentials in ``live`` (a task scope's), before entry."""
-        self._credentials.live = live
-
-    def __enter__(self) -> Elevation:
-        self._agent.producer.publish(self._agent.break_glass_event(self.ctx, **self._fields))
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        errors = self._credentials.end(self._issued)
-        end_of_scope(f"break-glass {self.break_glass_id}", errors, error)
-
-    def issue(
-        self,
-        token_id: str,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        expires_at: datetime,
-        decision_id: str,
-        token_subject: str | None = None,
-        issued_at: datetime | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """Record an issuance under the elevation (see :meth:`TaskScope.issue`)."""
-        subject = token_subject or self._agent.source.actor.workload_id
-        report = self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                credential_kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                None,
-                extra,
-            )
-        )
-        self._issued.append(token_id)
-        return report
-
-    def revoke(
-        self, token_id: str, reason: RevocationReason | str = RevocationReason.MANUAL, **extra: Any
-    ) -> DeliveryReport:
-        """Record a revocation before the elevation ends."""
-        return self._credentials.revoke(token_id, reason, extra)
-
-
-class Rotation:
-    """A rotating credential; made by :meth:`CredentialBrokerRecorder.rotation`."""
-
-    def __init__(
-        self,
-        broker: CredentialBrokerRecorder,
-        ctx: CustodyContext,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-    ) -> None:
-        self.ctx = ctx
-        self.current: str | None = None
-        self._template = (token_subject, credential_kind, audience, list(scopes))
-        self._credentials = _Credentials(broker, ctx, {})
-
-    def share(self, live: Live) -> None:
-        """Keep live credentials in ``live`` (a task scope's), before entry."""
-        self._credentials.live = live
-
-    def __enter__(self) -> Rotation:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        current = [self.current] if self.current is not None else []
-        end_of_scope(f"rotation in task {self.ctx.task_id}", self._credentials.end(current), error)
-
-    def rotate(
-        self,
-        token_id: str,
-        *,
-        expires_at: datetime,
-        decision_id: str,
-        issued_at: datetime | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """Issue the next credential, then revoke the one before it ``ROTATED``."""
-        subject, kind, audience, scopes = self._template
-        previous = self.current
-        report = self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                previous,
-                extra,
-            )
-        )
-        self.current = token_id
-        if previous is not None:
-            self._credentials.revoke(previous, RevocationReason.ROTATED, {})
-        return report
 
 
 # ---- asyncio scopes -------------------------------------------------------------------
 
 
-class _AsyncCredentials:
-    """:class:`_Credentials` for the asyncio recorders."""
+class _Awaited(_Scope["AsyncCredentialBrokerRecorder"]):
+    """:class:`_Blocking` for the asyncio recorders: every call to them awaited."""
 
-    def __init__(
-        self, broker: AsyncCredentialBrokerRecorder | None, ctx: CustodyContext, live: Live
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
-        self.broker = broker
-        self.ctx = ctx
-        self.live = live
+        errors = await _awaited_attempts(self._exit_steps(error))
+        end_of_scope(self._name(), errors, error)
 
-    async def issue(self, fields: dict[str, Any]) -> DeliveryReport:
-        report: DeliveryReport = await _broker_of(self.broker).issued(self.ctx, **fields)
-        self.live[fields["token_id"]] = None
+    def _exit_steps(self, error: BaseException | None) -> list[Callable[[], Awaitable[object]]]:
+        ended = RevocationReason.TASK_ENDED
+        revocations = [partial(self._revoke, token, ended, {}) for token in self._still_live()]
+        return [*revocations, partial(self._close, error)]
+
+    async def _close(self, error: BaseException | None) -> None:
+        """The last exit step, after the revocations: a task's completion."""
+
+    async def _issue(self, fields: CredentialIssuedFields) -> DeliveryReport:
+        report = await self._broker.issued(self.ctx, **fields)
+        self._live[fields["token_id"]] = None
         return report
+
+    async def _revoke(
+        self, token_id: str, reason: RevocationReason | str, extra: EnvelopeFields
+    ) -> DeliveryReport:
+        report = await self._broker.revoked(self.ctx, token_id=token_id, reason=reason, **extra)
+        self._live.pop(token_id, None)
+        return report
+
+
+class _AwaitedCredentials(_Awaited):
+    """:class:`_BlockingCredentials`, awaited."""
+
+    async def issue(self, token_id: str, **request: Unpack[IssueRequest]) -> DeliveryReport:
+        """:meth:`TaskScope.issue`, awaited."""
+        return await self._issue(self._issuance(token_id, request))
 
     async def revoke(
-        self, token_id: str, reason: RevocationReason | str, extra: dict[str, Any]
+        self,
+        token_id: str,
+        reason: RevocationReason | str = RevocationReason.MANUAL,
+        **extra: Unpack[EnvelopeFields],
     ) -> DeliveryReport:
-        report: DeliveryReport = await _broker_of(self.broker).revoked(
-            self.ctx, token_id=token_id, reason=reason, **extra
-        )
-        self.live.pop(token_id, None)
+        """:meth:`TaskScope.revoke`, awaited."""
+        return await self._revoke(token_id, reason, extra)
+
+
+class AsyncElevation(
+    _Elevation["AsyncAgentRecorder", "AsyncCredentialBrokerRecorder"], _AwaitedCredentials
+):
+    """:class:`Elevation` for ``async with``; made by :meth:`AsyncAgentRecorder.break_glass`."""
+
+    async def __aenter__(self) -> AsyncElevation:
+        event = self._agent.break_glass_event(self.ctx, self.break_glass_id, self._fields)
+        await self._agent.producer.publish(event)
+        return self
+
+
+class AsyncRotation(_Rotation["AsyncCredentialBrokerRecorder"], _Awaited):
+    """:class:`Rotation` for ``async with``; made by
+    :meth:`AsyncCredentialBrokerRecorder.rotation`."""
+
+    async def __aenter__(self) -> AsyncRotation:
+        return self
+
+    async def rotate(self, token_id: str, **terms: Unpack[CredentialTerms]) -> DeliveryReport:
+        """:meth:`Rotation.rotate`, awaited."""
+        previous = self.current
+        report = await self._issue(self._next(token_id, terms))
+        self.current = token_id
+        if previous is not None:
+            await self._revoke(previous, RevocationReason.ROTATED, {})
         return report
 
-    async def end(self, token_ids: Sequence[str]) -> list[Exception]:
-        errors: list[Exception] = []
-        for token_id in token_ids:
-            if token_id in self.live:
-                try:
-                    await self.revoke(token_id, RevocationReason.TASK_ENDED, {})
-                except Exception as error:
-                    errors.append(error)
-        return errors
 
-
-class AsyncTaskScope:
+class AsyncTaskScope(
+    _Task["AsyncAgentRecorder", "AsyncCredentialBrokerRecorder", AsyncElevation, AsyncRotation],
+    _AwaitedCredentials,
+):
     """:class:`TaskScope` for ``async with``; made by :meth:`AsyncAgentRecorder.task`."""
 
-    def __init__(
-        self,
-        agent: AsyncAgentRecorder,
-        broker: AsyncCredentialBrokerRecorder | None,
-        ctx: CustodyContext,
-        purpose: str,
-        requested_scopes: Sequence[str],
-        declaration: dict[str, Any],
-    ) -> None:
-        self.ctx = ctx
-        self._agent = agent
-        self._purpose = purpose
-        self._requested_scopes = list(requested_scopes)
-        self._declaration = declaration
-        self._credentials = _AsyncCredentials(broker, ctx, {})
-        self._outcome = TaskOutcome.SUCCEEDED
-        self._detail: str | None = None
+    _elevation = AsyncElevation
+    _rotation = AsyncRotation
 
     async def __aenter__(self) -> AsyncTaskScope:
         await self._agent.declare_task(
@@ -510,28 +538,9 @@ class AsyncTaskScope:
         )
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        errors = await self._credentials.end(self.live_tokens)
-        outcome, detail = completion(error, self._outcome, self._detail)
-        try:
-            await self._agent.complete(self.ctx, outcome, detail=detail)
-        except Exception as failed:
-            errors.append(failed)
-        end_of_scope(f"task {self.ctx.task_id}", errors, error)
-
-    @property
-    def live_tokens(self) -> list[str]:
-        """Credentials issued through this scope and not revoked yet, oldest first."""
-        return list(self._credentials.live)
-
-    def set_outcome(self, outcome: TaskOutcome | str, detail: str | None = None) -> None:
-        """What the completion records if the block ends without an exception."""
-        self._outcome, self._detail = TaskOutcome(outcome), detail
+    async def _close(self, error: BaseException | None) -> None:
+        outcome, detail = self._completion(error)
+        await self._agent.complete(self.ctx, outcome, detail=detail)
 
     async def delegate(
         self,
@@ -539,232 +548,13 @@ class AsyncTaskScope:
         scopes: Sequence[str],
         decision_id: str,
         child_task_id: str | None = None,
-        **extra: Any,
+        **extra: Unpack[EnvelopeFields],
     ) -> CustodyContext:
-        """Record a delegation; returns the child's context to hand to the delegatee."""
+        """:meth:`TaskScope.delegate`, awaited."""
         return await self._agent.delegate(
             self.ctx, delegatee, scopes, decision_id, child_task_id, **extra
         )
 
-    async def access(self, **fields: Any) -> None:
-        """Record a tool access (the fields of :meth:`AgentRecorder.access`)."""
+    async def access(self, **fields: Unpack[AccessFields]) -> None:
+        """:meth:`TaskScope.access`, awaited."""
         await self._agent.access(self.ctx, **fields)
-
-    async def issue(
-        self,
-        token_id: str,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        expires_at: datetime,
-        decision_id: str,
-        token_subject: str | None = None,
-        issued_at: datetime | None = None,
-        parent_token_id: str | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """:meth:`TaskScope.issue`, awaited."""
-        subject = token_subject or self._agent.source.actor.workload_id
-        return await self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                credential_kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                parent_token_id,
-                extra,
-            )
-        )
-
-    async def revoke(
-        self, token_id: str, reason: RevocationReason | str = RevocationReason.MANUAL, **extra: Any
-    ) -> DeliveryReport:
-        """Record a revocation before the task ends."""
-        return await self._credentials.revoke(token_id, reason, extra)
-
-    def break_glass(
-        self,
-        *,
-        reason: str,
-        standing_access_unavailable: str,
-        expires_at: datetime,
-        approval_id: str | None = None,
-        break_glass_id: str | None = None,
-    ) -> AsyncElevation:
-        """A break-glass elevation inside this task, for ``async with``."""
-        elevation = self._agent.break_glass(
-            self.ctx,
-            broker=_broker_of(self._credentials.broker),
-            reason=reason,
-            standing_access_unavailable=standing_access_unavailable,
-            expires_at=expires_at,
-            approval_id=approval_id,
-            break_glass_id=break_glass_id,
-        )
-        elevation.share(self._credentials.live)
-        return elevation
-
-    def rotation(
-        self,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        token_subject: str | None = None,
-    ) -> AsyncRotation:
-        """A rotating credential inside this task, for ``async with``."""
-        broker: AsyncCredentialBrokerRecorder = _broker_of(self._credentials.broker)
-        rotation = broker.rotation(
-            self.ctx,
-            token_subject=token_subject or self._agent.source.actor.workload_id,
-            credential_kind=credential_kind,
-            audience=audience,
-            scopes=scopes,
-        )
-        rotation.share(self._credentials.live)
-        return rotation
-
-
-class AsyncElevation:
-    """:class:`Elevation` for ``async with``; made by :meth:`AsyncAgentRecorder.break_glass`."""
-
-    def __init__(
-        self,
-        agent: AsyncAgentRecorder,
-        broker: AsyncCredentialBrokerRecorder,
-        ctx: CustodyContext,
-        fields: dict[str, Any],
-    ) -> None:
-        self.ctx = ctx
-        self.break_glass_id: str = fields["break_glass_id"]
-        self._agent = agent
-        self._fields = fields
-        self._credentials = _AsyncCredentials(broker, ctx, {})
-        self._issued: list[str] = []
-
-    def share(self, live: Live) -> None:
-        """Keep live credentials in ``live`` (a task scope's), before entry."""
-        self._credentials.live = live
-
-    async def __aenter__(self) -> AsyncElevation:
-        await self._agent.producer.publish(self._agent.break_glass_event(self.ctx, **self._fields))
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        errors = await self._credentials.end(self._issued)
-        end_of_scope(f"break-glass {self.break_glass_id}", errors, error)
-
-    async def issue(
-        self,
-        token_id: str,
-        *,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-        expires_at: datetime,
-        decision_id: str,
-        token_subject: str | None = None,
-        issued_at: datetime | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """:meth:`Elevation.issue`, awaited."""
-        subject = token_subject or self._agent.source.actor.workload_id
-        report = await self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                credential_kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                None,
-                extra,
-            )
-        )
-        self._issued.append(token_id)
-        return report
-
-    async def revoke(
-        self, token_id: str, reason: RevocationReason | str = RevocationReason.MANUAL, **extra: Any
-    ) -> DeliveryReport:
-        """Record a revocation before the elevation ends."""
-        return await self._credentials.revoke(token_id, reason, extra)
-
-
-class AsyncRotation:
-    """:class:`Rotation` for ``async with``; made by
-    :meth:`AsyncCredentialBrokerRecorder.rotation`."""
-
-    def __init__(
-        self,
-        broker: AsyncCredentialBrokerRecorder,
-        ctx: CustodyContext,
-        token_subject: str,
-        credential_kind: CredentialKind | str,
-        audience: str,
-        scopes: Sequence[str],
-    ) -> None:
-        self.ctx = ctx
-        self.current: str | None = None
-        self._template = (token_subject, credential_kind, audience, list(scopes))
-        self._credentials = _AsyncCredentials(broker, ctx, {})
-
-    def share(self, live: Live) -> None:
-        """Keep live credentials in ``live`` (a task scope's), before entry."""
-        self._credentials.live = live
-
-    async def __aenter__(self) -> AsyncRotation:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        current = [self.current] if self.current is not None else []
-        errors = await self._credentials.end(current)
-        end_of_scope(f"rotation in task {self.ctx.task_id}", errors, error)
-
-    async def rotate(
-        self,
-        token_id: str,
-        *,
-        expires_at: datetime,
-        decision_id: str,
-        issued_at: datetime | None = None,
-        **extra: Any,
-    ) -> DeliveryReport:
-        """:meth:`Rotation.rotate`, awaited."""
-        subject, kind, audience, scopes = self._template
-        previous = self.current
-        report = await self._credentials.issue(
-            _issue_fields(
-                token_id,
-                subject,
-                kind,
-                audience,
-                scopes,
-                expires_at,
-                decision_id,
-                issued_at,
-                previous,
-                extra,
-            )
-        )
-        self.current = token_id
-        if previous is not None:
-            await self._credentials.revoke(previous, RevocationReason.ROTATED, {})
-        return report
