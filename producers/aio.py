@@ -48,6 +48,7 @@ from producers.producer import (
     CustodyProducer,
     DeliveryCallback,
     DeliveryReport,
+    ProducerOptions,
     Stamp,
     confirmed,
     no_report_error,
@@ -64,33 +65,16 @@ class AsyncCustodyProducer:
 
     def __init__(self, producer: CustodyProducer) -> None:
         self.producer = producer
+        # Fixed for the producer's life, so copied rather than looked up.
+        self.producer_instance: str = producer.producer_instance
+        self.settings: Settings = producer.settings
 
     @classmethod
     async def start(
-        cls,
-        settings: Settings | None = None,
-        *,
-        producer_instance: str | None = None,
-        create_topics: bool = True,
-        config_overrides: Mapping[str, Any] | None = None,
+        cls, settings: Settings | None = None, **options: Unpack[ProducerOptions]
     ) -> AsyncCustodyProducer:
         """A new producer; its topic check talks to the broker, so it runs in a thread."""
-        producer = await asyncio.to_thread(
-            CustodyProducer,
-            settings,
-            producer_instance=producer_instance,
-            create_topics=create_topics,
-            config_overrides=config_overrides,
-        )
-        return cls(producer)
-
-    @property
-    def producer_instance(self) -> str:
-        return self.producer.producer_instance
-
-    @property
-    def settings(self) -> Settings:
-        return self.producer.settings
+        return cls(await asyncio.to_thread(CustodyProducer, settings, **options))
 
     async def publish(
         self,

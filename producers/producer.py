@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -128,6 +128,15 @@ def confirmed(report: DeliveryReport) -> DeliveryReport:
 def default_producer_instance() -> str:
     """A producer-instance id unique to this process: host, pid and a random suffix."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class ProducerOptions(TypedDict, total=False):
+    """How a :class:`CustodyProducer` starts, beside its settings (its parameters of the
+    same names)."""
+
+    producer_instance: str | None
+    create_topics: bool
+    config_overrides: Mapping[str, Any] | None
 
 
 class CustodyProducer:
@@ -268,8 +277,9 @@ class CustodyProducer:
             stamp = Stamp(model.event_id, self.producer_instance, link.seq, link.prev_hash)
             datum = event_to_avro(model, (stamp.producer_instance, stamp.seq, stamp.prev_hash))
         else:
-            assert model.producer_instance is not None
-            stamp = Stamp(model.event_id, model.producer_instance, model.seq, model.prev_hash)
+            # A stamped envelope names its producer instance with its seq (the model checks).
+            instance = cast(str, model.producer_instance)
+            stamp = Stamp(model.event_id, instance, model.seq, model.prev_hash)
             datum = event_to_avro(model)
         message = self._codec.encode(catalog.EVENT, datum)
         # Not may_hold_secret: Hyperscan lets go of the GIL for each scan, which hands the
