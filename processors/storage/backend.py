@@ -26,6 +26,8 @@ from processors.processes import running
 from processors.storage.target import ChdbTarget, ServerTarget, Target
 
 Row = dict[str, Any]
+Values = Mapping[str, Any]
+"""Values by name: a query's parameters, or ClickHouse settings."""
 
 _PARAM = re.compile(r"\{(\w+):[^{}]+\}")
 
@@ -81,14 +83,11 @@ class Backend(Protocol):
     def parses_avro(self) -> bool:
         """Whether :meth:`insert_avro` is available (inserting raw Avro container bytes)."""
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+    def execute(self, sql: str, params: Values | None = None) -> None:
         """Run a statement that returns nothing (DDL, INSERT ... SELECT)."""
 
     def select(
-        self,
-        sql: str,
-        params: Mapping[str, Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        self, sql: str, params: Values | None = None, settings: Values | None = None
     ) -> list[Row]:
         """Run a query and return its rows as dicts of JSON-ready values."""
 
@@ -118,7 +117,7 @@ _SPOOL_PREFIX = "custody-spool-"
 def _spool_directory() -> Path:
     """A private directory (mode 0700) for insert files, in memory where the machine has
     it, named after this process; spools left by processes that no longer run go first."""
-    shm = Path("/dev/shm")
+    shm = Path("/dev/shm")  # noqa: S108 (mkdtemp below makes a private 0700 directory in it)
     parent = shm if shm.is_dir() else Path(tempfile.gettempdir())
     sweep_spools(parent)
     return Path(tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-", dir=parent))
@@ -170,21 +169,18 @@ class ChdbBackend:
         self._run(f"CREATE DATABASE IF NOT EXISTS {target.database}")
         self._run(f"USE {target.database}")
 
-    def _run(self, sql: str, params: Mapping[str, Any] | None = None, fmt: str = "TSV") -> Any:
+    def _run(self, sql: str, params: Values | None = None, fmt: str = "TSV") -> Any:
         with self._lock:
             try:
                 return self._session.query(sql, fmt, params=dict(params) if params else None)
             except RuntimeError as exc:
                 raise StorageRejected(str(exc)) from None
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+    def execute(self, sql: str, params: Values | None = None) -> None:
         self._run(sql, params)
 
     def select(
-        self,
-        sql: str,
-        params: Mapping[str, Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        self, sql: str, params: Values | None = None, settings: Values | None = None
     ) -> list[Row]:
         output = {
             "date_time_output_format": "iso",
@@ -230,7 +226,9 @@ class ChdbBackend:
             except OSError as exc:
                 raise StorageUnavailable(f"cannot spool the insert: {exc}") from None
             try:
-                self._session.query(f"{insert} SELECT * FROM file('{self._spool_file}', '{fmt}')")
+                # The spool's own path and a format name: no input reaches this statement.
+                select = f"SELECT * FROM file('{self._spool_file}', '{fmt}')"  # noqa: S608
+                self._session.query(f"{insert} {select}")
             except RuntimeError as exc:
                 raise StorageRejected(str(exc)) from None
             finally:
@@ -289,14 +287,11 @@ class ServerBackend:
                     f"{self.target.describe()}: {type(exc).__name__}: {exc}"
                 ) from None
 
-    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+    def execute(self, sql: str, params: Values | None = None) -> None:
         self._call(_driver_sql(sql), dict(params or {}))
 
     def select(
-        self,
-        sql: str,
-        params: Mapping[str, Any] | None = None,
-        settings: Mapping[str, Any] | None = None,
+        self, sql: str, params: Values | None = None, settings: Values | None = None
     ) -> list[Row]:
         rows, columns = self._call(
             _driver_sql(sql),
