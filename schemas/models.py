@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, Literal, cast
+from enum import StrEnum, auto
+from typing import Annotated, Any, Generic, Literal, TypeVar, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -66,57 +66,65 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
-class EventType(StrEnum):
-    TASK_DECLARED = "TASK_DECLARED"
-    AUTHZ_DECISION = "AUTHZ_DECISION"
-    CREDENTIAL_ISSUED = "CREDENTIAL_ISSUED"
-    ACCESS = "ACCESS"
-    DELEGATION = "DELEGATION"
-    APPROVAL = "APPROVAL"
-    BREAK_GLASS = "BREAK_GLASS"
-    CREDENTIAL_REVOKED = "CREDENTIAL_REVOKED"
-    TASK_COMPLETED = "TASK_COMPLETED"
+class _Named(StrEnum):
+    """An enumeration whose values are its members' names, as the Avro enums spell them."""
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> str:
+        return name
 
 
-class ActorKind(StrEnum):
-    AGENT = "AGENT"
-    HUMAN = "HUMAN"
-    SERVICE = "SERVICE"
-    BROKER = "BROKER"
-    POLICY_ENGINE = "POLICY_ENGINE"
+class EventType(_Named):
+    TASK_DECLARED = auto()
+    AUTHZ_DECISION = auto()
+    CREDENTIAL_ISSUED = auto()
+    ACCESS = auto()
+    DELEGATION = auto()
+    APPROVAL = auto()
+    BREAK_GLASS = auto()
+    CREDENTIAL_REVOKED = auto()
+    TASK_COMPLETED = auto()
 
 
-class Decision(StrEnum):
-    ALLOW = "ALLOW"
-    DENY = "DENY"
+class ActorKind(_Named):
+    AGENT = auto()
+    HUMAN = auto()
+    SERVICE = auto()
+    BROKER = auto()
+    POLICY_ENGINE = auto()
 
 
-class CredentialKind(StrEnum):
-    JWT = "JWT"
-    API_KEY = "API_KEY"
-    DB_CREDENTIAL = "DB_CREDENTIAL"
-    CLOUD_SESSION = "CLOUD_SESSION"
-    OTHER = "OTHER"
+class Decision(_Named):
+    ALLOW = auto()
+    DENY = auto()
 
 
-class AccessOutcome(StrEnum):
-    SUCCESS = "SUCCESS"
-    FAILURE = "FAILURE"
-    DENIED = "DENIED"
+class CredentialKind(_Named):
+    JWT = auto()
+    API_KEY = auto()
+    DB_CREDENTIAL = auto()
+    CLOUD_SESSION = auto()
+    OTHER = auto()
 
 
-class RevocationReason(StrEnum):
-    TASK_ENDED = "TASK_ENDED"
-    EXPIRED = "EXPIRED"
-    MANUAL = "MANUAL"
-    COMPROMISED = "COMPROMISED"
-    ROTATED = "ROTATED"
+class AccessOutcome(_Named):
+    SUCCESS = auto()
+    FAILURE = auto()
+    DENIED = auto()
 
 
-class TaskOutcome(StrEnum):
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
+class RevocationReason(_Named):
+    TASK_ENDED = auto()
+    EXPIRED = auto()
+    MANUAL = auto()
+    COMPROMISED = auto()
+    ROTATED = auto()
+
+
+class TaskOutcome(_Named):
+    SUCCEEDED = auto()
+    FAILED = auto()
+    CANCELLED = auto()
 
 
 class Actor(_Model):
@@ -215,19 +223,6 @@ class TaskCompleted(_Model):
     detail: Text | None = None
 
 
-BODY_MODELS: dict[EventType, type[_Model]] = {
-    EventType.TASK_DECLARED: TaskDeclared,
-    EventType.AUTHZ_DECISION: AuthzDecision,
-    EventType.CREDENTIAL_ISSUED: CredentialIssued,
-    EventType.ACCESS: Access,
-    EventType.DELEGATION: Delegation,
-    EventType.APPROVAL: Approval,
-    EventType.BREAK_GLASS: BreakGlass,
-    EventType.CREDENTIAL_REVOKED: CredentialRevoked,
-    EventType.TASK_COMPLETED: TaskCompleted,
-}
-
-
 # ---- envelope --------------------------------------------------------------------------
 
 
@@ -279,49 +274,51 @@ class Envelope(_Model):
         return self.producer_instance is not None and self.seq is not None
 
 
-class TaskDeclaredEvent(Envelope):
-    event_type: Literal[EventType.TASK_DECLARED]
-    body: TaskDeclared
+TypeT = TypeVar("TypeT", bound=EventType)
+BodyT = TypeVar("BodyT", bound=_Model)
 
 
-class AuthzDecisionEvent(Envelope):
-    event_type: Literal[EventType.AUTHZ_DECISION]
-    body: AuthzDecision
+class Event(Envelope, Generic[TypeT, BodyT]):
+    """An event of one type: the envelope, its ``event_type`` and the body of that type."""
+
+    event_type: TypeT
+    body: BodyT
 
 
-class CredentialIssuedEvent(Envelope):
-    event_type: Literal[EventType.CREDENTIAL_ISSUED]
-    body: CredentialIssued
+class TaskDeclaredEvent(Event[Literal[EventType.TASK_DECLARED], TaskDeclared]):
+    """A task declared its purpose and the scopes it asks for."""
 
 
-class AccessEvent(Envelope):
-    event_type: Literal[EventType.ACCESS]
-    body: Access
+class AuthzDecisionEvent(Event[Literal[EventType.AUTHZ_DECISION], AuthzDecision]):
+    """A policy engine allowed or denied an action."""
 
 
-class DelegationEvent(Envelope):
-    event_type: Literal[EventType.DELEGATION]
-    body: Delegation
+class CredentialIssuedEvent(Event[Literal[EventType.CREDENTIAL_ISSUED], CredentialIssued]):
+    """A broker issued a short-lived credential."""
 
 
-class ApprovalEvent(Envelope):
-    event_type: Literal[EventType.APPROVAL]
-    body: Approval
+class AccessEvent(Event[Literal[EventType.ACCESS], Access]):
+    """A workload used a credential through a tool."""
 
 
-class BreakGlassEvent(Envelope):
-    event_type: Literal[EventType.BREAK_GLASS]
-    body: BreakGlass
+class DelegationEvent(Event[Literal[EventType.DELEGATION], Delegation]):
+    """A task handed work to a child task."""
 
 
-class CredentialRevokedEvent(Envelope):
-    event_type: Literal[EventType.CREDENTIAL_REVOKED]
-    body: CredentialRevoked
+class ApprovalEvent(Event[Literal[EventType.APPROVAL], Approval]):
+    """A human approved a task or a break-glass."""
 
 
-class TaskCompletedEvent(Envelope):
-    event_type: Literal[EventType.TASK_COMPLETED]
-    body: TaskCompleted
+class BreakGlassEvent(Event[Literal[EventType.BREAK_GLASS], BreakGlass]):
+    """Emergency access outside standing policy."""
+
+
+class CredentialRevokedEvent(Event[Literal[EventType.CREDENTIAL_REVOKED], CredentialRevoked]):
+    """A credential was revoked."""
+
+
+class TaskCompletedEvent(Event[Literal[EventType.TASK_COMPLETED], TaskCompleted]):
+    """A task ended with an outcome."""
 
 
 CustodyEvent = Annotated[
@@ -340,17 +337,21 @@ CustodyEvent = Annotated[
 
 EVENT_ADAPTER: TypeAdapter[CustodyEvent] = TypeAdapter(CustodyEvent)
 
+
+def _annotation(model: type[Envelope], field: str) -> Any:
+    return model.model_fields[field].annotation
+
+
 EVENT_MODELS: dict[EventType, type[Envelope]] = {
-    EventType.TASK_DECLARED: TaskDeclaredEvent,
-    EventType.AUTHZ_DECISION: AuthzDecisionEvent,
-    EventType.CREDENTIAL_ISSUED: CredentialIssuedEvent,
-    EventType.ACCESS: AccessEvent,
-    EventType.DELEGATION: DelegationEvent,
-    EventType.APPROVAL: ApprovalEvent,
-    EventType.BREAK_GLASS: BreakGlassEvent,
-    EventType.CREDENTIAL_REVOKED: CredentialRevokedEvent,
-    EventType.TASK_COMPLETED: TaskCompletedEvent,
+    get_args(_annotation(model, "event_type"))[0]: model
+    for model in get_args(get_args(CustodyEvent)[0])
 }
+"""The model of each event type, in the contract's order."""
+
+BODY_MODELS: dict[EventType, type[_Model]] = {
+    event_type: _annotation(model, "body") for event_type, model in EVENT_MODELS.items()
+}
+"""The body model of each event type."""
 
 
 def validate_event(data: Any) -> CustodyEvent:
@@ -369,28 +370,28 @@ def validate_event(data: Any) -> CustodyEvent:
 # ---- alerts and state changes ---------------------------------------------------------
 
 
-class AlertType(StrEnum):
-    UNREVOKED_TOKEN = "UNREVOKED_TOKEN"
-    ORPHANED_TOKEN = "ORPHANED_TOKEN"
-    TOKEN_USED_AFTER_REVOCATION = "TOKEN_USED_AFTER_REVOCATION"
-    TOKEN_USED_AFTER_EXPIRY = "TOKEN_USED_AFTER_EXPIRY"
-    SHARED_CREDENTIAL = "SHARED_CREDENTIAL"
-    SCOPE_ESCALATION = "SCOPE_ESCALATION"
-    DELEGATION_IDENTITY_REUSE = "DELEGATION_IDENTITY_REUSE"
-    UNAUTHORIZED_ACCESS = "UNAUTHORIZED_ACCESS"
-    BREAK_GLASS_UNAPPROVED = "BREAK_GLASS_UNAPPROVED"
-    BREAK_GLASS_OVERDUE = "BREAK_GLASS_OVERDUE"
-    LONG_LIVED_CREDENTIAL = "LONG_LIVED_CREDENTIAL"
-    BROKEN_CHAIN = "BROKEN_CHAIN"
-    SELF_APPROVAL = "SELF_APPROVAL"
-    EVIDENCE_GAP = "EVIDENCE_GAP"
+class AlertType(_Named):
+    UNREVOKED_TOKEN = auto()
+    ORPHANED_TOKEN = auto()
+    TOKEN_USED_AFTER_REVOCATION = auto()
+    TOKEN_USED_AFTER_EXPIRY = auto()
+    SHARED_CREDENTIAL = auto()
+    SCOPE_ESCALATION = auto()
+    DELEGATION_IDENTITY_REUSE = auto()
+    UNAUTHORIZED_ACCESS = auto()
+    BREAK_GLASS_UNAPPROVED = auto()
+    BREAK_GLASS_OVERDUE = auto()
+    LONG_LIVED_CREDENTIAL = auto()
+    BROKEN_CHAIN = auto()
+    SELF_APPROVAL = auto()
+    EVIDENCE_GAP = auto()
 
 
-class Severity(StrEnum):
-    LOW = "LOW"
-    MEDIUM = "MEDIUM"
-    HIGH = "HIGH"
-    CRITICAL = "CRITICAL"
+class Severity(_Named):
+    LOW = auto()
+    MEDIUM = auto()
+    HIGH = auto()
+    CRITICAL = auto()
 
 
 class Alert(_Model):
@@ -410,22 +411,22 @@ class Alert(_Model):
     detail: Text
 
 
-class StateKind(StrEnum):
-    TASK = "TASK"
-    DELEGATION = "DELEGATION"
-    CREDENTIAL = "CREDENTIAL"
+class StateKind(_Named):
+    TASK = auto()
+    DELEGATION = auto()
+    CREDENTIAL = auto()
 
 
-class TaskStatus(StrEnum):
-    PENDING = "PENDING"
-    DECLARED = "DECLARED"
-    COMPLETED = "COMPLETED"
+class TaskStatus(_Named):
+    PENDING = auto()
+    DECLARED = auto()
+    COMPLETED = auto()
 
 
-class CredentialLifecycle(StrEnum):
-    ACTIVE = "ACTIVE"
-    REVOKED = "REVOKED"
-    EXPIRED = "EXPIRED"
+class CredentialLifecycle(_Named):
+    ACTIVE = auto()
+    REVOKED = auto()
+    EXPIRED = auto()
 
 
 class TaskState(_Model):
