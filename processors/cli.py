@@ -81,7 +81,7 @@ def _print_status(statuses: list[stack.ProcessStatus], as_json: bool) -> None:
         out.print_json(json.dumps({"processes": [s.as_dict() for s in statuses]}))
         return
     table = Table(title="Custody local stack")
-    for column in ("process", "pid", "running", "healthy", "address", "log"):
+    for column in ("process", "pid", "running", "healthy", "address", "metrics", "log"):
         table.add_column(column)
     for s in statuses:
         table.add_row(
@@ -90,13 +90,19 @@ def _print_status(statuses: list[stack.ProcessStatus], as_json: bool) -> None:
             "[green]yes[/]" if s.running else "[red]no[/]",
             "[green]yes[/]" if s.healthy else "[red]no[/]",
             s.address or "-",
+            s.metrics or "-",
             s.log,
         )
     out.print(table)
 
 
-def _up(settings: Settings, start_timeout: float = stack.START_TIMEOUT_SECONDS) -> None:
-    """Start what is not running of the local stack, print its status; exit 1 on failure."""
+def _up(
+    settings: Settings,
+    start_timeout: float = stack.START_TIMEOUT_SECONDS,
+    correlators: int | None = None,
+) -> None:
+    """Start what is not running of the local stack, print its status; exit 1 on failure.
+    ``correlators``: see :func:`processors.stack.up`."""
     title = "starting the local stack (broker, correlate, ingest+serve)"
     with err.status(title) as spinner:
 
@@ -104,7 +110,9 @@ def _up(settings: Settings, start_timeout: float = stack.START_TIMEOUT_SECONDS) 
             spinner.update(f"{title}: {escape(said)}")
 
         try:
-            statuses = stack.up(settings, start_timeout=start_timeout, progress=progress)
+            statuses = stack.up(
+                settings, start_timeout=start_timeout, progress=progress, correlators=correlators
+            )
         except (BrokerError, TopicSetupError, stack.StackError) as exc:
             err.print(f"[red]custody up failed:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
@@ -123,9 +131,18 @@ def up(
             f"(one whose log stops moving for {stack.START_STALL_SECONDS:.0f}s fails sooner).",
         ),
     ] = stack.START_TIMEOUT_SECONDS,
+    correlators: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Correlator workers to run in one consumer group from now on (default: as "
+            "many as the last up was given, at first 1); the partitions of "
+            f"{EVENTS} bound how many do useful work.",
+        ),
+    ] = None,
 ) -> None:
     """Start the local stack (what is not already running) and create the topics."""
-    _up(_settings(ctx), timeout)
+    _up(_settings(ctx), timeout, correlators)
 
 
 @app.command()
@@ -148,15 +165,29 @@ def status(
 
 
 @app.command()
-def correlate(ctx: typer.Context) -> None:
+def correlate(
+    ctx: typer.Context,
+    name: Annotated[
+        str,
+        typer.Option(help="The worker's name on this host: its heartbeat and data directory."),
+    ] = stack.CORRELATE,
+    metrics_address: Annotated[
+        str,
+        typer.Option(
+            envvar=stack.METRICS_ADDRESS_VARIABLE,
+            help="HOST:PORT of the Prometheus /metrics endpoint (port 0: any free port).",
+        ),
+    ] = stack.METRICS_ADDRESS,
+) -> None:
     """Run the correlate role: custody graphs and alerts from custody.events.v1."""
     # Imported here: faust takes a second to import, which the other commands need not pay.
     from processors.correlator.app import run_worker
+    from processors.correlator.metrics import MetricsError
 
     log_json_to_stderr()
     try:
-        run_worker(_settings(ctx))
-    except TopicSetupError as exc:
+        run_worker(_settings(ctx), name=name, metrics_address=metrics_address)
+    except (TopicSetupError, MetricsError) as exc:
         logging.getLogger("custody.correlate").error("correlate cannot start: %s", exc)
         raise typer.Exit(1) from None
 

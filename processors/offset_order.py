@@ -66,7 +66,9 @@ class OffsetOrder:
         A partition never assigned through the guard takes any first record; an assigned
         one must be started first.
         """
-        assert partition not in self.unstarted, f"partition {partition} was not started"
+        if partition in self.unstarted:
+            # A bug of the caller's, never of the data: checked even under python -O.
+            raise AssertionError(f"partition {partition} was not started")
         expected = self.next_offsets.get(partition)
         if expected is None or offset == expected:
             self.next_offsets[partition] = offset + 1

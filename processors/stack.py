@@ -12,6 +12,11 @@ command, so a reused PID is never killed by mistake.
 keeps moving (the correlator logs its phase, and how many changelog records its recovery
 has left, as they change), up to a bound (``--timeout``); a worker whose log has not moved
 for :data:`START_STALL_SECONDS` is stuck.
+
+``up --correlators N`` runs N correlator workers in one consumer group, named ``correlate``,
+``correlate-2``, ... ``correlate-N``, each with its own log, heartbeat, data directory and
+metrics port; the count is kept (``run/stack.json``), so a later ``up`` restarts the same
+workers, and a smaller count stops the workers beyond it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +47,11 @@ CORRELATE = "correlate"
 INGEST = "ingest"
 # In start order.
 PROCESSES = (BROKER, CORRELATE, INGEST)
+# Where a correlator serves its metrics unless told otherwise. On the local stack, worker k
+# of N gets the port + k - 1 when the variable is set, and a free port otherwise.
+METRICS_ADDRESS = "127.0.0.1:9464"
+METRICS_ADDRESS_VARIABLE = "CUSTODY_CORRELATOR_METRICS_ADDRESS"
+_CORRELATOR_NAME = re.compile(rf"{CORRELATE}(?:-([0-9]+))?")
 # The longest `custody up` waits for the workers to start, however they progress.
 START_TIMEOUT_SECONDS = 600.0
 # A starting worker whose log has not moved for this long is stuck: longer than a
@@ -65,6 +77,8 @@ class ProcessStatus:
     healthy: bool
     address: str | None
     log: str
+    metrics: str | None = None
+    """The URL of its Prometheus metrics (correlators), while it runs."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,12 +126,54 @@ def _custody_command(*args: str) -> list[str]:
     return [str(Path(sys.executable).parent / "custody"), *args]
 
 
+def correlator_names(count: int) -> list[str]:
+    """The names of ``count`` correlator workers: ``correlate``, ``correlate-2``, ..."""
+    return [CORRELATE] + [f"{CORRELATE}-{index}" for index in range(2, count + 1)]
+
+
+def _correlator_index(name: str) -> int | None:
+    """1 for ``correlate``, k for ``correlate-k``; None for another name."""
+    match = _CORRELATOR_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return int(match.group(1) or 1)
+
+
+def _recorded_correlators(settings: Settings) -> list[str]:
+    """The correlators with a run record (running or not), in index order."""
+    run_dir = _run_dir(settings)
+    names = [path.stem for path in run_dir.glob(f"{CORRELATE}*.json")] if run_dir.exists() else []
+    indexed = [(index, name) for name in names if (index := _correlator_index(name)) is not None]
+    return [name for _, name in sorted(indexed)]
+
+
+def correlator_count(settings: Settings) -> int:
+    """How many correlators the stack runs: the count ``up`` was last given (1 if never)."""
+    try:
+        recorded = json.loads(_record_path(settings, "stack").read_text())
+        return max(1, int(recorded["correlators"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1
+
+
+def _processes(settings: Settings) -> list[str]:
+    """The stack's processes in start order: the broker, every correlator (those to run
+    and any other still recorded), ingest."""
+    wanted = correlator_names(correlator_count(settings))
+    correlators = sorted(
+        set(wanted) | set(_recorded_correlators(settings)),
+        key=lambda name: _correlator_index(name) or 0,
+    )
+    return [BROKER, *correlators, INGEST]
+
+
 def status(settings: Settings) -> list[ProcessStatus]:
     """The state of every process of the local stack."""
     statuses = []
-    for name in PROCESSES:
+    for name in _processes(settings):
         record = _read_record(settings, name)
         running = record is not None and _alive(record)
+        metrics = None
         if name == BROKER:
             healthy = running and broker.broker_answers(settings.kafka_admin())
             address: str | None = settings.kafka_bootstrap
@@ -131,8 +187,9 @@ def status(settings: Settings) -> list[ProcessStatus]:
                 and _api_answers(address)
             )
         else:
-            # A worker has no port to ask: it is healthy while its heartbeat is fresh.
+            # A correlator is healthy while its heartbeat is fresh.
             healthy, address = running and _heartbeat_fresh(settings, name), None
+            metrics = record.get("metrics") if record and running else None
         statuses.append(
             ProcessStatus(
                 name=name,
@@ -141,6 +198,7 @@ def status(settings: Settings) -> list[ProcessStatus]:
                 healthy=healthy,
                 address=address,
                 log=str(_log_path(settings, name)),
+                metrics=metrics,
             )
         )
     return statuses
@@ -151,10 +209,17 @@ def heartbeat_path(settings: Settings, name: str = CORRELATE) -> Path:
     return _run_dir(settings) / f"{name}.heartbeat"
 
 
+def data_path(settings: Settings, name: str = CORRELATE) -> Path:
+    """The directory of a correlator worker's local files (faust's data directory), one
+    per worker, since several may run on one host."""
+    return settings.home / "data" / name
+
+
 def _api_answers(address: str) -> bool:
     """The API answers, and its ingest (if any) is not stuck waiting for ClickHouse."""
     try:
-        with urllib.request.urlopen(f"{address}/health", timeout=2) as response:
+        # The http:// address the stack's own query API recorded.
+        with urllib.request.urlopen(f"{address}/health", timeout=2) as response:  # noqa: S310
             health = json.loads(response.read())
     except (OSError, ValueError):
         return False
@@ -249,9 +314,11 @@ def _rotate(log_path: Path) -> None:
         log_path.replace(log_path.with_name(log_path.name + ".1"))
 
 
-def start_process(settings: Settings, name: str, argv: list[str]) -> Started:
+def start_process(
+    settings: Settings, name: str, argv: list[str], **recorded: str | None
+) -> Started:
     """Start ``argv`` detached as the stack's process ``name``, its output appended to
-    its log after a record naming the start, and record it."""
+    its log after a record naming the start, and record it (with ``recorded``)."""
     log_path = _log_path(settings, name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _run_dir(settings).mkdir(parents=True, exist_ok=True)
@@ -260,7 +327,8 @@ def start_process(settings: Settings, name: str, argv: list[str]) -> Started:
         offset = log.tell()
         log.write(_stack_record(f"starting {name}: {' '.join(argv)}"))
         log.flush()
-        process = subprocess.Popen(
+        # The stack's own commands (custody, the broker), never user input.
+        process = subprocess.Popen(  # noqa: S603
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -269,7 +337,7 @@ def start_process(settings: Settings, name: str, argv: list[str]) -> Started:
             env={**os.environ, **_child_environment(settings)},
         )
     _record_path(settings, name).write_text(
-        json.dumps({"pid": process.pid, "argv": argv, "started_at": time.time()})
+        json.dumps({"pid": process.pid, "argv": argv, "started_at": time.time(), **recorded})
     )
     return Started(name, process, log_path, offset)
 
@@ -295,10 +363,13 @@ def up(
     timeout: float = 30.0,
     start_timeout: float = START_TIMEOUT_SECONDS,
     progress: Callable[[str], None] | None = None,
+    correlators: int | None = None,
 ) -> list[ProcessStatus]:
     """Start whatever part of the stack is not running, then create the topics. Waits
     ``timeout`` for the broker, and for the workers as long as they progress, up to
-    ``start_timeout``; ``progress`` is told, while it waits, what the workers' logs say last."""
+    ``start_timeout``; ``progress`` is told, while it waits, what the workers' logs say last.
+    ``correlators``: how many correlator workers to run from now on (default: as many as
+    the last ``up`` was given, at first 1); those beyond it are stopped."""
     if not _running(settings, BROKER):
         host, port = broker.split_bootstrap(settings.kafka_bootstrap)
         broker.refuse_taken_port(host, port)
@@ -312,10 +383,16 @@ def up(
     ensure_topics(
         settings.kafka_admin(), settings.event_topic_partitions(), settings.topic_replication
     )
-    # Both workers start before either is waited for: their group joins overlap.
+    if correlators is not None:
+        _record_path(settings, "stack").write_text(json.dumps({"correlators": correlators}))
+    wanted = correlator_names(correlator_count(settings))
+    for name in _recorded_correlators(settings):
+        if name not in wanted:
+            _stop(settings, name, timeout=10.0)
+    # Every worker starts before any is waited for: their group joins overlap.
     workers = [
-        _start_worker(settings, name)
-        for name in (CORRELATE, INGEST)
+        _start_worker(settings, name, index)
+        for index, name in enumerate([*wanted, INGEST], start=1)
         if not _running(settings, name)
     ]
     wait_until_started(
@@ -332,11 +409,52 @@ def _running(settings: Settings, name: str) -> bool:
     return record is not None and _alive(record)
 
 
-def _start_worker(settings: Settings, name: str) -> Started:
+def _start_worker(settings: Settings, name: str, index: int) -> Started:
+    """Start worker ``name``; the ``index``-th correlator gets its own metrics port."""
     heartbeat_path(settings, name).unlink(missing_ok=True)
-    # The local stack always serves queries, whichever ClickHouse it writes to.
-    extra = ("--serve",) if name == INGEST else ()
-    return start_process(settings, name, _custody_command(name, *extra))
+    if name == INGEST:
+        # The local stack always serves queries, whichever ClickHouse it writes to.
+        return start_process(settings, name, _custody_command(INGEST, "--serve"))
+    host, port = split_address(metrics_address(index))
+    argv = _custody_command(
+        CORRELATE, "--name", name, "--metrics-address", join_address(host, port)
+    )
+    return start_process(settings, name, argv, metrics=metrics_url(host, port))
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) as a host and a port; ``ValueError`` if it
+    is not one."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65_535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def metrics_url(host: str, port: int) -> str:
+    """The URL of the metrics a correlator serves on ``host``:``port``."""
+    return f"http://{join_address(host, port)}/metrics"
+
+
+def metrics_address(index: int) -> str:
+    """Where the ``index``-th correlator (from 1) serves its metrics: the configured
+    port + index - 1 when :data:`METRICS_ADDRESS_VARIABLE` names one, else a free port
+    (several stacks may run on one host, as the tests do)."""
+    configured = os.environ.get(METRICS_ADDRESS_VARIABLE)
+    try:
+        host, port = split_address(configured or METRICS_ADDRESS)
+    except ValueError as exc:
+        raise StackError(f"{METRICS_ADDRESS_VARIABLE}: {exc}") from None
+    if configured and port:
+        return join_address(host, port + index - 1)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return join_address(host, sock.getsockname()[1])
 
 
 def _worker_ready(settings: Settings, name: str) -> bool:
@@ -419,16 +537,19 @@ def _terminate(pid: int, timeout: float) -> None:
         return
 
 
+def _stop(settings: Settings, name: str, timeout: float) -> bool:
+    """Stop process ``name`` if it runs, and forget its record; whether it ran."""
+    record = _read_record(settings, name)
+    if record is None:
+        return False
+    alive = _alive(record)
+    if alive:
+        _terminate(int(record["pid"]), timeout)
+    _record_path(settings, name).unlink(missing_ok=True)
+    return alive
+
+
 def down(settings: Settings, timeout: float = 10.0) -> list[str]:
     """Stop every running process of the stack, workers before the broker; returns the
-    names stopped."""
-    stopped = []
-    for name in reversed(PROCESSES):
-        record = _read_record(settings, name)
-        if record is None:
-            continue
-        if _alive(record):
-            _terminate(int(record["pid"]), timeout)
-            stopped.append(name)
-        _record_path(settings, name).unlink(missing_ok=True)
-    return stopped
+    names stopped. The correlator count stays for the next ``up``."""
+    return [name for name in reversed(_processes(settings)) if _stop(settings, name, timeout)]

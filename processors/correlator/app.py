@@ -1,6 +1,6 @@
 """``custody correlate``: the faust-streaming app around the worker step.
 
-Per batch of events, one step (:func:`build_app`'s ``correlate`` agent):
+Per batch of events, one step (:meth:`Correlator.correlate`, the ``correlate`` agent):
 
 0. keep only the records due next, each partition's in offset order (the offset guard,
    :class:`~processors.correlator.workarounds.OffsetGuard`);
@@ -14,7 +14,7 @@ the batch from the committed offset against the old trees, which re-derives the 
 outputs with the same keys and ids, so downstream sees repeats, never holes. faust
 commits an offset only after flushing its producer, so the table never trails the offsets.
 A second agent checks the chain links the same way, and a timer decides deadlines on idle
-partitions.
+partitions. Each step is counted in the worker's metrics (:mod:`.metrics`).
 
 What faust gets wrong for this worker is corrected in
 :mod:`processors.correlator.workarounds`, one place each.
@@ -31,12 +31,20 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from processors.correlation.chains import ChainState
 from processors.correlator import workarounds
 from processors.correlator.codec import pending_key, stored_form, stored_state
+from processors.correlator.metrics import (
+    EVENTS_STEP,
+    LINKS_STEP,
+    TIMER_STEP,
+    CorrelatorMetrics,
+    serve,
+)
 from processors.correlator.step import CHAIN_LINKS, Correlation, Outbound
-from processors.stack import heartbeat_path
+from processors.stack import CORRELATE, METRICS_ADDRESS, data_path, heartbeat_path
 from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
@@ -57,184 +65,262 @@ def _wall_us() -> int:
     return time.time_ns() // 1000
 
 
-def build_app(
-    settings: Settings, app_id: str = APP_ID, links_topic: str = CHAIN_LINKS
-) -> faust.App:
-    """The faust app (its id is also the consumer group's, and its tables' prefix): two
-    agents, three tables, a timer, and the workarounds; chain links go through
-    ``links_topic``."""
-    partitions = settings.event_partitions
-    group_config = settings.kafka_consumer(app_id)
-    session_s = group_config.get("session.timeout.ms", 45_000) / 1000
-    app = faust.App(
-        app_id,
-        broker=[f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=partitions,
-        topic_disable_leader=True,
-        web_enabled=False,
-        broker_session_timeout=session_s,
-        broker_heartbeat_interval=session_s / 6,
-        broker_rebalance_timeout=session_s,
-        broker_commit_interval=1.0,
-        broker_max_poll_records=10_000,
-        stream_buffer_maxsize=16_384,
-        consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
-        producer_acks=-1,
-        producer_linger=0.005,
-        stream_wait_empty=False,
-        **_faust_security(settings),
-    )
-    workarounds.keep_queued_events_on_resume(app)
-    raw: dict[str, Any] = {
-        "key_type": bytes,
-        "value_type": bytes,
+def app_options(settings: Settings, name: str = CORRELATE) -> dict[str, Any]:
+    """The settings of the worker's ``faust.App`` (the benchmark's bare-faust floor runs
+    with the same); ``name``: the worker's, whose data directory it uses."""
+    session_s = settings.kafka_consumer(APP_ID).get("session.timeout.ms", 45_000) / 1000
+    datadir = data_path(settings, name)
+    # faust makes only the last level of its data directory.
+    datadir.mkdir(parents=True, exist_ok=True)
+    return {
+        "broker": [f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
+        "store": "memory://",
+        # One per worker: several workers may run on one host.
+        "datadir": str(datadir),
         "key_serializer": "raw",
         "value_serializer": "raw",
+        "topic_partitions": settings.event_partitions,
+        "topic_disable_leader": True,
+        "web_enabled": False,
+        "broker_session_timeout": session_s,
+        "broker_heartbeat_interval": session_s / 6,
+        "broker_rebalance_timeout": session_s,
+        "broker_commit_interval": 1.0,
+        "broker_max_poll_records": 10_000,
+        "stream_buffer_maxsize": 16_384,
+        "consumer_auto_offset_reset": "earliest",
+        "table_standby_replicas": 0,
+        "producer_acks": -1,
+        "producer_linger": 0.005,
+        "stream_wait_empty": False,
+        **_faust_security(settings),
     }
-    events_topic = app.topic(topics.EVENTS, partitions=partitions, internal=False, **raw)
-    links = app.topic(links_topic, partitions=partitions, internal=False, **raw)
-    trees = workarounds.raw_table(app, "custody-trees", partitions)
-    chains = workarounds.raw_table(app, "custody-chains", partitions)
-    pending_links = workarounds.raw_table(app, "custody-chain-pending", partitions)
-    work = Correlation(settings, links_topic)
-    guard = workarounds.OffsetGuard(app, group_config, (topics.EVENTS, links_topic))
 
-    async def deliver(sends: list[Outbound]) -> None:
-        pending: list[Awaitable[Any]] = [
-            await app.producer.send(s.topic, s.key, s.value, s.partition, None, s.headers)
-            for s in sends
-        ]
-        for fut in pending:
-            await fut
 
-    def store(table: Any, dirty: dict[str, tuple[int, Any]]) -> None:
-        for key, (partition, state) in dirty.items():
-            workarounds.write_state(
-                table, partition, key.encode(), stored_form(partition, state.to_json())
-            )
+class Correlator:
+    """The faust app (:attr:`app`; its id is also the consumer group's, and its tables'
+    prefix) around the worker step: two agents, three tables, a timer, the workarounds,
+    and the worker's metrics (:attr:`metrics`); chain links go through ``links_topic``;
+    ``name`` is the worker's on this host (its heartbeat and data directory)."""
 
-    def store_chains(dirty: dict[str, tuple[int, ChainState]]) -> None:
-        store(chains, dirty)
-        for instance, (partition, chain) in dirty.items():
-            for seq in chain.added:
-                workarounds.write_state(
-                    pending_links,
-                    partition,
-                    pending_key(instance, seq),
-                    stored_form(partition, chain.pending_json(seq)),
-                )
-            for seq in chain.removed:
-                workarounds.write_state(pending_links, partition, pending_key(instance, seq), None)
-            chain.added.clear()
-            chain.removed.clear()
+    def __init__(
+        self,
+        settings: Settings,
+        app_id: str = APP_ID,
+        links_topic: str = CHAIN_LINKS,
+        name: str = CORRELATE,
+    ) -> None:
+        partitions = settings.event_partitions
+        self.app = app = faust.App(app_id, **app_options(settings, name))
+        workarounds.keep_queued_events_on_resume(app)
+        raw: dict[str, Any] = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
+        self.links_topic = links_topic
+        self.partitions = partitions
+        self.events = app.topic(topics.EVENTS, partitions=partitions, internal=False, **raw)
+        self.links = app.topic(links_topic, partitions=partitions, internal=False, **raw)
+        self.trees = workarounds.raw_table(app, "custody-trees", partitions)
+        self.chains = workarounds.raw_table(app, "custody-chains", partitions)
+        self.pending_links = workarounds.raw_table(app, "custody-chain-pending", partitions)
+        self.work = Correlation(settings, links_topic)
+        self.metrics = CorrelatorMetrics(self.work)
+        group_config = settings.kafka_consumer(app_id)
+        self.guard = workarounds.OffsetGuard(app, group_config, (topics.EVENTS, links_topic))
+        self.heartbeat = heartbeat_path(settings, name)
+        self.step_lock = asyncio.Lock()
+        self._wire()
 
-    def load_tree(key: str) -> bytes | None:
-        value = workarounds.read_state(trees, key.encode())
-        return stored_state(value)[1] if value else None
+    def _wire(self) -> None:
+        app = self.app
+        app.agent(self.events, name="correlate")(self.correlate)
+        app.agent(self.links, name="check_chains")(self.check_chains)
+        # faust's timer decorator is untyped.
+        timer: Any = app.timer
+        timer(interval=1.0, name="deadlines")(self.deadlines)
+        app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]  # mode types receivers narrowly
+        app.on_partitions_assigned.connect(self.on_assigned)  # type: ignore[arg-type]
+        self.trees.on_recover(workarounds.crash_on_failure(app, self.index_trees))
+        self.pending_links.on_recover(workarounds.crash_on_failure(app, self.index_chains))
 
-    @app.agent(events_topic)
-    async def correlate(stream: Any) -> None:
+    # ---- the steps -----------------------------------------------------------------------
+
+    async def correlate(self, stream: Any) -> None:
+        """The events agent: one step per batch."""
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            async with one_step_at_a_time():
-                messages = await guard.admitted(topics.EVENTS, batch)
+            async with self.one_step_at_a_time():
+                messages = await self.guard.admitted(topics.EVENTS, batch)
                 if not messages:
                     continue
+                started = time.perf_counter()
                 records = [(m.partition, m.offset, m.key, m.value) for m in messages]
-                sends, dirty = work.on_events(records, load_tree, _wall_us())
-                await deliver(sends)
-                store(trees, dirty)
-                work.written(dirty, {}, _wall_us())
+                sends, dirty = self.work.on_events(records, self.load_tree, _wall_us())
+                await self.deliver(sends)
+                self.store(self.trees, dirty)
+                self.work.written(dirty, {}, _wall_us())
+                self.metrics.stepped(
+                    EVENTS_STEP, len(records), sends, time.perf_counter() - started
+                )
 
-    @app.agent(links)
-    async def check_chains(stream: Any) -> None:
+    async def check_chains(self, stream: Any) -> None:
+        """The chain-links agent: one step per batch."""
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            async with one_step_at_a_time():
-                messages = await guard.admitted(links_topic, batch)
+            async with self.one_step_at_a_time():
+                messages = await self.guard.admitted(self.links_topic, batch)
                 if not messages:
                     continue
+                started = time.perf_counter()
                 records = [(m.partition, m.key, m.value) for m in messages]
-                sends, dirty = work.on_links(records, _wall_us())
-                await deliver(sends)
-                store_chains(dirty)
-                work.written({}, dirty, _wall_us())
+                sends, dirty = self.work.on_links(records, _wall_us())
+                await self.deliver(sends)
+                self.store_chains(dirty)
+                self.work.written({}, dirty, _wall_us())
+                self.metrics.stepped(LINKS_STEP, 0, sends, time.perf_counter() - started)
 
-    heartbeat = heartbeat_path(settings)
-
-    async def deadlines() -> None:
+    async def deadlines(self) -> None:
+        """The timer's step, every second: deadlines on idle partitions, the source
+        watermarks, the consumer lag, and the heartbeat."""
         # Proof of life for `custody status`: the timer runs only while the worker does.
-        heartbeat.parent.mkdir(parents=True, exist_ok=True)
-        heartbeat.touch()
-        async with one_step_at_a_time():
-            sends, tree_dirty, chain_dirty = work.due(
-                owned(topics.EVENTS), owned(links_topic), _wall_us()
+        self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
+        self.heartbeat.touch()
+        self.measure_lag()
+        async with self.one_step_at_a_time():
+            started = time.perf_counter()
+            sends, tree_dirty, chain_dirty = self.work.due(
+                self.owned(topics.EVENTS), self.owned(self.links_topic), _wall_us()
             )
-            await deliver(sends)
-            store(trees, tree_dirty)
-            store_chains(chain_dirty)
-            work.written(tree_dirty, chain_dirty, _wall_us())
-
-    # faust's timer decorator is untyped.
-    timer: Any = app.timer
-    timer(interval=1.0)(deadlines)
-
-    step_lock = asyncio.Lock()
+            await self.deliver(sends)
+            self.store(self.trees, tree_dirty)
+            self.store_chains(chain_dirty)
+            self.work.written(tree_dirty, chain_dirty, _wall_us())
+            self.metrics.stepped(TIMER_STEP, 0, sends, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
-    async def one_step_at_a_time() -> AsyncIterator[None]:
+    async def one_step_at_a_time(self) -> AsyncIterator[None]:
         """Compute, deliver and store as one step. The agents and the timer share the
         in-memory trees and chains; interleaved at ``await deliver``, one could store a
         state whose alerts the other has not delivered yet, and a crash would lose them.
         Any failure crashes the worker: memory may be ahead of Kafka, and faust would
         otherwise ack the batch. A restart rebuilds memory from the tables."""
-        async with step_lock:
+        async with self.step_lock:
             try:
                 yield
             except Exception as exc:
-                await app.crash(exc)
+                await self.app.crash(exc)
                 raise
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers narrowly
-    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+    # ---- outputs and state -----------------------------------------------------------------
+
+    async def deliver(self, sends: list[Outbound]) -> None:
+        """Send every output and wait until Kafka has them all."""
+        producer = self.app.producer
+        pending: list[Awaitable[Any]] = [
+            await producer.send(s.topic, s.key, s.value, s.partition, None, s.headers)
+            for s in sends
+        ]
+        for fut in pending:
+            await fut
+
+    def store(self, table: Any, dirty: dict[str, tuple[int, Any]]) -> None:
+        """Write the states ``dirty`` to ``table``, each to its partition."""
+        for key, (partition, state) in dirty.items():
+            workarounds.write_state(
+                table, partition, key.encode(), stored_form(partition, state.to_json())
+            )
+
+    def store_chains(self, dirty: dict[str, tuple[int, ChainState]]) -> None:
+        """Write the chains ``dirty`` and their pending links added or removed."""
+        self.store(self.chains, dirty)
+        for instance, (partition, chain) in dirty.items():
+            for seq in chain.added:
+                workarounds.write_state(
+                    self.pending_links,
+                    partition,
+                    pending_key(instance, seq),
+                    stored_form(partition, chain.pending_json(seq)),
+                )
+            for seq in chain.removed:
+                workarounds.write_state(
+                    self.pending_links, partition, pending_key(instance, seq), None
+                )
+            chain.added.clear()
+            chain.removed.clear()
+
+    def load_tree(self, key: str) -> bytes | None:
+        """A tree's stored JSON, if the table has it."""
+        value = workarounds.read_state(self.trees, key.encode())
+        return stored_state(value)[1] if value else None
+
+    # ---- partitions --------------------------------------------------------------------------
+
+    def owned(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` this worker owns now."""
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def measure_lag(self) -> None:
+        """Each owned partition's records not processed yet: its highwater as the last
+        fetch response gave it (no request of its own) minus the next offset to process.
+        Partitions not started or not fetched yet are left out."""
+        consumer = self.app.consumer
+        assigned = consumer.assignment()
+        for topic in (topics.EVENTS, self.links_topic):
+            for partition in self.owned(topic):
+                tp = TP(topic, partition)
+                next_offset = self.guard.next_offset(topic, partition)
+                highwater = consumer.highwater(tp) if tp in assigned else None
+                if next_offset is not None and highwater is not None:
+                    self.metrics.lagging(topic, partition, highwater - next_offset)
+
+    async def on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """Before a rebalance: the changelog markers, then forget the revoked partitions."""
         revoked = args[0] if args else kwargs.get("revoked", set())
         # Runs before recovery on every rebalance, the first join included.
-        await workarounds.append_end_offset_markers(app, (trees, chains, pending_links), partitions)
+        await workarounds.append_end_offset_markers(
+            self.app, (self.trees, self.chains, self.pending_links), self.partitions
+        )
         # After any step in flight, so it cannot put back what is forgotten here.
-        async with step_lock:
-            work.forget_partitions({tp.partition for tp in revoked})
-            guard.revoked(revoked)
+        async with self.step_lock:
+            self.work.forget_partitions({tp.partition for tp in revoked})
+            self.guard.revoked(revoked)
+        for topic in (topics.EVENTS, self.links_topic):
+            self.metrics.forget(topic, {tp.partition for tp in revoked if tp.topic == topic})
 
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+    async def on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """After a rebalance: gap filling off, each partition starts anew."""
         assigned = args[0] if args else kwargs.get("assigned", set())
-        workarounds.disable_gap_filling(app.consumer)
-        guard.assigned(assigned)
-
-    def owned(topic: str) -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic}
+        workarounds.disable_gap_filling(self.app.consumer)
+        self.guard.assigned(assigned)
 
     # The memory store keeps keys of partitions this worker no longer owns: keep only ours.
-    async def index_trees() -> None:
-        mine = owned(topics.EVENTS)
-        items = [stored_state(value) for value in workarounds.stored_values(trees)]
-        work.recovered_trees([(p, state) for p, state in items if p in mine], _wall_us())
+    async def index_trees(self) -> None:
+        """After the trees' recovery: index those of the owned partitions."""
+        mine = self.owned(topics.EVENTS)
+        items = [stored_state(value) for value in workarounds.stored_values(self.trees)]
+        self.work.recovered_trees([(p, state) for p, state in items if p in mine], _wall_us())
 
     # One callback for both chain tables: it needs the prefixes and the pending links.
-    async def index_chains() -> None:
-        mine = owned(links_topic)
-        prefixes = [stored_state(value) for value in workarounds.stored_values(chains)]
-        links = [stored_state(value) for value in workarounds.stored_values(pending_links)]
-        work.recovered_chains(
+    async def index_chains(self) -> None:
+        """After the chain tables' recovery: the chains of the owned partitions."""
+        mine = self.owned(self.links_topic)
+        prefixes = [stored_state(value) for value in workarounds.stored_values(self.chains)]
+        links = [stored_state(value) for value in workarounds.stored_values(self.pending_links)]
+        self.work.recovered_chains(
             [(p, prefix) for p, prefix in prefixes if p in mine],
             [link for p, link in links if p in mine],
         )
 
-    trees.on_recover(workarounds.crash_on_failure(app, index_trees))
-    pending_links.on_recover(workarounds.crash_on_failure(app, index_chains))
-    return app
+
+def build_app(
+    settings: Settings,
+    app_id: str = APP_ID,
+    links_topic: str = CHAIN_LINKS,
+    name: str = CORRELATE,
+) -> faust.App:
+    """The worker's faust app (see :class:`Correlator`)."""
+    return Correlator(settings, app_id, links_topic, name).app
 
 
 def _faust_security(settings: Settings) -> dict[str, Any]:
@@ -257,7 +343,9 @@ def _faust_security(settings: Settings) -> dict[str, Any]:
             )
     if settings.kafka_sasl_mechanism:
         password = settings.kafka_sasl_password
-        assert password is not None and settings.kafka_sasl_username is not None
+        if password is None or settings.kafka_sasl_username is None:
+            # Settings refuses a mechanism without both; this tells the type checker.
+            raise ValueError("SASL needs CUSTODY_KAFKA_SASL_USERNAME and _PASSWORD")
         credentials: Any = faust.auth.SASLCredentials(
             username=settings.kafka_sasl_username,
             password=password.get_secret_value(),
@@ -313,9 +401,16 @@ def start_phase(app: Any) -> str:
     return f"recovering the tables, {left:,} changelog records left"
 
 
-def run_worker(settings: Settings, app_id: str = APP_ID, links_topic: str = CHAIN_LINKS) -> None:
-    """Create the topics the worker reads, then run it until SIGTERM/SIGINT (``app_id``
-    and ``links_topic``: see :func:`build_app`)."""
+def run_worker(
+    settings: Settings,
+    app_id: str = APP_ID,
+    links_topic: str = CHAIN_LINKS,
+    name: str = CORRELATE,
+    metrics_address: str = METRICS_ADDRESS,
+) -> None:
+    """Create the topics the worker reads, serve its metrics on ``metrics_address``
+    (``HOST:PORT``; a :class:`~.metrics.MetricsError` if it cannot be), then run it until
+    SIGTERM/SIGINT (``app_id``, ``links_topic`` and ``name``: see :class:`Correlator`)."""
     ensure_topics(
         settings.kafka_admin(),
         {**settings.event_topic_partitions(), links_topic: settings.event_partitions},
@@ -323,6 +418,8 @@ def run_worker(settings: Settings, app_id: str = APP_ID, links_topic: str = CHAI
     )
     # aiokafka logs every send at debug level, which costs a few percent even unseen;
     # faust's and mode's info records are multi-line tables.
-    for name in ("aiokafka", "faust", "mode"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    CorrelatorWorker(build_app(settings, app_id, links_topic)).execute_from_commandline()
+    for logger in ("aiokafka", "faust", "mode"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    correlator = Correlator(settings, app_id, links_topic, name)
+    serve(correlator.metrics, metrics_address)
+    CorrelatorWorker(correlator.app).execute_from_commandline()

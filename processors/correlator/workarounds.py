@@ -158,6 +158,10 @@ class OffsetGuard:
             if order is not None:
                 order.forget(tp.partition)
 
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        """The offset of the partition's next record to process (None until started)."""
+        return self._orders[topic].next_offset(partition)
+
     async def admitted(self, topic: str, batch: list[Any]) -> list[Any]:
         """The batch's messages this worker has not processed yet, each partition's in
         offset order. A partition whose records came ahead of its next offset is sought
