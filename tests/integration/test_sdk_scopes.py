@@ -20,9 +20,10 @@ from producers import (
     CustodyProducer,
     PolicyEngineRecorder,
 )
+from producers.events import AccessFields, CredentialGrant, DecisionFields
+from producers.scopes import AsyncTaskScope, TaskScope
 from producers.settings import Settings
 from schemas.codec import AvroCodec
-from schemas.models import Envelope
 from tests.support.broker import read_to_end
 from tests.support.samples import AGENT, BROKER, POLICY
 
@@ -31,19 +32,21 @@ pytestmark = pytest.mark.integration
 CODEC = AvroCodec()
 EXPIRES = datetime.now(UTC) + timedelta(minutes=15)
 
+Shape = tuple[str, str | None, str | None]
+
 
 class ExportFailed(Exception):
     """The task's work failed."""
 
 
-def stored(settings: Settings, task_id: str) -> list[tuple[str, str | None, str | None]]:
+def stored(settings: Settings, task_id: str) -> list[Shape]:
     """The task's events as stored, in publish order: (type, token id or outcome, reason or
     detail)."""
-    events: list[Envelope] = [CODEC.decode_event(m.value()) for m in read_to_end(settings)]
+    events = [CODEC.decode_event(value) for m in read_to_end(settings) if (value := m.value())]
     events = sorted((e for e in events if e.task_id == task_id), key=lambda e: e.seq or 0)
-    shape = []
+    shape: list[Shape] = []
     for event in events:
-        body: Any = event.body  # type: ignore[attr-defined]
+        body: Any = event.body
         token = getattr(body, "token_id", None)
         if event.event_type == "TASK_COMPLETED":
             shape.append((str(event.event_type), str(body.outcome), body.detail))
@@ -54,7 +57,7 @@ def stored(settings: Settings, task_id: str) -> list[tuple[str, str | None, str 
     return shape
 
 
-EXPECTED_AFTER_THE_CRASH = [
+EXPECTED_AFTER_THE_CRASH: list[Shape] = [
     ("TASK_DECLARED", None, None),
     ("AUTHZ_DECISION", None, None),
     ("CREDENTIAL_ISSUED", "tok-1", None),
@@ -67,14 +70,50 @@ EXPECTED_AFTER_THE_CRASH = [
     ("TASK_COMPLETED", "FAILED", f"{__name__}.ExportFailed"),
 ]
 
-ACCESS = {
-    "token_id": "tok-1",
-    "tool": "warehouse.export",
-    "resource": "warehouse://sales",
-    "action": "read",
-    "data_scope": ["warehouse:read"],
-    "outcome": "FAILURE",
-}
+# What the task does before it crashes, the same blocking and awaited.
+TOKENS = ("tok-1", "tok-2", "tok-3")
+DECISION = DecisionFields(
+    policy_id="exports",
+    policy_version="3",
+    decision="ALLOW",
+    resource="warehouse://sales",
+    action="read",
+    data_scope=["warehouse:read"],
+    reasons=["scheduled export"],
+)
+GRANT = CredentialGrant(
+    credential_kind="DB_CREDENTIAL", audience="warehouse", scopes=["warehouse:read"]
+)
+ACCESS = AccessFields(
+    token_id="tok-1",
+    tool="warehouse.export",
+    resource="warehouse://sales",
+    action="read",
+    data_scope=["warehouse:read"],
+    outcome="FAILURE",
+)
+
+
+def export_then_crash(task: TaskScope, policy: PolicyEngineRecorder) -> None:
+    with task:
+        decision_id = policy.decision(task.ctx, **DECISION)
+        for token_id in TOKENS:
+            task.issue(token_id, **GRANT, expires_at=EXPIRES, decision_id=decision_id)
+        task.revoke("tok-2", "MANUAL")
+        task.access(**ACCESS | {"decision_id": decision_id})
+        raise ExportFailed("connection reset")
+
+
+async def export_then_crash_awaited(
+    task: AsyncTaskScope, policy: AsyncPolicyEngineRecorder
+) -> None:
+    async with task:
+        decision_id = await policy.decision(task.ctx, **DECISION)
+        for token_id in TOKENS:
+            await task.issue(token_id, **GRANT, expires_at=EXPIRES, decision_id=decision_id)
+        await task.revoke("tok-2", "MANUAL")
+        await task.access(**ACCESS | {"decision_id": decision_id})
+        raise ExportFailed("connection reset")
 
 
 def test_a_crash_inside_a_task_scope_is_recorded_with_every_credential_revoked(
@@ -83,33 +122,9 @@ def test_a_crash_inside_a_task_scope_is_recorded_with_every_credential_revoked(
     with CustodyProducer(settings, producer_instance="scope", create_topics=False) as producer:
         agent = AgentRecorder(producer, AGENT)
         broker = CredentialBrokerRecorder(producer, BROKER)
-        policy = PolicyEngineRecorder(producer, POLICY)
-        with (
-            pytest.raises(ExportFailed),
-            agent.task("nightly export", ["warehouse:read"], broker=broker) as task,
-        ):
-            decision_id = policy.decision(
-                task.ctx,
-                policy_id="exports",
-                policy_version="3",
-                decision="ALLOW",
-                resource="warehouse://sales",
-                action="read",
-                data_scope=["warehouse:read"],
-                reasons=["scheduled export"],
-            )
-            for token_id in ("tok-1", "tok-2", "tok-3"):
-                task.issue(
-                    token_id,
-                    credential_kind="DB_CREDENTIAL",
-                    audience="warehouse",
-                    scopes=["warehouse:read"],
-                    expires_at=EXPIRES,
-                    decision_id=decision_id,
-                )
-            task.revoke("tok-2", "MANUAL")
-            task.access(**ACCESS, decision_id=decision_id)
-            raise ExportFailed("connection reset")
+        task = agent.task("nightly export", ["warehouse:read"], broker=broker)
+        with pytest.raises(ExportFailed):
+            export_then_crash(task, PolicyEngineRecorder(producer, POLICY))
     assert stored(settings, task.ctx.task_id) == EXPECTED_AFTER_THE_CRASH
 
 
@@ -120,34 +135,10 @@ def test_a_crash_inside_an_async_task_scope_is_recorded_the_same_way(settings: S
         ) as producer:
             agent = AsyncAgentRecorder(producer, AGENT)
             broker = AsyncCredentialBrokerRecorder(producer, BROKER)
-            policy = AsyncPolicyEngineRecorder(producer, POLICY)
-            task_id = ""
+            task = agent.task("nightly export", ["warehouse:read"], broker=broker)
             with pytest.raises(ExportFailed):
-                async with agent.task("nightly export", ["warehouse:read"], broker=broker) as task:
-                    task_id = task.ctx.task_id
-                    decision_id = await policy.decision(
-                        task.ctx,
-                        policy_id="exports",
-                        policy_version="3",
-                        decision="ALLOW",
-                        resource="warehouse://sales",
-                        action="read",
-                        data_scope=["warehouse:read"],
-                        reasons=["scheduled export"],
-                    )
-                    for token_id in ("tok-1", "tok-2", "tok-3"):
-                        await task.issue(
-                            token_id,
-                            credential_kind="DB_CREDENTIAL",
-                            audience="warehouse",
-                            scopes=["warehouse:read"],
-                            expires_at=EXPIRES,
-                            decision_id=decision_id,
-                        )
-                    await task.revoke("tok-2", "MANUAL")
-                    await task.access(**ACCESS, decision_id=decision_id)
-                    raise ExportFailed("connection reset")
-            return task_id
+                await export_then_crash_awaited(task, AsyncPolicyEngineRecorder(producer, POLICY))
+            return task.ctx.task_id
 
     task_id = asyncio.run(main())
     assert stored(settings, task_id) == EXPECTED_AFTER_THE_CRASH

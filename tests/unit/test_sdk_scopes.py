@@ -26,6 +26,7 @@ from producers import (
     Stamp,
 )
 from producers import events as builders
+from producers.events import CredentialIssuedFields, DecisionFields
 from producers.scopes import exception_name
 from schemas.codec import AvroCodec
 from schemas.models import Envelope, EventType
@@ -80,9 +81,26 @@ class ToolError(Exception):
     """A failure inside the task's work."""
 
 
-def shape(events: list[Envelope]) -> list[tuple[str, str | None, str | None]]:
+Shape = tuple[str, str | None, str | None]
+DECLARED: Shape = ("TASK_DECLARED", None, None)
+BREAK_GLASS: Shape = ("BREAK_GLASS", None, None)
+
+
+def issued(token_id: str) -> Shape:
+    return ("CREDENTIAL_ISSUED", token_id, None)
+
+
+def revoked(token_id: str, reason: str = "TASK_ENDED") -> Shape:
+    return ("CREDENTIAL_REVOKED", token_id, reason)
+
+
+def completed(outcome: str = "SUCCEEDED", detail: str | None = None) -> Shape:
+    return ("TASK_COMPLETED", outcome, detail)
+
+
+def shape(events: list[Envelope]) -> list[Shape]:
     """(event type, token id or outcome, revocation reason or completion detail) per event."""
-    found = []
+    found: list[Shape] = []
     for event in events:
         body: Any = event.body  # type: ignore[attr-defined]
         if event.event_type == EventType.CREDENTIAL_REVOKED:
@@ -112,33 +130,33 @@ def issue(task: Any, token_id: str) -> Any:
 
 def test_a_crash_inside_the_scope_completes_failed_and_revokes_every_live_credential() -> None:
     publisher, agent, broker = recorders()
-    with (
-        pytest.raises(ToolError),
-        agent.task("export the report", ["crm:read"], broker=broker) as task,
-    ):
-        issue(task, "tok-1")
-        issue(task, "tok-2")
-        issue(task, "tok-3")
-        task.revoke("tok-2", "MANUAL")
-        task.access(
-            token_id="tok-1",
-            tool="crm.search",
-            resource="crm://accounts",
-            action="read",
-            data_scope=["crm:read"],
-            outcome="FAILURE",
-        )
-        raise ToolError("the tool broke with a value that must not be recorded")
+    task = agent.task("export the report", ["crm:read"], broker=broker)
+
+    def crash() -> None:
+        with task:
+            for token_id in ("tok-1", "tok-2", "tok-3"):
+                issue(task, token_id)
+            task.revoke("tok-2", "MANUAL")
+            task.access(
+                token_id="tok-1",
+                tool="crm.search",
+                resource="crm://accounts",
+                action="read",
+                data_scope=["crm:read"],
+                outcome="FAILURE",
+            )
+            raise ToolError("the tool broke with a value that must not be recorded")
+
+    with pytest.raises(ToolError):
+        crash()
     assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("CREDENTIAL_ISSUED", "tok-1", None),
-        ("CREDENTIAL_ISSUED", "tok-2", None),
-        ("CREDENTIAL_ISSUED", "tok-3", None),
-        ("CREDENTIAL_REVOKED", "tok-2", "MANUAL"),
+        DECLARED,
+        *map(issued, ("tok-1", "tok-2", "tok-3")),
+        revoked("tok-2", "MANUAL"),
         ("ACCESS", "tok-1", None),
-        ("CREDENTIAL_REVOKED", "tok-1", "TASK_ENDED"),
-        ("CREDENTIAL_REVOKED", "tok-3", "TASK_ENDED"),
-        ("TASK_COMPLETED", "FAILED", f"{__name__}.ToolError"),
+        revoked("tok-1"),
+        revoked("tok-3"),
+        completed("FAILED", f"{__name__}.ToolError"),
     ]
     assert all(event.task_id == task.ctx.task_id for event in publisher.events)
     assert not any("must not be recorded" in event.model_dump_json() for event in publisher.events)
@@ -150,16 +168,12 @@ def test_a_task_that_ends_normally_succeeds_and_revokes_what_is_left() -> None:
     with agent.task("triage", ["crm:read"], broker=broker, attributes={"env": "prod"}) as task:
         issue(task, "tok-1")
         assert task.live_tokens == ["tok-1"]
-    assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("CREDENTIAL_ISSUED", "tok-1", None),
-        ("CREDENTIAL_REVOKED", "tok-1", "TASK_ENDED"),
-        ("TASK_COMPLETED", "SUCCEEDED", None),
-    ]
+    assert shape(publisher.events) == [DECLARED, issued("tok-1"), revoked("tok-1"), completed()]
     declared = publisher.events[0]
-    assert declared.depth == 0 and declared.attributes == {"env": "prod"}
-    issued: Any = publisher.events[1].body  # type: ignore[attr-defined]
-    assert issued.token_subject == AGENT.actor.workload_id
+    assert declared.depth == 0
+    assert declared.attributes == {"env": "prod"}
+    issuance: Any = publisher.events[1].body  # type: ignore[attr-defined]
+    assert issuance.token_subject == AGENT.actor.workload_id
     assert publisher.events[2].producer == BROKER.producer  # the broker revokes
 
 
@@ -167,11 +181,7 @@ def test_an_outcome_set_inside_the_block_is_recorded() -> None:
     publisher, agent, _ = recorders()
     with agent.task("maybe", ["crm:read"]) as task:
         task.set_outcome("CANCELLED", "the user withdrew the request")
-    assert shape(publisher.events)[-1] == (
-        "TASK_COMPLETED",
-        "CANCELLED",
-        "the user withdrew the request",
-    )
+    assert shape(publisher.events)[-1] == completed("CANCELLED", "the user withdrew the request")
 
 
 def test_a_delegated_task_runs_in_its_own_scope_under_the_child_context() -> None:
@@ -197,28 +207,36 @@ def test_a_delegated_task_runs_in_its_own_scope_under_the_child_context() -> Non
         parent.ctx.task_id,
     ]
     declared = publisher.events[2]
-    assert declared.depth == 1 and declared.parent_task_id == parent.ctx.task_id
+    assert declared.depth == 1
+    assert declared.parent_task_id == parent.ctx.task_id
 
 
 def test_issuing_without_a_broker_fails_the_task_with_the_error_type() -> None:
     publisher, agent, _ = recorders()
-    with pytest.raises(ScopeError, match="broker"), agent.task("x", ["crm:read"]) as task:
-        issue(task, "tok-1")
-    assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("TASK_COMPLETED", "FAILED", "producers.scopes.ScopeError"),
-    ]
+
+    def issue_without_a_broker() -> None:
+        with agent.task("x", ["crm:read"]) as task:
+            issue(task, "tok-1")
+
+    with pytest.raises(ScopeError, match="broker"):
+        issue_without_a_broker()
+    assert shape(publisher.events) == [DECLARED, completed("FAILED", "producers.scopes.ScopeError")]
 
 
 def test_a_revocation_the_broker_refuses_is_raised_after_the_task_completed() -> None:
     publisher, agent, broker = recorders()
-    with pytest.raises(DeliveryError) as caught:  # noqa: SIM117 (the scope's exit raises)
-        with agent.task("x", ["crm:read"], broker=broker) as task:
+    task = agent.task("x", ["crm:read"], broker=broker)
+
+    def refused_at_exit() -> None:
+        with task:
             issue(task, "tok-1")
             issue(task, "tok-2")
             publisher.refuse = {"tok-1", "tok-2"}
+
+    with pytest.raises(DeliveryError) as caught:
+        refused_at_exit()
     # Both revocations were tried, the task completed; the second failure is a note.
-    assert shape(publisher.events)[-1] == ("TASK_COMPLETED", "SUCCEEDED", None)
+    assert shape(publisher.events)[-1] == completed()
     assert any("also failed" in note for note in caught.value.__notes__)
     assert task.live_tokens == ["tok-1", "tok-2"]
 
@@ -227,14 +245,16 @@ def test_an_exit_failure_never_masks_the_exception_from_the_block(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     publisher, agent, broker = recorders()
-    with (
-        pytest.raises(ToolError),
-        agent.task("x", ["crm:read"], broker=broker) as task,
-    ):
-        issue(task, "tok-1")
-        publisher.refuse = {"tok-1"}
-        raise ToolError
-    assert shape(publisher.events)[-1] == ("TASK_COMPLETED", "FAILED", f"{__name__}.ToolError")
+
+    def refused_after_a_crash() -> None:
+        with agent.task("x", ["crm:read"], broker=broker) as task:
+            issue(task, "tok-1")
+            publisher.refuse = {"tok-1"}
+            raise ToolError
+
+    with pytest.raises(ToolError):
+        refused_after_a_crash()
+    assert shape(publisher.events)[-1] == completed("FAILED", f"{__name__}.ToolError")
     assert "refused" in caplog.text
 
 
@@ -248,13 +268,13 @@ def test_break_glass_revokes_the_elevated_credentials_when_the_elevation_ends() 
             issue(elevation, "tok-glass")
         assert task.live_tokens == ["tok-standing"]
     assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("CREDENTIAL_ISSUED", "tok-standing", None),
-        ("BREAK_GLASS", None, None),
-        ("CREDENTIAL_ISSUED", "tok-glass", None),
-        ("CREDENTIAL_REVOKED", "tok-glass", "TASK_ENDED"),
-        ("CREDENTIAL_REVOKED", "tok-standing", "TASK_ENDED"),
-        ("TASK_COMPLETED", "SUCCEEDED", None),
+        DECLARED,
+        issued("tok-standing"),
+        BREAK_GLASS,
+        issued("tok-glass"),
+        revoked("tok-glass"),
+        revoked("tok-standing"),
+        completed(),
     ]
     glass: Any = publisher.events[2].body  # type: ignore[attr-defined]
     assert glass.break_glass_id == elevation.break_glass_id
@@ -271,14 +291,14 @@ def test_a_rotation_chains_each_credential_to_the_one_before_and_revokes_the_las
             assert tokens.current == "tok-3"
         assert task.live_tokens == []
     assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("CREDENTIAL_ISSUED", "tok-1", None),
-        ("CREDENTIAL_ISSUED", "tok-2", None),
-        ("CREDENTIAL_REVOKED", "tok-1", "ROTATED"),
-        ("CREDENTIAL_ISSUED", "tok-3", None),
-        ("CREDENTIAL_REVOKED", "tok-2", "ROTATED"),
-        ("CREDENTIAL_REVOKED", "tok-3", "TASK_ENDED"),
-        ("TASK_COMPLETED", "SUCCEEDED", None),
+        DECLARED,
+        issued("tok-1"),
+        issued("tok-2"),
+        revoked("tok-1", "ROTATED"),
+        issued("tok-3"),
+        revoked("tok-2", "ROTATED"),
+        revoked("tok-3"),
+        completed(),
     ]
     parents = [
         e.body.parent_token_id  # type: ignore[attr-defined]
@@ -290,23 +310,22 @@ def test_a_rotation_chains_each_credential_to_the_one_before_and_revokes_the_las
 
 def test_a_rotation_on_its_own_revokes_its_current_credential_at_exit() -> None:
     publisher, _, broker = recorders()
-    ctx = CustodyContext.new_root()
-    with (
-        pytest.raises(ToolError),
-        broker.rotation(
-            ctx,
-            token_subject=AGENT.actor.workload_id,
-            credential_kind="DB_CREDENTIAL",
-            audience="warehouse",
-            scopes=["warehouse:read"],
-        ) as tokens,
-    ):
-        tokens.rotate("tok-1", expires_at=EXPIRES, decision_id="dec-1")
-        raise ToolError
-    assert shape(publisher.events) == [
-        ("CREDENTIAL_ISSUED", "tok-1", None),
-        ("CREDENTIAL_REVOKED", "tok-1", "TASK_ENDED"),
-    ]
+    rotation = broker.rotation(
+        CustodyContext.new_root(),
+        token_subject=AGENT.actor.workload_id,
+        credential_kind="DB_CREDENTIAL",
+        audience="warehouse",
+        scopes=["warehouse:read"],
+    )
+
+    def rotate_then_crash() -> None:
+        with rotation as tokens:
+            tokens.rotate("tok-1", expires_at=EXPIRES, decision_id="dec-1")
+            raise ToolError
+
+    with pytest.raises(ToolError):
+        rotate_then_crash()
+    assert shape(publisher.events) == [issued("tok-1"), revoked("tok-1")]
 
 
 def test_the_recorders_publish_what_the_builders_build() -> None:
@@ -314,8 +333,7 @@ def test_the_recorders_publish_what_the_builders_build() -> None:
     policy = PolicyEngineRecorder(publisher, POLICY)
     ctx = CustodyContext.new_root()
     agent.declare_task(ctx, "report", ["crm:read"])
-    decision_id = policy.decision(
-        ctx,
+    decided = DecisionFields(
         policy_id="p",
         policy_version="7",
         decision="ALLOW",
@@ -324,45 +342,25 @@ def test_the_recorders_publish_what_the_builders_build() -> None:
         data_scope=["crm:read"],
         reasons=["purpose matches"],
     )
-    issued_at = datetime.now(UTC)
-    broker.issued(
-        ctx,
+    decision_id = policy.decision(ctx, **decided)
+    issuance = CredentialIssuedFields(
         token_id="tok-1",
         token_subject=AGENT.actor.workload_id,
         credential_kind="JWT",
         audience="crm",
         scopes=["crm:read"],
-        issued_at=issued_at,
+        issued_at=datetime.now(UTC),
         expires_at=EXPIRES,
         decision_id=decision_id,
     )
-    expected = [
+    broker.issued(ctx, **issuance)
+    engine = POLICY.producer
+    expected: list[Envelope] = [
         builders.task_declared(AGENT, ctx, purpose="report", requested_scopes=["crm:read"]),
         builders.authz_decision(
-            POLICY,
-            ctx,
-            decision_id=decision_id,
-            policy_engine=POLICY.producer,
-            policy_id="p",
-            policy_version="7",
-            decision="ALLOW",
-            resource="crm://accounts",
-            action="read",
-            data_scope=["crm:read"],
-            reasons=["purpose matches"],
+            POLICY, ctx, decision_id=decision_id, policy_engine=engine, **decided
         ),
-        builders.credential_issued(
-            BROKER,
-            ctx,
-            token_id="tok-1",
-            token_subject=AGENT.actor.workload_id,
-            credential_kind="JWT",
-            audience="crm",
-            scopes=["crm:read"],
-            issued_at=issued_at,
-            expires_at=EXPIRES,
-            decision_id=decision_id,
-        ),
+        builders.credential_issued(BROKER, ctx, **issuance),
     ]
     ignored = {"event_id", "event_time"}
     assert [e.model_dump(exclude=ignored) for e in publisher.events] == [
@@ -408,16 +406,16 @@ def test_async_crash_inside_the_scope_completes_failed_and_revokes() -> None:
     with pytest.raises(KeyError):
         asyncio.run(work())
     assert shape(publisher.events) == [
-        ("TASK_DECLARED", None, None),
-        ("CREDENTIAL_ISSUED", "tok-1", None),
-        ("CREDENTIAL_ISSUED", "tok-2", None),
-        ("CREDENTIAL_REVOKED", "tok-1", "MANUAL"),
-        ("CREDENTIAL_ISSUED", "tok-r1", None),
-        ("CREDENTIAL_ISSUED", "tok-r2", None),
-        ("CREDENTIAL_REVOKED", "tok-r1", "ROTATED"),
-        ("CREDENTIAL_REVOKED", "tok-r2", "TASK_ENDED"),
-        ("CREDENTIAL_REVOKED", "tok-2", "TASK_ENDED"),
-        ("TASK_COMPLETED", "FAILED", "KeyError"),
+        DECLARED,
+        issued("tok-1"),
+        issued("tok-2"),
+        revoked("tok-1", "MANUAL"),
+        issued("tok-r1"),
+        issued("tok-r2"),
+        revoked("tok-r1", "ROTATED"),
+        revoked("tok-r2"),
+        revoked("tok-2"),
+        completed("FAILED", "KeyError"),
     ]
 
 
@@ -440,8 +438,8 @@ def test_a_cancelled_async_task_completes_cancelled() -> None:
 
     asyncio.run(main())
     assert shape(publisher.events)[-2:] == [
-        ("CREDENTIAL_REVOKED", "tok-1", "TASK_ENDED"),
-        ("TASK_COMPLETED", "CANCELLED", "asyncio.exceptions.CancelledError"),
+        revoked("tok-1"),
+        completed("CANCELLED", "asyncio.exceptions.CancelledError"),
     ]
 
 
@@ -462,10 +460,11 @@ def test_async_break_glass_and_many_concurrent_scopes() -> None:
     task_ids = asyncio.run(main())
     for number, task_id in enumerate(task_ids):
         mine = [e for e in publisher.events if e.task_id == task_id]
+        token_id = f"tok-{number}"
         assert shape(mine) == [
-            ("TASK_DECLARED", None, None),
-            ("BREAK_GLASS", None, None),
-            ("CREDENTIAL_ISSUED", f"tok-{number}", None),
-            ("CREDENTIAL_REVOKED", f"tok-{number}", "TASK_ENDED"),
-            ("TASK_COMPLETED", "SUCCEEDED", None),
+            DECLARED,
+            BREAK_GLASS,
+            issued(token_id),
+            revoked(token_id),
+            completed(),
         ]
