@@ -17,7 +17,7 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Envelope
-from tests.support.broker import CUSTODY, RunningBroker, read_to_end
+from tests.support.broker import CUSTODY, RunningBroker, header_list, payload, read_to_end
 from tests.support.stack import CONFIG, GRACE, LATENESS
 from tests.support.trees import traffic
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 CODEC = AvroCodec()
 
 
-@pytest.fixture()
+@pytest.fixture
 def worker_env(settings: Settings) -> dict[str, str]:
     return {
         **os.environ,
@@ -36,6 +36,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "CUSTODY_EVENT_PARTITIONS": str(settings.event_partitions),
         "CUSTODY_GRACE_SECONDS": str(GRACE),
         "CUSTODY_ALLOWED_LATENESS_SECONDS": str(LATENESS),
+        # A free port: other workers (other tests) may run on this host.
+        "CUSTODY_CORRELATOR_METRICS_ADDRESS": "127.0.0.1:0",
     }
 
 
@@ -59,7 +61,7 @@ class Worker:
         return self.process is not None and self.process.poll() is None
 
 
-@pytest.fixture()
+@pytest.fixture
 def worker(worker_env: dict[str, str], tmp_path: object) -> Iterator[Worker]:
     running = Worker(worker_env, f"{tmp_path}/correlate.log")
     yield running
@@ -82,7 +84,7 @@ class AlertReader:
     def poll(self) -> None:
         for message in self.consumer.consume(1000, timeout=0.5):
             if message.error() is None:
-                alert = CODEC.decode_alert(message.value())
+                alert = CODEC.decode_alert(payload(message))
                 assert message.key() == alert.alert_id.encode()
                 self.ids.append(alert.alert_id)
 
@@ -122,7 +124,7 @@ def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dl
     assert set(reader.ids) == expected
     dead = read_to_end(settings, topics.DLQ)
     assert [m.value() for m in dead] == [b"not avro at all"]
-    headers = dict(dead[0].headers())
+    headers = dict(header_list(dead[0]))
     assert headers["custody-dlq-reason"] == b"unknown_wire_format"
     assert headers["custody-source-topic"] == topics.EVENTS.encode()
     assert worker.alive()
