@@ -1,6 +1,6 @@
 """AsyncCustodyProducer's waits never block the event loop, with a real librdkafka client
 and nothing listening (a full buffer, a broker that never answers); delivery against a
-real broker is tests/integration/test_sdk_async.py."""
+real broker is at the end of tests/integration/test_publish.py."""
 
 from __future__ import annotations
 
