@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     idle_advance: bool = Field(
         True, description="Advance an idle partition's watermark with the wall clock."
     )
+    tree_retention_seconds: float = Field(
+        86_400,
+        gt=0,
+        description="How long a custody tree is kept once the watermark has passed its last "
+        "event and deadlines; then it is retired (processors/correlation/retention.py).",
+    )
+    chain_retention_seconds: float = Field(
+        7 * 86_400,
+        gt=0,
+        description="How long a silent producer instance's chain is kept before it is retired.",
+    )
 
     retention_days: int = Field(
         400,

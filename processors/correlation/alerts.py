@@ -57,7 +57,9 @@ def clip_detail(detail: str) -> str:
     return detail[: MAX_DETAIL - len(note)] + note
 
 
-def make_alert(
+# One keyword per field of the alert record (all keyword-only): a parameter object would
+# only repeat the record.
+def make_alert(  # noqa: PLR0913
     alert_type: AlertType,
     *,
     tenant: str,

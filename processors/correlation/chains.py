@@ -88,16 +88,24 @@ class ChainState:
     pending: dict[int, ChainLink] = field(default_factory=dict)
     due: dict[int, int] = field(default_factory=dict)
     recent: dict[int, str] = field(default_factory=dict)
-    fired_alert_ids: set[str] = field(default_factory=set)
+    # alert id -> the seq it is about: an alert about a seq RECENT_LINKS behind the
+    # verified prefix cannot be raised again (see prune_behind), so its id is dropped
+    fired_alert_ids: dict[str, int] = field(default_factory=dict)
     deadlines: list[tuple[int, int]] = field(default_factory=list)
     added: set[int] = field(default_factory=set)
     removed: set[int] = field(default_factory=set)
+    # the newest link's event time and the latest deadline: retention counts from them
+    last_us: int = 0
+    horizon_us: int = 0
+    # set when the chain is retired: its records are to be deleted, not written
+    retired: bool = False
 
     def hold(self, link: ChainLink, due_us: int) -> None:
         """Keep a link that waits for its predecessors until ``due_us``."""
         self.pending[link.seq] = link
         self.due[link.seq] = due_us
         heapq.heappush(self.deadlines, (due_us, link.seq))
+        self.horizon_us = max(self.horizon_us, due_us)
         self.added.add(link.seq)
         self.removed.discard(link.seq)
 
@@ -117,6 +125,7 @@ class ChainState:
 
     def to_json(self) -> bytes:
         """The prefix record (pending links are stored one by one)."""
+        fired = sorted(self.fired_alert_ids)
         return json.dumps(
             stamp(
                 {
@@ -125,7 +134,10 @@ class ChainState:
                     "last_hash": self.last_hash,
                     "last_event_id": self.last_event_id,
                     "recent": list(self.recent.items()),
-                    "fired_alert_ids": sorted(self.fired_alert_ids),
+                    "fired_alert_ids": fired,
+                    "fired_alert_seqs": [self.fired_alert_ids[a] for a in fired],
+                    "last_us": self.last_us,
+                    "horizon_us": self.horizon_us,
                 }
             ),
             separators=(",", ":"),
@@ -146,14 +158,37 @@ class ChainState:
             data["last_event_id"],
         )
         state.recent = {int(seq): event_id for seq, event_id in data["recent"]}
-        state.fired_alert_ids = set(data["fired_alert_ids"])
+        # Saved before the seqs were kept: the verified prefix is as far as is known.
+        seqs = data.get("fired_alert_seqs") or [state.verified_seq] * len(data["fired_alert_ids"])
+        state.fired_alert_ids = dict(zip(data["fired_alert_ids"], seqs, strict=True))
+        state.last_us = int(data.get("last_us", 0))
+        state.horizon_us = int(data.get("horizon_us", 0))
         for link, due_us in pending:
             if link.seq > state.verified_seq:
                 state.pending[link.seq] = link
                 state.due[link.seq] = link.us + config.grace_us if due_us is None else due_us
         state.deadlines = [(due_us, seq) for seq, due_us in state.due.items()]
         heapq.heapify(state.deadlines)
+        state.horizon_us = max(state.horizon_us, *state.due.values(), 0)
         return state
+
+    def retire(self) -> None:
+        """Mark the chain retired: its prefix and every pending link stored are deleted
+        when it is next stored."""
+        self.retired = True
+        self.removed |= set(self.pending) | self.added
+        self.added.clear()
+
+    def prune_behind(self) -> None:
+        """Forget what concerns seqs :data:`RECENT_LINKS` or more behind the verified
+        prefix. A second claim on a seq is recognised from ``recent`` or ``pending``, a
+        hash mismatch is found at the seq just verified and a gap at the next one; none of
+        them can concern such a seq again, so neither can its alert ids."""
+        floor = self.verified_seq - RECENT_LINKS
+        for seq in [s for s in self.recent if s <= floor]:
+            del self.recent[seq]
+        for alert in [a for a, seq in self.fired_alert_ids.items() if seq <= floor]:
+            del self.fired_alert_ids[alert]
 
 
 class _ChainStep:
@@ -162,19 +197,19 @@ class _ChainStep:
         self.detected_at = detected_at
         self.out = Output()
 
-    def gap(self, link: ChainLink, subject: str, evidence: list[str], detail: str) -> None:
+    def gap(self, link: ChainLink, kind: str, seq: int, evidence: list[str], detail: str) -> None:
         record = make_alert(
             AlertType.EVIDENCE_GAP,
             tenant=link.tenant,
             root_task_id=link.root_task_id,
-            subject=f"{link.producer_instance}\x1f{subject}",
+            subject=f"{link.producer_instance}\x1f{kind}:{seq}",
             event_time_us=link.us,
             detected_at=self.detected_at,
             evidence=evidence,
             detail=f"producer_instance {link.producer_instance}: {detail}",
         )
         if record.alert_id not in self.state.fired_alert_ids:
-            self.state.fired_alert_ids.add(record.alert_id)
+            self.state.fired_alert_ids[record.alert_id] = seq
             self.out.alerts.append(record)
 
 
@@ -190,6 +225,7 @@ def observe_link(
     if state is None:
         state = ChainState(link.producer_instance)
     step = _ChainStep(state, detected_at)
+    state.last_us = max(state.last_us, link.us)
     claimed = state.recent.get(link.seq) or (
         state.pending[link.seq].event_id if link.seq in state.pending else None
     )
@@ -197,7 +233,8 @@ def observe_link(
         if claimed is not None and claimed != link.event_id:
             step.gap(
                 link,
-                f"seq:{link.seq}",
+                "seq",
+                link.seq,
                 [claimed, link.event_id],
                 f"two different events claim seq {link.seq}",
             )
@@ -222,7 +259,8 @@ def _advance(step: _ChainStep) -> None:
             expected = "null (first event)" if state.last_hash is None else "the previous body"
             step.gap(
                 link,
-                f"hash:{link.seq}",
+                "hash",
+                link.seq,
                 evidence,
                 f"prev_hash of seq {link.seq} does not match {expected}: an event "
                 "before it was altered or removed",
@@ -255,10 +293,12 @@ def expire_chain(
         evidence = [link.event_id] + ([state.last_event_id] if state.last_event_id else [])
         step.gap(
             link,
-            f"gap:{state.verified_seq + 1}",
+            "gap",
+            state.verified_seq + 1,
             evidence,
             f"{missing} never arrived: evidence is missing",
         )
         state.verified_seq, state.last_hash, state.last_event_id = after - 1, _UNKNOWN, None
         _advance(step)
+        state.prune_behind()
     return state, step.out

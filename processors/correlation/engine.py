@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.correlation.alerts import from_micros, make_alert
+from processors.correlation.retention import forget_settled
 from processors.correlation.tree import (
     AccessRec,
     ApprovalRec,
@@ -277,7 +278,9 @@ def observe(
     step = _Step(state, config, detected_at)
     if event.event_id in state.seen_event_ids:
         return state, step.out
-    state.seen_event_ids.add(event.event_id)
+    if isinstance(event, AccessEvent):
+        # The one kind of event not idempotent by construction (see retention.py).
+        state.seen_event_ids.add(event.event_id)
     us = to_micros(event.event_time)
     state.last_event_us = max(state.last_event_us, us)
     _task_seen(step, event, us)
@@ -689,28 +692,13 @@ def expire(
     state: TreeState, watermark_us: int, config: CorrelationConfig, detected_at: datetime
 ) -> tuple[TreeState, Output]:
     """Decide every check whose deadline the watermark has passed, then forget the
-    accesses that nothing on time can join any more."""
+    accesses that nothing on time can join any more (and their ids)."""
     step = _Step(state, config, detected_at)
     while state.deadlines and state.deadlines[0][0] <= watermark_us:
         due, kind, key = heapq.heappop(state.deadlines)
         _DEADLINE_CHECKS[kind](step, key, due)
-    _forget_settled_accesses(state, watermark_us - config.grace_us)
+    forget_settled(state, watermark_us - config.grace_us)
     return state, step.out
-
-
-def _forget_settled_accesses(state: TreeState, before_us: int) -> None:
-    """Drop accesses older than ``before_us`` (the watermark less the grace period).
-
-    Their own deadline (UNAUTHORIZED_ACCESS) is decided, and a revocation or issuance
-    that could still join them would be later than the allowed lateness. A long batch job
-    makes thousands of accesses; kept, they would outgrow a changelog record.
-    """
-    for token_id, accesses in list(state.accesses.items()):
-        kept = [access for access in accesses if access.us > before_us]
-        if not kept:
-            del state.accesses[token_id]
-        elif len(kept) != len(accesses):
-            state.accesses[token_id] = kept
 
 
 def _deadline_unrevoked(step: _Step, token_id: str, due: int) -> None:

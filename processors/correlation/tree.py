@@ -154,13 +154,18 @@ class TreeState:
     delegations: dict[str, DelegationRec] = field(default_factory=dict)
     approvals: dict[str, ApprovalRec] = field(default_factory=dict)
     break_glass: dict[str, BreakGlassRec] = field(default_factory=dict)
+    # the accesses kept, and the alerts about what is kept (processors/correlation/retention.py)
     seen_event_ids: set[str] = field(default_factory=set)
     fired_alert_ids: set[str] = field(default_factory=set)
     # heap of (due time in us, check kind, subject key)
     deadlines: list[tuple[int, str, str]] = field(default_factory=list)
+    # the latest deadline ever scheduled: retention counts from it too
+    horizon_us: int = 0
 
     def schedule(self, due_us: int, kind: str, key: str) -> None:
         heapq.heappush(self.deadlines, (due_us, kind, key))
+        if due_us > self.horizon_us:
+            self.horizon_us = due_us
 
     @property
     def next_deadline_us(self) -> int | None:
@@ -175,6 +180,7 @@ class TreeState:
             "seen_event_ids": sorted(self.seen_event_ids),
             "fired_alert_ids": sorted(self.fired_alert_ids),
             "deadlines": self.deadlines,
+            "horizon_us": self.horizon_us,
             "accesses": {k: [_row(a) for a in v] for k, v in self.accesses.items()},
         }
         for name in _RECORDS:
@@ -192,6 +198,9 @@ class TreeState:
         state.fired_alert_ids = set(data["fired_alert_ids"])
         state.deadlines = [(int(d[0]), str(d[1]), str(d[2])) for d in data["deadlines"]]
         heapq.heapify(state.deadlines)
+        # Saved before the horizon was kept: the pending deadlines are the latest known.
+        pending = max((d[0] for d in state.deadlines), default=0)
+        state.horizon_us = int(data.get("horizon_us", pending))
         state.accesses = {k: [AccessRec(*a) for a in v] for k, v in data["accesses"].items()}
         for name, record in _RECORDS.items():
             setattr(state, name, {k: record(*v) for k, v in data[name].items()})

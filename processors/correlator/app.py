@@ -126,6 +126,8 @@ class Correlator:
         self.trees = workarounds.raw_table(app, "custody-trees", partitions)
         self.chains = workarounds.raw_table(app, "custody-chains", partitions)
         self.pending_links = workarounds.raw_table(app, "custody-chain-pending", partitions)
+        # Digests of retired trees and chains (processors/correlation/retention.py).
+        self.retired = workarounds.raw_table(app, "custody-retired", partitions)
         self.work = Correlation(settings, links_topic)
         self.metrics = CorrelatorMetrics(self.work)
         group_config = settings.kafka_consumer(app_id)
@@ -145,6 +147,7 @@ class Correlator:
         app.on_partitions_assigned.connect(self.on_assigned)  # type: ignore[arg-type]
         self.trees.on_recover(workarounds.crash_on_failure(app, self.index_trees))
         self.pending_links.on_recover(workarounds.crash_on_failure(app, self.index_chains))
+        self.retired.on_recover(workarounds.crash_on_failure(app, self.index_retired))
 
     # ---- the steps -----------------------------------------------------------------------
 
@@ -195,6 +198,8 @@ class Correlator:
             await self.deliver(sends)
             self.store(self.trees, tree_dirty)
             self.store_chains(chain_dirty)
+            for partition, key, value in self.work.retired_records():
+                workarounds.write_state(self.retired, partition, key, value)
             self.work.written(tree_dirty, chain_dirty, _wall_us())
             self.metrics.stepped(TIMER_STEP, 0, sends, time.perf_counter() - started)
 
@@ -225,15 +230,16 @@ class Correlator:
             await fut
 
     def store(self, table: Any, dirty: dict[str, tuple[int, Any]]) -> None:
-        """Write the states ``dirty`` to ``table``, each to its partition."""
+        """Write the states ``dirty`` to ``table``, each to its partition; a state of None
+        (a retired tree) deletes its key, a tombstone in the changelog."""
         for key, (partition, state) in dirty.items():
-            workarounds.write_state(
-                table, partition, key.encode(), stored_form(partition, state.to_json())
-            )
+            value = None if state is None else stored_form(partition, state.to_json())
+            workarounds.write_state(table, partition, key.encode(), value)
 
     def store_chains(self, dirty: dict[str, tuple[int, ChainState]]) -> None:
-        """Write the chains ``dirty`` and their pending links added or removed."""
-        self.store(self.chains, dirty)
+        """Write the chains ``dirty`` and their pending links added or removed (a retired
+        chain: delete its prefix and every pending link)."""
+        self.store(self.chains, {i: (p, None if c.retired else c) for i, (p, c) in dirty.items()})
         for instance, (partition, chain) in dirty.items():
             for seq in chain.added:
                 workarounds.write_state(
@@ -279,7 +285,7 @@ class Correlator:
         revoked = args[0] if args else kwargs.get("revoked", set())
         # Runs before recovery on every rebalance, the first join included.
         await workarounds.append_end_offset_markers(
-            self.app, (self.trees, self.chains, self.pending_links), self.partitions
+            self.app, (self.trees, self.chains, self.pending_links, self.retired), self.partitions
         )
         # After any step in flight, so it cannot put back what is forgotten here.
         async with self.step_lock:
@@ -311,6 +317,13 @@ class Correlator:
             [(p, prefix) for p, prefix in prefixes if p in mine],
             [link for p, link in links if p in mine],
         )
+
+    async def index_retired(self) -> None:
+        """After the retired keys' recovery: those of the owned partitions (a chunk of
+        retired chains belongs to a chain-links partition, whose number it shares)."""
+        mine = self.owned(topics.EVENTS) | self.owned(self.links_topic)
+        items = [stored_state(value) for value in workarounds.stored_values(self.retired)]
+        self.work.recovered_retired([(p, chunk) for p, chunk in items if p in mine])
 
 
 def build_app(

@@ -1,7 +1,8 @@
 """The bytes the correlator keeps in its tables: keys and values, no faust.
 
 A tree is stored under :func:`tree_key`, a producer instance's chain prefix under the
-instance, each of its pending links under :func:`pending_key`. Every value is
+instance, each of its pending links under :func:`pending_key`, each chunk of retired keys
+under :func:`retired_key`. Every value is
 :func:`stored_form`: the partition the state belongs to, a newline, and the state's JSON
 (compressed when long).
 """
@@ -46,6 +47,12 @@ def load_tree(
 def pending_key(instance: str, seq: int) -> bytes:
     """The key of a producer instance's pending chain link ``seq``."""
     return f"{instance}\x1f{seq}".encode()
+
+
+def retired_key(kind: str, partition: int, bucket: int, chunk: int) -> bytes:
+    """The key of a stored chunk of retired keys (:mod:`processors.correlation.retention`)
+    of ``kind`` (``tree`` or ``chain``) in ``partition``."""
+    return f"{kind}\x1f{partition}\x1f{bucket}\x1f{chunk}".encode()
 
 
 def stored_form(partition: int, state_json: bytes) -> bytes:

@@ -17,13 +17,18 @@ One batch of source records (:meth:`Correlation.on_events`) goes, record by reco
 ``EVIDENCE_GAP`` needs each producer instance's events in one place: the chain links are
 repartitioned by ``producer_instance`` to :data:`CHAIN_LINKS`, whose records
 (:meth:`Correlation.on_links`) are checked against per-instance chains. The timer's step
-(:meth:`Correlation.due`) decides deadlines on partitions no record moves.
+(:meth:`Correlation.due`) decides deadlines on partitions no record moves, and retires the
+trees and chains whose retention has passed (:mod:`processors.correlation.retention`): a
+retired one is deleted from the tables and remembered by a digest, and an event or link
+that arrives for it is counted in :attr:`Correlation.late_events` and logged, not judged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,9 +49,19 @@ from processors.correlation.engine import (
     observe,
     to_micros,
 )
+from processors.correlation.retention import (
+    BEYOND_RETENTION,
+    RETIRED_CHAIN,
+    RETIRED_TREE,
+    RetentionConfig,
+    Retirement,
+    chain_retire_at,
+    restore_retired,
+    tree_retire_at,
+)
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
-from processors.correlator.codec import load_tree, tree_key
+from processors.correlator.codec import load_tree, retired_key, tree_key
 from processors.dead_letters import dlq_headers, dlq_key, dlq_value
 from processors.redaction import redacted
 from producers.settings import Settings
@@ -61,6 +76,10 @@ WATERMARK_KEY = b"\x00custody-watermark"
 
 # A source record as the step takes it: partition, offset, key, value.
 Record = tuple[int, int, bytes | None, bytes | None]
+# What a step stores: key -> (partition, state); a state of None deletes the key.
+TreeWrites = dict[str, tuple[int, TreeState | None]]
+
+_log = logging.getLogger("custody.correlate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,19 +137,47 @@ class Correlation:
         # from the step's end (see written), not its start.
         self.step_partitions: set[int] = set()
         self.step_held: set[str] = set()
+        self.retention = RetentionConfig.of(
+            settings.tree_retention_seconds, settings.chain_retention_seconds
+        )
+        self.tree_retirement = Retirement("tree", self.retention.tree_us)
+        self.chain_retirement = Retirement("chain", self.retention.chain_us)
+        # Events and links not judged, by reason.
+        self.late_events: Counter[str] = Counter()
+
+    @property
+    def trees_retired(self) -> int:
+        """Trees retired since the worker started."""
+        return self.tree_retirement.retired_total
+
+    @property
+    def chains_retired(self) -> int:
+        """Producer instances' chains retired since the worker started."""
+        return self.chain_retirement.retired_total
+
+    @property
+    def live_trees(self) -> int:
+        """Trees stored and not retired, in the partitions this worker owns."""
+        return self.tree_retirement.live
+
+    @property
+    def live_chains(self) -> int:
+        """Producer instances' chains kept, in the partitions this worker owns."""
+        return len(self.chains)
 
     def on_events(
         self,
         records: Sequence[Record],
         load: Callable[[str], bytes | None],
         wall_us: int,
-    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]]]:
+    ) -> tuple[list[Outbound], TreeWrites]:
         """Process ``(partition, offset, key, value)`` records; ``load(tree key)`` returns a
         tree's stored JSON. Returns what to send and the trees to write afterwards; the
         trees of these partitions whose deadlines the batch passed are decided too."""
         pending = _Pending()
         letters: list[Outbound] = []
-        dirty: dict[str, tuple[int, TreeState]] = {}
+        dirty: TreeWrites = {}
+        late: Counter[tuple[str, str]] = Counter()
         detected = from_micros(wall_us)
         for partition, offset, key, value in records:
             # 1-2. Decode and redact, or dead-letter.
@@ -138,16 +185,22 @@ class Correlation:
             if isinstance(event, Outbound):
                 letters.append(event)
                 continue
-            # 3. The engine: the chain link, the tree, the deadlines passed.
+            # 3. The engine: the chain link, the tree, the deadlines passed. A late event's
+            # link still goes to the chain check: its seq is part of the chain.
             event_us = to_micros(event.event_time)
             link = _chain_link(event, value, event_us)
             pending.links.setdefault(link.producer_instance, []).append(link)
+            mark = self._mark(self.event_marks, partition)
+            mark.observe(event_us, wall_us)
             root = tree_key(event.tenant, event.root_task_id)
             state = self.trees.get(root)
             if state is None:
                 state = load_tree(load, root, event.tenant, event.root_task_id)
-            mark = self._mark(self.event_marks, partition)
-            mark.observe(event_us, wall_us)
+            if state is None:
+                reason = self._not_judged(partition, root, event_us, mark.current(wall_us))
+                if reason is not None:
+                    late[(reason, root)] += 1
+                    continue
             state, out = observe(state, event, self.config, detected)
             self._emit(out, pending)
             watermark = mark.current(wall_us)
@@ -161,6 +214,7 @@ class Correlation:
                 self._emit(out, pending)
             self.trees[root] = state
             dirty[root] = (partition, state)
+        self._count_late(late, "tree")
         touched = {record[0] for record in records}
         self.step_partitions |= touched
         dirty.update(self._due_trees(touched, wall_us, pending))
@@ -168,6 +222,22 @@ class Correlation:
         # link partition sees an instance's links before the mark that covers them.
         sends = letters + self._outbound(pending) + self.source_watermarks(touched, wall_us)
         return sends, dirty
+
+    def _not_judged(
+        self, partition: int, root: str, event_us: int, watermark: int | None
+    ) -> str | None:
+        """Why an event of a tree not kept is not judged (None: it starts a new tree)."""
+        if self.tree_retirement.is_retired(partition, root):
+            return RETIRED_TREE
+        if watermark is not None and event_us < watermark - self.retention.tree_us:
+            return BEYOND_RETENTION
+        return None
+
+    def _count_late(self, late: Counter[tuple[str, str]], what: str) -> None:
+        """Count and log what was not judged, one line per reason and key."""
+        for (reason, key), count in late.items():
+            self.late_events[reason] += count
+            _log.warning("%d late event(s) of %s %s not judged (%s)", count, what, key, reason)
 
     def _admit(
         self, partition: int, offset: int, key: bytes | None, value: bytes | None
@@ -257,6 +327,7 @@ class Correlation:
         and the source partitions' watermarks."""
         pending = _Pending()
         dirty: dict[str, tuple[int, ChainState]] = {}
+        late: Counter[tuple[str, str]] = Counter()
         detected = from_micros(wall_us)
         touched = set()
         for partition, key, value in records:
@@ -269,6 +340,11 @@ class Correlation:
                 continue
             for link in links_from_json(value or b"[]"):
                 # Every chain of an owned partition is in memory (restored at recovery).
+                if link.producer_instance not in self.chains and (
+                    self.chain_retirement.is_retired(partition, link.producer_instance)
+                ):
+                    late[(RETIRED_CHAIN, link.producer_instance)] += 1
+                    continue
                 state, out = observe_link(
                     self.chains.get(link.producer_instance),
                     link,
@@ -285,25 +361,82 @@ class Correlation:
             if watermark is not None:
                 _, out = expire_chain(state, watermark, self.config, detected)
                 self._emit(out, pending)
+        self._count_late(late, "producer instance")
         dirty.update(self._due_chains(touched, wall_us, pending))
         return self._outbound(pending), dirty
 
     def due(
         self, event_partitions: Iterable[int], link_partitions: Iterable[int], wall_us: int
-    ) -> tuple[list[Outbound], dict[str, tuple[int, TreeState]], dict[str, tuple[int, ChainState]]]:
-        """The timer's step: deadlines passed on idle partitions, and the source
-        watermarks the chain check waits for."""
+    ) -> tuple[list[Outbound], TreeWrites, dict[str, tuple[int, ChainState]]]:
+        """The timer's step: deadlines passed on idle partitions, the trees and chains
+        whose retention has passed retired, and the source watermarks the chain check
+        waits for."""
         pending = _Pending()
         event_partitions = set(event_partitions)
+        link_partitions = set(link_partitions)
         trees = self._due_trees(event_partitions, wall_us, pending)
+        trees.update(self._retire_trees(event_partitions, wall_us))
         chains = self._due_chains(link_partitions, wall_us, pending)
+        chains.update(self._retire_chains(link_partitions))
         sends = self._outbound(pending) + self.source_watermarks(event_partitions, wall_us)
         return sends, trees, chains
 
-    def _due_trees(
-        self, partitions: Iterable[int], wall_us: int, pending: _Pending
-    ) -> dict[str, tuple[int, TreeState]]:
-        dirty: dict[str, tuple[int, TreeState]] = {}
+    def _retire_trees(self, partitions: Iterable[int], wall_us: int) -> TreeWrites:
+        """Retire the trees whose retention the watermark has passed: each leaves memory
+        and the table (a delete), and is remembered as retired."""
+        retired: TreeWrites = {}
+        for partition in partitions:
+            mark = self.event_marks.get(partition)
+            watermark = mark.current(wall_us) if mark else None
+            if watermark is None:
+                continue
+            for root in self.tree_retirement.due(partition, watermark):
+                state = self.trees.get(root)
+                if (state is not None and state.deadlines) or self._held(root, wall_us):
+                    # A backfill is being held: it is judged first, retired after.
+                    self.tree_retirement.keep(partition, root, watermark + 1)
+                    continue
+                self.trees.pop(root, None)
+                self.tree_deadlines.get(partition, {}).pop(root, None)
+                self.tree_retirement.retire(partition, root, watermark)
+                retired[root] = (partition, None)
+        return retired
+
+    def _retire_chains(self, partitions: Iterable[int]) -> dict[str, tuple[int, ChainState]]:
+        """Retire the chains silent for the chain retention: each leaves memory and the
+        tables (its prefix and pending links deleted), and is remembered as retired."""
+        retired: dict[str, tuple[int, ChainState]] = {}
+        for partition in partitions:
+            watermark = self.chain_watermark(partition)
+            if watermark is None:
+                continue
+            for instance in self.chain_retirement.due(partition, watermark):
+                chain = self.chains.pop(instance, None)
+                if chain is None:
+                    continue
+                chain.retire()
+                self.chain_partitions.get(partition, set()).discard(instance)
+                self.chain_deadlines.get(partition, {}).pop(instance, None)
+                self.chain_retirement.retire(partition, instance, watermark)
+                retired[instance] = (partition, chain)
+        return retired
+
+    def retired_records(self) -> list[tuple[int, bytes, bytes | None]]:
+        """``(partition, key, value)`` of the stored chunks of retired keys changed since
+        the last call (value None: delete); stored with the step's trees and chains."""
+        return [
+            (partition, retired_key(retirement.kind, partition, bucket, chunk), value)
+            for retirement in (self.tree_retirement, self.chain_retirement)
+            for partition, bucket, chunk, value in retirement.changes()
+        ]
+
+    def recovered_retired(self, items: Iterable[tuple[int, bytes]]) -> None:
+        """After table recovery: the retired keys of the owned partitions, from their
+        stored chunks."""
+        restore_retired((self.tree_retirement, self.chain_retirement), items)
+
+    def _due_trees(self, partitions: Iterable[int], wall_us: int, pending: _Pending) -> TreeWrites:
+        dirty: TreeWrites = {}
         detected = from_micros(wall_us)
         for partition in partitions:
             mark = self.event_marks.get(partition)
@@ -339,13 +472,13 @@ class Correlation:
 
     def written(
         self,
-        trees: dict[str, tuple[int, TreeState]],
+        trees: TreeWrites,
         chains: dict[str, tuple[int, ChainState]],
         ended_us: int,
     ) -> None:
-        """Index the next deadline of each stored tree and chain; forget settled ones
-        (their stored form stays in the table). ``ended_us``: the wall time the step
-        ended, once its outputs were delivered and its state stored.
+        """Index the next deadline and the retirement of each stored tree and chain;
+        forget settled ones (their stored form stays in the table). ``ended_us``: the wall
+        time the step ended, once its outputs were delivered and its state stored.
 
         The partitions the step read count as idle, and the trees it held as waiting for
         the rest of their backfill, from then: a slow step (a heavy batch, a broker slow
@@ -364,28 +497,36 @@ class Correlation:
         self.step_held.clear()
         for root, (partition, state) in trees.items():
             index = self.tree_deadlines.setdefault(partition, {})
-            if state.deadlines:
+            if state is not None and state.deadlines:
                 index[root] = state.deadlines[0][0]
             else:
                 index.pop(root, None)
                 self.trees.pop(root, None)
                 self.held_until.pop(root, None)
+            if state is not None:
+                at = tree_retire_at(state, self.retention.tree_us)
+                self.tree_retirement.keep(partition, root, at)
         for instance, (partition, chain) in chains.items():
+            if chain.retired:
+                continue
             index = self.chain_deadlines.setdefault(partition, {})
             if chain.deadlines:
                 index[instance] = chain.deadlines[0][0]
             else:
                 index.pop(instance, None)
+            at = chain_retire_at(chain, self.retention.chain_us)
+            self.chain_retirement.keep(partition, instance, at)
 
     def recovered_trees(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
-        """After table recovery: index the trees with pending deadlines, and start each
-        partition's watermark from its newest event, so idle advancement decides them
-        even if no new event ever arrives."""
+        """After table recovery: index the trees with pending deadlines and every tree's
+        retirement, and start each partition's watermark from its newest event, so idle
+        advancement decides them even if no new event ever arrives."""
         for partition, state_json in items:
             state = TreeState.from_json(state_json)
             self._mark(self.event_marks, partition).observe(state.last_event_us, wall_us)
+            key = tree_key(state.tenant, state.root_task_id)
+            self.tree_retirement.keep(partition, key, tree_retire_at(state, self.retention.tree_us))
             if state.deadlines:
-                key = tree_key(state.tenant, state.root_task_id)
                 self.trees[key] = state
                 self.tree_deadlines.setdefault(partition, {})[key] = state.deadlines[0][0]
 
@@ -404,6 +545,9 @@ class Correlation:
             chain = ChainState.from_json(prefix_json, links.get(instance, []), self.config)
             self.chains[instance] = chain
             self.chain_partitions.setdefault(partition, set()).add(instance)
+            self.chain_retirement.keep(
+                partition, instance, chain_retire_at(chain, self.retention.chain_us)
+            )
             if chain.deadlines:
                 self.chain_deadlines.setdefault(partition, {})[instance] = chain.deadlines[0][0]
 
@@ -419,12 +563,15 @@ class Correlation:
             self.event_marks.pop(partition, None)
             self.link_marks.pop(partition, None)
             self.silent_since.pop(partition, None)
+            self.tree_retirement.forget(partition)
+            self.chain_retirement.forget(partition)
 
 
 def _chain_link(event: CustodyEvent, value: bytes | None, event_us: int) -> ChainLink:
     """The event's link in its producer instance's hash chain (a decoded event has its
     value, producer instance and sequence number)."""
-    assert value is not None and event.producer_instance and event.seq
+    if value is None or not event.producer_instance or not event.seq:
+        raise TypeError(f"event {event.event_id} was decoded without its chain stamp")
     return ChainLink(
         event.event_id,
         event.tenant,
