@@ -126,14 +126,18 @@ class AsyncCustodyProducer:
 
     @property
     def published(self) -> int:
+        """:attr:`CustodyProducer.published`: events handed to Kafka so far."""
         return self.producer.published
 
     @property
     def delivered(self) -> int:
+        """:attr:`CustodyProducer.delivered`: events the broker acknowledged so far."""
         return self.producer.delivered
 
     @property
     def failed_event_ids(self) -> list[str]:
+        """:attr:`CustodyProducer.failed_event_ids`: events that failed since the last
+        flush."""
         return self.producer.failed_event_ids
 
     async def __aenter__(self) -> AsyncCustodyProducer:
