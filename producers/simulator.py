@@ -63,7 +63,7 @@ class Scenario(StrEnum):
 class Misbehaviour(StrEnum):
     """A way a custody tree goes wrong."""
 
-    LEAKED_TOKEN = "leaked_token"
+    LEAKED_TOKEN = "leaked_token"  # noqa: S105 (a misbehaviour's name, not a credential)
     SHARED_CREDENTIAL = "shared_credential"
     WIDENED_DELEGATION = "widened_delegation"
     USE_AFTER_EXPIRY = "use_after_expiry"
@@ -123,7 +123,7 @@ def random_uuid(rng: random.Random) -> str:
 
 def plan(config: SimulationConfig) -> list[TreePlan]:
     """The root tasks of a simulation: scenario, misbehaviour and start time of each."""
-    rng = random.Random(config.seed)
+    rng = random.Random(config.seed)  # noqa: S311 (seeded so a simulation repeats; nothing secret)
     scenarios, weights = list(_SCENARIO_WEIGHTS), list(_SCENARIO_WEIGHTS.values())
     start = config.start
     trees = []
@@ -194,7 +194,7 @@ class _TreeBuilder:
     live: dict[str, list[_Token]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.plan.seed)
+        self.rng = random.Random(self.plan.seed)  # noqa: S311 (seeded, as in plan())
         self.now = self.plan.start
         self.pending = self.plan.misbehaviour
         requester, approver = self.rng.sample(_HUMANS, 2)

@@ -23,6 +23,9 @@ class SchemaRegistryClient:
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            # urllib would also open file: and ftp: URLs.
+            raise SchemaRegistryError(f"the registry URL must be http or https: {parts.scheme!r}")
         self._auth: str | None = None
         if parts.username is not None:
             credentials = f"{urllib.parse.unquote(parts.username)}:"
@@ -40,14 +43,15 @@ class SchemaRegistryClient:
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(self._base + path, data=data, method=method)
+        # The scheme is http or https (checked in __init__).
+        request = urllib.request.Request(self._base + path, data=data, method=method)  # noqa: S310
         request.add_header("Accept", "application/vnd.schemaregistry.v1+json")
         if data is not None:
             request.add_header("Content-Type", "application/vnd.schemaregistry.v1+json")
         if self._auth:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             raise SchemaRegistryError(f"{method} {path}: HTTP {exc.code}") from None

@@ -100,7 +100,9 @@ def test_the_base_install_is_the_sdk_alone_and_publishes(
     assert published.returncode == 0, published.stderr[-3000:]
     event_id = published.stdout.strip()
     [message] = read_to_end(settings)
-    event = AvroCodec().decode_event(message.value())
+    value = message.value()
+    assert value is not None
+    event = AvroCodec().decode_event(value)
     assert event.event_id == event_id
     assert (event.producer_instance, event.seq, event.root_task_id) == (
         "fresh-venv",
