@@ -11,7 +11,7 @@ timeouts so a consumer-group join on the local broker takes about 3 s instead of
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -159,8 +159,9 @@ class Settings(BaseSettings):
         if self.kafka_sasl_mechanism:
             config["sasl.mechanism"] = self.kafka_sasl_mechanism
             config["sasl.username"] = self.kafka_sasl_username
-            assert self.kafka_sasl_password is not None
-            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+            # Set whenever the mechanism is (_sasl_complete).
+            password = cast(SecretStr, self.kafka_sasl_password)
+            config["sasl.password"] = password.get_secret_value()
         for key, path in (
             ("ssl.ca.location", self.kafka_ssl_ca_location),
             ("ssl.certificate.location", self.kafka_ssl_certificate_location),
