@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Generic, Protocol, TypeVar, Unpack
+from typing import Generic, Protocol, TypeVar, Unpack
 
 from producers import events
 from producers.context import CustodyContext
@@ -34,7 +34,14 @@ from producers.events import (
     TaskDeclaration,
 )
 from producers.producer import DeliveryReport, Stamp
-from producers.scopes import Elevation, Rotation, TaskScope, _Elevation, _Rotation, _Task
+from producers.scopes import (
+    Elevation,
+    ElevationT,
+    Rotation,
+    RotationT,
+    TaskScope,
+    TaskT,
+)
 from schemas.models import Envelope, TaskOutcome
 
 
@@ -48,9 +55,6 @@ class Publisher(Protocol):
 
 PublisherT = TypeVar("PublisherT")
 BrokerT = TypeVar("BrokerT")
-TaskT = TypeVar("TaskT", bound=_Task[Any, Any, Any, Any])
-ElevationT = TypeVar("ElevationT", bound=_Elevation[Any, Any])
-RotationT = TypeVar("RotationT", bound=_Rotation[Any])
 
 
 # ---- events and scopes, built once for the blocking and the asyncio recorders ---------

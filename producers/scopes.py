@@ -270,7 +270,9 @@ class _Rotation(_Scope[BrokerT]):
 
 
 ElevationT = TypeVar("ElevationT", bound=_Elevation[Any, Any])
+"""An elevation class, blocking or asyncio."""
 RotationT = TypeVar("RotationT", bound=_Rotation[Any])
+"""A rotation class, blocking or asyncio."""
 
 
 class _Task(_Scope[BrokerT], Generic[AgentT, BrokerT, ElevationT, RotationT]):
@@ -324,6 +326,10 @@ class _Task(_Scope[BrokerT], Generic[AgentT, BrokerT, ElevationT, RotationT]):
 
     def _completion(self, error: BaseException | None) -> tuple[TaskOutcome, str | None]:
         return completion(error, self._outcome, self._detail)
+
+
+TaskT = TypeVar("TaskT", bound=_Task[Any, Any, Any, Any])
+"""A task scope class, blocking or asyncio (what an agent recorder opens)."""
 
 
 # ---- blocking scopes ------------------------------------------------------------------
