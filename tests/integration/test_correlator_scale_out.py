@@ -1,0 +1,187 @@
+"""Two correlator workers in one consumer group (``custody up --correlators 2``) on a
+6-partition events topic; one is killed with ``kill -9`` mid-stream and the survivor
+takes over its partitions.
+
+What must hold: the set of alert ids on custody.alerts.v1 is the pure correlator's verdict
+on the same events (tests/support/pipeline.py), none missing, none invented; and each is
+stored once: ClickHouse, read with FINAL as every reader reads it, holds one row per alert
+id. The topic itself may hold an alert twice (the survivor replays the batches the killed
+worker had not committed: at-least-once, deduplicated by key downstream), which is why the
+topic is compared as a set of ids.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from processors.processes import running
+from schemas import topics
+from schemas.codec import AvroCodec
+from tests.support.broker import payload
+from tests.support.pipeline import SIMULATION_ENV, Publisher, simulation
+from tests.support.polling import poll, until
+from tests.support.stack import Stack, api_query
+
+pytestmark = pytest.mark.integration
+
+SEED = 20261203
+ROOTS = 150  # about 6,800 events
+RATE = 500  # events/s: the stream lasts long enough for a kill in its middle
+SURVIVOR, VICTIM = "correlate", "correlate-2"
+CODEC = AvroCodec()
+
+
+class AlertIds:
+    """Reads custody.alerts.v1 from the beginning of every partition, counting each id."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "scale-out", "enable.auto.commit": False}
+        )
+        meta = self.consumer.list_topics(topics.ALERTS, timeout=10)
+        self.consumer.assign(
+            [TopicPartition(topics.ALERTS, p, 0) for p in meta.topics[topics.ALERTS].partitions]
+        )
+        self.seen: Counter[str] = Counter()
+
+    def read(self) -> set[str]:
+        """Read what has come; every alert id seen so far."""
+        for message in self.consumer.consume(1000, timeout=0.5):
+            if message.error() is None:
+                alert = CODEC.decode_alert(payload(message))
+                assert message.key() == alert.alert_id.encode()
+                self.seen[alert.alert_id] += 1
+        return set(self.seen)
+
+    def keep_reading(self, seconds: float) -> None:
+        """Read for ``seconds`` more: a window in which an alert not due would show."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.read()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _statuses(stack: Stack) -> dict[str, dict[str, Any]]:
+    result = stack.custody("status", "--json")
+    return {p["name"]: p for p in json.loads(result.stdout)["processes"]}
+
+
+def _metrics(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _events_taken(url: str) -> float:
+    return _metrics(url).get(("custody_correlator_events_total", frozenset()), 0.0)
+
+
+def _lagging_partitions(url: str) -> set[str]:
+    """The events partitions whose lag the worker reports: the ones it owns and reads."""
+    return {
+        dict(labels)["partition"]
+        for name, labels in _metrics(url)
+        if name == "custody_correlator_consumer_lag" and ("topic", topics.EVENTS) in labels
+    }
+
+
+def _stored_alerts(address: str) -> Counter[str]:
+    """Rows per alert id in ClickHouse, read with FINAL (the query API reads so)."""
+    rows = api_query(address, "SELECT alert_id, count() AS n FROM alerts GROUP BY alert_id")
+    return Counter({str(row["alert_id"]): int(row["n"]) for row in rows})
+
+
+def test_the_survivor_of_a_kill_9_takes_over_and_every_alert_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    run = simulation(ROOTS, SEED)
+    assert len(run.expected_alerts) >= 20
+    stack = Stack(tmp_path, env=SIMULATION_ENV)
+    try:
+        started = stack.custody("up", "--correlators", "2")
+        assert started.returncode == 0, started.stderr + started.stdout
+        statuses = _statuses(stack)
+        assert all(statuses[name]["healthy"] for name in (SURVIVOR, VICTIM)), statuses
+        survivor, victim = statuses[SURVIVOR]["metrics"], statuses[VICTIM]["metrics"]
+        assert survivor != victim
+        publisher = Publisher(stack.settings(), run.events, RATE, "scale-out")
+        publisher.start()
+        until(
+            lambda: (
+                publisher.sent >= len(run.events) // 3
+                and _events_taken(survivor) > 0
+                and _events_taken(victim) > 0
+            ),
+            60,
+            "both workers correlating a third of the way through the stream",
+        )
+        # The group has split the partitions between the two.
+        until(
+            lambda: len(_lagging_partitions(survivor) | _lagging_partitions(victim)) == 6,
+            10,
+            lambda: f"partitions: {_lagging_partitions(survivor)} {_lagging_partitions(victim)}",
+        )
+        assert not _lagging_partitions(survivor) & _lagging_partitions(victim)
+        killed = stack.pid(VICTIM)
+        os.kill(killed, signal.SIGKILL)
+        assert poll(lambda: not running(killed), 10, 0.05), "the victim survived SIGKILL"
+        assert not publisher.done, "the stream ended before the kill"
+        until(
+            lambda: len(_lagging_partitions(survivor)) == 6,
+            60,
+            lambda: f"the survivor reads {sorted(_lagging_partitions(survivor))}",
+        )
+        publisher.join(120)
+        assert publisher.done, "the stream was not published within 120 s"
+        assert publisher.error is None, publisher.error
+        assert publisher.failed == []
+
+        reader = AlertIds(stack.bootstrap)
+        try:
+            until(
+                lambda: run.expected_alerts <= reader.read(),
+                180,
+                lambda: f"{len(run.expected_alerts - set(reader.seen))} alerts missing",
+            )
+            # Every deadline of the stream is past already (its closing trees): an
+            # invented alert would come within this window, if at all.
+            reader.keep_reading(10)
+        finally:
+            reader.close()
+        assert set(reader.seen) == run.expected_alerts
+
+        address = stack.address()
+        until(
+            lambda: set(_stored_alerts(address)) >= run.expected_alerts,
+            180,
+            "every alert stored in ClickHouse",
+        )
+        stored = _stored_alerts(address)
+        assert set(stored) == run.expected_alerts
+        assert {alert: n for alert, n in stored.items() if n != 1} == {}
+
+        statuses = _statuses(stack)
+        assert statuses[SURVIVOR]["running"]
+        assert statuses[SURVIVOR]["healthy"]
+        assert not statuses[VICTIM]["running"]
+        assert statuses[VICTIM]["metrics"] is None
+    finally:
+        down = stack.custody("down")
+    assert SURVIVOR in down.stdout
