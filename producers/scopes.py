@@ -187,14 +187,13 @@ class _Scope(Generic[BrokerT]):
 
     def _issuance(self, token_id: str, request: IssueRequest) -> CredentialIssuedFields:
         """The CREDENTIAL_ISSUED fields of a request, issued now unless it says when."""
-        fields: dict[str, Any] = {
+        return {
             **request,
             "token_id": token_id,
             "token_subject": request.get("token_subject") or self._subject,
             "issued_at": request.get("issued_at") or datetime.now(UTC),
             "parent_token_id": request.get("parent_token_id"),
         }
-        return fields  # type: ignore[return-value]
 
     def _left(self) -> list[str]:
         """The credentials the exit ends: every live one."""
