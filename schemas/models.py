@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from enum import StrEnum, auto
-from typing import Annotated, Any, Generic, Literal, TypeVar, cast, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -274,51 +274,67 @@ class Envelope(_Model):
         return self.producer_instance is not None and self.seq is not None
 
 
-TypeT = TypeVar("TypeT", bound=EventType)
-BodyT = TypeVar("BodyT", bound=_Model)
-
-
-class Event(Envelope, Generic[TypeT, BodyT]):
-    """An event of one type: the envelope, its ``event_type`` and the body of that type."""
-
-    event_type: TypeT
-    body: BodyT
-
-
-class TaskDeclaredEvent(Event[Literal[EventType.TASK_DECLARED], TaskDeclared]):
+class TaskDeclaredEvent(Envelope):
     """A task declared its purpose and the scopes it asks for."""
 
+    event_type: Literal[EventType.TASK_DECLARED]
+    body: TaskDeclared
 
-class AuthzDecisionEvent(Event[Literal[EventType.AUTHZ_DECISION], AuthzDecision]):
+
+class AuthzDecisionEvent(Envelope):
     """A policy engine allowed or denied an action."""
 
+    event_type: Literal[EventType.AUTHZ_DECISION]
+    body: AuthzDecision
 
-class CredentialIssuedEvent(Event[Literal[EventType.CREDENTIAL_ISSUED], CredentialIssued]):
+
+class CredentialIssuedEvent(Envelope):
     """A broker issued a short-lived credential."""
 
+    event_type: Literal[EventType.CREDENTIAL_ISSUED]
+    body: CredentialIssued
 
-class AccessEvent(Event[Literal[EventType.ACCESS], Access]):
+
+class AccessEvent(Envelope):
     """A workload used a credential through a tool."""
 
+    event_type: Literal[EventType.ACCESS]
+    body: Access
 
-class DelegationEvent(Event[Literal[EventType.DELEGATION], Delegation]):
+
+class DelegationEvent(Envelope):
     """A task handed work to a child task."""
 
+    event_type: Literal[EventType.DELEGATION]
+    body: Delegation
 
-class ApprovalEvent(Event[Literal[EventType.APPROVAL], Approval]):
+
+class ApprovalEvent(Envelope):
     """A human approved a task or a break-glass."""
 
+    event_type: Literal[EventType.APPROVAL]
+    body: Approval
 
-class BreakGlassEvent(Event[Literal[EventType.BREAK_GLASS], BreakGlass]):
+
+class BreakGlassEvent(Envelope):
     """Emergency access outside standing policy."""
 
+    event_type: Literal[EventType.BREAK_GLASS]
+    body: BreakGlass
 
-class CredentialRevokedEvent(Event[Literal[EventType.CREDENTIAL_REVOKED], CredentialRevoked]):
+
+class CredentialRevokedEvent(Envelope):
     """A credential was revoked."""
 
+    event_type: Literal[EventType.CREDENTIAL_REVOKED]
+    body: CredentialRevoked
 
-class TaskCompletedEvent(Event[Literal[EventType.TASK_COMPLETED], TaskCompleted]):
+
+class TaskCompletedEvent(Envelope):
     """A task ended with an outcome."""
+
+    event_type: Literal[EventType.TASK_COMPLETED]
+    body: TaskCompleted
 
 
 CustodyEvent = Annotated[
