@@ -74,7 +74,9 @@ def app_options(settings: Settings, name: str = CORRELATE) -> dict[str, Any]:
     datadir.mkdir(parents=True, exist_ok=True)
     return {
         "broker": [f"kafka://{s}" for s in settings.kafka_bootstrap.split(",")],
-        "store": "memory://",
+        # faust's RocksDB store (through rocksdict, see workarounds.raw_table): the tables
+        # live on disk under datadir, and a restart reads only the changelog written since.
+        "store": "rocksdb://",
         # One per worker: several workers may run on one host.
         "datadir": str(datadir),
         "key_serializer": "raw",
@@ -284,9 +286,9 @@ class Correlator:
         """Before a rebalance: the changelog markers, then forget the revoked partitions."""
         revoked = args[0] if args else kwargs.get("revoked", set())
         # Runs before recovery on every rebalance, the first join included.
-        await workarounds.append_end_offset_markers(
-            self.app, (self.trees, self.chains, self.pending_links, self.retired), self.partitions
-        )
+        tables = (self.trees, self.chains, self.pending_links, self.retired)
+        ends = await workarounds.append_end_offset_markers(self.app, tables, self.partitions)
+        workarounds.drop_stale_local_state(tables, ends)
         # After any step in flight, so it cannot put back what is forgotten here.
         async with self.step_lock:
             self.work.forget_partitions({tp.partition for tp in revoked})
@@ -300,7 +302,7 @@ class Correlator:
         workarounds.disable_gap_filling(self.app.consumer)
         self.guard.assigned(assigned)
 
-    # The memory store keeps keys of partitions this worker no longer owns: keep only ours.
+    # A stored value names its partition: keep those of the partitions owned now.
     async def index_trees(self) -> None:
         """After the trees' recovery: index those of the owned partitions."""
         mine = self.owned(topics.EVENTS)
@@ -391,6 +393,16 @@ class CorrelatorWorker(workarounds.CommitFreezingWorker):
         await super().on_startup_finished()
         self._ready = True
         _log.info("ready: correlating %s", topics.EVENTS)
+
+    def stop_and_shutdown(self) -> None:
+        """Stop; after a crash, log its reason last, with its exception. What failed
+        while the services stopped (a consumer thread whose loop is closed, say) is logged
+        after the crash, and the last error is what ``custody up`` reports."""
+        try:
+            super().stop_and_shutdown()
+        finally:
+            if self.crash_reason is not None:
+                _log.error("crashed: %s", self.crash_reason, exc_info=self.crash_reason)
 
     async def _report_start(self) -> None:
         """Log the start's phase when it changes, and at least every

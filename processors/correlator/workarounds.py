@@ -17,16 +17,20 @@ faust-streaming 0.15 and mode-streaming 0.7, the versions the project pins.
    whose writes go to the current event's partition and need one.
 7. :func:`turn_off_spinner`: faust's spinner writes terminal control codes into a log.
 8. :func:`crash_on_failure`: a table recovery callback's failure went unnoticed.
+9. :func:`drop_stale_local_state`: a table's files on disk kept from a changelog that is
+   gone (a broker started anew) crashed recovery, or would have been read as current.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+import shutil
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
+import rocksdict
 from faust.types import TP
 
 from processors.group_offsets import first_offset, start_offsets
@@ -229,9 +233,12 @@ class OffsetGuard:
 RESERVED_KEY = b"\x00custody-end-offset-marker"
 
 
-async def append_end_offset_markers(app: faust.App, tables: Iterable[Any], partitions: int) -> None:
+async def append_end_offset_markers(
+    app: faust.App, tables: Iterable[Any], partitions: int
+) -> dict[TP, int]:
     """Append one tombstone for :data:`RESERVED_KEY` to every partition of each table's
-    changelog, and wait until the broker has them.
+    changelog, wait until the broker has them, and return the offset of each (the end of
+    its changelog partition, see :func:`drop_stale_local_state`).
 
     faust's recovery reads a changelog up to the end offset the broker reports
     (``Recovery._build_highwaters``: highwater minus one is taken as the last record).
@@ -249,16 +256,29 @@ async def append_end_offset_markers(app: faust.App, tables: Iterable[Any], parti
     for table in tables:
         name = table.changelog_topic.get_topic_name()
         for partition in range(partitions):
-            sent.append(await app.producer.send(name, RESERVED_KEY, None, partition, None, None))
-    for fut in sent:
-        await fut
+            fut = await app.producer.send(name, RESERVED_KEY, None, partition, None, None)
+            sent.append((TP(name, partition), fut))
+    return {tp: (await fut).offset for tp, fut in sent}
 
 
 # ---- 6. state written under the Table API -----------------------------------------------
 
 
+# The RocksDB store's options per partition database (faust's defaults are sized for a
+# host of its own: 3 x 64 MiB of write buffers and a 2 GiB block cache per database, and a
+# worker has one database per table and partition). The worker reads a tree at most once
+# per batch and keeps the busy ones in memory, so a small cache costs little.
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "driver": "rocksdict",
+    "write_buffer_size": 4 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 4 * 1024 * 1024,
+}
+
+
 def raw_table(app: faust.App, name: str, partitions: int) -> Any:
-    """A table of bytes keys and values (serialized by :mod:`processors.correlator.codec`),
+    """A table of bytes keys and values (serialized by :mod:`processors.correlator.codec`)
+    in faust's RocksDB store (one database per partition under the app's data directory),
     written only through :func:`write_state`."""
     schema: Any = faust.Schema(
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -271,39 +291,64 @@ def raw_table(app: faust.App, name: str, partitions: int) -> Any:
         schema=schema,
         key_type=bytes,
         value_type=bytes,
+        # A copy: faust's store pops its keys from the mapping it is given.
+        options=dict(ROCKSDB_OPTIONS),
     )
 
 
 def write_state(table: Any, partition: int, key: bytes, value: bytes | None) -> None:
-    """Store ``value`` under ``key`` (``None``: delete it) and send it to the changelog
-    partition ``partition``.
+    """Store ``value`` under ``key`` (``None``: delete it) in the database of partition
+    ``partition`` and send it to that changelog partition.
 
     faust's ``Table.__setitem__`` sends a write to the partition of the event being
     processed (``Collection.partition_for_key`` reads ``current_event()``) and refuses a
-    write outside a stream. The worker writes a batch's states after the batch, each to
-    the partition its record came from, and the timer writes with no event at all; so
-    the store and the changelog are written directly.
+    write outside a stream, and the RocksDB store writes to that event's partition's
+    database (``Store._set`` asserts there is one). The worker writes a batch's states
+    after the batch, each to the partition its record came from, and the timer writes
+    with no event at all; so the database and the changelog are written directly. The
+    changelog write, once acknowledged, records its offset in the database
+    (``Collection._on_changelog_sent``), from which a restart reads the changelog.
 
-    Relies on: ``Table.data`` (the store, a mutable mapping) and
-    ``Collection.send_changelog(partition, key, value)``.
+    Relies on: ``Store._db_for_partition(partition)`` (rocksdict's ``Rdict``, opened on
+    first use) and ``Collection.send_changelog(partition, key, value)``.
     """
+    db = table.data._db_for_partition(partition)
     if value is None:
-        table.data.pop(key, None)
+        db.delete(key)
     else:
-        table.data[key] = value
+        db.put(key, value)
     table.send_changelog(partition, key, value)
 
 
 def read_state(table: Any, key: bytes) -> bytes | None:
-    """The stored value of ``key``, read from the store as :func:`write_state` wrote it."""
-    value: bytes | None = table.data.get(key)
-    return value
+    """The stored value of ``key`` in any of the owned partitions' databases, read as
+    :func:`write_state` wrote it (``Store.__getitem__`` would read only the current
+    event's partition).
+
+    Relies on: ``Store._dbs`` (partition -> open database).
+    """
+    for db in list(table.data._dbs.values()):
+        value: bytes | None = db.get(key)
+        if value is not None:
+            return value
+    return None
 
 
 def stored_values(table: Any) -> list[bytes]:
-    """Every value in the table's store, without the end-offset markers and empty
-    values."""
-    return [value for key, value in list(table.data.items()) if key != RESERVED_KEY and value]
+    """Every value in the assigned partitions' databases (read from disk), without the
+    end-offset markers, the store's own offset record and empty values.
+
+    Relies on: ``Store._dbs`` (the databases of the partitions assigned, revoked ones
+    taken out) and ``Store.offset_key``.
+    """
+    store = table.data
+    skipped = {RESERVED_KEY, store.offset_key}
+    return [
+        value
+        for db in list(store._dbs.values())
+        for key, value in db.items()
+        if key not in skipped and value
+    ]
 
 
 # ---- 7. the spinner ---------------------------------------------------------------------
@@ -346,3 +391,56 @@ def crash_on_failure(app: faust.App, callback: Callable[[], Awaitable[None]]) ->
             await app.crash(exc)
 
     return recover
+
+
+# ---- 9. local state of a changelog that is gone -----------------------------------------
+
+
+def drop_stale_local_state(tables: Iterable[Any], ends: Mapping[TP, int]) -> list[TP]:
+    """Delete a partition's database that claims more of its changelog than the
+    changelog has: it was written against a changelog that is gone (the local broker
+    keeps topics in memory, so ``custody down`` and ``up`` start them anew). Returns the
+    changelog partitions whose database was deleted; their recovery reads the changelog
+    from its start.
+
+    The RocksDB store keeps, in each partition's database, the offset of the last
+    changelog record it holds, and recovery reads the changelog after it. faust checks
+    that offset against the changelog's end only to fail (``ConsistencyError``: the
+    worker could not start), and a changelog started anew that has grown past it would be
+    read from the middle into another changelog's state. ``ends`` are the offsets of the
+    end-offset markers just appended (:func:`append_end_offset_markers`): in the
+    changelog the database was written from, every record it holds is before them. Only
+    databases this process has not opened yet are checked: an open one is its own.
+
+    Relies on: ``Store._dbs``, ``Store.partition_path(partition)``, ``Store.offset_key``
+    and its value (the offset as decimal digits), and rocksdict's read-only access.
+    """
+    dropped = []
+    for table in tables:
+        store = table.data
+        name = table.changelog_topic.get_topic_name()
+        for tp, end in ends.items():
+            path = store.partition_path(tp.partition)
+            if tp.topic != name or tp.partition in store._dbs or not path.exists():
+                continue
+            db = rocksdict.Rdict(
+                str(path),
+                options=rocksdict.Options(raw_mode=True),
+                access_type=rocksdict.AccessType.read_only(),
+            )
+            try:
+                held = db.get(store.offset_key)
+            finally:
+                db.close()
+            if held is not None and int(held) >= end:
+                _log.warning(
+                    "%s[%d]: local state holds offset %d, the changelog ends at %d: "
+                    "it was written against another changelog; rebuilding from this one",
+                    tp.topic,
+                    tp.partition,
+                    int(held),
+                    end,
+                )
+                shutil.rmtree(path)
+                dropped.append(tp)
+    return dropped

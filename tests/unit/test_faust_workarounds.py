@@ -11,11 +11,13 @@ import inspect
 import io
 from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import faust
 import mode
 import pytest
+from faust.stores.rocksdb import Store as RocksStore
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
@@ -35,6 +37,17 @@ def _app() -> faust.App:
         "custody-workarounds-test",
         broker="kafka://127.0.0.1:9",
         store="memory://",
+        web_enabled=False,
+    )
+
+
+def _rocks_app(datadir: Path) -> faust.App:
+    """An app with the correlator's store: RocksDB through rocksdict, under ``datadir``."""
+    return faust.App(
+        "custody-workarounds-test",
+        broker="kafka://127.0.0.1:9",
+        store="rocksdb://",
+        datadir=str(datadir),
         web_enabled=False,
     )
 
@@ -138,7 +151,9 @@ def test_a_record_marked_acknowledged_is_left_out_of_what_faust_commits() -> Non
 # ---- 5. the changelog end-offset markers ------------------------------------------------
 
 
-def test_end_offset_markers_are_sent_before_recovery_and_skipped_when_read() -> None:
+def test_end_offset_markers_are_sent_before_recovery_and_skipped_when_read(
+    tmp_path: Path,
+) -> None:
     assert _parameters(Producer.send)[:7] == [
         "self",
         "topic",
@@ -153,19 +168,21 @@ def test_end_offset_markers_are_sent_before_recovery_and_skipped_when_read() -> 
     # What the markers correct: recovery reads up to the end offsets the broker reports.
     assert "consumer.highwaters(" in inspect.getsource(Recovery._build_highwaters)
 
-    table = workarounds.raw_table(_app(), "custody-trees", 3)
+    table = workarounds.raw_table(_rocks_app(tmp_path), "custody-trees", 3)
     assert (
         table.changelog_topic.get_topic_name() == "custody-workarounds-test-custody-trees-changelog"
     )
-    table.data[workarounds.RESERVED_KEY] = b""
-    table.data[b"tree"] = b"0\n{}"
-    assert workarounds.stored_values(table) == [b"0\n{}"]
+    db = table.data._db_for_partition(1)
+    db.put(workarounds.RESERVED_KEY, b"")
+    db.put(b"tree", b"1\n{}")
+    table.data.set_persisted_offset(TP(table.changelog_topic.get_topic_name(), 1), 7)
+    assert workarounds.stored_values(table) == [b"1\n{}"]
 
 
 # ---- 6. state written under the Table API -----------------------------------------------
 
 
-def test_state_is_written_to_the_store_and_the_changelog_partition_given() -> None:
+def test_state_is_written_to_the_store_and_the_changelog_partition_given(tmp_path: Path) -> None:
     assert _parameters(Collection.send_changelog) == [
         "self",
         "partition",
@@ -176,8 +193,13 @@ def test_state_is_written_to_the_store_and_the_changelog_partition_given() -> No
     ]
     sent: list[tuple[int | None, bytes, bytes | None]] = []
 
+    assert _parameters(RocksStore._db_for_partition) == ["self", "partition"]
+    assert "current_event()" in inspect.getsource(RocksStore._set)
+
     async def write() -> None:
-        table = workarounds.raw_table(_app(), "custody-trees", 3)
+        table = workarounds.raw_table(_rocks_app(tmp_path), "custody-trees", 3)
+        assert isinstance(table.data, RocksStore)
+        assert table.data.use_rocksdict
         # What faust does: a write through the Table API needs an event being processed.
         with pytest.raises(TypeError, match="outside of stream iteration"):
             table[b"tree"] = b"0\n{}"
@@ -190,6 +212,9 @@ def test_state_is_written_to_the_store_and_the_changelog_partition_given() -> No
         table.send_changelog = recording
         workarounds.write_state(table, 2, b"tree", b"2\n{}")
         assert workarounds.read_state(table, b"tree") == b"2\n{}"
+        # In partition 2's database, the one the changelog partition restores.
+        assert table.data._db_for_partition(2).get(b"tree") == b"2\n{}"
+        assert table.data._db_for_partition(1).get(b"tree") is None
         workarounds.write_state(table, 2, b"tree", None)
         assert workarounds.read_state(table, b"tree") is None
 
@@ -236,3 +261,31 @@ def test_a_recovery_callback_that_fails_crashes_the_worker() -> None:
     reason = asyncio.run(crash_reason())
     assert isinstance(reason, ValueError)
     assert "unknown format" in str(reason)
+
+
+# ---- 9. local state of a changelog that is gone -----------------------------------------
+
+
+def test_local_state_ahead_of_its_changelog_is_dropped_before_recovery(tmp_path: Path) -> None:
+    # What faust does: recovery fails when a database claims more than the changelog has.
+    assert "ConsistencyError(" in inspect.getsource(Recovery._restart_recovery.fun)
+    assert RocksStore.offset_key == b"__faust\x00offset__"
+    assert _parameters(RocksStore.partition_path) == ["self", "partition"]
+
+    table = workarounds.raw_table(_rocks_app(tmp_path), "custody-trees", 3)
+    changelog = table.changelog_topic.get_topic_name()
+    for partition in (0, 1):
+        table.data._db_for_partition(partition).put(b"tree", b"x")
+        table.data.set_persisted_offset(TP(changelog, partition), 10)
+    for db in table.data._dbs.values():
+        db.close()
+
+    # A new process: partition 0's changelog ends before what its database holds.
+    restarted = workarounds.raw_table(_rocks_app(tmp_path), "custody-trees", 3)
+    ends = {TP(changelog, 0): 4, TP(changelog, 1): 11, TP(changelog, 2): 0}
+    assert workarounds.drop_stale_local_state([restarted], ends) == [TP(changelog, 0)]
+    assert not restarted.data.partition_path(0).exists()
+    assert restarted.data.persisted_offset(TP(changelog, 1)) == 10
+    assert restarted.data._db_for_partition(1).get(b"tree") == b"x"
+    # A database this process has opened is its own: never checked.
+    assert workarounds.drop_stale_local_state([restarted], {TP(changelog, 1): 0}) == []
