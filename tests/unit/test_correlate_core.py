@@ -147,7 +147,9 @@ def test_two_tenants_reusing_a_root_task_id_keep_separate_trees() -> None:
         "globex",
     ]
     assert set(dirty) == {tree_key("acme", "t-root"), tree_key("globex", "t-root")}
-    legacy = dirty[tree_key("acme", "t-root")][1].to_json()
+    state = dirty[tree_key("acme", "t-root")][1]
+    assert state is not None  # stored, not retired
+    legacy = state.to_json()
     fresh = _work()
     fresh.on_events(_records(acme[:1]), {"t-root": legacy}.get, WALL)
     # The legacy state was found: its tasks are there, not just the one event's.
