@@ -109,16 +109,34 @@ def _read_record(settings: Settings, name: str) -> dict[str, Any] | None:
 
 def _alive(record: dict[str, Any]) -> bool:
     """Whether the recorded process still runs, and still runs the recorded command."""
-    pid = int(record["pid"])
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+    cmdline = _command_line(int(record["pid"]))
+    if cmdline is None:
         return False
     # A script runs as "<interpreter> <script> ...": the command is then the words after
     # the first. The line ends with a NUL, hence the empty last word.
-    words = [word.decode(errors="replace") for word in cmdline[:-1]]
+    words = [word.decode(errors="replace") for word in cmdline.split(b"\0")[:-1]]
     argv = list(record["argv"])
     return bool(argv) and words[-len(argv) :] == argv
+
+
+def _command_line(pid: int, wait: float = 1.0) -> bytes | None:
+    """The command line of process ``pid``; None if it does not run. A process that has
+    just started (its exec under way) shows an empty one for a moment, so an empty one is
+    read again, for up to ``wait`` seconds, unless the process is a zombie (killed and not
+    reaped), whose command line stays empty."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            # The state is the first field after the command name, which ends with ")".
+            state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            return None
+        if cmdline:
+            return cmdline
+        if state == b"Z" or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _custody_command(*args: str) -> list[str]:
@@ -254,14 +272,17 @@ class Started:
         return _said(records[-1]) if records else ""
 
     def failure(self) -> str:
-        """Why its start failed, as its log says: the last error record since the start
+        """Why its start failed, as its log says: the first error record since the start
         with an exception (its message and the exception's last line), else the last
-        error record, else the last line."""
+        error record, else the last line. The first: a crash's reason is logged before
+        what fails while the process stops after it (faust's consumer thread stopping on a
+        closed event loop, say)."""
         records = _records_since(self.log, self.offset)
         errors = [r for r in records if r.get("level") in ("error", "critical")]
         with_exception = [r for r in errors if r.get("exception")]
-        chosen = (with_exception or errors or records or [{"message": "its log is empty"}])[-1]
-        return _said(chosen)
+        if with_exception:
+            return _said(with_exception[0])
+        return _said((errors or records or [{"message": "its log is empty"}])[-1])
 
 
 def _said(record: dict[str, Any]) -> str:
