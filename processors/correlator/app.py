@@ -115,6 +115,7 @@ class Correlator:
         partitions = settings.event_partitions
         self.app = app = faust.App(app_id, **app_options(settings, name))
         workarounds.keep_queued_events_on_resume(app)
+        workarounds.shorten_fetch_wait(app)
         raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,

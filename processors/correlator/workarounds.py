@@ -19,6 +19,9 @@ faust-streaming 0.15 and mode-streaming 0.7, the versions the project pins.
 8. :func:`crash_on_failure`: a table recovery callback's failure went unnoticed.
 9. :func:`drop_stale_local_state`: a table's files on disk kept from a changelog that is
    gone (a broker started anew) crashed recovery, or would have been read as current.
+10. :func:`shorten_fetch_wait`: faust's fixed 1.5 s fetch wait delayed every record by up
+    to that long on the local broker (Tansu), which answers a waiting fetch only when the
+    wait ends.
 """
 
 from __future__ import annotations
@@ -444,3 +447,38 @@ def drop_stale_local_state(tables: Iterable[Any], ends: Mapping[TP, int]) -> lis
                 shutil.rmtree(path)
                 dropped.append(tp)
     return dropped
+
+
+# ---- 10. the fetch wait -------------------------------------------------------------------
+
+# How long a fetch may wait at the broker for records: about the longest the wait adds to
+# an event's way to its alerts on the local broker. Shorter waits cost throughput there
+# (50 ms: about a tenth in the correlator benchmark, from the extra fetch round trips).
+FETCH_WAIT_MS = 200
+
+
+def shorten_fetch_wait(app: faust.App, wait_ms: int = FETCH_WAIT_MS) -> None:
+    """Make the worker's consumer wait at most ``wait_ms`` for records per fetch.
+
+    faust's aiokafka consumer is created with ``fetch_max_wait_ms=1500``, fixed in
+    ``AIOKafkaConsumerThread._create_worker_consumer`` with no setting to change it. A
+    broker answers a fetch as soon as records are there; the local broker (Tansu 0.6)
+    answers only when the wait ends, so a record that arrived just after a fetch waited up
+    to 1.5 s (a consumer with a 1.5 s wait saw 0.4 s median latency on it, one with 10 ms
+    30 ms; the correlator's alert latency p99 went from about 1 s to half that). A short
+    wait costs an idle worker a fetch request per wait.
+
+    Relies on: ``Consumer._thread`` (the consumer thread) creating its aiokafka consumer
+    through ``_create_consumer(loop=...)``, and ``AIOKafkaConsumer._fetch_max_wait_ms``,
+    read when it starts its fetcher.
+    """
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    create = thread._create_consumer
+
+    def create_waiting_less(loop: asyncio.AbstractEventLoop) -> Any:
+        created = create(loop=loop)
+        created._fetch_max_wait_ms = wait_ms
+        return created
+
+    thread._create_consumer = create_waiting_less

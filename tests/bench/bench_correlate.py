@@ -1,30 +1,35 @@
-"""Correlator: throughput against a bare-faust floor, state memory, alert latency.
+"""Correlator: throughput against a bare-faust floor, two workers against one, state
+memory, alert latency.
 
 **Throughput.** Realistic custody trees (:func:`tests.support.trees.mischievous`, each
 misbehaviour in turn, every fourth tree clean, 2 s of event time apart so trees overlap)
 are published once, in event-time order, to a local Tansu broker. Then, alternately and
-each in its own subprocess with its own app id (:mod:`tests.bench.correlate_worker`):
+each in its own subprocesses with its own app id (:mod:`tests.bench.correlate_worker`):
 
 - **floor**: a faust agent with the correlator's app settings that decodes and counts;
-- **correlator**: the real worker, counting the records its ``on_events`` processed.
+- **correlator**: the real worker, counting the records its ``on_events`` processed;
+- **two correlators**: two real workers in one consumer group, started together (each
+  waits until both are ready, so they join the group at once).
 
-Rate = events processed / (time the last published offset of every partition was
+Rate = events published / (time the last published offset of every partition was
 processed - time of the first record), so faust's start-up and group join are not counted;
-events a worker never handed to its code are reported as skipped. Medians over
-:data:`ROUNDS` rounds. The events come from :data:`PRODUCER_INSTANCES` producer instances
-(hash chains), each serving whole trees: with a single instance, the chain check's pending
-links (a backlog is read unevenly across partitions) grew past 1 MB in one changelog
-record and aiokafka's ``MessageSizeTooLargeError`` crashed the worker.
+the records each run handed to its code are reported (fewer than published: faust lost
+some; more: a rebalance replayed some). Medians over :data:`ROUNDS` rounds.
+``correlate.throughput`` is the correlator against the floor, ``correlate.two_workers``
+two correlators against one. The events come from :data:`PRODUCER_INSTANCES` producer
+instances (hash chains), each serving whole trees: with a single instance, the chain
+check's pending links (a backlog is read unevenly across partitions) grew past 1 MB in one
+changelog record and aiokafka's ``MessageSizeTooLargeError`` crashed the worker.
 
 **State memory.** The pure correlator folds 2,000 trees whose tokens are all live (no
 revocation, no completion), decoding each event from Avro as the worker does; tracemalloc
 measures what the states keep once the events are gone, per live token. Also the size of
 their changelog form (``TreeState.to_json``) per live token.
 
-**Alert latency.** With the last correlator worker caught up, small live trees (event time
-= now) are published at a steady pace, each ending with an access after its token's
-revocation; latency = arrival of its ``TOKEN_USED_AFTER_REVOCATION`` on the alerts topic -
-the call that published the access.
+**Alert latency.** With the last single correlator worker caught up, small live trees
+(event time = now) are published at a steady 20 trees/s, each ending with an access after
+its token's revocation; latency = arrival of its ``TOKEN_USED_AFTER_REVOCATION`` on the
+alerts topic - the call that published the access.
 """
 
 from __future__ import annotations
@@ -60,9 +65,9 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
-from tests.bench.correlate_worker import bench_settings
+from tests.bench.correlate_worker import bench_settings, links_topic
 from tests.bench.results import Entry, entry
-from tests.support.broker import local_broker
+from tests.support.broker import local_broker, payload
 from tests.support.events import CODER, allow, declare, issue, revoke, use
 from tests.support.measure import percentile, py_spy
 from tests.support.polling import poll
@@ -77,10 +82,13 @@ MEMORY_TREES = 2_000
 LATENCY_TREES = 200
 LATENCY_SECONDS = 10.0
 UNIT = "events/s"
+PARTITIONS = 6
 START_TIMEOUT = 60.0
 """Seconds a worker may take to start, join its group and see its first record."""
 MIN_RATE = 300
 """The slowest rate (events/s) a run may have before it counts as failed."""
+GROUP_ATTEMPTS = 3
+"""Runs of two workers, at most, to get one whose group did not rebalance mid-run."""
 
 # ---- traffic --------------------------------------------------------------------------
 
@@ -127,7 +135,7 @@ def publish(settings: Settings, stream: list[Envelope]) -> dict[int, int]:
     return ends
 
 
-# ---- one worker subprocess ------------------------------------------------------------
+# ---- worker subprocesses --------------------------------------------------------------
 
 
 @dataclass
@@ -146,18 +154,10 @@ class WorkerRun:
             return {}
         return data
 
-    def wait_done(self, count: int) -> dict[str, Any]:
-        """Poll the stats until the worker processed the last of the ``count`` events
-        published; raise if it dies or is too slow."""
-        deadline = time.monotonic() + START_TIMEOUT + count / MIN_RATE
-        while time.monotonic() < deadline:
-            stats = self.stats()
-            if stats.get("done"):
-                return stats
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.mode} worker exited, see {self.log_path}")
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.mode} worker too slow: {self.stats()}, see {self.log_path}")
+    def check(self) -> None:
+        """Raise if the process has exited (a worker runs until it is killed)."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.mode} worker exited, see {self.log_path}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -166,38 +166,69 @@ class WorkerRun:
 
 
 @contextmanager
-def worker(mode: str, bootstrap: str, ends_path: Path, workdir: Path) -> Iterator[WorkerRun]:
-    """Start a worker subprocess under a fresh app id; kill it on the way out.
-    ``ends_path`` holds the last offset published to each partition."""
+def workers(
+    mode: str, bootstrap: str, ends_path: Path, workdir: Path, count: int = 1
+) -> Iterator[list[WorkerRun]]:
+    """Start ``count`` worker subprocesses in one consumer group under a fresh app id, let
+    them go together once each is ready; kill them on the way out. ``ends_path`` holds the
+    last offset published to each partition."""
     app_id = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
-    stats_path = workdir / f"{app_id}.json"
-    log_path = workdir / f"{app_id}.log"
-    command = [sys.executable, "-m", "tests.bench.correlate_worker", mode, bootstrap, app_id]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, str(stats_path), str(ends_path)], stdout=log, stderr=subprocess.STDOUT
-        )
-    run = WorkerRun(mode, process, stats_path, log_path)
+    go = workdir / f"{app_id}.go"
+    if mode == "correlator":
+        # Made here, not by each worker at its start: the workers' starts stay as short
+        # and as even as possible, so that they join their group together.
+        ensure_topics(bench_settings(bootstrap).kafka_admin(), {links_topic(app_id): PARTITIONS})
+    runs = []
     try:
-        yield run
+        for index in range(1, count + 1):
+            name = f"{app_id}-{index}"
+            stats_path, log_path = workdir / f"{name}.json", workdir / f"{name}.log"
+            command = [sys.executable, "-m", "tests.bench.correlate_worker", mode, bootstrap]
+            command += [app_id, name, str(stats_path), str(ends_path), str(go)]
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            runs.append(WorkerRun(mode, process, stats_path, log_path))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(run.stats().get("ready") for run in runs):
+            for run in runs:
+                run.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{mode} workers not ready after {START_TIMEOUT}s")
+            time.sleep(0.05)
+        go.touch()
+        yield runs
     finally:
-        run.stop()
+        for run in runs:
+            run.stop()
 
 
 @dataclass(frozen=True)
 class Round:
-    """One worker's run over the published events."""
+    """One run (of one worker or a group) over the published events."""
 
     rate: float
-    """Events processed / (time the last published offset was processed - first record)."""
-    skipped: int
-    """Published events the worker never handed to its code (faust lost them)."""
+    """Events published / (time the last published offset of every partition was
+    processed - time of the first record)."""
+    processed: int
+    """Records handed to the workers' code: fewer than published if faust lost some, more
+    if a rebalance replayed some."""
 
 
-def finished(stats: dict[str, Any], count: int) -> Round:
-    processed = int(stats["count_at_done"])
-    elapsed = float(stats["done"]) - float(stats["first"])
-    return Round(processed / elapsed, count - processed)
+def finished(runs: list[WorkerRun], count: int, partitions: int) -> Round:
+    """Poll the workers' stats until every partition's last published offset has been
+    processed (by any of them); raise if one dies or they are too slow."""
+    deadline = time.monotonic() + START_TIMEOUT + count / MIN_RATE
+    while time.monotonic() < deadline:
+        stats = [run.stats() for run in runs]
+        reached = [float(t) for s in stats for t in s.get("reached", {}).values()]
+        if len({p for s in stats for p in s.get("reached", {})}) == partitions:
+            first = min(float(s["first"]) for s in stats if s.get("first"))
+            processed = sum(int(s["count"]) for s in stats)
+            return Round(count / (max(reached) - first), processed)
+        for run in runs:
+            run.check()
+        time.sleep(0.1)
+    raise RuntimeError(f"{runs[0].mode} too slow: {[r.stats() for r in runs]}")
 
 
 # ---- alert latency --------------------------------------------------------------------
@@ -252,7 +283,7 @@ class AlertReader:
                     self.drained.set()
                 for message in messages:
                     if message.error() is None:
-                        self._arrived(codec, message.value(), now)
+                        self._arrived(codec, payload(message), now)
         finally:
             consumer.close()
 
@@ -398,8 +429,8 @@ def event_count() -> int:
 
 def floor_round(bootstrap: str, count: int, ends_path: Path, workdir: Path) -> Round:
     """One bare-faust run to completion."""
-    with worker("floor", bootstrap, ends_path, workdir) as run:
-        return finished(run.wait_done(count), count)
+    with workers("floor", bootstrap, ends_path, workdir) as runs:
+        return finished(runs, count, PARTITIONS)
 
 
 def profiler_path() -> Path | None:
@@ -419,18 +450,45 @@ def correlator_round(
 ) -> tuple[Round, list[float], list[float]]:
     """One correlator run to completion; then, given ``settings``, the alert latency
     against the same worker (caught up, and with the state of the whole run)."""
-    with worker("correlator", bootstrap, ends_path, workdir) as run:
-        with py_spy(run.process.pid, profile):
-            result = finished(run.wait_done(count), count)
+    with workers("correlator", bootstrap, ends_path, workdir) as runs:
+        with py_spy(runs[0].process.pid, profile):
+            result = finished(runs, count, PARTITIONS)
         if settings is None:
             return result, [], []
         latencies, acks = measure_latency(settings)
         return result, latencies, acks
 
 
+def group_round(bootstrap: str, count: int, ends_path: Path, workdir: Path) -> tuple[Round, int]:
+    """Two correlator workers in one group, started together, to completion; and how many
+    runs it took. Started together, they still join the group one after the other now
+    and then (the local broker completes a new group's first join at once), and the
+    rebalance that follows moves partitions while records flow: processed twice, they
+    show it. Such a run measures a rebalance, not two workers: it is run again, up to
+    :data:`GROUP_ATTEMPTS` times."""
+    for attempt in range(1, GROUP_ATTEMPTS + 1):
+        with workers("correlator", bootstrap, ends_path, workdir, count=2) as runs:
+            result = finished(runs, count, PARTITIONS)
+        if result.processed == count or attempt == GROUP_ATTEMPTS:
+            break
+    return result, attempt
+
+
+@dataclass
+class Rounds:
+    """Every run's result, by kind."""
+
+    floors: list[Round] = field(default_factory=list)
+    correlators: list[Round] = field(default_factory=list)
+    groups: list[Round] = field(default_factory=list)
+    group_attempts: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    acks: list[float] = field(default_factory=list)
+
+
 def run() -> list[Entry]:
-    """Memory, then throughput rounds (floor and correlator alternately), then latency
-    against the last correlator worker."""
+    """Memory, then rounds of a floor, a correlator and two correlators in one group
+    (alternately), then latency against the last single correlator worker."""
     count = event_count()
     memory = measure_state_memory(MEMORY_TREES)
     print(
@@ -440,11 +498,10 @@ def run() -> list[Entry]:
     )
     print(f"correlate: generating {count:,} events")
     stream = stamped(traffic(count), PRODUCER_INSTANCES)
-    floors: list[Round] = []
-    correlators: list[Round] = []
+    rounds = Rounds()
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        settings = bench_settings(bootstrap)
+        settings = bench_settings(bootstrap, workdir / "home")
         ensure_topics(
             settings.kafka_admin(),
             {**settings.event_topic_partitions(), CHAIN_LINKS: settings.event_partitions},
@@ -452,7 +509,7 @@ def run() -> list[Entry]:
         ends_path = workdir / "ends.json"
         ends_path.write_text(json.dumps(publish(settings, stream)), encoding="utf-8")
         for number in range(1, ROUNDS + 1):
-            floors.append(floor_round(bootstrap, count, ends_path, workdir))
+            rounds.floors.append(floor_round(bootstrap, count, ends_path, workdir))
             result, latencies, acks = correlator_round(
                 bootstrap,
                 count,
@@ -461,46 +518,59 @@ def run() -> list[Entry]:
                 settings if number == ROUNDS else None,
                 profiler_path() if number == 1 else None,
             )
-            correlators.append(result)
+            rounds.correlators.append(result)
+            rounds.latencies += latencies
+            rounds.acks += acks
+            group, attempts = group_round(bootstrap, count, ends_path, workdir)
+            rounds.groups.append(group)
+            rounds.group_attempts.append(attempts)
+            floor = rounds.floors[-1]
             print(
-                f"correlate: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
-                f"correlator {result.rate:,.0f} {UNIT}, "
-                f"ratio {result.rate / floors[-1].rate:.3f}, "
-                f"skipped {floors[-1].skipped} / {result.skipped}"
+                f"correlate: round {number}: floor {floor.rate:,.0f} {UNIT}, "
+                f"correlator {result.rate:,.0f} {UNIT} (ratio {result.rate / floor.rate:.3f}), "
+                f"two correlators {group.rate:,.0f} {UNIT} "
+                f"(ratio {group.rate / result.rate:.3f}, run {attempts}); records processed "
+                f"{floor.processed} / {result.processed} / {group.processed} of {count}"
             )
-    return entries(count, memory, floors, correlators, latencies, acks)
+    return entries(count, memory, rounds)
 
 
-def entries(
-    count: int,
-    memory: StateMemory,
-    floors: list[Round],
-    correlators: list[Round],
-    latencies: list[float],
-    acks: list[float],
-) -> list[Entry]:
-    floor = statistics.median(r.rate for r in floors)
+def entries(count: int, memory: StateMemory, rounds: Rounds) -> list[Entry]:
+    floor = statistics.median(r.rate for r in rounds.floors)
+    correlator = statistics.median(r.rate for r in rounds.correlators)
+    group = statistics.median(r.rate for r in rounds.groups)
     detail = {
         "events": count,
-        "rounds": len(floors),
-        "floor_rounds": [round(r.rate) for r in floors],
-        "correlator_rounds": [round(r.rate) for r in correlators],
-        "floor_skipped": [r.skipped for r in floors],
-        "correlator_skipped": [r.skipped for r in correlators],
+        "rounds": len(rounds.floors),
+        "floor_rounds": [round(r.rate) for r in rounds.floors],
+        "correlator_rounds": [round(r.rate) for r in rounds.correlators],
+        "floor_processed": [r.processed for r in rounds.floors],
+        "correlator_processed": [r.processed for r in rounds.correlators],
         "tree_spacing_seconds": TREE_SPACING_SECONDS,
         "producer_instances": PRODUCER_INSTANCES,
     }
+    group_detail = {
+        "events": count,
+        "rounds": len(rounds.groups),
+        "one_worker_rounds": [round(r.rate) for r in rounds.correlators],
+        "two_worker_rounds": [round(r.rate) for r in rounds.groups],
+        # More than the events: records a rebalance handed to both workers.
+        "two_worker_processed": [r.processed for r in rounds.groups],
+        "two_worker_runs": rounds.group_attempts,
+        "cores": os.cpu_count(),
+    }
     memory_detail = {"trees": memory.trees, "live_tokens": memory.live_tokens}
+    latencies = sorted(rounds.latencies)
     latency_detail = {
         "alerts": len(latencies),
         "trees_per_second": LATENCY_TREES / LATENCY_SECONDS,
         "max_ms": round(latencies[-1], 1),
-        "publish_sync_p50_ms": round(statistics.median(acks), 1),
+        "publish_sync_p50_ms": round(statistics.median(rounds.acks), 1),
     }
-    correlator = statistics.median(r.rate for r in correlators)
     return [
         entry("correlate.throughput", correlator, UNIT, floor, detail),
         entry("correlate.floor_bare_faust", floor, UNIT, detail=detail),
+        entry("correlate.two_workers", group, UNIT, correlator, group_detail),
         entry(
             "correlate.state_bytes_per_live_token",
             memory.state_bytes / memory.live_tokens,

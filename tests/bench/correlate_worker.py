@@ -1,23 +1,27 @@
 """The subprocess side of the correlator benchmark: one faust worker, instrumented.
 
-``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID STATS_PATH ENDS_PATH``
+``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID NAME STATS_PATH ENDS_PATH GO_PATH``
 
-- ``floor``: a faust app with the very settings :func:`processors.correlator.app.build_app`
-  gives its app (captured from it, so they cannot drift apart) and one agent that takes
-  batches like the correlator (``take_events(1000, within=0.2)``), decodes every value with
+- ``floor``: a faust app with the settings the correlator's app has
+  (:func:`processors.correlator.app.app_options`) and one agent that takes batches like
+  the correlator (``take_events(1000, within=0.2)``), decodes every value with
   :class:`schemas.codec.AvroCodec` and counts.
-- ``correlator``: the real worker (:func:`processors.correlator.app.run_worker`) under its own
-  app id and its own chain-links topic, so every run starts from nothing and does the same
-  work; :meth:`processors.correlator.step.Correlation.on_events` is wrapped to count records.
+- ``correlator``: the real worker (:func:`processors.correlator.app.run_worker`) under the
+  app id given and its own chain-links topic, so every run starts from nothing and does the
+  same work; :meth:`processors.correlator.step.Correlation.on_events` is wrapped to count
+  records. Several processes given the same app id are one consumer group; ``NAME`` keeps
+  their data directories apart.
 
-Both write a small JSON file (``STATS_PATH``): the wall time of the first record, the
-count, and the wall time (and count) when the last offset of every partition, as read from
-``ENDS_PATH`` (``{partition: offset}``), was processed.
+Each process, once it has imported everything, says so in its stats and waits for
+``GO_PATH`` to exist before it starts its app: the benchmark starts a group's workers
+together, so that they join the group at once. Each writes a small JSON file
+(``STATS_PATH``): the wall time of its first record, its count, and the wall time at which
+it processed the last published offset of each partition (``ENDS_PATH``:
+``{partition: offset}``) it reached.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -25,12 +29,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import faust
 
 from processors.correlator import app as correlator_app
-from processors.correlator.step import Correlation
+from processors.correlator.step import Correlation, Record
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
@@ -39,9 +42,15 @@ BATCH = 1000
 BATCH_WITHIN = 0.2
 
 
-def bench_settings(bootstrap: str) -> Settings:
-    """The correlator's settings in the benchmark (short session timeout and grace)."""
-    return Settings(
+def links_topic(app_id: str) -> str:
+    """The chain-links topic of the correlator run under ``app_id``."""
+    return f"{app_id}-chain-links"
+
+
+def bench_settings(bootstrap: str, home: Path | None = None) -> Settings:
+    """The correlator's settings in the benchmark (short session timeout and grace);
+    ``home``: where the workers keep their data directories (default: the settings')."""
+    settings = Settings(
         kafka_bootstrap=bootstrap,
         kafka_profile="development",
         kafka_session_timeout_ms=2000,
@@ -49,23 +58,25 @@ def bench_settings(bootstrap: str) -> Settings:
         allowed_lateness_seconds=1,
         event_partitions=6,
     )
+    return settings if home is None else settings.model_copy(update={"home": home})
 
 
 class Stats:
-    """Counts records and writes the timings to a JSON file, atomically.
-
-    Done when every partition's last published offset was processed: a count alone would
-    hang if the worker skipped a record, and the skipped ones are worth reporting.
-    """
+    """Counts records and writes the timings to a JSON file, atomically: the file shows
+    progress, for diagnosis, and the benchmark reads it to know when a run is done."""
 
     def __init__(self, path: Path, ends: dict[int, int]) -> None:
         self.path = path
         self.ends = ends
-        self.waiting = set(ends)
+        self.reached: dict[int, float] = {}
         self.count = 0
         self.first: float | None = None
-        self.done: float | None = None
-        self.count_at_done: int | None = None
+        self.ready = False
+
+    def built(self) -> None:
+        """The app is built: the process waits for the go."""
+        self.ready = True
+        self.write()
 
     def started(self) -> None:
         """A batch arrived: remember the wall time of the very first one."""
@@ -74,51 +85,37 @@ class Stats:
             self.write()
 
     def add(self, positions: Iterable[tuple[int, int]]) -> None:
-        """A batch of ``(partition, offset)`` was processed (written each time: the file
-        shows progress, for diagnosis)."""
-        ends, waiting = self.ends, self.waiting
+        """A batch of ``(partition, offset)`` was processed."""
+        ends, reached = self.ends, self.reached
+        now = time.time()
         for partition, offset in positions:
             self.count += 1
-            if partition in waiting and offset >= ends[partition]:
-                waiting.discard(partition)
-        if self.done is None and not waiting:
-            self.done = time.time()
-            self.count_at_done = self.count
+            if partition not in reached and offset >= ends.get(partition, offset + 1):
+                reached[partition] = now
         self.write()
 
     def write(self) -> None:
         data = {
             "pid": os.getpid(),
+            "ready": self.ready,
             "first": self.first,
-            "done": self.done,
             "count": self.count,
-            "count_at_done": self.count_at_done,
+            "reached": self.reached,
         }
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(data), encoding="utf-8")
         partial.replace(self.path)
 
 
-class _Captured(Exception):
-    """Raised by the stand-in ``faust.App`` once it has the arguments."""
+def wait_for(go: Path) -> None:
+    """Block until the benchmark says go (before any event loop runs)."""
+    while not go.exists():
+        time.sleep(0.01)
 
 
-def correlator_app_options(settings: Settings) -> dict[str, Any]:
-    """The keyword arguments ``build_app`` passes to ``faust.App``, captured from it."""
-    captured: dict[str, Any] = {}
-
-    def record(*args: Any, **kwargs: Any) -> None:
-        captured.update(kwargs)
-        raise _Captured
-
-    with mock.patch.object(faust, "App", record), contextlib.suppress(_Captured):
-        correlator_app.build_app(settings)
-    return captured
-
-
-def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
-    """A bare faust app: same settings, one agent that decodes and counts."""
-    app = faust.App(app_id, **correlator_app_options(settings))
+def run_floor(settings: Settings, app_id: str, name: str, stats: Stats, go: Path) -> None:
+    """A bare faust app: the correlator's settings, one agent that decodes and counts."""
+    app = faust.App(app_id, **correlator_app.app_options(settings, name))
     events = app.topic(
         topics.EVENTS,
         partitions=settings.event_partitions,
@@ -130,7 +127,7 @@ def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
     )
     codec = AvroCodec()
 
-    @app.agent(events)  # type: ignore[misc]
+    @app.agent(events)
     async def count(stream: Any) -> None:
         async for batch in stream.take_events(BATCH, within=BATCH_WITHIN):
             stats.started()
@@ -138,19 +135,16 @@ def run_floor(settings: Settings, app_id: str, stats: Stats) -> None:
                 codec.decode_event(event.message.value)
             stats.add((e.message.partition, e.message.offset) for e in batch)
 
+    stats.built()
+    wait_for(go)
     faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
 
 
-def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
+def run_correlator(settings: Settings, app_id: str, name: str, stats: Stats, go: Path) -> None:
     """The real worker, with its own app id and chain-links topic, counting records."""
     original = Correlation.on_events
 
-    def on_events(
-        self: Correlation,
-        records: Iterable[tuple[int, int, bytes | None, bytes | None]],
-        load: Any,
-        wall_us: int,
-    ) -> Any:
+    def on_events(self: Correlation, records: Iterable[Record], load: Any, wall_us: int) -> Any:
         batch = list(records)
         stats.started()
         result = original(self, batch, load, wall_us)
@@ -158,18 +152,26 @@ def run_correlator(settings: Settings, app_id: str, stats: Stats) -> None:
         return result
 
     Correlation.on_events = on_events  # type: ignore[method-assign]
-    correlator_app.run_worker(settings, app_id=app_id, links_topic=f"{app_id}-chain-links")
+    stats.built()
+    wait_for(go)
+    correlator_app.run_worker(
+        settings,
+        app_id=app_id,
+        links_topic=links_topic(app_id),
+        name=name,
+        metrics_address="127.0.0.1:0",
+    )
 
 
 def main(argv: list[str]) -> None:
-    mode, bootstrap, app_id, stats_path, ends_path = argv
+    mode, bootstrap, app_id, name, stats_path, ends_path, go_path = argv
     ends = json.loads(Path(ends_path).read_text(encoding="utf-8"))
     stats = Stats(Path(stats_path), {int(p): int(o) for p, o in ends.items()})
-    settings = bench_settings(bootstrap)
+    settings = bench_settings(bootstrap, Path(stats_path).parent / "home")
     if mode == "floor":
-        run_floor(settings, app_id, stats)
+        run_floor(settings, app_id, name, stats, Path(go_path))
     elif mode == "correlator":
-        run_correlator(settings, app_id, stats)
+        run_correlator(settings, app_id, name, stats, Path(go_path))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
