@@ -434,18 +434,19 @@ def run_worker(
     name: str = CORRELATE,
     metrics_address: str = METRICS_ADDRESS,
 ) -> None:
-    """Create the topics the worker reads, serve its metrics on ``metrics_address``
-    (``HOST:PORT``; a :class:`~.metrics.MetricsError` if it cannot be), then run it until
-    SIGTERM/SIGINT (``app_id``, ``links_topic`` and ``name``: see :class:`Correlator`)."""
-    ensure_topics(
-        settings.kafka_admin(),
-        {**settings.event_topic_partitions(), links_topic: settings.event_partitions},
-        settings.topic_replication,
-    )
+    """Serve the worker's metrics on ``metrics_address`` (``HOST:PORT``; a
+    :class:`~.metrics.MetricsError` at once if it cannot be), create the topics it reads,
+    then run it until SIGTERM/SIGINT (``app_id``, ``links_topic`` and ``name``: see
+    :class:`Correlator`)."""
     # aiokafka logs every send at debug level, which costs a few percent even unseen;
     # faust's and mode's info records are multi-line tables.
     for logger in ("aiokafka", "faust", "mode"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     correlator = Correlator(settings, app_id, links_topic, name)
     serve(correlator.metrics, metrics_address)
+    ensure_topics(
+        settings.kafka_admin(),
+        {**settings.event_topic_partitions(), links_topic: settings.event_partitions},
+        settings.topic_replication,
+    )
     CorrelatorWorker(correlator.app).execute_from_commandline()
