@@ -15,9 +15,10 @@
 Each process, once it has imported everything, says so in its stats and waits for
 ``GO_PATH`` to exist before it starts its app: the benchmark starts a group's workers
 together, so that they join the group at once. Each writes a small JSON file
-(``STATS_PATH``): the wall time of its first record, its count, and the wall time at which
-it processed the last published offset of each partition (``ENDS_PATH``:
-``{partition: offset}``) it reached.
+(``STATS_PATH``): the wall time of its first record, its count, the wall time at which it
+processed the last published offset of each partition (``ENDS_PATH``:
+``{partition: offset}``) it reached, and (correlators) the events partitions each
+rebalance assigned it.
 """
 
 from __future__ import annotations
@@ -72,10 +73,17 @@ class Stats:
         self.count = 0
         self.first: float | None = None
         self.ready = False
+        self.assignments: list[list[int]] = []
 
     def built(self) -> None:
         """The app is built: the process waits for the go."""
         self.ready = True
+        self.write()
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """The group gave this worker ``partitions`` of the events topic (each rebalance
+        gives a worker its whole assignment anew)."""
+        self.assignments.append(sorted(partitions))
         self.write()
 
     def started(self) -> None:
@@ -101,6 +109,7 @@ class Stats:
             "first": self.first,
             "count": self.count,
             "reached": self.reached,
+            "assignments": self.assignments,
         }
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(data), encoding="utf-8")
@@ -151,7 +160,17 @@ def run_correlator(settings: Settings, app_id: str, name: str, stats: Stats, go:
         stats.add((partition, offset) for partition, offset, _, _ in batch)
         return result
 
+    assigned = correlator_app.Correlator.on_assigned
+
+    async def on_assigned(
+        self: correlator_app.Correlator, sender: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        partitions = args[0] if args else kwargs.get("assigned", set())
+        stats.assigned(tp.partition for tp in partitions if tp.topic == topics.EVENTS)
+        await assigned(self, sender, *args, **kwargs)
+
     Correlation.on_events = on_events  # type: ignore[method-assign]
+    correlator_app.Correlator.on_assigned = on_assigned  # type: ignore[method-assign]
     stats.built()
     wait_for(go)
     correlator_app.run_worker(
