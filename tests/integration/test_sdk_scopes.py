@@ -30,7 +30,13 @@ from tests.support.samples import AGENT, BROKER, POLICY
 pytestmark = pytest.mark.integration
 
 CODEC = AvroCodec()
-EXPIRES = datetime.now(UTC) + timedelta(minutes=15)
+
+
+def expires() -> datetime:
+    """A credential's expiry a quarter of an hour from now: computed per call, since a
+    module-level constant would lie in the past once a long suite reaches these tests."""
+    return datetime.now(UTC) + timedelta(minutes=15)
+
 
 Shape = tuple[str, str | None, str | None]
 
@@ -98,7 +104,7 @@ def export_then_crash(task: TaskScope, policy: PolicyEngineRecorder) -> None:
     with task:
         decision_id = policy.decision(task.ctx, **DECISION)
         for token_id in TOKENS:
-            task.issue(token_id, **GRANT, expires_at=EXPIRES, decision_id=decision_id)
+            task.issue(token_id, **GRANT, expires_at=expires(), decision_id=decision_id)
         task.revoke("tok-2", "MANUAL")
         task.access(**ACCESS | {"decision_id": decision_id})
         raise ExportFailed("connection reset")
@@ -110,7 +116,7 @@ async def export_then_crash_awaited(
     async with task:
         decision_id = await policy.decision(task.ctx, **DECISION)
         for token_id in TOKENS:
-            await task.issue(token_id, **GRANT, expires_at=EXPIRES, decision_id=decision_id)
+            await task.issue(token_id, **GRANT, expires_at=expires(), decision_id=decision_id)
         await task.revoke("tok-2", "MANUAL")
         await task.access(**ACCESS | {"decision_id": decision_id})
         raise ExportFailed("connection reset")

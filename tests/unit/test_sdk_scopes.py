@@ -33,7 +33,12 @@ from schemas.models import Envelope, EventType
 from tests.support.samples import AGENT, BROKER, HELPER, POLICY
 
 CODEC = AvroCodec()
-EXPIRES = datetime.now(UTC) + timedelta(minutes=15)
+
+
+def expires() -> datetime:
+    """A credential's expiry a quarter of an hour from now: computed per call, since a
+    module-level constant would lie in the past once a long suite reaches these tests."""
+    return datetime.now(UTC) + timedelta(minutes=15)
 
 
 class MemoryPublisher:
@@ -123,7 +128,7 @@ def issue(task: Any, token_id: str) -> Any:
         credential_kind="JWT",
         audience="crm",
         scopes=["crm:read"],
-        expires_at=EXPIRES,
+        expires_at=expires(),
         decision_id="dec-1",
     )
 
@@ -263,7 +268,7 @@ def test_break_glass_revokes_the_elevated_credentials_when_the_elevation_ends() 
     with agent.task("restore checkout", ["prod:restart"], broker=broker) as task:
         issue(task, "tok-standing")
         with task.break_glass(
-            reason="sev1", standing_access_unavailable="not in the role", expires_at=EXPIRES
+            reason="sev1", standing_access_unavailable="not in the role", expires_at=expires()
         ) as elevation:
             issue(elevation, "tok-glass")
         assert task.live_tokens == ["tok-standing"]
@@ -287,7 +292,7 @@ def test_a_rotation_chains_each_credential_to_the_one_before_and_revokes_the_las
             credential_kind="DB_CREDENTIAL", audience="warehouse", scopes=["warehouse:read"]
         ) as tokens:
             for number in (1, 2, 3):
-                tokens.rotate(f"tok-{number}", expires_at=EXPIRES, decision_id="dec-1")
+                tokens.rotate(f"tok-{number}", expires_at=expires(), decision_id="dec-1")
             assert tokens.current == "tok-3"
         assert task.live_tokens == []
     assert shape(publisher.events) == [
@@ -320,7 +325,7 @@ def test_a_rotation_on_its_own_revokes_its_current_credential_at_exit() -> None:
 
     def rotate_then_crash() -> None:
         with rotation as tokens:
-            tokens.rotate("tok-1", expires_at=EXPIRES, decision_id="dec-1")
+            tokens.rotate("tok-1", expires_at=expires(), decision_id="dec-1")
             raise ToolError
 
     with pytest.raises(ToolError):
@@ -350,7 +355,7 @@ def test_the_recorders_publish_what_the_builders_build() -> None:
         audience="crm",
         scopes=["crm:read"],
         issued_at=datetime.now(UTC),
-        expires_at=EXPIRES,
+        expires_at=expires(),
         decision_id=decision_id,
     )
     broker.issued(ctx, **issuance)
@@ -399,8 +404,8 @@ def test_async_crash_inside_the_scope_completes_failed_and_revokes() -> None:
             async with task.rotation(
                 credential_kind="DB_CREDENTIAL", audience="dw", scopes=["dw:read"]
             ) as tokens:
-                await tokens.rotate("tok-r1", expires_at=EXPIRES, decision_id="dec-1")
-                await tokens.rotate("tok-r2", expires_at=EXPIRES, decision_id="dec-1")
+                await tokens.rotate("tok-r1", expires_at=expires(), decision_id="dec-1")
+                await tokens.rotate("tok-r2", expires_at=expires(), decision_id="dec-1")
                 raise KeyError("tok-r2")
 
     with pytest.raises(KeyError):
@@ -449,7 +454,7 @@ def test_async_break_glass_and_many_concurrent_scopes() -> None:
     async def one(number: int) -> str:
         async with agent.task(f"job {number}", ["prod:restart"], broker=broker) as task:
             async with task.break_glass(
-                reason="sev1", standing_access_unavailable="no role", expires_at=EXPIRES
+                reason="sev1", standing_access_unavailable="no role", expires_at=expires()
             ) as elevation:
                 await issue(elevation, f"tok-{number}")
             return task.ctx.task_id
