@@ -37,19 +37,14 @@ record per id and returns for one it already has), so its duplicate changes noth
 without an id to recognise it; an access is not (a second copy would be a second access).
 An access is forgotten once the watermark is a grace period past it (its own deadline is
 decided, and a revocation or issuance that could still join it would be later than the
-allowed lateness: :func:`forget_settled`), and with it its id and the ids of the alerts
-whose subject it is. ``fired_alert_ids`` then holds the alerts about what the tree keeps for
-its whole life (tokens, tasks, delegations, approvals, break-glass), which a later event
-can raise again (a second issuance of a token) and which are deduplicated by id. So both
-sets are bounded by what the tree keeps; a retired tree takes them along.
-
-A duplicate of an access that arrives after the access was forgotten (more than the grace
-period behind the watermark) is judged again against what the tree still holds: its
-alerts have the same ids as the first time (alert ids are deterministic), so consumers of
-the alerts topic keep one per id, as they do for a replay after a crash; with a revocation
-that arrived in between it can raise the alert the first pass could not yet see, never one
-about something that did not happen. No alert is raised twice by retirement itself: a
-retired tree is never judged again while its digest is kept.
+allowed lateness: :func:`forget_settled`), and with it its id. ``fired_alert_ids`` keeps
+every alert the tree raised for its whole life: it grows with what went wrong in the tree
+(one id per alert), not with its traffic, and a retired tree takes it along. Keeping them
+is what makes a replay harmless: a duplicate of an access that arrives after the access
+was forgotten (more than the grace period behind the watermark) is judged again against
+what the tree still holds, and any alert it raises has the id of the first one (alert ids
+are deterministic), which the tree remembers, so no alert is raised twice, by a replay or
+by retirement (a retired tree is never judged again while its digest is kept).
 """
 
 from __future__ import annotations
@@ -65,10 +60,8 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
-from processors.correlation.alerts import alert_id
 from processors.correlation.state_format import check_format, stamp
 from processors.correlation.tree import AccessRec, TreeState
-from schemas.models import AlertType
 
 if TYPE_CHECKING:
     from processors.correlation.chains import ChainState
@@ -83,16 +76,6 @@ RETIRED_PERIODS = 7
 # Digests per stored chunk of retired keys: each stored record stays small (32 KiB), and
 # only the chunk being filled is rewritten as keys retire.
 CHUNK = 4096
-# The alerts whose subject is an access event (forgotten with the access).
-ACCESS_ALERTS = (
-    AlertType.TOKEN_USED_AFTER_EXPIRY,
-    AlertType.SHARED_CREDENTIAL,
-    AlertType.SCOPE_ESCALATION,
-    AlertType.TOKEN_USED_AFTER_REVOCATION,
-    AlertType.UNAUTHORIZED_ACCESS,
-)
-
-
 @dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """The retention periods, in microseconds (see :class:`producers.settings.Settings`)."""
@@ -131,7 +114,7 @@ def chain_retire_at(state: ChainState, retention_us: int) -> int:
 
 def forget_settled(state: TreeState, before_us: int) -> None:
     """Drop accesses at or before ``before_us`` (the watermark less the grace period),
-    their ids and the ids of their alerts (see the module docstring).
+    and their ids (see the module docstring).
 
     Their own deadline (``UNAUTHORIZED_ACCESS``) is decided, and a revocation or issuance
     that could still join them would be later than the allowed lateness. A long batch job
@@ -152,11 +135,6 @@ def forget_settled(state: TreeState, before_us: int) -> None:
 
 def _forget_access(state: TreeState, access: AccessRec) -> None:
     state.seen_event_ids.discard(access.event_id)
-    if state.fired_alert_ids:
-        for alert_type in ACCESS_ALERTS:
-            state.fired_alert_ids.discard(
-                alert_id(alert_type, state.tenant, state.root_task_id, access.event_id)
-            )
 
 
 # ---- keys by the watermark they may be retired at ------------------------------------
