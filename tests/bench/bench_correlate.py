@@ -26,7 +26,9 @@ revocation, no completion), decoding each event from Avro as the worker does; tr
 measures what the states keep once the events are gone, per live token. Also the size of
 their changelog form (``TreeState.to_json``) per live token.
 
-**Alert latency.** With the last single correlator worker caught up, small live trees
+**Alert latency.** With the last single correlator worker caught up (its metrics show no
+lag on the events nor on its chain links, which trail the events after a backlog and
+share the worker with them), small live trees
 (event time = now) are published at a steady 20 trees/s, each ending with an access after
 its token's revocation; latency = arrival of its ``TOKEN_USED_AFTER_REVOCATION`` on the
 alerts topic - the call that published the access.
@@ -44,6 +46,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -54,10 +57,12 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from processors.correlation.engine import CorrelationConfig, observe
 from processors.correlation.tree import TreeState
 from processors.correlator.step import CHAIN_LINKS
+from processors.stack import metrics_url
 from producers.admin import ensure_topics
 from producers.context import CustodyContext
 from producers.producer import CustodyProducer, DeliveryReport
@@ -67,7 +72,7 @@ from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
 from tests.bench.correlate_worker import bench_settings, links_topic
 from tests.bench.results import Entry, entry
-from tests.support.broker import local_broker, payload
+from tests.support.broker import free_port, local_broker, payload
 from tests.support.events import CODER, allow, declare, issue, revoke, use
 from tests.support.measure import percentile, py_spy
 from tests.support.polling import poll
@@ -146,6 +151,8 @@ class WorkerRun:
     process: subprocess.Popen[bytes]
     stats_path: Path
     log_path: Path
+    metrics: str
+    """The URL of its metrics (a correlator's)."""
 
     def stats(self) -> dict[str, Any]:
         try:
@@ -184,10 +191,13 @@ def workers(
             name = f"{app_id}-{index}"
             stats_path, log_path = workdir / f"{name}.json", workdir / f"{name}.log"
             command = [sys.executable, "-m", "tests.bench.correlate_worker", mode, bootstrap]
-            command += [app_id, name, str(stats_path), str(ends_path), str(go)]
+            port = free_port()
+            command += [app_id, name, str(stats_path), str(ends_path), str(go), f"127.0.0.1:{port}"]
             with log_path.open("wb") as log:
                 process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            runs.append(WorkerRun(mode, process, stats_path, log_path))
+            runs.append(
+                WorkerRun(mode, process, stats_path, log_path, metrics_url("127.0.0.1", port))
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while not all(run.stats().get("ready") for run in runs):
             for run in runs:
@@ -459,8 +469,31 @@ def correlator_round(
             result = finished(runs, count, PARTITIONS)
         if settings is None:
             return result, [], []
+        url = runs[0].metrics
+        if not poll(lambda: caught_up(url), START_TIMEOUT, 0.2):
+            raise RuntimeError(f"the correlator did not catch up: {lags(url)}")
         latencies, acks = measure_latency(settings)
         return result, latencies, acks
+
+
+def lags(url: str) -> dict[tuple[str, str], float]:
+    """What the worker's metrics say of its consumer lag, by topic and partition."""
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.labels["topic"], sample.labels["partition"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "custody_correlator_consumer_lag"
+    }
+
+
+def caught_up(url: str) -> bool:
+    """Whether the worker has read every partition of both its topics to the end: the
+    events, and the chain links its own steps sent (those trail the events after a
+    backlog, and their steps share the worker with the events')."""
+    behind = lags(url)
+    return len(behind) == 2 * PARTITIONS and not any(behind.values())
 
 
 def group_round(bootstrap: str, count: int, ends_path: Path, workdir: Path) -> tuple[Round, int]:

@@ -1,6 +1,7 @@
 """The subprocess side of the correlator benchmark: one faust worker, instrumented.
 
-``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID NAME STATS_PATH ENDS_PATH GO_PATH``
+``python -m tests.bench.correlate_worker MODE BOOTSTRAP APP_ID NAME STATS_PATH ENDS_PATH GO_PATH
+METRICS_ADDRESS``
 
 - ``floor``: a faust app with the settings the correlator's app has
   (:func:`processors.correlator.app.app_options`) and one agent that takes batches like
@@ -18,7 +19,7 @@ together, so that they join the group at once. Each writes a small JSON file
 (``STATS_PATH``): the wall time of its first record, its count, the wall time at which it
 processed the last published offset of each partition (``ENDS_PATH``:
 ``{partition: offset}``) it reached, and (correlators) the events partitions each
-rebalance assigned it.
+rebalance assigned it. A correlator serves its metrics on ``METRICS_ADDRESS``.
 """
 
 from __future__ import annotations
@@ -149,8 +150,11 @@ def run_floor(settings: Settings, app_id: str, name: str, stats: Stats, go: Path
     faust.Worker(app, loglevel="warn", quiet=True).execute_from_commandline()
 
 
-def run_correlator(settings: Settings, app_id: str, name: str, stats: Stats, go: Path) -> None:
-    """The real worker, with its own app id and chain-links topic, counting records."""
+def run_correlator(
+    settings: Settings, app_id: str, name: str, stats: Stats, go: Path, metrics: str
+) -> None:
+    """The real worker, with its own app id and chain-links topic, counting records; its
+    metrics on ``metrics`` (``HOST:PORT``)."""
     original = Correlation.on_events
 
     def on_events(self: Correlation, records: Iterable[Record], load: Any, wall_us: int) -> Any:
@@ -178,19 +182,19 @@ def run_correlator(settings: Settings, app_id: str, name: str, stats: Stats, go:
         app_id=app_id,
         links_topic=links_topic(app_id),
         name=name,
-        metrics_address="127.0.0.1:0",
+        metrics_address=metrics,
     )
 
 
 def main(argv: list[str]) -> None:
-    mode, bootstrap, app_id, name, stats_path, ends_path, go_path = argv
+    mode, bootstrap, app_id, name, stats_path, ends_path, go_path, metrics = argv
     ends = json.loads(Path(ends_path).read_text(encoding="utf-8"))
     stats = Stats(Path(stats_path), {int(p): int(o) for p, o in ends.items()})
     settings = bench_settings(bootstrap, Path(stats_path).parent / "home")
     if mode == "floor":
         run_floor(settings, app_id, name, stats, Path(go_path))
     elif mode == "correlator":
-        run_correlator(settings, app_id, name, stats, Path(go_path))
+        run_correlator(settings, app_id, name, stats, Path(go_path), metrics)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
