@@ -7,9 +7,9 @@ are published once, in event-time order, to a local Tansu broker. Then, alternat
 each in its own subprocesses with its own app id (:mod:`tests.bench.correlate_worker`):
 
 - **floor**: a faust agent with the correlator's app settings that decodes and counts;
-- **correlator**: the real worker, counting the records its ``on_events`` processed;
 - **two correlators**: two real workers in one consumer group, started together (each
-  waits until both are ready, so they join the group at once).
+  waits until both are ready, so they join the group at once);
+- **correlator**: the real worker, counting the records its ``on_events`` processed.
 
 Rate = events published / (time the last published offset of every partition was
 processed - time of the first record), so faust's start-up and group join are not counted;
@@ -524,7 +524,7 @@ class Rounds:
 
 
 def run() -> list[Entry]:
-    """Memory, then rounds of a floor, a correlator and two correlators in one group
+    """Memory, then rounds of a floor, two correlators in one group and a correlator
     (alternately), then latency against the last single correlator worker."""
     count = event_count()
     memory = measure_state_memory(MEMORY_TREES)
@@ -547,6 +547,10 @@ def run() -> list[Entry]:
         ends_path.write_text(json.dumps(publish(settings, stream)), encoding="utf-8")
         for number in range(1, ROUNDS + 1):
             rounds.floors.append(floor_round(bootstrap, count, ends_path, workdir))
+            group, attempts = group_round(bootstrap, count, ends_path, workdir)
+            rounds.groups.append(group)
+            rounds.group_attempts.append(attempts)
+            # Last: its latency measurement publishes more events to the topic.
             result, latencies, acks = correlator_round(
                 bootstrap,
                 count,
@@ -558,9 +562,6 @@ def run() -> list[Entry]:
             rounds.correlators.append(result)
             rounds.latencies += latencies
             rounds.acks += acks
-            group, attempts = group_round(bootstrap, count, ends_path, workdir)
-            rounds.groups.append(group)
-            rounds.group_attempts.append(attempts)
             floor = rounds.floors[-1]
             print(
                 f"correlate: round {number}: floor {floor.rate:,.0f} {UNIT}, "
