@@ -80,7 +80,7 @@ from tests.support.samples import Chain
 from tests.support.trees import in_turn, mischievous
 
 DEFAULT_EVENTS = 30_000
-ROUNDS = 2
+ROUNDS = 3
 TREE_SPACING_SECONDS = 2.0
 PRODUCER_INSTANCES = 32
 MEMORY_TREES = 2_000
