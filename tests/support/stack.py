@@ -29,6 +29,10 @@ STACK_ENV = {
     "CUSTODY_KAFKA_SESSION_TIMEOUT_MS": "2000",
     "CUSTODY_GRACE_SECONDS": str(GRACE),
     "CUSTODY_ALLOWED_LATENESS_SECONDS": str(LATENESS),
+    # The builders' trees are dated at a fixed T0 that recedes into the past day by day;
+    # under the one-day default they would soon lie beyond retention and go unjudged.
+    # Retention itself is tested on its own (tests/unit/test_retention.py).
+    "CUSTODY_TREE_RETENTION_SECONDS": str(10 * 365 * 86_400),
 }
 
 
