@@ -17,6 +17,7 @@ reads as a gap at once.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,8 @@ from datetime import datetime
 from processors.correlation.alerts import make_alert
 from processors.correlation.engine import CorrelationConfig, Output
 from processors.correlation.state_format import check_format, stamp
-from schemas.models import AlertType
+from schemas.codec import body_bytes
+from schemas.models import AlertType, CustodyEvent
 
 _UNKNOWN = "unknown"
 # How many verified links are remembered to recognise a second event claiming their seq.
@@ -44,6 +46,23 @@ class ChainLink:
     prev_hash: str | None
     body_hash: str
     us: int
+
+
+def chain_link(event: CustodyEvent, value: bytes, event_us: int) -> ChainLink:
+    """The link of a decoded ``event`` (its Avro ``value``, event time ``event_us``) in
+    its producer instance's hash chain."""
+    if not event.producer_instance or not event.seq:
+        raise TypeError(f"event {event.event_id} was decoded without its chain stamp")
+    return ChainLink(
+        event.event_id,
+        event.tenant,
+        event.root_task_id,
+        event.producer_instance,
+        event.seq,
+        event.prev_hash,
+        hashlib.sha256(body_bytes(value)).hexdigest(),
+        event_us,
+    )
 
 
 def pending_to_json(link: ChainLink, due_us: int) -> bytes:

@@ -76,6 +76,8 @@ RETIRED_PERIODS = 7
 # Digests per stored chunk of retired keys: each stored record stays small (32 KiB), and
 # only the chunk being filled is rewritten as keys retire.
 CHUNK = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionConfig:
     """The retention periods, in microseconds (see :class:`producers.settings.Settings`)."""

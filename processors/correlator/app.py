@@ -195,6 +195,7 @@ class Correlator:
         self.measure_lag()
         async with self.one_step_at_a_time():
             started = time.perf_counter()
+            self.work.reading_behind(self.backlogged(), _wall_us())
             sends, tree_dirty, chain_dirty = self.work.due(
                 self.owned(topics.EVENTS), self.owned(self.links_topic), _wall_us()
             )
@@ -282,6 +283,20 @@ class Correlator:
                 highwater = consumer.highwater(tp) if tp in assigned else None
                 if next_offset is not None and highwater is not None:
                     self.metrics.lagging(topic, partition, highwater - next_offset)
+
+    def backlogged(self) -> set[int]:
+        """The owned event partitions with records not processed yet, or whose end is not
+        known yet (no fetch response so far)."""
+        consumer = self.app.consumer
+        assigned = consumer.assignment()
+        behind = set()
+        for partition in self.owned(topics.EVENTS):
+            tp = TP(topics.EVENTS, partition)
+            next_offset = self.guard.next_offset(topics.EVENTS, partition)
+            highwater = consumer.highwater(tp) if tp in assigned else None
+            if next_offset is None or highwater is None or highwater > next_offset:
+                behind.add(partition)
+        return behind
 
     async def on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Before a rebalance: the changelog markers, then forget the revoked partitions."""

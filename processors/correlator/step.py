@@ -25,7 +25,6 @@ that arrives for it is counted in :attr:`Correlation.late_events` and logged, no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -36,6 +35,7 @@ from processors.correlation.alerts import from_micros
 from processors.correlation.chains import (
     ChainLink,
     ChainState,
+    chain_link,
     expire_chain,
     links_from_json,
     links_to_json,
@@ -61,12 +61,12 @@ from processors.correlation.retention import (
 )
 from processors.correlation.tree import TreeState
 from processors.correlation.watermark import Watermark
-from processors.correlator.codec import load_tree, retired_key, tree_key
+from processors.correlator.codec import load_tree, retired_key, stored_form, tree_key
 from processors.dead_letters import dlq_headers, dlq_key, dlq_value
 from processors.redaction import redacted
 from producers.settings import Settings
 from schemas import topics
-from schemas.codec import AvroCodec, DecodeError, body_bytes
+from schemas.codec import AvroCodec, DecodeError
 from schemas.models import Alert, CustodyEvent, StateChange
 from schemas.secrets import may_hold_secret
 
@@ -188,7 +188,7 @@ class Correlation:
             # 3. The engine: the chain link, the tree, the deadlines passed. A late event's
             # link still goes to the chain check: its seq is part of the chain.
             event_us = to_micros(event.event_time)
-            link = _chain_link(event, value, event_us)
+            link = chain_link(event, value or b"", event_us)
             pending.links.setdefault(link.producer_instance, []).append(link)
             mark = self._mark(self.event_marks, partition)
             mark.observe(event_us, wall_us)
@@ -222,6 +222,15 @@ class Correlation:
         # link partition sees an instance's links before the mark that covers them.
         sends = letters + self._outbound(pending) + self.source_watermarks(touched, wall_us)
         return sends, dirty
+
+    def reading_behind(self, partitions: Iterable[int], wall_us: int) -> None:
+        """Source ``partitions`` have records not read yet (a backlog is read unevenly):
+        until they are read, none is idle (its watermark does not move with the wall
+        clock) or taken as empty, so neither judges trees nor retires chains before them."""
+        for partition in partitions:
+            self._mark(self.event_marks, partition).arrived(wall_us)
+            if partition in self.silent_since:
+                self.silent_since[partition] = wall_us
 
     def _not_judged(
         self, partition: int, root: str, event_us: int, watermark: int | None
@@ -422,13 +431,14 @@ class Correlation:
         return retired
 
     def retired_records(self) -> list[tuple[int, bytes, bytes | None]]:
-        """``(partition, key, value)`` of the stored chunks of retired keys changed since
-        the last call (value None: delete); stored with the step's trees and chains."""
-        return [
-            (partition, retired_key(retirement.kind, partition, bucket, chunk), value)
-            for retirement in (self.tree_retirement, self.chain_retirement)
-            for partition, bucket, chunk, value in retirement.changes()
-        ]
+        """``(partition, key, stored form)`` of the chunks of retired keys changed since
+        the last call (None: delete); stored with the step's trees and chains."""
+        writes: list[tuple[int, bytes, bytes | None]] = []
+        for retirement in (self.tree_retirement, self.chain_retirement):
+            for partition, bucket, chunk, value in retirement.changes():
+                key = retired_key(retirement.kind, partition, bucket, chunk)
+                writes.append((partition, key, value and stored_form(partition, value)))
+        return writes
 
     def recovered_retired(self, items: Iterable[tuple[int, bytes]]) -> None:
         """After table recovery: the retired keys of the owned partitions, from their
@@ -565,23 +575,6 @@ class Correlation:
             self.silent_since.pop(partition, None)
             self.tree_retirement.forget(partition)
             self.chain_retirement.forget(partition)
-
-
-def _chain_link(event: CustodyEvent, value: bytes | None, event_us: int) -> ChainLink:
-    """The event's link in its producer instance's hash chain (a decoded event has its
-    value, producer instance and sequence number)."""
-    if value is None or not event.producer_instance or not event.seq:
-        raise TypeError(f"event {event.event_id} was decoded without its chain stamp")
-    return ChainLink(
-        event.event_id,
-        event.tenant,
-        event.root_task_id,
-        event.producer_instance,
-        event.seq,
-        event.prev_hash,
-        hashlib.sha256(body_bytes(value)).hexdigest(),
-        event_us,
-    )
 
 
 def dead_letter(

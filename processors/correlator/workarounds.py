@@ -273,9 +273,9 @@ async def append_end_offset_markers(
 # per batch and keeps the busy ones in memory, so a small cache costs little.
 ROCKSDB_OPTIONS: dict[str, Any] = {
     "driver": "rocksdict",
-    "write_buffer_size": 4 * 1024 * 1024,
+    "write_buffer_size": 1024 * 1024,
     "max_write_buffer_number": 2,
-    "block_cache_size": 4 * 1024 * 1024,
+    "block_cache_size": 1024 * 1024,
 }
 
 

@@ -26,7 +26,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tests.bench import bench_correlate, bench_ingest, bench_producer, bench_trace, bench_verify
+from tests.bench import (
+    bench_correlate,
+    bench_correlate_state,
+    bench_ingest,
+    bench_producer,
+    bench_trace,
+    bench_verify,
+)
 from tests.bench.results import Entry
 
 Benchmark = Callable[[], list[Entry]]
@@ -34,6 +41,7 @@ Benchmark = Callable[[], list[Entry]]
 BENCHMARKS: list[Benchmark] = [
     bench_producer.run,
     bench_correlate.run,
+    bench_correlate_state.run,
     bench_ingest.run,
     bench_trace.run,
     bench_verify.run,

@@ -26,7 +26,7 @@ from processors.correlation.retention import (
     tree_retirable,
 )
 from processors.correlation.tree import TreeState
-from processors.correlator.codec import tree_key
+from processors.correlator.codec import stored_state, tree_key
 from processors.correlator.step import CHAIN_LINKS, WATERMARK_KEY, Correlation
 from producers.context import CustodyContext
 from producers.settings import Settings
@@ -220,7 +220,8 @@ def test_retired_trees_are_remembered_across_a_restart() -> None:
     tree = mischievous(set(), "a-")
     feed.events(tree)
     feed.clock(_latest_expiry_us(tree) + RETENTION_S * US)
-    stored = [(p, value) for p, _, value in feed.work.retired_records() if value is not None]
+    # As the app stores them, and reads them back at recovery.
+    stored = [stored_state(value) for _, _, value in feed.work.retired_records() if value]
     assert stored
 
     restarted = Feed(_work())
@@ -444,3 +445,25 @@ def test_retiring_never_changes_the_alerts_of_events_that_arrive_within_retentio
     retiring = _alerts_of(stream, retention_s, batch)
     assert retiring == _alerts_of(stream, 10**7, batch)
     assert retiring
+
+
+# ---- partitions still being read --------------------------------------------------------
+
+
+def test_a_partition_still_being_read_is_neither_idle_nor_taken_as_empty() -> None:
+    work = Correlation(
+        Settings(grace_seconds=3, allowed_lateness_seconds=LATENESS_S, event_partitions=2)
+    )
+    event = stamped(declare(CustodyContext.new_root("r"), at(0)), 1, "p/1")
+    work.on_events([(0, 0, b"r", CODEC.encode_event(event))], lambda _: None, WALL)
+    assert work.source_watermarks([1], WALL) == []  # partition 1: no event yet
+
+    # Ten seconds later both have records not read yet (a backlog read unevenly).
+    work.reading_behind([0, 1], WALL + 10 * US)
+    assert work.source_watermarks([1], WALL + 10 * US) == []
+    mark = work.event_marks[0]
+    assert mark.current(WALL + 10 * US) == to_micros(at(0)) - LATENESS_S * US
+
+    # Once read (no longer reported behind), the clocks run from then.
+    assert work.source_watermarks([1], WALL + 13 * US)
+    assert mark.current(WALL + 13 * US) == to_micros(at(3)) - LATENESS_S * US
