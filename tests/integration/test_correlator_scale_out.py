@@ -182,6 +182,13 @@ def test_the_survivor_of_a_kill_9_takes_over_and_every_alert_is_stored_once(
         assert statuses[SURVIVOR]["healthy"]
         assert not statuses[VICTIM]["running"]
         assert statuses[VICTIM]["metrics"] is None
+        # Back to one worker: the dead one's record goes, the survivor stays as it is.
+        survivor_pid = stack.pid(SURVIVOR)
+        scaled = stack.custody("up", "--correlators", "1")
+        assert scaled.returncode == 0, scaled.stderr + scaled.stdout
+        statuses = _statuses(stack)
+        assert list(statuses) == ["broker", SURVIVOR, "ingest"]
+        assert statuses[SURVIVOR]["pid"] == survivor_pid
     finally:
         down = stack.custody("down")
     assert SURVIVOR in down.stdout
