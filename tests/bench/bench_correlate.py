@@ -161,6 +161,11 @@ class WorkerRun:
             return {}
         return data
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user and system), start-up included."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check(self) -> None:
         """Raise if the process has exited (a worker runs until it is killed)."""
         if self.process.poll() is not None:
@@ -225,6 +230,9 @@ class Round:
     rebalanced: bool = False
     """Whether a correlator's partitions were assigned more than once (the group changed
     while it ran)."""
+    cpu_seconds: float = 0.0
+    """CPU time its processes used, start-up included: the work, whatever the cores the
+    machine could give them."""
 
 
 def finished(runs: list[WorkerRun], count: int, partitions: int) -> Round:
@@ -238,7 +246,8 @@ def finished(runs: list[WorkerRun], count: int, partitions: int) -> Round:
             first = min(float(s["first"]) for s in stats if s.get("first"))
             processed = sum(int(s["count"]) for s in stats)
             rebalanced = any(len(s.get("assignments", [])) > 1 for s in stats)
-            return Round(count / (max(reached) - first), processed, rebalanced)
+            cpu = sum(run.cpu_seconds() for run in runs)
+            return Round(count / (max(reached) - first), processed, rebalanced, cpu)
         for run in runs:
             run.check()
         time.sleep(0.1)
@@ -536,6 +545,8 @@ def run() -> list[Entry]:
     print(f"correlate: generating {count:,} events")
     stream = stamped(traffic(count), PRODUCER_INSTANCES)
     rounds = Rounds()
+    # Two workers can go twice as fast only with two cores free: say what else ran.
+    load = round(os.getloadavg()[0], 2)
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         settings = bench_settings(bootstrap, workdir / "home")
@@ -568,12 +579,13 @@ def run() -> list[Entry]:
                 f"correlator {result.rate:,.0f} {UNIT} (ratio {result.rate / floor.rate:.3f}), "
                 f"two correlators {group.rate:,.0f} {UNIT} "
                 f"(ratio {group.rate / result.rate:.3f}, run {attempts}); records processed "
-                f"{floor.processed} / {result.processed} / {group.processed} of {count}"
+                f"{floor.processed} / {result.processed} / {group.processed} of {count}; "
+                f"CPU s {result.cpu_seconds:.1f} / two {group.cpu_seconds:.1f}"
             )
-    return entries(count, memory, rounds)
+    return entries(count, memory, rounds, load)
 
 
-def entries(count: int, memory: StateMemory, rounds: Rounds) -> list[Entry]:
+def entries(count: int, memory: StateMemory, rounds: Rounds, load: float) -> list[Entry]:
     floor = statistics.median(r.rate for r in rounds.floors)
     correlator = statistics.median(r.rate for r in rounds.correlators)
     group = statistics.median(r.rate for r in rounds.groups)
@@ -595,6 +607,10 @@ def entries(count: int, memory: StateMemory, rounds: Rounds) -> list[Entry]:
         # More than the events: records a rebalance handed to both workers.
         "two_worker_processed": [r.processed for r in rounds.groups],
         "two_worker_runs": rounds.group_attempts,
+        # The same work either way: a ratio below 2 with equal CPU time means cores.
+        "one_worker_cpu_seconds": [round(r.cpu_seconds, 1) for r in rounds.correlators],
+        "two_worker_cpu_seconds": [round(r.cpu_seconds, 1) for r in rounds.groups],
+        "load_average_at_start": load,
         "cores": os.cpu_count(),
     }
     memory_detail = {"trees": memory.trees, "live_tokens": memory.live_tokens}
