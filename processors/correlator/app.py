@@ -137,6 +137,9 @@ class Correlator:
         self.guard = workarounds.OffsetGuard(app, group_config, (topics.EVENTS, links_topic))
         self.heartbeat = heartbeat_path(settings, name)
         self.step_lock = asyncio.Lock()
+        # From a rebalance's start (its changelog end markers) until its tables are
+        # recovered: no step may write state then (see on_revoked).
+        self.rebalancing = False
         self._wire()
 
     def _wire(self) -> None:
@@ -148,6 +151,7 @@ class Correlator:
         timer(interval=1.0, name="deadlines")(self.deadlines)
         app.on_partitions_revoked.connect(self.on_revoked)  # type: ignore[arg-type]  # mode types receivers narrowly
         app.on_partitions_assigned.connect(self.on_assigned)  # type: ignore[arg-type]
+        app.on_rebalance_complete.connect(self.on_rebalanced)  # type: ignore[arg-type]
         self.trees.on_recover(workarounds.crash_on_failure(app, self.index_trees))
         self.pending_links.on_recover(workarounds.crash_on_failure(app, self.index_chains))
         self.retired.on_recover(workarounds.crash_on_failure(app, self.index_retired))
@@ -194,6 +198,8 @@ class Correlator:
         self.heartbeat.touch()
         self.measure_lag()
         async with self.one_step_at_a_time():
+            if self.rebalancing:
+                return
             started = time.perf_counter()
             self.work.reading_behind(self.backlogged(), _wall_us())
             sends, tree_dirty, chain_dirty = self.work.due(
@@ -301,16 +307,26 @@ class Correlator:
     async def on_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """Before a rebalance: the changelog markers, then forget the revoked partitions."""
         revoked = args[0] if args else kwargs.get("revoked", set())
-        # Runs before recovery on every rebalance, the first join included.
         tables = (self.trees, self.chains, self.pending_links, self.retired)
-        ends = await workarounds.append_end_offset_markers(self.app, tables, self.partitions)
-        workarounds.drop_stale_local_state(tables, ends)
-        # After any step in flight, so it cannot put back what is forgotten here.
+        # After any step in flight: it cannot put back what is forgotten here, nor write to
+        # a changelog after its end marker (recovery would then find a table's stored
+        # offset past the end it reads, and crash). Until the tables are recovered, the
+        # agents' records of revoked partitions are left for their owner (the offset
+        # guard) and the timer steps not.
         async with self.step_lock:
+            self.rebalancing = True
+            # Runs before recovery on every rebalance, the first join included.
+            ends = await workarounds.append_end_offset_markers(self.app, tables, self.partitions)
+            workarounds.drop_stale_local_state(tables, ends)
             self.work.forget_partitions({tp.partition for tp in revoked})
             self.guard.revoked(revoked)
         for topic in (topics.EVENTS, self.links_topic):
             self.metrics.forget(topic, {tp.partition for tp in revoked if tp.topic == topic})
+
+    async def on_rebalanced(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """The rebalance is over, its tables recovered (faust sends this before it resumes
+        the streams): the timer may step again."""
+        self.rebalancing = False
 
     async def on_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """After a rebalance: gap filling off, each partition starts anew."""

@@ -194,6 +194,9 @@ class OffsetGuard:
                 # Marked as acknowledged so faust's ack leaves it out of what it commits.
                 message.acked = True
                 behind.add(message.partition)
+            elif verdict is Verdict.REVOKED:
+                # Not this worker's until it is assigned again: left for its owner.
+                message.acked = True
         for partition in sorted(behind):
             await self._rewind(topic, partition)
         return admitted
