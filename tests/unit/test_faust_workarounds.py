@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -148,6 +149,17 @@ def test_a_record_marked_acknowledged_is_left_out_of_what_faust_commits() -> Non
     ahead.acked = True  # what OffsetGuard does to a record delivered ahead of its turn
     assert consumer.ack(ahead) is False
     assert not consumer._acked.get(EVENTS)
+
+
+def test_records_of_a_revoked_partition_are_left_for_its_next_owner() -> None:
+    guard = workarounds.OffsetGuard(_app(), {}, [EVENTS.topic])
+    guard.revoked([EVENTS])
+    fetched = _message(5)
+    # What faust had fetched before the rebalance, handed over while it is under way.
+    admitted = asyncio.run(guard.admitted(EVENTS.topic, [SimpleNamespace(message=fetched)]))
+    assert admitted == []
+    assert fetched.acked  # so no commit passes it
+    assert guard.next_offset(EVENTS.topic, EVENTS.partition) is None
 
 
 # ---- 5. the changelog end-offset markers ------------------------------------------------
