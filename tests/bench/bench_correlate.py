@@ -70,7 +70,7 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
-from tests.bench.correlate_worker import bench_settings, links_topic
+from tests.bench.correlate_worker import bench_settings, links_topic, read_stats
 from tests.bench.results import Entry, entry
 from tests.support.broker import free_port, local_broker, payload
 from tests.support.events import CODER, allow, declare, issue, revoke, use
@@ -155,11 +155,7 @@ class WorkerRun:
     """The URL of its metrics (a correlator's)."""
 
     def stats(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.stats_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        return data
+        return read_stats(self.stats_path)
 
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far (user and system), start-up included."""

@@ -58,7 +58,7 @@ from tests.bench.bench_correlate import (
     TREE_SPACING_SECONDS,
     publish,
 )
-from tests.bench.correlate_worker import bench_settings
+from tests.bench.correlate_worker import bench_settings, read_stats
 from tests.bench.results import Entry, entry
 from tests.support.broker import local_broker
 from tests.support.events import T0
@@ -248,11 +248,7 @@ class Worker:
         log.close()
 
     def stats(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.stats_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        return data
+        return read_stats(self.stats_path)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

@@ -117,6 +117,15 @@ class Stats:
         partial.replace(self.path)
 
 
+def read_stats(path: Path) -> dict[str, Any]:
+    """What a worker's :class:`Stats` last wrote to ``path`` (empty before its first write)."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data
+
+
 def wait_for(go: Path) -> None:
     """Block until the benchmark says go (before any event loop runs)."""
     while not go.exists():
