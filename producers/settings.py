@@ -134,6 +134,53 @@ class Settings(BaseSettings):
         "the API and explorer answer to (Host header check against DNS rebinding).",
     )
 
+    # Prometheus metrics (HOST:PORT; port 0: the system's choice). On the local stack each
+    # process gets a free port, shown by `custody status --json` under "metrics".
+    correlator_metrics_address: str | None = Field(
+        None,
+        description="A correlator's /metrics; worker k of a local stack gets port + k - 1 "
+        "(unset: 127.0.0.1:9464, and free ports on the local stack).",
+    )
+    ingest_metrics_address: str = Field("127.0.0.1:9470", description="ingest's /metrics.")
+    serve_metrics_address: str = Field(
+        "127.0.0.1:9471", description="serve's /metrics (ingest --serve: on ingest's)."
+    )
+    notify_metrics_address: str = Field("127.0.0.1:9472", description="notify's /metrics.")
+
+    # URLs may carry credentials (user:password@host): kept out of reprs.
+    alertmanager_url: SecretStr | None = Field(
+        None,
+        description="Alertmanager's base URL (http://host:9093); set, `custody up` runs notify.",
+    )
+    explorer_url: str | None = Field(
+        None,
+        description="The explorer's URL in notifications (default: the query API's address).",
+    )
+    runbook_url: str | None = Field(
+        None,
+        description="The alert reference linked from notifications, '#<alert type>' appended "
+        "(default: the query API's /runbook page).",
+    )
+    notify_group: str = Field("custody-notify", description="notify's consumer group.")
+    notify_batch_alerts: int = Field(
+        100, ge=1, description="notify posts a batch once it holds this many alerts..."
+    )
+    notify_batch_seconds: float = Field(
+        0.2, gt=0, description="...or once its first alert has waited this long."
+    )
+    notify_retry_max_seconds: float = Field(
+        30.0, gt=0, description="Longest pause between retries while Alertmanager is away."
+    )
+    notify_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long one post to Alertmanager may take."
+    )
+    alert_firing_seconds: float = Field(
+        7 * 86_400,
+        gt=0,
+        description="How long an alert stays firing in Alertmanager after it is posted "
+        "(Custody alerts are facts: none resolves by itself; docs/alerts.md).",
+    )
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_sasl_mechanism and not (
