@@ -60,6 +60,17 @@
     while (node.firstChild) node.removeChild(node.firstChild);
   }
 
+  // A clickable list item or chip is also a keyboard button: Enter or Space acts as a click.
+  function onActivate(node, action) {
+    node.addEventListener("click", action);
+    node.addEventListener("keydown", function (event) {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        action();
+      }
+    });
+  }
+
   // ---- time ------------------------------------------------------------------------
 
   // "2026-11-29T09:00:03.123456Z" -> milliseconds; microseconds are cut to milliseconds
@@ -263,13 +274,7 @@
       var open = function () {
         navigate({ tree: alert.root_task_id, tenant: alert.tenant, alert: alert.alert_id });
       };
-      item.addEventListener("click", open);
-      item.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" || event.key === " ") {
-          event.preventDefault();
-          open();
-        }
-      });
+      onActivate(item, open);
       list.appendChild(item);
     });
     list.setAttribute("data-state", "ready");
@@ -325,14 +330,8 @@
       item.appendChild(el("span", { "class": "chip " + result.kind }, result.kind));
       item.appendChild(el("span", { "class": "title" }, result.id));
       item.appendChild(el("span", { "class": "line2" }, about + "tenant " + result.tenant));
-      item.addEventListener("click", function () {
+      onActivate(item, function () {
         openResult(result);
-      });
-      item.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" || event.key === " ") {
-          event.preventDefault();
-          openResult(result);
-        }
       });
       list.appendChild(item);
     });
@@ -410,13 +409,7 @@
       var pick = function () {
         replaceSelection({ alert: alert.alert_id, node: null, token: null });
       };
-      chip.addEventListener("click", pick);
-      chip.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" || event.key === " ") {
-          event.preventDefault();
-          pick();
-        }
-      });
+      onActivate(chip, pick);
       chips.appendChild(chip);
     });
 
