@@ -108,6 +108,16 @@ class _Document:
         kept = {key: value for key, value in attributes.items() if value is not None}
         self.body.setdefault(section, {})[name] = kept
 
+    def node(
+        self, section: str, kind: str, raw_id: str, prov_type: str, attributes: Mapping[str, Any]
+    ) -> str:
+        """Record the element ``kind``:``raw_id``, typed and labelled by its id; its name."""
+        name = qualified_name(kind, raw_id)
+        self.record(
+            section, name, {"prov:type": _type(prov_type), "prov:label": raw_id, **attributes}
+        )
+        return name
+
     def relation(
         self, section: str, *formal: str | None, extra: Mapping[str, Any] | None = None
     ) -> None:
@@ -161,10 +171,7 @@ def _agents(doc: _Document, workloads: dict[str, set[str]]) -> None:
 
 def _tasks(doc: _Document, tree: CustodyTree) -> None:
     for task in tree.tasks:
-        name = qualified_name("task", task.task_id)
         attributes = {
-            "prov:type": _type("Task"),
-            "prov:label": task.task_id,
             "prov:startTime": task.declared_at,
             "prov:endTime": task.completed_at,
             "custody:tenant": tree.tenant,
@@ -174,7 +181,7 @@ def _tasks(doc: _Document, tree: CustodyTree) -> None:
             "custody:outcome": task.outcome,
             "custody:depth": {"$": str(task.depth), "type": "xsd:int"},
         }
-        doc.record("activity", name, attributes)
+        name = doc.node("activity", "task", task.task_id, "Task", attributes)
         actor = task.actor
         if actor.workload_id:
             workload = doc.agent(actor.workload_id)
@@ -184,12 +191,8 @@ def _tasks(doc: _Document, tree: CustodyTree) -> None:
                 doc.relation("actedOnBehalfOf", workload, doc.agent(actor.on_behalf_of), name)
     # The tree's root is the subject of the export, so it is there even before it is declared.
     if all(task.task_id != tree.root_task_id for task in tree.tasks):
-        root = {
-            "prov:type": _type("Task"),
-            "prov:label": tree.root_task_id,
-            "custody:tenant": tree.tenant,
-        }
-        doc.record("activity", qualified_name("task", tree.root_task_id), root)
+        root = {"custody:tenant": tree.tenant}
+        doc.node("activity", "task", tree.root_task_id, "Task", root)
 
 
 def _delegations(doc: _Document, tree: CustodyTree) -> None:
@@ -208,11 +211,8 @@ def _delegations(doc: _Document, tree: CustodyTree) -> None:
 
 def _credentials(doc: _Document, tree: CustodyTree) -> None:
     for row in tree.credentials:
-        token = qualified_name("token", row.token_id)
         task = qualified_name("task", row.task_id)
         attributes = {
-            "prov:type": _type("Credential"),
-            "prov:label": row.token_id,
             "custody:subject": doc.agent_ref(row.token_subject),
             "custody:credentialKind": row.credential_kind,
             "custody:audience": row.audience,
@@ -221,7 +221,7 @@ def _credentials(doc: _Document, tree: CustodyTree) -> None:
             "custody:expiresAt": _time(row.expires_at),
             "custody:state": row.state,
         }
-        doc.record("entity", token, attributes)
+        token = doc.node("entity", "token", row.token_id, "Credential", attributes)
         doc.relation("wasGeneratedBy", token, task, row.issued_at)
         if row.decision_id:
             doc.relation("wasDerivedFrom", token, qualified_name("decision", row.decision_id))
@@ -238,17 +238,12 @@ def _credentials(doc: _Document, tree: CustodyTree) -> None:
 
 
 def _resource(doc: _Document, raw_id: str) -> str:
-    name = qualified_name("resource", raw_id)
-    doc.record("entity", name, {"prov:type": _type("Resource"), "prov:label": raw_id})
-    return name
+    return doc.node("entity", "resource", raw_id, "Resource", {})
 
 
 def _decisions(doc: _Document, tree: CustodyTree) -> None:
     for row in tree.decisions:
-        decision = qualified_name("decision", row.decision_id)
         attributes = {
-            "prov:type": _type("Decision"),
-            "prov:label": row.decision_id,
             "custody:eventId": row.event_id,
             "custody:policyEngine": row.policy_engine,
             "custody:policyId": row.policy_id,
@@ -259,19 +254,16 @@ def _decisions(doc: _Document, tree: CustodyTree) -> None:
             "custody:dataScope": _strings(row.data_scope),
             "custody:reasons": _strings(row.reasons),
         }
-        doc.record("entity", decision, attributes)
+        decision = doc.node("entity", "decision", row.decision_id, "Decision", attributes)
         task = qualified_name("task", row.task_id)
         doc.relation("wasGeneratedBy", decision, task, row.event_time)
 
 
 def _accesses(doc: _Document, tree: CustodyTree) -> None:
     for row in tree.accesses:
-        access = qualified_name("access", row.event_id)
         when = row.event_time
         # An ACCESS event is one instant: an activity that starts and ends at its event time.
         attributes = {
-            "prov:type": _type("Access"),
-            "prov:label": row.event_id,
             "prov:startTime": when,
             "prov:endTime": when,
             "custody:task": _ref("task", row.task_id),
@@ -282,7 +274,7 @@ def _accesses(doc: _Document, tree: CustodyTree) -> None:
             "custody:outcome": row.outcome,
             "custody:detail": row.detail,
         }
-        doc.record("activity", access, attributes)
+        access = doc.node("activity", "access", row.event_id, "Access", attributes)
         doc.relation("wasAssociatedWith", access, doc.agent(row.workload_id))
         if row.token_id:
             doc.relation("used", access, qualified_name("token", row.token_id), when)
@@ -293,17 +285,14 @@ def _accesses(doc: _Document, tree: CustodyTree) -> None:
 
 def _break_glass(doc: _Document, tree: CustodyTree) -> None:
     for row in tree.break_glass:
-        name = qualified_name("breakglass", row.break_glass_id)
         attributes = {
-            "prov:type": _type("BreakGlass"),
-            "prov:label": row.break_glass_id,
             "custody:eventId": row.event_id,
             "custody:reason": row.reason,
             "custody:standingAccessUnavailable": row.standing_access_unavailable,
             "custody:approval": _ref("approval", row.approval_id),
             "custody:expiresAt": _time(row.expires_at),
         }
-        doc.record("entity", name, attributes)
+        name = doc.node("entity", "breakglass", row.break_glass_id, "BreakGlass", attributes)
         task = qualified_name("task", row.task_id)
         doc.relation("wasGeneratedBy", name, task, row.event_time)
         doc.relation("wasAttributedTo", name, doc.agent(row.workload_id))
@@ -315,13 +304,10 @@ def _break_glass(doc: _Document, tree: CustodyTree) -> None:
 def _approvals(doc: _Document, tree: CustodyTree) -> None:
     break_glass_ids = {row.break_glass_id for row in tree.break_glass}
     for row in tree.approvals:
-        name = qualified_name("approval", row.approval_id)
         # An approval names a task or a break-glass by its bare id; the tree tells which.
         of_break_glass = row.approves in break_glass_ids
         approved = qualified_name("breakglass" if of_break_glass else "task", row.approves)
         attributes = {
-            "prov:type": _type("Approval"),
-            "prov:label": row.approval_id,
             "custody:eventId": row.event_id,
             "custody:approves": _qname(approved),
             "custody:approvedAt": _time(row.event_time),
@@ -329,7 +315,7 @@ def _approvals(doc: _Document, tree: CustodyTree) -> None:
             "custody:expiresAt": _time(row.expires_at),
             "custody:reason": row.reason,
         }
-        doc.record("entity", name, attributes)
+        name = doc.node("entity", "approval", row.approval_id, "Approval", attributes)
         doc.relation("wasAttributedTo", name, doc.agent(row.approver))
         if of_break_glass:
             doc.relation("wasInfluencedBy", approved, name)
@@ -340,8 +326,6 @@ def _approvals(doc: _Document, tree: CustodyTree) -> None:
 def _alerts(doc: _Document, tree: CustodyTree) -> None:
     for row in tree.alerts:
         attributes = {
-            "prov:type": _type("Alert"),
-            "prov:label": row.alert_id,
             "custody:alertType": row.alert_type,
             "custody:severity": row.severity,
             "custody:task": _ref("task", row.task_id),
@@ -352,7 +336,7 @@ def _alerts(doc: _Document, tree: CustodyTree) -> None:
             "custody:evidenceEventIds": _strings(row.evidence_event_ids),
             "custody:detail": row.detail,
         }
-        doc.record("entity", qualified_name("alert", row.alert_id), attributes)
+        doc.node("entity", "alert", row.alert_id, "Alert", attributes)
 
 
 def to_prov_json(tree: CustodyTree) -> dict[str, Any]:
