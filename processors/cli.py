@@ -7,7 +7,6 @@ Settings come from ``CUSTODY_*`` environment variables; the global flags overrid
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections import Counter
@@ -24,9 +23,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from processors import stack
+from processors import roles, stack, starting
 from processors.broker import BrokerError
-from processors.logs import log_json_to_stderr
 from processors.serving.reader import Reader
 from producers import simulator
 from producers.admin import TopicSetupError
@@ -113,7 +111,7 @@ def _up(
             statuses = stack.up(
                 settings, start_timeout=start_timeout, progress=progress, correlators=correlators
             )
-        except (BrokerError, TopicSetupError, stack.StackError) as exc:
+        except (BrokerError, TopicSetupError, starting.StackError) as exc:
             err.print(f"[red]custody up failed:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
     _print_status(statuses, as_json=False)
@@ -128,7 +126,7 @@ def up(
             min=1,
             envvar="CUSTODY_UP_TIMEOUT_SECONDS",
             help="Seconds at most to wait for the workers to start, however they progress "
-            f"(one whose log stops moving for {stack.START_STALL_SECONDS:.0f}s fails sooner).",
+            f"(one whose log stops moving for {starting.START_STALL_SECONDS:.0f}s fails sooner).",
         ),
     ] = stack.START_TIMEOUT_SECONDS,
     correlators: Annotated[
@@ -162,34 +160,6 @@ def status(
     _print_status(statuses, as_json)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(3)
-
-
-@app.command()
-def correlate(
-    ctx: typer.Context,
-    name: Annotated[
-        str,
-        typer.Option(help="The worker's name on this host: its heartbeat and data directory."),
-    ] = stack.CORRELATE,
-    metrics_address: Annotated[
-        str,
-        typer.Option(
-            envvar=stack.METRICS_ADDRESS_VARIABLE,
-            help="HOST:PORT of the Prometheus /metrics endpoint (port 0: any free port).",
-        ),
-    ] = stack.METRICS_ADDRESS,
-) -> None:
-    """Run the correlate role: custody graphs and alerts from custody.events.v1."""
-    # Imported here: faust takes a second to import, which the other commands need not pay.
-    from processors.correlator.app import run_worker
-    from processors.correlator.metrics import MetricsError
-
-    log_json_to_stderr()
-    try:
-        run_worker(_settings(ctx), name=name, metrics_address=metrics_address)
-    except (TopicSetupError, MetricsError) as exc:
-        logging.getLogger("custody.correlate").error("correlate cannot start: %s", exc)
-        raise typer.Exit(1) from None
 
 
 def _open_input(source: str) -> TextIO:
@@ -463,88 +433,6 @@ def demo(
         raise typer.Exit(3)
 
 
-# ---- storage: migrate, ingest, serve ---------------------------------------------------
-
-
-@app.command()
-def migrate(ctx: typer.Context) -> None:
-    """Apply the ClickHouse migrations (CUSTODY_CLICKHOUSE_URL) that are not applied yet."""
-    from processors.storage.backend import StorageError
-    from processors.storage.migrations import MigrationError, access_users, run_migrations
-    from processors.storage.target import TargetError, parse_target
-
-    settings = _settings(ctx)
-    try:
-        target = parse_target(settings.clickhouse())
-        report = run_migrations(target, settings.retention_days, users=access_users(settings))
-    except (TargetError, MigrationError, StorageError) as exc:
-        err.print(f"[red]custody migrate failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    out.print(
-        f"{target.describe()}: "
-        + (f"applied {', '.join(report.applied)}" if report.applied else "already up to date")
-        + f"; retention {settings.retention_days} days"
-    )
-    for name, reason in report.skipped.items():
-        out.print(f"[yellow]{escape(name)} not applied:[/] {escape(reason)}")
-    if report.users:
-        out.print(f"users kept: {', '.join(report.users)}")
-
-
-@app.command()
-def ingest(
-    ctx: typer.Context,
-    serve: Annotated[
-        bool | None,
-        typer.Option(
-            "--serve/--no-serve",
-            help="Also run the query API (default: yes on the embedded engine).",
-        ),
-    ] = None,
-) -> None:
-    """Run the ingest role: events, state and alerts from Kafka into ClickHouse."""
-    from processors.ingest import run
-    from processors.storage.backend import StorageError
-    from processors.storage.migrations import MigrationError
-    from processors.storage.target import TargetError
-
-    log_json_to_stderr()
-    try:
-        run(_settings(ctx), serve)
-    except (TargetError, MigrationError, StorageError) as exc:
-        err.print(f"[red]custody ingest failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-
-
-@app.command()
-def serve(ctx: typer.Context) -> None:
-    """Run the query API alone (with a ClickHouse server; on chdb, ingest serves)."""
-    import signal
-    import threading
-
-    from processors.serve import QueryApi
-    from processors.storage.backend import StorageError, open_backend
-    from processors.storage.target import TargetError, parse_target
-
-    log_json_to_stderr()
-    settings = _settings(ctx)
-    try:
-        backend = open_backend(parse_target(settings.clickhouse()))
-    except (TargetError, StorageError) as exc:
-        err.print(f"[red]custody serve failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    api = QueryApi(settings, backend)
-    api.start()
-    try:
-        stop.wait()
-    finally:
-        api.stop()
-        backend.close()
-
-
 # ---- reading: trace, alerts, query, export ---------------------------------------------
 
 
@@ -746,6 +634,9 @@ def verify(
         )
     if not report.intact:
         raise typer.Exit(5)
+
+
+roles.register(app)
 
 
 def main() -> None:

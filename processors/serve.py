@@ -27,6 +27,7 @@ import logging
 import mimetypes
 import os
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 from processors.serving.alerts import list_alerts, parse_since
 from processors.serving.explorer import AmbiguousToken, search, token_timeline
 from processors.serving.graph import custody_graph
+from processors.serving.metrics import ServeMetrics, route_of
 from processors.serving.reader import BackendReader, QueryError, serve_record_path
 from processors.serving.readonly import ReadOnlyError
 from processors.serving.trace import AmbiguousTask, TreeNotFound, trace
@@ -76,8 +78,10 @@ class QueryApi:
         settings: Settings,
         backend: Backend,
         health: Callable[[], dict[str, Any] | None] = lambda: None,
+        metrics: ServeMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.reader = BackendReader(backend)
         self.backend = backend
         self.health = health
@@ -159,11 +163,22 @@ class _Handler(BaseHTTPRequestHandler):
     """The query API's and the explorer's requests, for the :class:`QueryApi` ``api``."""
 
     api: ClassVar[QueryApi]
+    _status: int | None = None
+
+    def handle_one_request(self) -> None:
+        started = time.perf_counter()
+        self._status = None
+        super().handle_one_request()
+        metrics = self.api.metrics
+        if metrics is not None and self._status is not None:
+            route = route_of(self.command or "", urlsplit(self.path).path)
+            metrics.answered(route, self._status, time.perf_counter() - started)
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -13,6 +13,10 @@ keeps moving (the correlator logs its phase, and how many changelog records its 
 has left, as they change), up to a bound (``--timeout``); a worker whose log has not moved
 for :data:`START_STALL_SECONDS` is stuck.
 
+``up`` also runs ``notify`` when ``CUSTODY_ALERTMANAGER_URL`` is set. Every worker serves
+its Prometheus metrics on a port of its own (a free one unless configured), recorded with
+it, so ``status`` shows each URL under ``metrics``.
+
 ``up --correlators N`` runs N correlator workers in one consumer group, named ``correlate``,
 ``correlate-2``, ... ``correlate-N``, each with its own log, heartbeat, data directory and
 metrics port; the count is kept (``run/stack.json``), so a later ``up`` restarts the same
@@ -39,32 +43,28 @@ from typing import Any
 from processors import broker
 from processors.logs import JsonLines
 from processors.serving.reader import running_api
+from processors.starting import StackError, Started, wait_until_started
 from producers.admin import ensure_topics
 from producers.settings import Settings
 
 BROKER = "broker"
 CORRELATE = "correlate"
 INGEST = "ingest"
-# In start order.
-PROCESSES = (BROKER, CORRELATE, INGEST)
+NOTIFY = "notify"
+# In start order (notify only with an Alertmanager to notify).
+PROCESSES = (BROKER, CORRELATE, INGEST, NOTIFY)
 # Where a correlator serves its metrics unless told otherwise. On the local stack, worker k
 # of N gets the port + k - 1 when the variable is set, and a free port otherwise.
 METRICS_ADDRESS = "127.0.0.1:9464"
 METRICS_ADDRESS_VARIABLE = "CUSTODY_CORRELATOR_METRICS_ADDRESS"
+INGEST_METRICS_VARIABLE = "CUSTODY_INGEST_METRICS_ADDRESS"
+NOTIFY_METRICS_VARIABLE = "CUSTODY_NOTIFY_METRICS_ADDRESS"
+SERVE_METRICS_VARIABLE = "CUSTODY_SERVE_METRICS_ADDRESS"
 _CORRELATOR_NAME = re.compile(rf"{CORRELATE}(?:-([0-9]+))?")
 # The longest `custody up` waits for the workers to start, however they progress.
 START_TIMEOUT_SECONDS = 600.0
-# A starting worker whose log has not moved for this long is stuck: longer than a
-# consumer group join (a session timeout), during which a worker has nothing to say.
-START_STALL_SECONDS = 120.0
 # A log larger than this when its process starts is moved aside (one older log is kept).
 _ROTATE_BYTES = 16 * 1024 * 1024
-# How much of a log's end is read for its last records.
-_TAIL_BYTES = 64 * 1024
-
-
-class StackError(RuntimeError):
-    """A process of the local stack did not start."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class ProcessStatus:
     address: str | None
     log: str
     metrics: str | None = None
-    """The URL of its Prometheus metrics (correlators), while it runs."""
+    """The URL of its Prometheus metrics, while it runs."""
+    state: dict[str, Any] | None = None
+    """What the process says of its work (notify: posted, waiting for Alertmanager...)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,13 +178,19 @@ def correlator_count(settings: Settings) -> int:
 
 def _processes(settings: Settings) -> list[str]:
     """The stack's processes in start order: the broker, every correlator (those to run
-    and any other still recorded), ingest."""
+    and any other still recorded), ingest, and notify when it is configured or recorded."""
     wanted = correlator_names(correlator_count(settings))
     correlators = sorted(
         set(wanted) | set(_recorded_correlators(settings)),
         key=lambda name: _correlator_index(name) or 0,
     )
-    return [BROKER, *correlators, INGEST]
+    notify = [NOTIFY] if _notifies(settings) or _read_record(settings, NOTIFY) else []
+    return [BROKER, *correlators, INGEST, *notify]
+
+
+def _notifies(settings: Settings) -> bool:
+    """Whether the stack runs notify: an Alertmanager is configured."""
+    return settings.alertmanager_url is not None
 
 
 def status(settings: Settings) -> list[ProcessStatus]:
@@ -205,9 +213,15 @@ def status(settings: Settings) -> list[ProcessStatus]:
                 and _api_answers(address)
             )
         else:
-            # A correlator is healthy while its heartbeat is fresh.
+            # A correlator (or notify) is healthy while its heartbeat is fresh.
             healthy, address = running and _heartbeat_fresh(settings, name), None
-            metrics = record.get("metrics") if record and running else None
+        if name == NOTIFY and running:
+            state = _read_state(settings, name)
+            healthy = healthy and not (state or {}).get("waiting_for_alertmanager", False)
+        else:
+            state = None
+        if name != BROKER and record and running:
+            metrics = record.get("metrics")
         statuses.append(
             ProcessStatus(
                 name=name,
@@ -217,9 +231,23 @@ def status(settings: Settings) -> list[ProcessStatus]:
                 address=address,
                 log=str(_log_path(settings, name)),
                 metrics=metrics,
+                state=state,
             )
         )
     return statuses
+
+
+def state_path(settings: Settings, name: str) -> Path:
+    """The file where a worker (notify) keeps what ``status`` shows of its work."""
+    return _run_dir(settings) / f"{name}.state.json"
+
+
+def _read_state(settings: Settings, name: str) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(state_path(settings, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return state
 
 
 def heartbeat_path(settings: Settings, name: str = CORRELATE) -> Path:
@@ -251,71 +279,6 @@ def _heartbeat_fresh(settings: Settings, name: str, max_age: float = 10.0) -> bo
     except OSError:
         return False
     return age <= max_age
-
-
-@dataclass(frozen=True)
-class Started:
-    """A process just started: its handle, and its log from where this start begins."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    offset: int
-
-    def exited(self) -> int | None:
-        """Its exit status, once it has exited."""
-        return self.process.poll()
-
-    def last_said(self) -> str:
-        """The last thing its log says since this start."""
-        records = _records_since(self.log, self.offset)
-        return _said(records[-1]) if records else ""
-
-    def failure(self) -> str:
-        """Why its start failed, as its log says: the first error record since the start
-        with an exception (its message and the exception's last line), else the last
-        error record, else the last line. The first: a crash's reason is logged before
-        what fails while the process stops after it (faust's consumer thread stopping on a
-        closed event loop, say)."""
-        records = _records_since(self.log, self.offset)
-        errors = [r for r in records if r.get("level") in ("error", "critical")]
-        with_exception = [r for r in errors if r.get("exception")]
-        if with_exception:
-            return _said(with_exception[0])
-        return _said((errors or records or [{"message": "its log is empty"}])[-1])
-
-
-def _said(record: dict[str, Any]) -> str:
-    """A record in a line: its exception's last line (``Type: text``) when it has one,
-    after its message unless that repeats the exception's text."""
-    message = str(record.get("message", ""))
-    exception = str(record.get("exception") or "").strip().splitlines()
-    if exception:
-        text = exception[-1].partition(": ")[2]
-        message = exception[-1] if text and text in message else f"{message}: {exception[-1]}"
-    return message[:1000]
-
-
-def _records_since(log: Path, offset: int) -> list[dict[str, Any]]:
-    """The records at the end of ``log`` from ``offset`` on (a line that is not JSON is a
-    record of its text)."""
-    try:
-        with log.open("rb") as file:
-            size = file.seek(0, os.SEEK_END)
-            file.seek(max(offset, size - _TAIL_BYTES))
-            lines = file.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        records.append(record if isinstance(record, dict) else {"message": line.strip()})
-    return records
 
 
 def _stack_record(message: str) -> bytes:
@@ -410,12 +373,15 @@ def up(
     for name in _recorded_correlators(settings):
         if name not in wanted:
             _stop(settings, name, timeout=10.0)
+    if not _notifies(settings):
+        _stop(settings, NOTIFY, timeout=10.0)
     # Every worker starts before any is waited for: their group joins overlap.
+    others = [INGEST, NOTIFY] if _notifies(settings) else [INGEST]
     workers = [
         _start_worker(settings, name, index)
-        for index, name in enumerate([*wanted, INGEST], start=1)
+        for index, name in enumerate(wanted, start=1)
         if not _running(settings, name)
-    ]
+    ] + [_start_worker(settings, name, 1) for name in others if not _running(settings, name)]
     wait_until_started(
         workers,
         lambda name: _worker_ready(settings, name),
@@ -431,15 +397,21 @@ def _running(settings: Settings, name: str) -> bool:
 
 
 def _start_worker(settings: Settings, name: str, index: int) -> Started:
-    """Start worker ``name``; the ``index``-th correlator gets its own metrics port."""
+    """Start worker ``name`` with a metrics port of its own (the ``index``-th correlator:
+    the configured port + ``index`` - 1)."""
     heartbeat_path(settings, name).unlink(missing_ok=True)
     if name == INGEST:
         # The local stack always serves queries, whichever ClickHouse it writes to.
-        return start_process(settings, name, _custody_command(INGEST, "--serve"))
-    host, port = split_address(metrics_address(index))
-    argv = _custody_command(
-        CORRELATE, "--name", name, "--metrics-address", join_address(host, port)
-    )
+        host, port = split_address(metrics_address(1, INGEST_METRICS_VARIABLE))
+        argv = _custody_command(INGEST, "--serve")
+    elif name == NOTIFY:
+        state_path(settings, name).unlink(missing_ok=True)
+        host, port = split_address(metrics_address(1, NOTIFY_METRICS_VARIABLE))
+        argv = _custody_command(NOTIFY)
+    else:
+        host, port = split_address(metrics_address(index))
+        argv = _custody_command(CORRELATE, "--name", name)
+    argv += ["--metrics-address", join_address(host, port)]
     return start_process(settings, name, argv, metrics=metrics_url(host, port))
 
 
@@ -462,15 +434,15 @@ def metrics_url(host: str, port: int) -> str:
     return f"http://{join_address(host, port)}/metrics"
 
 
-def metrics_address(index: int) -> str:
-    """Where the ``index``-th correlator (from 1) serves its metrics: the configured
-    port + index - 1 when :data:`METRICS_ADDRESS_VARIABLE` names one, else a free port
-    (several stacks may run on one host, as the tests do)."""
-    configured = os.environ.get(METRICS_ADDRESS_VARIABLE)
+def metrics_address(index: int, variable: str = METRICS_ADDRESS_VARIABLE) -> str:
+    """Where a worker of the local stack serves its metrics (the ``index``-th correlator,
+    from 1, by default): the port ``variable`` names + index - 1 when it names one, else a
+    free port (several stacks may run on one host, as the tests do)."""
+    configured = os.environ.get(variable)
     try:
         host, port = split_address(configured or METRICS_ADDRESS)
     except ValueError as exc:
-        raise StackError(f"{METRICS_ADDRESS_VARIABLE}: {exc}") from None
+        raise StackError(f"{variable}: {exc}") from None
     if configured and port:
         return join_address(host, port + index - 1)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -483,57 +455,6 @@ def _worker_ready(settings: Settings, name: str) -> bool:
     return _heartbeat_fresh(settings, name) and (
         name != INGEST or running_api(settings) is not None
     )
-
-
-def wait_until_started(
-    starting: list[Started],
-    ready: Callable[[str], bool],
-    timeout: float,
-    stall: float = START_STALL_SECONDS,
-    progress: Callable[[str], None] | None = None,
-) -> None:
-    """Wait until ``ready(name)`` holds for every process of ``starting``. Raises
-    :class:`StackError`, with the reason its log gives, when one exits, when one's log
-    has not moved for ``stall`` seconds, or after ``timeout`` seconds in all."""
-    begun = time.monotonic()
-    moved = {s.name: (-1, begun) for s in starting}
-    said = {s.name: "" for s in starting}
-    waiting = list(starting)
-    while waiting:
-        waiting = [s for s in waiting if not ready(s.name)]
-        now = time.monotonic()
-        for s in waiting:
-            status = s.exited()
-            if status is not None:
-                raise StackError(
-                    f"{s.name} exited at start (status {status}): {s.failure()} (log: {s.log})"
-                )
-            size = _size(s.log)
-            if size != moved[s.name][0]:
-                moved[s.name] = (size, now)
-                said[s.name] = s.last_said()
-            if now - moved[s.name][1] >= stall:
-                raise StackError(
-                    f"{s.name} stuck at start: its log has not moved for {stall:.0f}s "
-                    f"(it said last: {said[s.name]}) (log: {s.log})"
-                )
-            if now - begun >= timeout:
-                raise StackError(
-                    f"{s.name} not ready after {timeout:.0f}s "
-                    f"(it said last: {said[s.name]}) (log: {s.log})"
-                )
-        if waiting and progress is not None:
-            elapsed = now - begun
-            progress("; ".join(f"{s.name}: {said[s.name]} ({elapsed:.0f}s)" for s in waiting))
-        if waiting:
-            time.sleep(0.2)
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
 
 
 def _terminate(pid: int, timeout: float) -> None:

@@ -14,11 +14,8 @@ counts, durations and partition numbers: no event, tenant, task, token or secret
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Protocol
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,13 +23,13 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from processors.correlator.step import Outbound
-from processors.stack import METRICS_ADDRESS_VARIABLE, metrics_url, split_address
+from processors.metrics_endpoint import Endpoint, serve_registry
+from processors.stack import METRICS_ADDRESS_VARIABLE
 from schemas import topics
 from schemas.codec import AvroCodec
 
@@ -43,15 +40,9 @@ EVENTS_STEP, LINKS_STEP, TIMER_STEP = "events", "links", "timer"
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _REASON_HEADER = "custody-dlq-reason"
 
-_log = logging.getLogger("custody.correlate")
-
 # A ``_created`` series per counter and histogram (when it was made) doubles the
 # exposition and tells a scrape nothing; the flag is prometheus_client's, per process.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
-
-
-class MetricsError(RuntimeError):
-    """The metrics endpoint cannot be served where asked."""
 
 
 class StepState(Protocol):
@@ -186,34 +177,8 @@ def _reason(headers: list[tuple[str, bytes]] | None) -> str:
     return "unknown"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """A running metrics endpoint."""
-
-    url: str
-    """Where ``/metrics`` answers."""
-    server: WSGIServer
-
-    def close(self) -> None:
-        """Stop serving and free the port."""
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def serve(metrics: CorrelatorMetrics, address: str) -> Endpoint:
-    """Serve ``metrics`` as Prometheus text on ``address`` (``HOST:PORT``, port 0: the
-    system's choice) from a daemon thread. Raises :class:`MetricsError` when the address
-    is not one or cannot be bound."""
-    try:
-        host, port = split_address(address)
-        server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except ValueError as exc:
-        raise MetricsError(f"metrics address: {exc}") from None
-    except OSError as exc:
-        raise MetricsError(
-            f"cannot serve metrics on {address} ({exc.strerror}); choose another "
-            f"address with --metrics-address or {METRICS_ADDRESS_VARIABLE}"
-        ) from None
-    endpoint = Endpoint(metrics_url(host, server.server_address[1]), server)
-    _log.info("metrics on %s", endpoint.url)
-    return endpoint
+    """Serve ``metrics`` on ``address`` (``HOST:PORT``, port 0: the system's choice).
+    Raises :class:`~processors.metrics_endpoint.MetricsError` when the address is not one
+    or cannot be bound."""
+    return serve_registry(metrics.registry, address, METRICS_ADDRESS_VARIABLE)

@@ -17,10 +17,10 @@ from processors.correlator.metrics import (
     EVENTS_STEP,
     LINKS_STEP,
     CorrelatorMetrics,
-    MetricsError,
     serve,
 )
 from processors.correlator.step import CHAIN_LINKS, Correlation, Outbound
+from processors.metrics_endpoint import MetricsError
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from processors.ingest import Ingest, Stopped, _Batch
+from processors.batch_consumer import Batch, Stopped
+from processors.ingest import Ingest
 from processors.storage.backend import StorageRejected, StorageUnavailable
 from processors.storage.sink import BatchWriter, Record, WriteResult
 from producers.settings import Settings
@@ -28,8 +29,8 @@ class Unreachable(BatchWriter):
         raise self.error
 
 
-def batch() -> _Batch:
-    pending = _Batch()
+def batch() -> Batch:
+    pending = Batch()
     pending.add(Record(topics.EVENTS, 0, 41, None, b"x"))
     return pending
 
@@ -43,7 +44,7 @@ def test_a_stop_during_an_outage_ends_the_retries_without_a_commit(
     monkeypatch.setattr(ingest, "_commit", committed.append)
     threading.Timer(1.0, ingest.stop.set).start()
     with pytest.raises(Stopped):
-        ingest._flush(batch())
+        ingest.flush(batch())
     assert writer.attempts >= 2
     assert committed == []
     assert ingest.stats.waiting_for_clickhouse
@@ -56,10 +57,10 @@ def test_a_refused_statement_is_retried_but_a_data_error_is_not() -> None:
     ingest = Ingest(SETTINGS, missing_table)
     threading.Timer(0.8, ingest.stop.set).start()
     with pytest.raises(Stopped):
-        ingest._flush(batch())
+        ingest.flush(batch())
     assert missing_table.attempts >= 2
 
     bad_data = Unreachable(StorageRejected("Code: 117. Incorrect data"))
     with pytest.raises(StorageRejected):
-        Ingest(SETTINGS, bad_data)._flush(batch())
+        Ingest(SETTINGS, bad_data).flush(batch())
     assert bad_data.attempts == 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from processors import stack
+from processors import stack, starting
 from processors.processes import running
 from producers.settings import Settings
 
@@ -155,8 +155,8 @@ def test_a_start_that_fails_leaves_its_reason_in_the_log_and_the_error(tmp_path:
     errors = []
     for _ in range(2):
         started = stack.start_process(settings, "role", [sys.executable, "-c", ROLE])
-        with pytest.raises(stack.StackError) as raised:
-            stack.wait_until_started([started], lambda name: False, timeout=60)
+        with pytest.raises(starting.StackError) as raised:
+            starting.wait_until_started([started], lambda name: False, timeout=60)
         errors.append(str(raised.value))
     log = tmp_path / "logs" / "role.log"
     assert (
@@ -199,7 +199,7 @@ def _wait(tmp_path: Path, argv: list[str], timeout: float, stall: float) -> list
     started = stack.start_process(_settings(tmp_path), "role", argv)
     shown: list[str] = []
     try:
-        stack.wait_until_started(
+        starting.wait_until_started(
             [started],
             lambda name: (Path.cwd() / "ready").exists(),
             timeout=timeout,
@@ -228,7 +228,7 @@ def test_a_start_whose_log_stops_moving_is_stuck(
     monkeypatch.chdir(tmp_path)
     began = time.monotonic()
     with pytest.raises(
-        stack.StackError, match=r"role stuck at start: its log has not moved for 1s"
+        starting.StackError, match=r"role stuck at start: its log has not moved for 1s"
     ):
         _wait(tmp_path, _progressing(ready_after=60, quiet=True), timeout=60, stall=1)
     assert time.monotonic() - began < 30
@@ -238,7 +238,7 @@ def test_a_start_that_moves_but_never_ends_meets_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(stack.StackError, match=r"role not ready after 2s \(it said last: recov"):
+    with pytest.raises(starting.StackError, match=r"role not ready after 2s \(it said last: recov"):
         _wait(tmp_path, _progressing(ready_after=60), timeout=2, stall=10)
     assert not (tmp_path / "ready").exists()
 

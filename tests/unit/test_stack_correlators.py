@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from processors import stack
+from processors import stack, starting
 from processors.processes import running
 from producers.settings import Settings
 from tests.support.polling import poll
@@ -95,5 +95,5 @@ def test_each_worker_gets_a_metrics_port_of_its_own(monkeypatch: pytest.MonkeyPa
     assert stack.metrics_address(2) == "[::1]:9601"
     assert stack.metrics_url(*stack.split_address("[::1]:9601")) == "http://[::1]:9601/metrics"
     monkeypatch.setenv(stack.METRICS_ADDRESS_VARIABLE, "no port")
-    with pytest.raises(stack.StackError, match=stack.METRICS_ADDRESS_VARIABLE):
+    with pytest.raises(starting.StackError, match=stack.METRICS_ADDRESS_VARIABLE):
         stack.metrics_address(1)

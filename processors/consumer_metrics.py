@@ -1,0 +1,103 @@
+"""The Prometheus metrics every batch consumer (ingest, notify) has, named
+``custody_<process>_...`` like the correlator's.
+
+Each process keeps them in a registry of its own (never the process-wide default), so a
+test reads exactly the metrics of the consumer it ran. They hold counts, durations, topic
+and partition numbers and dead-letter reasons: no event, tenant, task, token or secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from processors.storage.sink import Record, Rejected
+
+# From a handful of records posted to a near peer to a full batch written to a slow server.
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# A ``_created`` series per counter and histogram (when it was made) doubles the
+# exposition and tells a scrape nothing; the flag is prometheus_client's, per process.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
+
+
+class ConsumerMetrics:
+    """A batch consumer's metrics, prefixed ``custody_<process>``, in :attr:`registry`;
+    ``waiting`` names what the consumer waits for while it retries."""
+
+    def __init__(self, process: str, waiting: str, registry: CollectorRegistry) -> None:
+        self.prefix = f"custody_{process}"
+        self.registry = registry
+        self.records = Counter(
+            f"{self.prefix}_records",
+            "Records consumed and handled (their batch committed), by topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            f"{self.prefix}_dead_letters",
+            "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
+            ["reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            f"{self.prefix}_retries",
+            "Attempts at a batch's work (or its dead letters) that failed and were retried.",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            f"{self.prefix}_batch_duration_seconds",
+            "One batch, from its first attempt until its offsets are committed, retries "
+            "included (the count is the number of batches).",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.lag = Gauge(
+            f"{self.prefix}_consumer_lag",
+            "Records of an owned partition not handled yet: the partition's highwater in "
+            "the last fetch response minus the next offset to handle.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            f"{self.prefix}_waiting_for_{waiting}",
+            f"1 while a batch waits, retrying, for {waiting} to take it.",
+            registry=registry,
+        )
+
+    def batch_done(
+        self, records: Sequence[Record], rejected: Sequence[Rejected], seconds: float
+    ) -> None:
+        """A batch of ``records`` was committed after ``seconds``, ``rejected`` dead-lettered."""
+        by_topic: dict[str, int] = {}
+        for record in records:
+            by_topic[record.topic] = by_topic.get(record.topic, 0) + 1
+        for topic, count in by_topic.items():
+            self.records.labels(topic).inc(count)
+        for item in rejected:
+            self.dead_letters.labels(item.reason).inc()
+        self.batch_seconds.observe(seconds)
+
+    def retried(self) -> None:
+        """An attempt failed; the consumer waits and tries again."""
+        self.retries.inc()
+        self.waiting.set(1)
+
+    def lagging(self, topic: str, partition: int, behind: int) -> None:
+        """``partition`` of ``topic`` has ``behind`` records not handled yet."""
+        self.lag.labels(topic, str(partition)).set(max(0, behind))
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """The partitions are no longer this consumer's: their lag is another's to tell."""
+        for topic, partition in partitions:
+            try:
+                self.lag.remove(topic, str(partition))
+            except KeyError:
+                continue

@@ -1,0 +1,242 @@
+"""``custody notify``: reads ``custody.alerts.v1`` and posts each batch of alerts to
+Alertmanager; the batch's offsets are committed only after Alertmanager answered 2xx.
+
+- Alertmanager down or answering 5xx: the batch is retried with backoff, the partitions
+  paused, nothing committed; the alerts arrive once it is back. Killed meanwhile: the
+  batch is posted again after the restart. Posting an alert twice is harmless: the same
+  labels are the same Alertmanager alert, and Alertmanager notifies a group's alert once.
+- A record that is not an alert: dead-lettered with its decoding reason.
+- Alertmanager refusing a post (4xx): its alerts are posted one by one, and those it still
+  refuses are dead-lettered (``alertmanager_refused``) with its answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, Retry
+from processors.consumer_metrics import ConsumerMetrics
+from processors.notify.alertmanager import AlertmanagerClient, Refused, Unavailable
+from processors.notify.postable import Links, postable
+from processors.storage.sink import Record, Rejected
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec, DecodeError
+from schemas.models import Alert
+
+REFUSED = "alertmanager_refused"
+# How often, at most, the state file that `custody status` shows is written.
+_STATE_EVERY_SECONDS = 1.0
+
+_log = logging.getLogger("custody.notify")
+
+
+class NotifyError(RuntimeError):
+    """notify cannot start as configured."""
+
+
+@dataclass
+class NotifyStats:
+    """What ``custody status --json`` shows of notify."""
+
+    alertmanager: str
+    posted: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    waiting_for_alertmanager: bool = False
+    last_error: str | None = None
+    last_commit_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NotifyMetrics(ConsumerMetrics):
+    """notify's metrics: a batch consumer's, and what Alertmanager took or refused."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = registry or CollectorRegistry()
+        super().__init__("notify", "alertmanager", registry)
+        self.sent = Counter(
+            f"{self.prefix}_sent",
+            "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
+            ["severity"],
+            registry=registry,
+        )
+        self.failed = Counter(
+            f"{self.prefix}_failed",
+            "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
+            ["reason"],
+            registry=registry,
+        )
+
+
+class Notify(BatchConsumer):
+    """One notify consumer. ``run`` blocks until ``stop`` is set, then finishes its batch."""
+
+    stage = "notify"
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: AlertmanagerClient,
+        links: Links,
+        heartbeat: Path | None = None,
+        metrics: NotifyMetrics | None = None,
+        state: Path | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            settings.notify_group,
+            (topics.ALERTS,),
+            BatchLimits(
+                settings.notify_batch_alerts, 16 * 1024 * 1024, settings.notify_batch_seconds
+            ),
+            settings.notify_retry_max_seconds,
+            heartbeat,
+            metrics,
+        )
+        self.client = client
+        self.links = links
+        self.stats = NotifyStats(alertmanager=client.address)
+        self._notify_metrics = metrics
+        self._codec = AvroCodec()
+        self._state = state
+        self._state_written = 0.0
+
+    def process(self, records: list[Record]) -> Sequence[Rejected]:
+        """Post the batch's alerts; return the records that are not alerts, or that
+        Alertmanager refuses."""
+        rejected: list[Rejected] = []
+        alerts: list[tuple[Record, Alert]] = []
+        for record in records:
+            try:
+                alerts.append((record, self._codec.decode_alert(record.value or b"")))
+            except DecodeError as exc:
+                rejected.append(Rejected(record, exc.reason, str(exc)))
+        now = datetime.now(UTC)
+        posts = [postable(alert, self.links, now) for _, alert in alerts]
+        if not posts:
+            return rejected
+        try:
+            self._post(posts)
+            self._sent(alert for _, alert in alerts)
+        except Refused:
+            # One of them is wrong: find which, alert by alert.
+            for (record, alert), post in zip(alerts, posts, strict=True):
+                try:
+                    self._post([post])
+                    self._sent([alert])
+                except Refused as exc:
+                    rejected.append(Rejected(record, REFUSED, str(exc)))
+        return rejected
+
+    def _post(self, posts: list[dict[str, Any]]) -> None:
+        try:
+            self.client.post(posts)
+        except Unavailable as exc:
+            self._failed("unreachable" if exc.reason == "unreachable" else "http_5xx")
+            raise Retry(str(exc)) from None
+        except Refused:
+            self._failed("http_4xx")
+            raise
+
+    def _failed(self, reason: str) -> None:
+        if self._notify_metrics is not None:
+            self._notify_metrics.failed.labels(reason).inc()
+
+    def _sent(self, alerts: Any) -> None:
+        count = 0
+        for alert in alerts:
+            count += 1
+            if self._notify_metrics is not None:
+                self._notify_metrics.sent.labels(alert.severity.name).inc()
+        self.stats.posted += count
+
+    def note_waiting(self, error: str | None) -> None:
+        self.stats.waiting_for_alertmanager = error is not None
+        if error is not None:
+            self.stats.retries += 1
+            self.stats.last_error = error
+        self._write_state(force=error is not None)
+
+    def note_committed(self, batch: Batch, rejected: Sequence[Rejected]) -> None:
+        self.stats.dead_lettered += len(rejected)
+        self.stats.last_commit_at = self.last_commit_at
+        self._write_state(force=False)
+
+    def _write_state(self, force: bool) -> None:
+        if self._state is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._state_written < _STATE_EVERY_SECONDS:
+            return
+        self._state_written = now
+        # Written whole, then renamed: a reader never sees half a file.
+        partial = self._state.with_suffix(".partial")
+        partial.write_text(json.dumps(self.stats.as_dict()))
+        partial.replace(self._state)
+
+
+def links(settings: Settings) -> Links:
+    """Where notifications point: the configured explorer, else the running query API,
+    else where it listens by default; the configured runbook, else the API's /runbook."""
+    from processors.serving.reader import running_api
+
+    explorer = (
+        settings.explorer_url
+        or running_api(settings)
+        or f"http://{settings.serve_host}:{settings.serve_port}"
+    ).rstrip("/")
+    return Links(
+        explorer=explorer,
+        runbook=settings.runbook_url or f"{explorer}/runbook",
+        firing_seconds=settings.alert_firing_seconds,
+    )
+
+
+def run(settings: Settings, metrics_address: str) -> None:
+    """Run notify until SIGTERM/SIGINT, its metrics on ``metrics_address``. Raises
+    :class:`NotifyError` without an Alertmanager URL."""
+    import signal
+
+    from processors.metrics_endpoint import serve_registry
+    from processors.stack import NOTIFY, NOTIFY_METRICS_VARIABLE, heartbeat_path, state_path
+
+    if settings.alertmanager_url is None:
+        raise NotifyError("no Alertmanager to notify: set CUSTODY_ALERTMANAGER_URL")
+    try:
+        client = AlertmanagerClient(
+            settings.alertmanager_url.get_secret_value(), settings.notify_timeout_seconds
+        )
+    except ValueError as exc:
+        raise NotifyError(f"CUSTODY_ALERTMANAGER_URL: {exc}") from None
+    metrics = NotifyMetrics()
+    endpoint = serve_registry(metrics.registry, metrics_address, NOTIFY_METRICS_VARIABLE)
+    notify = Notify(
+        settings,
+        client,
+        links(settings),
+        heartbeat_path(settings, NOTIFY),
+        metrics,
+        state_path(settings, NOTIFY),
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: notify.stop.set())
+    _log.info("notifying %s of %s (pid %d)", client.address, topics.ALERTS, os.getpid())
+    try:
+        notify.run()
+    finally:
+        endpoint.close()
+        client.close()
