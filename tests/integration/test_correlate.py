@@ -4,26 +4,21 @@ exactly the pure correlator's verdict on the same traffic, also across a kill -9
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from producers.producer import CustodyProducer
 from producers.settings import Settings
 from schemas import topics
-from schemas.codec import AvroCodec
 from schemas.models import Envelope
-from tests.support.broker import CUSTODY, RunningBroker, header_list, payload, read_to_end
+from tests.support.broker import RunningBroker, header_list, read_to_end
+from tests.support.correlator import AlertReader, Worker
 from tests.support.stack import CONFIG, GRACE, LATENESS
 from tests.support.trees import traffic
 
 pytestmark = pytest.mark.integration
-
-CODEC = AvroCodec()
 
 
 @pytest.fixture
@@ -41,65 +36,11 @@ def worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-class Worker:
-    def __init__(self, env: dict[str, str], log: str) -> None:
-        self.env, self.log = env, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [CUSTODY, "correlate"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
 @pytest.fixture
 def worker(worker_env: dict[str, str], tmp_path: object) -> Iterator[Worker]:
     running = Worker(worker_env, f"{tmp_path}/correlate.log")
     yield running
     running.kill()
-
-
-class AlertReader:
-    """Reads custody.alerts.v1 from the beginning, keeping every alert id seen."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "alerts-test", "enable.auto.commit": False}
-        )
-        meta = self.consumer.list_topics(topics.ALERTS, timeout=10)
-        self.consumer.assign(
-            [TopicPartition(topics.ALERTS, p, 0) for p in meta.topics[topics.ALERTS].partitions]
-        )
-        self.ids: list[str] = []
-
-    def poll(self) -> None:
-        for message in self.consumer.consume(1000, timeout=0.5):
-            if message.error() is None:
-                alert = CODEC.decode_alert(payload(message))
-                assert message.key() == alert.alert_id.encode()
-                self.ids.append(alert.alert_id)
-
-    def until(self, condition: Callable[[], bool], timeout: float, worker: Worker) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert worker.alive(), f"worker died, see {worker.log}"
-            assert time.monotonic() < deadline, f"{len(set(self.ids))} alerts after {timeout}s"
-            self.poll()
-
-    def settle(self, seconds: float) -> None:
-        """Keep reading for a window in which late alerts would have to appear."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.poll()
 
 
 def publish(settings: Settings, stream: list[Envelope]) -> None:
@@ -120,7 +61,7 @@ def test_alerts_are_exactly_the_correlators_verdict_and_bad_records_go_to_the_dl
     worker.start()
     reader = AlertReader(settings.kafka_bootstrap)
     reader.until(lambda: expected <= set(reader.ids), 90, worker)
-    reader.settle(GRACE + LATENESS + 2)
+    reader.keep_reading(GRACE + LATENESS + 2)
     assert set(reader.ids) == expected
     dead = read_to_end(settings, topics.DLQ)
     assert [m.value() for m in dead] == [b"not avro at all"]
@@ -142,5 +83,5 @@ def test_kill_9_mid_stream_loses_no_alert_and_invents_none(
     assert not expected <= set(reader.ids)
     worker.start()
     reader.until(lambda: expected <= set(reader.ids), 180, worker)
-    reader.settle(GRACE + LATENESS + 2)
+    reader.keep_reading(GRACE + LATENESS + 2)
     assert set(reader.ids) == expected

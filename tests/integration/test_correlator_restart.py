@@ -18,8 +18,8 @@ from producers.context import CustodyContext
 from producers.producer import CustodyProducer
 from producers.settings import Settings
 from schemas.models import Envelope
-from tests.integration.test_correlate import AlertReader, Worker
 from tests.support.broker import RunningBroker
+from tests.support.correlator import AlertReader, Worker
 from tests.support.events import CODER, at, declare, use
 from tests.support.polling import poll
 from tests.support.stack import CONFIG, GRACE, LATENESS
@@ -61,6 +61,20 @@ def publish(settings: Settings, stream: list[Envelope]) -> None:
             producer.publish(event)
 
 
+def _correlated(
+    bootstrap: str, worker: Worker, trees: int
+) -> tuple[Settings, AlertReader, set[str]]:
+    """Publish the traffic of ``trees`` custody trees, start ``worker`` and read alerts until
+    every one of the pure correlator's verdict has come; the settings, reader and verdict."""
+    settings = _settings(bootstrap)
+    stream, expected = traffic(trees, CONFIG)
+    publish(settings, stream)
+    worker.start()
+    reader = AlertReader(settings.kafka_bootstrap)
+    reader.until(lambda: expected <= set(reader.ids), 90, worker)
+    return settings, reader, expected
+
+
 def _metrics(worker: Worker, since: int) -> dict[str, float]:
     """The metrics of the worker that wrote its address into its log after ``since``."""
     said = Path(worker.log).read_bytes()[since:].decode(errors="replace")
@@ -86,12 +100,7 @@ def test_a_tree_retired_before_a_kill_9_stays_retired_and_its_late_evidence_rais
     broker.start()
     worker = Worker(_env(broker.bootstrap, tmp_path / "home"), str(tmp_path / "correlate.log"))
     try:
-        settings = _settings(broker.bootstrap)
-        stream, expected = traffic(4, CONFIG)
-        publish(settings, stream)
-        worker.start()
-        reader = AlertReader(settings.kafka_bootstrap)
-        reader.until(lambda: expected <= set(reader.ids), 90, worker)
+        settings, reader, expected = _correlated(broker.bootstrap, worker, 4)
 
         # Three days of event time later, every tree of the traffic is past its retention.
         later = at(3 * 86_400)
@@ -121,7 +130,7 @@ def test_a_tree_retired_before_a_kill_9_stays_retired_and_its_late_evidence_rais
             60,
             0.5,
         ), _metrics(worker, restarted_at)
-        reader.settle(GRACE + LATENESS + 2)
+        reader.keep_reading(GRACE + LATENESS + 2)
         assert set(reader.ids) == expected
         assert worker.alive()
         tables = tmp_path / "home" / "data" / "correlate" / "v1" / "tables"
@@ -140,15 +149,10 @@ def test_local_state_written_against_a_broker_that_is_gone_is_dropped(tmp_path: 
         broker.start()
         worker = Worker(_env(broker.bootstrap, home), str(tmp_path / f"correlate-{run}.log"))
         try:
-            settings = _settings(broker.bootstrap)
             # The same tree names each time: read as current, the first broker's trees
             # would be joined with the second's events.
-            stream, expected = traffic(6, CONFIG)
-            publish(settings, stream)
-            worker.start()
-            reader = AlertReader(settings.kafka_bootstrap)
-            reader.until(lambda: expected <= set(reader.ids), 90, worker)  # noqa: B023 - called at once
-            reader.settle(GRACE + LATENESS + 2)
+            _, reader, expected = _correlated(broker.bootstrap, worker, 6)
+            reader.keep_reading(GRACE + LATENESS + 2)
             assert set(reader.ids) == expected
             assert worker.alive()
         finally:

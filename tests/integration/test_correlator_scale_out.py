@@ -15,20 +15,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from processors.processes import running
 from schemas import topics
-from schemas.codec import AvroCodec
-from tests.support.broker import payload
+from tests.support.correlator import AlertReader
 from tests.support.pipeline import SIMULATION_ENV, Publisher, simulation
 from tests.support.polling import poll, until
 from tests.support.stack import Stack, api_query
@@ -39,39 +36,6 @@ SEED = 20261203
 ROOTS = 150  # about 6,800 events
 RATE = 500  # events/s: the stream lasts long enough for a kill in its middle
 SURVIVOR, VICTIM = "correlate", "correlate-2"
-CODEC = AvroCodec()
-
-
-class AlertIds:
-    """Reads custody.alerts.v1 from the beginning of every partition, counting each id."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "scale-out", "enable.auto.commit": False}
-        )
-        meta = self.consumer.list_topics(topics.ALERTS, timeout=10)
-        self.consumer.assign(
-            [TopicPartition(topics.ALERTS, p, 0) for p in meta.topics[topics.ALERTS].partitions]
-        )
-        self.seen: Counter[str] = Counter()
-
-    def read(self) -> set[str]:
-        """Read what has come; every alert id seen so far."""
-        for message in self.consumer.consume(1000, timeout=0.5):
-            if message.error() is None:
-                alert = CODEC.decode_alert(payload(message))
-                assert message.key() == alert.alert_id.encode()
-                self.seen[alert.alert_id] += 1
-        return set(self.seen)
-
-    def keep_reading(self, seconds: float) -> None:
-        """Read for ``seconds`` more: a window in which an alert not due would show."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.read()
-
-    def close(self) -> None:
-        self.consumer.close()
 
 
 def _statuses(stack: Stack) -> dict[str, dict[str, Any]]:
@@ -153,19 +117,19 @@ def test_the_survivor_of_a_kill_9_takes_over_and_every_alert_is_stored_once(
         assert publisher.error is None, publisher.error
         assert publisher.failed == []
 
-        reader = AlertIds(stack.bootstrap)
+        reader = AlertReader(stack.bootstrap, "scale-out")
         try:
             until(
                 lambda: run.expected_alerts <= reader.read(),
                 180,
-                lambda: f"{len(run.expected_alerts - set(reader.seen))} alerts missing",
+                lambda: f"{len(run.expected_alerts - set(reader.ids))} alerts missing",
             )
             # Every deadline of the stream is past already (its closing trees): an
             # invented alert would come within this window, if at all.
             reader.keep_reading(10)
         finally:
             reader.close()
-        assert set(reader.seen) == run.expected_alerts
+        assert set(reader.ids) == run.expected_alerts
 
         address = stack.address()
         until(

@@ -11,6 +11,8 @@ here, never from each other.
 - :mod:`tests.support.polling`: waiting for a condition with a deadline.
 - :mod:`tests.support.broker`: a private Tansu broker, its fixtures, reading topics back.
 - :mod:`tests.support.stack`: a local stack (``custody up``) in a directory of its own.
+- :mod:`tests.support.correlator`: a ``custody correlate`` worker process and a reader of
+  the alerts it writes.
 - :mod:`tests.support.clickhouse_server`: a private ClickHouse 18.16 server and its
   reduced tables.
 - :mod:`tests.support.measure`: percentiles and py-spy sampling for the benchmarks.

@@ -46,6 +46,7 @@ HARNESSES: dict[str, set[str] | None] = {
         "consume",
     },
     "tests.support.stack": {"Stack", "WatchedStack", "watched"},
+    "tests.support.correlator": {"Worker", "AlertReader"},
     "tests.support.clickhouse_server": {"ClickHouseServer"},
     "tests.support.pipeline": {"Publisher"},
     "processors.storage.backend": {"ChdbBackend", "ServerBackend", "open_backend"},
