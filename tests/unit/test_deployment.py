@@ -1,6 +1,6 @@
 """The production stack's assets (``infra/docker-compose.yml``, ``Dockerfile``, Grafana
-provisioning) agree with the code: images, commands, environment variables, topics,
-partitions, ports and versions.
+provisioning, the Prometheus and Alertmanager configurations) agree with the code: images,
+commands, environment variables, topics, partitions, ports and versions.
 
 No Docker engine runs here, so the files are parsed, not started. Each check is a function
 returning the problems it finds; every check runs once on the real files (no problem
@@ -14,8 +14,9 @@ import copy
 import re
 import shlex
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer.main
@@ -33,8 +34,19 @@ COMPOSE_FILE = INFRA / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DATASOURCE_FILE = INFRA / "grafana" / "provisioning" / "datasources" / "clickhouse.yml"
 DASHBOARDS_FILE = INFRA / "grafana" / "provisioning" / "dashboards" / "custody.yml"
+PROMETHEUS_DATASOURCE_FILE = INFRA / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+PROMETHEUS_FILE = INFRA / "prometheus" / "prometheus.yml"
+ALERTMANAGER_FILE = INFRA / "alertmanager" / "alertmanager.yml"
 
-CUSTODY_SERVICES = {"migrate", "correlate", "ingest", "serve"}
+CUSTODY_SERVICES = {"migrate", "correlate", "ingest", "serve", "notify"}
+# Each long-running Custody service: the Prometheus job that scrapes it, and the setting
+# of its /metrics address.
+SCRAPED = {
+    "correlate": ("custody-correlate", "correlator_metrics_address"),
+    "ingest": ("custody-ingest", "ingest_metrics_address"),
+    "serve": ("custody-serve", "serve_metrics_address"),
+    "notify": ("custody-notify", "notify_metrics_address"),
+}
 GRAFANA_PLUGIN = "grafana-clickhouse-datasource"
 DASHBOARDS_SOURCE = ROOT / "dashboards" / "grafana"
 
@@ -240,7 +252,7 @@ def check_serve(compose: Compose) -> list[str]:
 def check_clickhouse(compose: Compose) -> list[str]:
     """The server is new enough for the migrations and lets its admin manage access;
     ingest connects as the writer and serve as the analyst, with the passwords migrate
-    creates them with; the other roles as the server's admin user."""
+    creates them with; notify not at all; the other roles as the server's admin user."""
     services = _services(compose)
     clickhouse = services.get("clickhouse", {})
     tag = _image_tag(str(clickhouse.get("image", "")))
@@ -253,11 +265,13 @@ def check_clickhouse(compose: Compose) -> list[str]:
         problems.append("clickhouse: its admin cannot create the roles of migration 0004")
     migrate = _environment(services.get("migrate", {}))
     database = env.get("CLICKHOUSE_DB")
-    expected = {
+    expected: dict[str, str | None] = {
         name: f"clickhouse://{env.get('CLICKHOUSE_USER')}:{env.get('CLICKHOUSE_PASSWORD')}"
         f"@clickhouse:9000/{database}"
         for name in CUSTODY_SERVICES
     }
+    # notify reads Kafka and posts to Alertmanager: no ClickHouse credentials at all.
+    expected["notify"] = None
     settings = Settings()
     expected["ingest"] = (
         f"clickhouse://{settings.clickhouse_writer_user}:"
@@ -296,6 +310,7 @@ def check_dependencies(compose: Compose) -> list[str]:
         ("serve", "migrate"): "service_completed_successfully",
         ("ingest", "kafka-init"): "service_completed_successfully",
         ("correlate", "kafka-init"): "service_completed_successfully",
+        ("notify", "kafka-init"): "service_completed_successfully",
     }
     for (name, dep), condition in required.items():
         spec = (services.get(name, {}).get("depends_on") or {}).get(dep)
@@ -339,6 +354,56 @@ def check_grafana(compose: Compose) -> list[str]:
     return problems
 
 
+def _targets(configs: list[dict[str, Any]]) -> list[str]:
+    return [str(t) for c in configs for s in c.get("static_configs") or [] for t in s["targets"]]
+
+
+def _mounted_config(compose: Compose, name: str) -> Path | None:
+    """The host file a service's ``--config.file=`` names through its bind mounts."""
+    service = _services(compose).get(name, {})
+    flag = next((a for a in _command(service) if a.startswith("--config.file=")), "")
+    config = PurePosixPath(flag.removeprefix("--config.file="))
+    for source, target in _mounts(service):
+        host = _host_path(source)
+        if host is not None and config.is_relative_to(target):
+            return host / config.relative_to(target)
+    return None
+
+
+def check_monitoring(compose: Compose) -> list[str]:
+    """Prometheus scrapes each long-running Custody service where its metrics address
+    listens (all interfaces of its container); Prometheus and Alertmanager read the
+    repository's configurations; notify posts to the Alertmanager Prometheus alerts; Grafana's
+    Prometheus data source is the prometheus service."""
+    services = _services(compose)
+    config = _load_yaml(PROMETHEUS_FILE)
+    scrapes = {job["job_name"]: _targets([job]) for job in config.get("scrape_configs") or []}
+    problems = []
+    for name, (job, setting) in sorted(SCRAPED.items()):
+        variable = f"CUSTODY_{setting.upper()}"
+        host, _, port = _environment(services.get(name, {})).get(variable, "").rpartition(":")
+        # Compared with what the compose file sets; nothing binds here.
+        if host != "0.0.0.0":  # noqa: S104
+            problems.append(f"{name}: {variable} must listen on 0.0.0.0 inside a container")
+        if scrapes.get(job) != [f"{name}:{port}"]:
+            problems.append(f"job {job} scrapes {scrapes.get(job)}, {name} serves on {port}")
+    for name, expected in (("prometheus", PROMETHEUS_FILE), ("alertmanager", ALERTMANAGER_FILE)):
+        if _mounted_config(compose, name) != expected:
+            problems.append(f"{name} does not read {expected.relative_to(ROOT)}")
+    alertmanagers = _targets((config.get("alerting") or {}).get("alertmanagers") or [])
+    notify = _environment(services.get("notify", {}))
+    posted_to = urlsplit(notify.get("CUSTODY_ALERTMANAGER_URL", ""))
+    if posted_to.netloc not in alertmanagers or posted_to.hostname != "alertmanager":
+        problems.append(f"notify posts to {posted_to.netloc}, Prometheus to {alertmanagers}")
+    datasources = _load_yaml(PROMETHEUS_DATASOURCE_FILE).get("datasources") or []
+    urls = {
+        urlsplit(d.get("url", "")).hostname for d in datasources if d.get("uid") == "prometheus"
+    }
+    if urls != {"prometheus"} or "prometheus" not in services:
+        problems.append(f"Grafana's Prometheus data source reads {urls}")
+    return problems
+
+
 CHECKS: list[Check] = [
     check_images_pinned,
     check_custody_services_build,
@@ -350,6 +415,7 @@ CHECKS: list[Check] = [
     check_clickhouse,
     check_dependencies,
     check_grafana,
+    check_monitoring,
 ]
 
 
@@ -410,6 +476,19 @@ BREAKAGES: list[tuple[Check, Callable[[Compose], None]]] = [
     (check_dependencies, _set("serve.depends_on", {"nowhere": {}})),
     (check_grafana, _set("grafana.environment.GF_INSTALL_PLUGINS", "grafana-piechart-panel")),
     (check_grafana, _set("grafana.volumes", ["./grafana/provisioning:/etc/grafana/provisioning"])),
+    (
+        check_clickhouse,
+        _set("notify.environment.CUSTODY_CLICKHOUSE_URL", "clickhouse://x:y@clickhouse:9000/c"),
+    ),
+    (check_dependencies, _set("notify.depends_on", {"alertmanager": {}})),
+    (check_monitoring, _set("ingest.environment.CUSTODY_INGEST_METRICS_ADDRESS", "127.0.0.1:9470")),
+    (check_monitoring, _set("notify.environment.CUSTODY_NOTIFY_METRICS_ADDRESS", "0.0.0.0:9999")),
+    (
+        check_monitoring,
+        _set("notify.environment.CUSTODY_ALERTMANAGER_URL", "http://localhost:9093"),
+    ),
+    (check_monitoring, _set("prometheus.volumes", ["./prometheus:/etc/prom:ro"])),
+    (check_monitoring, _set("alertmanager.command", ["--config.file=/etc/alertmanager/am.yml"])),
 ]
 
 
@@ -436,6 +515,7 @@ def test_provisioning_files_exist() -> None:
     """Grafana's provisioning files are where the compose file mounts them from."""
     assert DATASOURCE_FILE.is_file()
     assert DASHBOARDS_FILE.is_file()
+    assert PROMETHEUS_DATASOURCE_FILE.is_file()
 
 
 # ---- Dockerfile -----------------------------------------------------------------------
