@@ -137,6 +137,9 @@ class BatchConsumer:
     def note_committed(self, batch: Batch, rejected: Sequence[Rejected]) -> None:
         """A batch was handled and its offsets committed (or left to a new owner)."""
 
+    def tick(self) -> None:
+        """Called about once a second between batches, for periodic work."""
+
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -148,6 +151,7 @@ class BatchConsumer:
         try:
             while not self.stop.is_set():
                 self._beat()
+                self.tick()
                 wait = self._time_left(batch)
                 wanted = min(_FETCH_MAX, self.limits.records - len(batch.records))
                 for message in self._consumer.consume(max(wanted, 1), timeout=wait):

@@ -174,6 +174,16 @@ class Settings(BaseSettings):
     notify_timeout_seconds: float = Field(
         10.0, gt=0, description="How long one post to Alertmanager may take."
     )
+    notify_resend_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often notify posts again the alerts of the resend window: "
+        "Alertmanager keeps alerts in memory, so one restarted before it notified them "
+        "learns them again (as Prometheus does with its own alerts).",
+    )
+    notify_resend_window_seconds: float = Field(
+        900.0, ge=0, description="How long after its first post an alert is posted again."
+    )
     alert_firing_seconds: float = Field(
         7 * 86_400,
         gt=0,

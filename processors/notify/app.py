@@ -6,6 +6,11 @@ Alertmanager; the batch's offsets are committed only after Alertmanager answered
   batch is posted again after the restart. Posting an alert twice is harmless: the same
   labels are the same Alertmanager alert, and Alertmanager notifies a group's alert once.
 - A record that is not an alert: dead-lettered with its decoding reason.
+- Alertmanager keeps its alerts in memory: one restarted before it notified an alert has
+  forgotten it, though notify has committed it. So, as Prometheus does with its own
+  alerts, notify posts every alert again every ``notify_resend_seconds`` for
+  ``notify_resend_window_seconds`` after its first post; Alertmanager's notification log
+  (kept on disk) keeps an alert it has notified from being notified again.
 - Alertmanager refusing a post (4xx): its alerts are posted one by one, and those it still
   refuses are dead-lettered (``alertmanager_refused``) with its answer.
 """
@@ -114,6 +119,9 @@ class Notify(BatchConsumer):
         self._codec = AvroCodec()
         self._state = state
         self._state_written = 0.0
+        # alert id -> (first posted, monotonic; the post), oldest first.
+        self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._resent_at = time.monotonic()
 
     def process(self, records: list[Record]) -> Sequence[Rejected]:
         """Post the batch's alerts; return the records that are not alerts, or that
@@ -131,16 +139,36 @@ class Notify(BatchConsumer):
             return rejected
         try:
             self._post(posts)
-            self._sent(alert for _, alert in alerts)
+            self._sent(list(zip(alerts, posts, strict=True)))
         except Refused:
             # One of them is wrong: find which, alert by alert.
             for (record, alert), post in zip(alerts, posts, strict=True):
                 try:
                     self._post([post])
-                    self._sent([alert])
+                    self._sent([((record, alert), post)])
                 except Refused as exc:
                     rejected.append(Rejected(record, REFUSED, str(exc)))
         return rejected
+
+    def tick(self) -> None:
+        """Post the alerts of the resend window again, every ``notify_resend_seconds``."""
+        now = time.monotonic()
+        if now - self._resent_at < self.settings.notify_resend_seconds:
+            return
+        self._resent_at = now
+        horizon = now - self.settings.notify_resend_window_seconds
+        for alert_id in [a for a, (first, _) in self._recent.items() if first < horizon]:
+            del self._recent[alert_id]
+        posts = [post for _, post in self._recent.values()]
+        size = self.settings.notify_batch_alerts
+        for start in range(0, len(posts), size):
+            try:
+                self.client.post(posts[start : start + size])
+            except (Unavailable, Refused) as exc:
+                # The next round tries again; the alerts themselves are already committed.
+                self._failed("unreachable" if isinstance(exc, Unavailable) else "http_4xx")
+                self.log.warning("resending %d alerts failed: %s", len(posts), exc)
+                return
 
     def _post(self, posts: list[dict[str, Any]]) -> None:
         try:
@@ -156,13 +184,14 @@ class Notify(BatchConsumer):
         if self._notify_metrics is not None:
             self._notify_metrics.failed.labels(reason).inc()
 
-    def _sent(self, alerts: Any) -> None:
-        count = 0
-        for alert in alerts:
-            count += 1
+    def _sent(self, sent: list[tuple[tuple[Record, Alert], dict[str, Any]]]) -> None:
+        now = time.monotonic()
+        for (_, alert), post in sent:
             if self._notify_metrics is not None:
                 self._notify_metrics.sent.labels(alert.severity.name).inc()
-        self.stats.posted += count
+            if self.settings.notify_resend_window_seconds > 0:
+                self._recent.setdefault(alert.alert_id, (now, post))
+        self.stats.posted += len(sent)
 
     def note_waiting(self, error: str | None) -> None:
         self.stats.waiting_for_alertmanager = error is not None
