@@ -15,6 +15,12 @@ Two guards, both for evidence that arrives with old or wrong clocks:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+S = TypeVar("S")
+Out = TypeVar("Out")
+
 
 class Watermark:
     """The watermark of one partition, in microseconds since the epoch."""
@@ -43,3 +49,30 @@ class Watermark:
             return None
         idle = max(0, wall_us - self.last_arrival_wall_us) if self.idle_advance else 0
         return self.max_event_us - self.lateness_us + idle
+
+
+def decide_due(
+    partitions: Iterable[int],
+    watermark: Callable[[int], int | None],
+    deadlines: dict[int, dict[str, int]],
+    states: dict[str, S],
+    decide: Callable[[S, int], tuple[S, Out]],
+    emit: Callable[[Out], None],
+    held: Callable[[str], bool],
+) -> dict[str, tuple[int, S]]:
+    """Decide the states (trees, chains) whose next deadline their partition's watermark
+    has passed, unless ``held``, and ``emit`` their outputs; each decided state with its
+    partition. ``watermark`` is None for a partition not known yet; ``deadlines`` holds
+    each partition's next deadline by key."""
+    dirty: dict[str, tuple[int, S]] = {}
+    for partition in partitions:
+        mark = watermark(partition)
+        if mark is None:
+            continue
+        for key, deadline in list(deadlines.get(partition, {}).items()):
+            if deadline > mark or key not in states or held(key):
+                continue
+            state, out = decide(states[key], mark)
+            emit(out)
+            dirty[key] = (partition, state)
+    return dirty

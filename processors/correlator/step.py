@@ -60,7 +60,7 @@ from processors.correlation.retention import (
     tree_retire_at,
 )
 from processors.correlation.tree import TreeState
-from processors.correlation.watermark import Watermark
+from processors.correlation.watermark import Watermark, decide_due
 from processors.correlator.codec import load_tree, retired_key, stored_form, tree_key
 from processors.dead_letters import dlq_headers, dlq_key, dlq_value
 from processors.redaction import redacted
@@ -305,8 +305,7 @@ class Correlation:
         event time passed once *every* source partition has passed it."""
         sends = []
         for partition in partitions:
-            mark = self.event_marks.get(partition)
-            watermark = mark.current(wall_us) if mark else None
+            watermark = self.event_watermark(partition, wall_us)
             if watermark is None:
                 # A partition with no event yet may be empty, or not read yet (a backlog
                 # is read unevenly). Once it has stayed silent for a grace period of wall
@@ -323,6 +322,11 @@ class Correlation:
                     )
                 )
         return sends
+
+    def event_watermark(self, partition: int, wall_us: int) -> int | None:
+        """The watermark of an events partition (None: no event read on it yet)."""
+        mark = self.event_marks.get(partition)
+        return mark.current(wall_us) if mark else None
 
     def chain_watermark(self, link_partition: int) -> int | None:
         """The event time every source partition has passed, as seen on a link partition."""
@@ -395,8 +399,7 @@ class Correlation:
         and the table (a delete), and is remembered as retired."""
         retired: TreeWrites = {}
         for partition in partitions:
-            mark = self.event_marks.get(partition)
-            watermark = mark.current(wall_us) if mark else None
+            watermark = self.event_watermark(partition, wall_us)
             if watermark is None:
                 continue
             for root in self.tree_retirement.due(partition, watermark):
@@ -446,39 +449,31 @@ class Correlation:
         restore_retired((self.tree_retirement, self.chain_retirement), items)
 
     def _due_trees(self, partitions: Iterable[int], wall_us: int, pending: _Pending) -> TreeWrites:
-        dirty: TreeWrites = {}
         detected = from_micros(wall_us)
-        for partition in partitions:
-            mark = self.event_marks.get(partition)
-            watermark = mark.current(wall_us) if mark else None
-            if watermark is None:
-                continue
-            index = self.tree_deadlines.get(partition, {})
-            for root, due in list(index.items()):
-                if due > watermark or root not in self.trees or self._held(root, wall_us):
-                    continue
-                state, out = expire(self.trees[root], watermark, self.config, detected)
-                self._emit(out, pending)
-                dirty[root] = (partition, state)
-        return dirty
+        decided = decide_due(
+            partitions,
+            lambda partition: self.event_watermark(partition, wall_us),
+            self.tree_deadlines,
+            self.trees,
+            lambda state, mark: expire(state, mark, self.config, detected),
+            lambda out: self._emit(out, pending),
+            lambda root: self._held(root, wall_us),
+        )
+        return dict(decided)  # as TreeWrites, whose None is a delete
 
     def _due_chains(
         self, partitions: Iterable[int], wall_us: int, pending: _Pending
     ) -> dict[str, tuple[int, ChainState]]:
-        dirty: dict[str, tuple[int, ChainState]] = {}
         detected = from_micros(wall_us)
-        for partition in partitions:
-            watermark = self.chain_watermark(partition)
-            if watermark is None:
-                continue
-            index = self.chain_deadlines.get(partition, {})
-            for instance, due in list(index.items()):
-                if due > watermark or instance not in self.chains:
-                    continue
-                state, out = expire_chain(self.chains[instance], watermark, self.config, detected)
-                self._emit(out, pending)
-                dirty[instance] = (partition, state)
-        return dirty
+        return decide_due(
+            partitions,
+            self.chain_watermark,
+            self.chain_deadlines,
+            self.chains,
+            lambda state, mark: expire_chain(state, mark, self.config, detected),
+            lambda out: self._emit(out, pending),
+            lambda _: False,
+        )
 
     def written(
         self,
