@@ -118,7 +118,7 @@ class Notify(BatchConsumer):
         self._notify_metrics = metrics
         self._codec = AvroCodec()
         self._state = state
-        self._state_written = 0.0
+        self._state_written = -_STATE_EVERY_SECONDS
         # alert id -> (first posted, monotonic; the post), oldest first.
         self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
         self._resent_at = time.monotonic()
@@ -151,7 +151,9 @@ class Notify(BatchConsumer):
         return rejected
 
     def tick(self) -> None:
-        """Post the alerts of the resend window again, every ``notify_resend_seconds``."""
+        """Keep the state file current; post the alerts of the resend window again, every
+        ``notify_resend_seconds``."""
+        self._write_state(force=False)
         now = time.monotonic()
         if now - self._resent_at < self.settings.notify_resend_seconds:
             return
