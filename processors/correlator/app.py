@@ -27,7 +27,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import faust
@@ -160,35 +160,47 @@ class Correlator:
 
     async def correlate(self, stream: Any) -> None:
         """The events agent: one step per batch."""
-        async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
-            async with self.one_step_at_a_time():
-                messages = await self.guard.admitted(topics.EVENTS, batch)
-                if not messages:
-                    continue
-                started = time.perf_counter()
-                records = [(m.partition, m.offset, m.key, m.value) for m in messages]
-                sends, dirty = self.work.on_events(records, self.load_tree, _wall_us())
-                await self.deliver(sends)
-                self.store(self.trees, dirty)
-                self.work.written(dirty, {}, _wall_us())
-                self.metrics.stepped(
-                    EVENTS_STEP, len(records), sends, time.perf_counter() - started
-                )
+        await self._steps(stream, topics.EVENTS, EVENTS_STEP, self._events_step)
 
     async def check_chains(self, stream: Any) -> None:
         """The chain-links agent: one step per batch."""
+        await self._steps(stream, self.links_topic, LINKS_STEP, self._links_step)
+
+    async def _steps(
+        self,
+        stream: Any,
+        topic: str,
+        kind: str,
+        step: Callable[[list[Any]], Awaitable[tuple[int, list[Outbound]]]],
+    ) -> None:
+        """An agent's loop: each batch's admitted records (none: no step) go through
+        ``step``, which returns how many source records it took and what it sent."""
         async for batch in stream.take_events(_BATCH, within=_BATCH_WITHIN):
             async with self.one_step_at_a_time():
-                messages = await self.guard.admitted(self.links_topic, batch)
+                messages = await self.guard.admitted(topic, batch)
                 if not messages:
                     continue
                 started = time.perf_counter()
-                records = [(m.partition, m.key, m.value) for m in messages]
-                sends, dirty = self.work.on_links(records, _wall_us())
-                await self.deliver(sends)
-                self.store_chains(dirty)
-                self.work.written({}, dirty, _wall_us())
-                self.metrics.stepped(LINKS_STEP, 0, sends, time.perf_counter() - started)
+                records, sends = await step(messages)
+                self.metrics.stepped(kind, records, sends, time.perf_counter() - started)
+
+    async def _events_step(self, messages: list[Any]) -> tuple[int, list[Outbound]]:
+        records = [(m.partition, m.offset, m.key, m.value) for m in messages]
+        sends, dirty = self.work.on_events(records, self.load_tree, _wall_us())
+        await self.deliver(sends)
+        self.store(self.trees, dirty)
+        self.work.written(dirty, {}, _wall_us())
+        return len(records), sends
+
+    async def _links_step(self, messages: list[Any]) -> tuple[int, list[Outbound]]:
+        # Links are not source records: the events step counted their events.
+        sends, dirty = self.work.on_links(
+            [(m.partition, m.key, m.value) for m in messages], _wall_us()
+        )
+        await self.deliver(sends)
+        self.store_chains(dirty)
+        self.work.written({}, dirty, _wall_us())
+        return 0, sends
 
     async def deadlines(self) -> None:
         """The timer's step, every second: deadlines on idle partitions, the source
