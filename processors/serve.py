@@ -7,6 +7,8 @@ A small HTTP server on the loopback interface by default:
 - ``POST /query`` with ``{"sql": ..., "params": {...}}`` as ``application/json``:
   ``{"rows": [...]}``. Only read-only queries run (see
   :mod:`processors.serving.readonly`); an error answers 400 with ``{"error": ...}``.
+- ``GET /runbook``: the alert reference, which notifications link to
+  (:mod:`processors.serving.runbook`);
 - ``GET /`` and ``GET /static/...``: the web explorer (``dashboards/explorer/``), and the
   JSON it reads: ``GET /api/search?q=``, ``/api/tree?id=``, ``/api/alerts``,
   ``/api/token?id=`` (each takes ``tenant=``; see :mod:`processors.serving.explorer`).
@@ -42,6 +44,7 @@ from processors.serving.graph import custody_graph
 from processors.serving.metrics import ServeMetrics, route_of
 from processors.serving.reader import BackendReader, QueryError, serve_record_path
 from processors.serving.readonly import ReadOnlyError
+from processors.serving.runbook import alert_reference
 from processors.serving.trace import AmbiguousTask, TreeNotFound, trace
 from processors.storage.backend import Backend
 from producers.settings import Settings
@@ -209,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/api/"):
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             self._explore(url.path.removeprefix("/api/"), query)
+        elif url.path == "/runbook":
+            self._send(HTTPStatus.OK, alert_reference(), "text/html; charset=utf-8")
         elif url.path in ("/", "/index.html"):
             self._file("index.html")
         elif url.path.startswith("/static/"):

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,7 +96,7 @@ class Notify(BatchConsumer):
         self,
         settings: Settings,
         client: AlertmanagerClient,
-        links: Links,
+        links: Callable[[], Links],
         heartbeat: Path | None = None,
         metrics: NotifyMetrics | None = None,
         state: Path | None = None,
@@ -134,7 +134,8 @@ class Notify(BatchConsumer):
             except DecodeError as exc:
                 rejected.append(Rejected(record, exc.reason, str(exc)))
         now = datetime.now(UTC)
-        posts = [postable(alert, self.links, now) for _, alert in alerts]
+        links = self.links()
+        posts = [postable(alert, links, now) for _, alert in alerts]
         if not posts:
             return rejected
         try:
@@ -220,21 +221,35 @@ class Notify(BatchConsumer):
         partial.replace(self._state)
 
 
-def links(settings: Settings) -> Links:
-    """Where notifications point: the configured explorer, else the running query API,
+class LinkResolver:
+    """Where notifications point: the configured explorer, else the query API running
+    for this stack (looked up until found: on ``custody up`` it may start after notify),
     else where it listens by default; the configured runbook, else the API's /runbook."""
-    from processors.serving.reader import running_api
 
-    explorer = (
-        settings.explorer_url
-        or running_api(settings)
-        or f"http://{settings.serve_host}:{settings.serve_port}"
-    ).rstrip("/")
-    return Links(
-        explorer=explorer,
-        runbook=settings.runbook_url or f"{explorer}/runbook",
-        firing_seconds=settings.alert_firing_seconds,
-    )
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._found: Links | None = None
+
+    def __call__(self) -> Links:
+        if self._found is not None:
+            return self._found
+        from processors.serving.reader import running_api
+
+        settings = self.settings
+        running = None if settings.explorer_url else running_api(settings)
+        explorer = (
+            settings.explorer_url
+            or running
+            or f"http://{settings.serve_host}:{settings.serve_port}"
+        ).rstrip("/")
+        links = Links(
+            explorer=explorer,
+            runbook=settings.runbook_url or f"{explorer}/runbook",
+            firing_seconds=settings.alert_firing_seconds,
+        )
+        if settings.explorer_url or running:
+            self._found = links
+        return links
 
 
 def run(settings: Settings, metrics_address: str) -> None:
@@ -258,7 +273,7 @@ def run(settings: Settings, metrics_address: str) -> None:
     notify = Notify(
         settings,
         client,
-        links(settings),
+        LinkResolver(settings),
         heartbeat_path(settings, NOTIFY),
         metrics,
         state_path(settings, NOTIFY),

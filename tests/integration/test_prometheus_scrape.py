@@ -160,6 +160,16 @@ def test_prometheus_scrapes_every_process_and_loads_the_shipped_rules(
     stack.publish(stream, "prometheus-test")
     wanted = {a.alert_id for a in expected}
     until(lambda: wanted <= receiver.alert_ids(), 120, "the tree's alerts at the receiver")
+    # Each notification's links open the stack's explorer on the tree, and its runbook.
+    api = stack.address()
+    for notification in receiver.received():
+        for alert in notification.payload["alerts"]:
+            notes = alert["annotations"]
+            assert notes["explorer_url"].startswith(f"{api}/#tree=prom-"), notes
+            runbook, _, section = notes["runbook_url"].partition("#")
+            assert runbook == f"{api}/runbook"
+            with urllib.request.urlopen(runbook, timeout=5) as page:
+                assert f'id="{section}"' in page.read().decode()
 
     prometheus = RunningPrometheus(scrape_config(targets, manager.url), tmp_path)
     prometheus.start()
