@@ -409,6 +409,7 @@ def demo(
         by_type = demo_run.alerts_by_type(reader, run)
         root = demo_run.showcase_tree(run)
         tree = build_trace(reader, root)
+        reader_alert_ids = demo_run.alert_ids(reader, run)
     table = Table(title="Stored in ClickHouse")
     table.add_column("")
     table.add_column("count", justify="right")
@@ -428,9 +429,32 @@ def demo(
     address = running_api(settings)
     if address:
         out.print(f"Explorer: [bold]{address}/#tree={root}&tenant={settings.tenant}[/]")
+    if settings.alertmanager_url is not None:
+        _print_notified(
+            settings.alertmanager_url.get_secret_value(),
+            settings.notify_timeout_seconds,
+            reader_alert_ids,
+        )
     out.print("The stack keeps running; stop it with: custody down")
     if not progress.stored(run):
         raise typer.Exit(3)
+
+
+def _print_notified(url: str, timeout: float, ids: set[str]) -> None:
+    """How many of the run's alerts the Alertmanager at ``url`` holds (notify posts them
+    as they come)."""
+    from processors import demo as demo_run
+    from processors.notify.alertmanager import AlertmanagerClient
+
+    client = AlertmanagerClient(url, timeout)
+    held = demo_run.notified(client, ids, timeout=30)
+    if held < 0:
+        err.print(f"[yellow]Alertmanager at {client.address} does not answer[/]")
+        return
+    out.print(
+        f"Alertmanager: [bold]{client.address}[/] holds {held} of this run's {len(ids)} "
+        f"alerts (amtool --alertmanager.url={client.address} alert query source=custody)"
+    )
 
 
 # ---- reading: trace, alerts, query, export ---------------------------------------------

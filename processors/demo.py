@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from processors.notify.alertmanager import AlertmanagerClient, Unavailable
+from processors.notify.postable import SOURCE
 from processors.serving.reader import Reader
 from producers.simulator import Scenario
 from producers.traffic import SimulationRun
@@ -171,6 +173,29 @@ def alerts_by_type(reader: Reader, run: SimulationRun) -> list[dict[str, Any]]:
         for kind, count in expected.items()
     )
     return rows
+
+
+_ALERT_IDS = f"SELECT DISTINCT alert_id FROM alerts WHERE root_task_id IN ({_ROOTS})"  # noqa: S608
+
+
+def alert_ids(reader: Reader, run: SimulationRun) -> set[str]:
+    """The ids of the run's stored alerts."""
+    rows = reader.select(_ALERT_IDS, {"producer": run.producer_instance})
+    return {str(row["alert_id"]) for row in rows}
+
+
+def notified(client: AlertmanagerClient, ids: set[str], timeout: float) -> int:
+    """How many of ``ids`` Alertmanager holds, waiting up to ``timeout`` seconds for all;
+    -1 if it does not answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            held = {alert["labels"].get("alert_id") for alert in client.held(SOURCE)}
+        except Unavailable:
+            return -1
+        if ids <= held or time.monotonic() >= deadline:
+            return len(ids & held)
+        time.sleep(0.5)
 
 
 def showcase_tree(run: SimulationRun) -> str:

@@ -76,6 +76,23 @@ class AlertmanagerClient:
             raise Refused(response.status, detail)
         raise Unavailable(f"answered {response.status}", detail)
 
+    def held(self, source: str) -> list[dict[str, Any]]:
+        """The alerts Alertmanager holds whose ``source`` label is ``source``; raises
+        :class:`Unavailable` when it does not answer."""
+        try:
+            response = self._pool.request(
+                "GET",
+                self.address + ALERTS_PATH,
+                fields={"filter": f'source="{source}"'},
+                headers=self._headers,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable("unreachable", f"{self.address}: {type(exc).__name__}") from None
+        if response.status != 200:
+            raise Unavailable(f"answered {response.status}", response.data[:300].decode())
+        alerts: list[dict[str, Any]] = json.loads(response.data)
+        return alerts
+
     def close(self) -> None:
         """Close the kept-alive connections."""
         self._pool.clear()

@@ -6,6 +6,7 @@ the same stack must not turn the first's watermark into false alerts on its own 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from producers.simulator import EXPECTED_ALERT, SimulationConfig, plan
+from tests.support.alertmanager import alertmanager_with_receiver
 from tests.support.broker import free_port, run_custody
 
 pytestmark = pytest.mark.integration
@@ -39,8 +41,18 @@ def _assert_planted(alerts: Counter[str], planted: Counter[str]) -> None:
 
 
 def test_demo_reports_exactly_the_planted_alerts_twice(tmp_path: Path) -> None:
+    """With an Alertmanager configured, as the README shows: the demo's alerts are there."""
     bootstrap = f"127.0.0.1:{free_port()}"
-    env = {"CUSTODY_KAFKA_PROFILE": "development"}
+    manager_dir = tmp_path / "alertmanager"
+    manager_dir.mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
+    with alertmanager_with_receiver(manager_dir) as (manager, _):
+        env = {"CUSTODY_KAFKA_PROFILE": "development", "CUSTODY_ALERTMANAGER_URL": manager.url}
+        run_demo_twice(bootstrap, home, env)
+
+
+def run_demo_twice(bootstrap: str, tmp_path: Path, env: dict[str, str]) -> None:
     args = ("demo", "--roots", str(ROOTS), "--misbehaviour-rate", str(RATE))
     try:
         first = run_custody(bootstrap, *args, "--seed", "4", cwd=tmp_path, env=env)
@@ -48,6 +60,9 @@ def test_demo_reports_exactly_the_planted_alerts_twice(tmp_path: Path) -> None:
         assert "Stored in ClickHouse" in first.stdout
         assert "Explorer: http://127.0.0.1:" in first.stdout.replace("\n", "")
         assert "custody tree" in first.stdout
+        held = re.search(r"holds (\d+) of this run's (\d+) alerts", first.stdout.replace("\n", ""))
+        assert held is not None, first.stdout
+        assert int(held[1]) == int(held[2]) > 0
         _assert_planted(_alerts(bootstrap, tmp_path, env), _planted(4))
 
         second = run_custody(bootstrap, *args, "--seed", "9", cwd=tmp_path, env=env)

@@ -88,7 +88,8 @@ def simulated_alerts() -> list[Alert]:
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[tuple[RunningAlertmanager, WebhookReceiver]]:
-    yield from alertmanager_with_receiver(tmp_path)
+    with alertmanager_with_receiver(tmp_path) as running:
+        yield running
 
 
 @pytest.fixture

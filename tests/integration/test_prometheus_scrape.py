@@ -120,7 +120,8 @@ def scrape_config(targets: dict[str, str], alertmanager: str) -> dict[str, Any]:
 def alertmanager(tmp_path: Path) -> Iterator[tuple[RunningAlertmanager, WebhookReceiver]]:
     directory = tmp_path / "alertmanager"
     directory.mkdir()
-    yield from alertmanager_with_receiver(directory)
+    with alertmanager_with_receiver(directory) as running:
+        yield running
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +191,7 @@ class RunningAlertmanager:
             self.process.wait(timeout=30)
 
 
+@contextmanager
 def alertmanager_with_receiver(
     directory: Path,
 ) -> Iterator[tuple[RunningAlertmanager, WebhookReceiver]]:
