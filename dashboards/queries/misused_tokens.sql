@@ -9,7 +9,9 @@
 --                                a delegation granting scopes its task did not hold, is not
 --                                computed here and has no token_id).
 -- The SQL twin of processors/correlation/engine.py, _check_access_against_token and
--- _check_access_after_revocation, computed from the raw `events` table alone.
+-- _check_access_after_revocation, computed from the raw `events` table alone: directly,
+-- and through the views token_issuances and token_revocations (migration 0006), the
+-- earliest issuance and revocation of each token that all the token twins judge by.
 --
 -- Parameters
 --   {as_of:DateTime64(6, 'UTC')}  accesses with event_time at or before as_of
@@ -80,37 +82,13 @@ WITH
         FROM events FINAL
         WHERE event_type = 'ACCESS' AND event_time <= {as_of:DateTime64(6, 'UTC')}
     ),
-    tokens AS (
-        SELECT
-            tenant, root_task_id, token_id,
-            argMin(event_id, (event_time, event_id)) AS issued_event_id,
-            argMin(token_subject, (event_time, event_id)) AS token_subject,
-            argMin(scopes, (event_time, event_id)) AS token_scopes,
-            argMin(expires_at, (event_time, event_id)) AS expires_at
-        FROM events FINAL
-        WHERE event_type = 'CREDENTIAL_ISSUED'
-        GROUP BY tenant, root_task_id, token_id
-    ),
-    revocations AS (
-        SELECT
-            tenant, root_task_id, token_id,
-            min(event_time) AS revoked_at,
-            argMin(event_id, (event_time, event_id)) AS revocation_event_id,
-            argMin(reason, (event_time, event_id)) AS revocation_reason
-        FROM events FINAL
-        WHERE event_type = 'CREDENTIAL_REVOKED'
-        GROUP BY tenant, root_task_id, token_id
-    ),
     used AS (
+        -- Each access whose token was issued in its tree, with that issuance.
         SELECT
-            a.tenant AS tenant, a.root_task_id AS root_task_id, a.task_id AS task_id,
-            a.token_id AS token_id, a.access_event_id AS access_event_id,
-            a.accessed_at AS accessed_at, a.actor_workload_id AS actor_workload_id,
-            a.actor_instance_id AS actor_instance_id, a.data_scope AS data_scope,
-            t.issued_event_id AS issued_event_id, t.token_subject AS token_subject,
+            a.*, t.issued_event_id AS issued_event_id, t.token_subject AS token_subject,
             t.token_scopes AS token_scopes, t.expires_at AS expires_at
         FROM accesses AS a
-        INNER JOIN tokens AS t USING (tenant, root_task_id, token_id)
+        INNER JOIN token_issuances AS t USING (tenant, root_task_id, token_id)
     ),
     findings AS (
         SELECT
@@ -123,44 +101,36 @@ WITH
                    toString(dateDiff('second', r.revoked_at, a.accessed_at)),
                    ifNull(r.revocation_reason, '')) AS detail
         FROM accesses AS a
-        INNER JOIN revocations AS r USING (tenant, root_task_id, token_id)
+        INNER JOIN token_revocations AS r USING (tenant, root_task_id, token_id)
         WHERE a.accessed_at > r.revoked_at
 
         UNION ALL
 
+        -- The three checks of an access against its token's issuance, one row per check
+        -- it fails: each rule is (alert type, whether the access breaks it, detail).
         SELECT
-            'TOKEN_USED_AFTER_EXPIRY', 'HIGH',
+            rule.1, 'HIGH',
             tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
-            access_event_id, [access_event_id, issued_event_id],
-            format('used {}s after it expired',
-                   toString(dateDiff('second', expires_at, accessed_at)))
+            access_event_id, [access_event_id, issued_event_id], rule.3
         FROM used
-        WHERE accessed_at > expires_at
-
-        UNION ALL
-
-        SELECT
-            'SHARED_CREDENTIAL', 'HIGH',
-            tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
-            access_event_id, [access_event_id, issued_event_id],
-            format('issued to {}, used by {} ({})',
-                   token_subject, actor_workload_id, actor_instance_id)
-        FROM used
-        WHERE token_subject != actor_workload_id AND token_subject != actor_instance_id
-
-        UNION ALL
-
-        SELECT
-            'SCOPE_ESCALATION', 'HIGH',
-            tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
-            access_event_id, [access_event_id, issued_event_id],
-            format('access touched {} outside the token''s scopes',
-                   arrayStringConcat(
-                       arraySort(arrayDistinct(
-                           arrayFilter(s -> NOT has(token_scopes, s), data_scope))),
-                       ', '))
-        FROM used
-        WHERE NOT hasAll(token_scopes, data_scope)
+        ARRAY JOIN [
+            ('TOKEN_USED_AFTER_EXPIRY',
+             accessed_at > expires_at,
+             format('used {}s after it expired',
+                    toString(dateDiff('second', expires_at, accessed_at)))),
+            ('SHARED_CREDENTIAL',
+             token_subject != actor_workload_id AND token_subject != actor_instance_id,
+             format('issued to {}, used by {} ({})',
+                    token_subject, actor_workload_id, actor_instance_id)),
+            ('SCOPE_ESCALATION',
+             NOT hasAll(token_scopes, data_scope),
+             format('access touched {} outside the token''s scopes',
+                    arrayStringConcat(
+                        arraySort(arrayDistinct(
+                            arrayFilter(s -> NOT has(token_scopes, s), data_scope))),
+                        ', ')))
+        ] AS rule
+        WHERE rule.2
     )
 SELECT
     substring(lower(hex(SHA256(concat(

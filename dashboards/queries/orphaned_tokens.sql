@@ -1,7 +1,8 @@
 -- ORPHANED_TOKEN: tokens issued for a task that was not declared, or under a decision_id
 -- that has no ALLOW decision, within the grace period after the issuance.
 -- The SQL twin of the streaming rule (processors/correlation/engine.py, _deadline_orphaned),
--- computed from the raw `events` table alone.
+-- computed from the raw `events` table alone: directly, and through the view
+-- token_issuances (migration 0006), the earliest issuance of each token.
 --
 -- Parameters
 --   {grace_seconds:UInt32}        the correlator's grace period, in seconds.
@@ -47,18 +48,6 @@
 --     event); this query by (tenant, root_task_id). Equal unless two tenants share a
 --     root_task_id.
 WITH
-    tokens AS (
-        SELECT
-            tenant, root_task_id, token_id,
-            argMin(task_id, (event_time, event_id)) AS task_id,
-            argMin(decision_id, (event_time, event_id)) AS decision_id,
-            argMin(event_id, (event_time, event_id)) AS issued_event_id,
-            min(event_time) AS issued_event_time,
-            argMin(token_subject, (event_time, event_id)) AS token_subject
-        FROM events FINAL
-        WHERE event_type = 'CREDENTIAL_ISSUED'
-        GROUP BY tenant, root_task_id, token_id
-    ),
     declarations AS (
         -- Nullable, so an undeclared task reads NULL after the LEFT JOIN.
         SELECT tenant, root_task_id, task_id, toNullable(min(event_time)) AS declared_at
@@ -87,7 +76,7 @@ WITH
             ifNull(x.decision = 'ALLOW' AND x.decided_at <= deadline, false)
                 AS allowed_in_time,
             x.decision_event_id AS decision_event_id
-        FROM tokens AS t
+        FROM token_issuances AS t
         LEFT JOIN declarations AS d USING (tenant, root_task_id, task_id)
         LEFT JOIN decisions AS x USING (tenant, root_task_id, decision_id)
     )

@@ -1,7 +1,9 @@
 -- UNREVOKED_TOKEN: tokens whose task completed and that were neither revoked nor expired
 -- within the grace period after the completion.
 -- The SQL twin of the streaming rule (processors/correlation/engine.py, _deadline_unrevoked),
--- computed from the raw `events` table alone.
+-- computed from the raw `events` table alone: directly, and through the views
+-- token_issuances and token_revocations (migration 0006), the earliest issuance and
+-- revocation of each token.
 --
 -- Parameters
 --   {grace_seconds:UInt32}        the correlator's grace period, in seconds.
@@ -46,17 +48,6 @@
 --     event); this query by (tenant, root_task_id). Equal unless two tenants share a
 --     root_task_id.
 WITH
-    tokens AS (
-        SELECT
-            tenant, root_task_id, token_id,
-            argMin(task_id, (event_time, event_id)) AS task_id,
-            argMin(event_id, (event_time, event_id)) AS issued_event_id,
-            argMin(token_subject, (event_time, event_id)) AS token_subject,
-            argMin(expires_at, (event_time, event_id)) AS expires_at
-        FROM events FINAL
-        WHERE event_type = 'CREDENTIAL_ISSUED'
-        GROUP BY tenant, root_task_id, token_id
-    ),
     completions AS (
         SELECT
             tenant, root_task_id, task_id,
@@ -68,13 +59,9 @@ WITH
     ),
     revocations AS (
         -- Nullable, so a token without a revocation reads NULL after the LEFT JOIN.
-        SELECT
-            tenant, root_task_id, token_id,
-            toNullable(min(event_time)) AS revoked_at,
-            toNullable(argMin(event_id, (event_time, event_id))) AS revocation_event_id
-        FROM events FINAL
-        WHERE event_type = 'CREDENTIAL_REVOKED'
-        GROUP BY tenant, root_task_id, token_id
+        SELECT tenant, root_task_id, token_id, toNullable(revoked_at) AS revoked_at,
+            toNullable(revocation_event_id) AS revocation_event_id
+        FROM token_revocations
     ),
     judged AS (
         SELECT
@@ -84,7 +71,7 @@ WITH
             c.completed_at AS completed_at, c.completed_event_id AS completed_event_id,
             addSeconds(c.completed_at, {grace_seconds:UInt32}) AS deadline,
             r.revoked_at AS revoked_at, r.revocation_event_id AS revocation_event_id
-        FROM tokens AS t
+        FROM token_issuances AS t
         INNER JOIN completions AS c USING (tenant, root_task_id, task_id)
         LEFT JOIN revocations AS r USING (tenant, root_task_id, token_id)
     )

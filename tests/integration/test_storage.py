@@ -70,18 +70,20 @@ def test_migrations_apply_once_are_recorded_and_set_the_retention(tmp_path: Path
     target = ChdbTarget(tmp_path / "chdb")
     backend = ChdbBackend(target)
     try:
-        # 0004_access needs SQL access control, which chdb lacks: skipped and left pending.
+        # 0004_access and 0007_token_facts_access need SQL access control, which chdb
+        # lacks: skipped and left pending.
         assert migrate(target, 400, backend) == [
             "0001_events",
             "0002_state",
             "0003_alerts",
             "0005_storable_times",
+            "0006_token_facts",
         ]
         assert migrate(target, 30, backend) == []
         tables = {r["name"] for r in backend.select("SHOW TABLES")}
         assert {"events", "tasks", "delegations", "credentials", "alerts"} <= tables
         recorded = backend.select("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r["version"] for r in recorded] == [1, 2, 3, 5]
+        assert [r["version"] for r in recorded] == [1, 2, 3, 5, 6]
         ddl = backend.select("SHOW CREATE TABLE events")[0]["statement"]
         assert "toIntervalDay(30)" in ddl
         backend.execute("ALTER TABLE schema_migrations UPDATE checksum = 'x' WHERE version = 2")
