@@ -5,8 +5,6 @@ and a FAILED completion naming the exception's type."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -20,25 +18,23 @@ from producers import (
     CustodyProducer,
     PolicyEngineRecorder,
 )
-from producers.events import AccessFields, CredentialGrant, DecisionFields
 from producers.scopes import AsyncTaskScope, TaskScope
 from producers.settings import Settings
 from schemas.codec import AvroCodec
 from tests.support.broker import read_to_end
 from tests.support.samples import AGENT, BROKER, POLICY
+from tests.support.sdk import (
+    EXPORT_ACCESS,
+    EXPORT_DECISION,
+    EXPORT_GRANT,
+    Shape,
+    expires,
+    shape,
+)
 
 pytestmark = pytest.mark.integration
 
 CODEC = AvroCodec()
-
-
-def expires() -> datetime:
-    """A credential's expiry a quarter of an hour from now: computed per call, since a
-    module-level constant would lie in the past once a long suite reaches these tests."""
-    return datetime.now(UTC) + timedelta(minutes=15)
-
-
-Shape = tuple[str, str | None, str | None]
 
 
 class ExportFailed(Exception):
@@ -49,18 +45,7 @@ def stored(settings: Settings, task_id: str) -> list[Shape]:
     """The task's events as stored, in publish order: (type, token id or outcome, reason or
     detail)."""
     events = [CODEC.decode_event(value) for m in read_to_end(settings) if (value := m.value())]
-    events = sorted((e for e in events if e.task_id == task_id), key=lambda e: e.seq or 0)
-    shape: list[Shape] = []
-    for event in events:
-        body: Any = event.body
-        token = getattr(body, "token_id", None)
-        if event.event_type == "TASK_COMPLETED":
-            shape.append((str(event.event_type), str(body.outcome), body.detail))
-        elif event.event_type == "CREDENTIAL_REVOKED":
-            shape.append((str(event.event_type), token, str(body.reason)))
-        else:
-            shape.append((str(event.event_type), token, None))
-    return shape
+    return shape(sorted((e for e in events if e.task_id == task_id), key=lambda e: e.seq or 0))
 
 
 EXPECTED_AFTER_THE_CRASH: list[Shape] = [
@@ -78,35 +63,15 @@ EXPECTED_AFTER_THE_CRASH: list[Shape] = [
 
 # What the task does before it crashes, the same blocking and awaited.
 TOKENS = ("tok-1", "tok-2", "tok-3")
-DECISION = DecisionFields(
-    policy_id="exports",
-    policy_version="3",
-    decision="ALLOW",
-    resource="warehouse://sales",
-    action="read",
-    data_scope=["warehouse:read"],
-    reasons=["scheduled export"],
-)
-GRANT = CredentialGrant(
-    credential_kind="DB_CREDENTIAL", audience="warehouse", scopes=["warehouse:read"]
-)
-ACCESS = AccessFields(
-    token_id="tok-1",
-    tool="warehouse.export",
-    resource="warehouse://sales",
-    action="read",
-    data_scope=["warehouse:read"],
-    outcome="FAILURE",
-)
 
 
 def export_then_crash(task: TaskScope, policy: PolicyEngineRecorder) -> None:
     with task:
-        decision_id = policy.decision(task.ctx, **DECISION)
+        decision_id = policy.decision(task.ctx, **EXPORT_DECISION)
         for token_id in TOKENS:
-            task.issue(token_id, **GRANT, expires_at=expires(), decision_id=decision_id)
+            task.issue(token_id, **EXPORT_GRANT, expires_at=expires(), decision_id=decision_id)
         task.revoke("tok-2", "MANUAL")
-        task.access(**ACCESS | {"decision_id": decision_id})
+        task.access(**EXPORT_ACCESS | {"decision_id": decision_id})
         raise ExportFailed("connection reset")
 
 
@@ -114,11 +79,13 @@ async def export_then_crash_awaited(
     task: AsyncTaskScope, policy: AsyncPolicyEngineRecorder
 ) -> None:
     async with task:
-        decision_id = await policy.decision(task.ctx, **DECISION)
+        decision_id = await policy.decision(task.ctx, **EXPORT_DECISION)
         for token_id in TOKENS:
-            await task.issue(token_id, **GRANT, expires_at=expires(), decision_id=decision_id)
+            await task.issue(
+                token_id, **EXPORT_GRANT, expires_at=expires(), decision_id=decision_id
+            )
         await task.revoke("tok-2", "MANUAL")
-        await task.access(**ACCESS | {"decision_id": decision_id})
+        await task.access(**EXPORT_ACCESS | {"decision_id": decision_id})
         raise ExportFailed("connection reset")
 
 

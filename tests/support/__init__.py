@@ -8,6 +8,8 @@ here, never from each other.
 - :mod:`tests.support.samples`: one valid event of each type, stamping, the JSON form, and
   the hash chain of a producer instance.
 - :mod:`tests.support.stored`: a simulation stored in ClickHouse without a broker.
+- :mod:`tests.support.sdk`: what the SDK's tests share: a credential's expiry, the shape of
+  what a task published, and the export task of the crash case.
 - :mod:`tests.support.polling`: waiting for a condition with a deadline.
 - :mod:`tests.support.broker`: a private Tansu broker, its fixtures, reading topics back.
 - :mod:`tests.support.stack`: a local stack (``custody up``) in a directory of its own.

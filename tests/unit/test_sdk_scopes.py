@@ -8,7 +8,7 @@ The broker-backed version of the crash case is tests/integration/test_sdk_scopes
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,19 +26,14 @@ from producers import (
     Stamp,
 )
 from producers import events as builders
-from producers.events import CredentialIssuedFields, DecisionFields
+from producers.events import CredentialIssuedFields
 from producers.scopes import exception_name
 from schemas.codec import AvroCodec
 from schemas.models import Envelope, EventType
 from tests.support.samples import AGENT, BROKER, HELPER, POLICY
+from tests.support.sdk import EXPORT_ACCESS, EXPORT_DECISION, Shape, expires, shape
 
 CODEC = AvroCodec()
-
-
-def expires() -> datetime:
-    """A credential's expiry a quarter of an hour from now: computed per call, since a
-    module-level constant would lie in the past once a long suite reaches these tests."""
-    return datetime.now(UTC) + timedelta(minutes=15)
 
 
 class MemoryPublisher:
@@ -86,7 +81,6 @@ class ToolError(Exception):
     """A failure inside the task's work."""
 
 
-Shape = tuple[str, str | None, str | None]
 DECLARED: Shape = ("TASK_DECLARED", None, None)
 BREAK_GLASS: Shape = ("BREAK_GLASS", None, None)
 
@@ -101,20 +95,6 @@ def revoked(token_id: str, reason: str = "TASK_ENDED") -> Shape:
 
 def completed(outcome: str = "SUCCEEDED", detail: str | None = None) -> Shape:
     return ("TASK_COMPLETED", outcome, detail)
-
-
-def shape(events: list[Envelope]) -> list[Shape]:
-    """(event type, token id or outcome, revocation reason or completion detail) per event."""
-    found: list[Shape] = []
-    for event in events:
-        body: Any = event.body  # type: ignore[attr-defined]
-        if event.event_type == EventType.CREDENTIAL_REVOKED:
-            found.append((str(event.event_type), body.token_id, str(body.reason)))
-        elif event.event_type == EventType.TASK_COMPLETED:
-            found.append((str(event.event_type), str(body.outcome), body.detail))
-        else:
-            found.append((str(event.event_type), getattr(body, "token_id", None), None))
-    return found
 
 
 def recorders() -> tuple[MemoryPublisher, AgentRecorder, CredentialBrokerRecorder]:
@@ -142,14 +122,7 @@ def test_a_crash_inside_the_scope_completes_failed_and_revokes_every_live_creden
             for token_id in ("tok-1", "tok-2", "tok-3"):
                 issue(task, token_id)
             task.revoke("tok-2", "MANUAL")
-            task.access(
-                token_id="tok-1",
-                tool="crm.search",
-                resource="crm://accounts",
-                action="read",
-                data_scope=["crm:read"],
-                outcome="FAILURE",
-            )
+            task.access(**EXPORT_ACCESS)
             raise ToolError("the tool broke with a value that must not be recorded")
 
     with pytest.raises(ToolError):
@@ -338,16 +311,7 @@ def test_the_recorders_publish_what_the_builders_build() -> None:
     policy = PolicyEngineRecorder(publisher, POLICY)
     ctx = CustodyContext.new_root()
     agent.declare_task(ctx, "report", ["crm:read"])
-    decided = DecisionFields(
-        policy_id="p",
-        policy_version="7",
-        decision="ALLOW",
-        resource="crm://accounts",
-        action="read",
-        data_scope=["crm:read"],
-        reasons=["purpose matches"],
-    )
-    decision_id = policy.decision(ctx, **decided)
+    decision_id = policy.decision(ctx, **EXPORT_DECISION)
     issuance = CredentialIssuedFields(
         token_id="tok-1",
         token_subject=AGENT.actor.workload_id,
@@ -363,7 +327,7 @@ def test_the_recorders_publish_what_the_builders_build() -> None:
     expected: list[Envelope] = [
         builders.task_declared(AGENT, ctx, purpose="report", requested_scopes=["crm:read"]),
         builders.authz_decision(
-            POLICY, ctx, decision_id=decision_id, policy_engine=engine, **decided
+            POLICY, ctx, decision_id=decision_id, policy_engine=engine, **EXPORT_DECISION
         ),
         builders.credential_issued(BROKER, ctx, **issuance),
     ]
