@@ -66,7 +66,6 @@ from processors.correlation.tree import AccessRec, TreeState
 if TYPE_CHECKING:
     from processors.correlation.chains import ChainState
 
-_US = 1_000_000
 # Why an event or link was not judged (the reason label of the late-events count).
 RETIRED_TREE = "retired_tree"
 BEYOND_RETENTION = "beyond_retention"
@@ -76,18 +75,6 @@ RETIRED_PERIODS = 7
 # Digests per stored chunk of retired keys: each stored record stays small (32 KiB), and
 # only the chunk being filled is rewritten as keys retire.
 CHUNK = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionConfig:
-    """The retention periods, in microseconds (see :class:`producers.settings.Settings`)."""
-
-    tree_us: int
-    chain_us: int
-
-    @classmethod
-    def of(cls, tree_seconds: float, chain_seconds: float) -> RetentionConfig:
-        return cls(int(tree_seconds * _US), int(chain_seconds * _US))
 
 
 # ---- the rule ---------------------------------------------------------------------------

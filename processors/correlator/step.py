@@ -53,7 +53,6 @@ from processors.correlation.retention import (
     BEYOND_RETENTION,
     RETIRED_CHAIN,
     RETIRED_TREE,
-    RetentionConfig,
     Retirement,
     chain_retire_at,
     restore_retired,
@@ -137,11 +136,11 @@ class Correlation:
         # from the step's end (see written), not its start.
         self.step_partitions: set[int] = set()
         self.step_held: set[str] = set()
-        self.retention = RetentionConfig.of(
-            settings.tree_retention_seconds, settings.chain_retention_seconds
+        # Each retirement holds its retention period (period_us), which the step reads too.
+        self.tree_retirement = Retirement("tree", int(settings.tree_retention_seconds * 1_000_000))
+        self.chain_retirement = Retirement(
+            "chain", int(settings.chain_retention_seconds * 1_000_000)
         )
-        self.tree_retirement = Retirement("tree", self.retention.tree_us)
-        self.chain_retirement = Retirement("chain", self.retention.chain_us)
         # Events and links not judged, by reason.
         self.late_events: Counter[str] = Counter()
 
@@ -238,7 +237,7 @@ class Correlation:
         """Why an event of a tree not kept is not judged (None: it starts a new tree)."""
         if self.tree_retirement.is_retired(partition, root):
             return RETIRED_TREE
-        if watermark is not None and event_us < watermark - self.retention.tree_us:
+        if watermark is not None and event_us < watermark - self.tree_retirement.period_us:
             return BEYOND_RETENTION
         return None
 
@@ -509,7 +508,7 @@ class Correlation:
                 self.trees.pop(root, None)
                 self.held_until.pop(root, None)
             if state is not None:
-                at = tree_retire_at(state, self.retention.tree_us)
+                at = tree_retire_at(state, self.tree_retirement.period_us)
                 self.tree_retirement.keep(partition, root, at)
         for instance, (partition, chain) in chains.items():
             if chain.retired:
@@ -519,7 +518,7 @@ class Correlation:
                 index[instance] = chain.deadlines[0][0]
             else:
                 index.pop(instance, None)
-            at = chain_retire_at(chain, self.retention.chain_us)
+            at = chain_retire_at(chain, self.chain_retirement.period_us)
             self.chain_retirement.keep(partition, instance, at)
 
     def recovered_trees(self, items: Iterable[tuple[int, bytes]], wall_us: int) -> None:
@@ -530,7 +529,9 @@ class Correlation:
             state = TreeState.from_json(state_json)
             self._mark(self.event_marks, partition).observe(state.last_event_us, wall_us)
             key = tree_key(state.tenant, state.root_task_id)
-            self.tree_retirement.keep(partition, key, tree_retire_at(state, self.retention.tree_us))
+            self.tree_retirement.keep(
+                partition, key, tree_retire_at(state, self.tree_retirement.period_us)
+            )
             if state.deadlines:
                 self.trees[key] = state
                 self.tree_deadlines.setdefault(partition, {})[key] = state.deadlines[0][0]
@@ -551,7 +552,7 @@ class Correlation:
             self.chains[instance] = chain
             self.chain_partitions.setdefault(partition, set()).add(instance)
             self.chain_retirement.keep(
-                partition, instance, chain_retire_at(chain, self.retention.chain_us)
+                partition, instance, chain_retire_at(chain, self.chain_retirement.period_us)
             )
             if chain.deadlines:
                 self.chain_deadlines.setdefault(partition, {})[instance] = chain.deadlines[0][0]
