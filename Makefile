@@ -16,16 +16,18 @@ install: $(STAMP)
 
 ## Debian packages the tests use: clickhouse-server (18.16) for the native-protocol tests,
 ## chromium for the explorer's browser tests, prometheus-alertmanager for notify's tests and
-## prometheus (with promtool) for the scrape and rule tests; each group of tests skips
+## prometheus (with promtool) for the scrape and rule tests, poppler-utils (pdftotext) to
+## read the auditor's report back from its PDF; each group of tests skips
 ## without its package. Installed only as root; the packages' own services are kept from
 ## starting (the tests run private servers on free ports).
-SYSTEM_PACKAGES := clickhouse-server chromium prometheus-alertmanager prometheus
+SYSTEM_PACKAGES := clickhouse-server chromium prometheus-alertmanager prometheus poppler-utils
 system-deps:
 	@missing=; \
 	{ command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ]; } || missing="$$missing clickhouse-server"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/bin/prometheus-alertmanager ] || missing="$$missing prometheus-alertmanager"; \
 	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+	[ -x /usr/bin/pdftotext ] || missing="$$missing poppler-utils"; \
 	if [ -z "$$missing" ]; then \
 		echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	elif [ "$$(id -u)" = 0 ]; then \
