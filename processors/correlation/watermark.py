@@ -11,6 +11,9 @@ Two guards, both for evidence that arrives with old or wrong clocks:
 - an event time ahead of the wall clock counts only up to the wall clock plus the
   allowed lateness, so one producer with a clock in the future cannot make every other
   tree's deadlines pass at once.
+
+:func:`decide_due` is the timer's one loop over what the watermarks have passed: the
+deadlines of trees and of chains alike.
 """
 
 from __future__ import annotations
