@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +46,33 @@ class Stopped(Exception):
 
 class Retry(Exception):
     """A step failed in a way that waiting can cure (a peer or the broker is away)."""
+
+
+@dataclass
+class ConsumerStats:
+    """What a batch consumer reports of its work (a process adds its own counters)."""
+
+    dead_lettered: int = 0
+    retries: int = 0
+    last_error: str | None = None
+    last_commit_at: float | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def waited(self, error: str | None) -> bool:
+        """Note an attempt that failed with ``error`` (None: one that succeeded); whether
+        the consumer now waits."""
+        if error is not None:
+            self.retries += 1
+            self.last_error = error
+        return error is not None
+
+    def committed(self, rejected: int, at: float | None) -> None:
+        """Note a batch committed at ``at`` with ``rejected`` records dead-lettered."""
+        self.dead_lettered += rejected
+        self.last_commit_at = at
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """The Prometheus metrics every batch consumer (ingest, notify) has, named
 ``custody_<process>_...`` like the correlator's.
 
-Each process keeps them in a registry of its own (never the process-wide default), so a
-test reads exactly the metrics of the consumer it ran. They hold counts, durations, topic
+They hold counts, durations, topic
 and partition numbers and dead-letter reasons: no event, tenant, task, token or secret.
 """
 
@@ -10,66 +9,45 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
-
+from processors.metric_set import MetricSet
 from processors.storage.sink import Record, Rejected
 
 # From a handful of records posted to a near peer to a full batch written to a slow server.
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-# A ``_created`` series per counter and histogram (when it was made) doubles the
-# exposition and tells a scrape nothing; the flag is prometheus_client's, per process.
-disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
-
-class ConsumerMetrics:
+class ConsumerMetrics(MetricSet):
     """A batch consumer's metrics, prefixed ``custody_<process>``, in :attr:`registry`;
     ``waiting`` names what the consumer waits for while it retries."""
 
-    def __init__(self, process: str, waiting: str, registry: CollectorRegistry) -> None:
-        self.prefix = f"custody_{process}"
-        self.registry = registry
-        self.records = Counter(
-            f"{self.prefix}_records",
-            "Records consumed and handled (their batch committed), by topic.",
-            ["topic"],
-            registry=registry,
+    def __init__(self, process: str, waiting: str) -> None:
+        super().__init__(process)
+        self.records = self.counter(
+            "records", "Records consumed and handled (their batch committed), by topic.", ["topic"]
         )
-        self.dead_letters = Counter(
-            f"{self.prefix}_dead_letters",
+        self.dead_letters = self.counter(
+            "dead_letters",
             "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
             ["reason"],
-            registry=registry,
         )
-        self.retries = Counter(
-            f"{self.prefix}_retries",
+        self.retries = self.counter(
+            "retries",
             "Attempts at a batch's work (or its dead letters) that failed and were retried.",
-            registry=registry,
         )
-        self.batch_seconds = Histogram(
-            f"{self.prefix}_batch_duration_seconds",
+        self.batch_seconds = self.histogram(
+            "batch_duration_seconds",
             "One batch, from its first attempt until its offsets are committed, retries "
             "included (the count is the number of batches).",
-            buckets=BATCH_BUCKETS,
-            registry=registry,
+            BATCH_BUCKETS,
         )
-        self.lag = Gauge(
-            f"{self.prefix}_consumer_lag",
+        self.lag = self.gauge(
+            "consumer_lag",
             "Records of an owned partition not handled yet: the partition's highwater in "
             "the last fetch response minus the next offset to handle.",
             ["topic", "partition"],
-            registry=registry,
         )
-        self.waiting = Gauge(
-            f"{self.prefix}_waiting_for_{waiting}",
-            f"1 while a batch waits, retrying, for {waiting} to take it.",
-            registry=registry,
+        self.waiting = self.gauge(
+            f"waiting_for_{waiting}", f"1 while a batch waits, retrying, for {waiting} to take it."
         )
 
     def batch_done(

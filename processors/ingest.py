@@ -17,15 +17,11 @@ it is killed meanwhile.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-
-from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, Retry
+from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
 from processors.storage.backend import StorageError, StorageRejected
 from processors.storage.sink import BatchWriter, Record, Rejected
@@ -38,41 +34,29 @@ _log = logging.getLogger("custody.ingest")
 
 
 @dataclass
-class IngestStats:
+class IngestStats(ConsumerStats):
     """Counters the query API reports under /health."""
 
     batches: int = 0
     stored: int = 0
     stored_by_topic: dict[str, int] = field(default_factory=dict)
-    dead_lettered: int = 0
     redacted: int = 0
-    retries: int = 0
     waiting_for_clickhouse: bool = False
-    last_error: str | None = None
-    last_commit_at: float | None = None
-    started_at: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class IngestMetrics(ConsumerMetrics):
     """ingest's metrics: a batch consumer's, and what it stored."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        registry = registry or CollectorRegistry()
-        super().__init__("ingest", "clickhouse", registry)
-        self.stored = Counter(
-            f"{self.prefix}_stored",
+    def __init__(self) -> None:
+        super().__init__("ingest", "clickhouse")
+        self.stored = self.counter(
+            "stored",
             "Records stored in ClickHouse, by topic (a replay after a crash stores none twice "
             "and is counted again).",
             ["topic"],
-            registry=registry,
         )
-        self.redacted = Counter(
-            f"{self.prefix}_redacted",
-            "Records stored with a secret-looking value masked.",
-            registry=registry,
+        self.redacted = self.counter(
+            "redacted", "Records stored with a secret-looking value masked."
         )
 
 
@@ -126,15 +110,11 @@ class Ingest(BatchConsumer):
         return result.rejected
 
     def note_waiting(self, error: str | None) -> None:
-        self.stats.waiting_for_clickhouse = error is not None
-        if error is not None:
-            self.stats.retries += 1
-            self.stats.last_error = error
+        self.stats.waiting_for_clickhouse = self.stats.waited(error)
 
     def note_committed(self, batch: Batch, rejected: Sequence[Rejected]) -> None:
         self.stats.batches += 1
-        self.stats.dead_lettered += len(rejected)
-        self.stats.last_commit_at = self.last_commit_at
+        self.stats.committed(len(rejected), self.last_commit_at)
 
 
 def run(settings: Settings, serve: bool | None, metrics_address: str) -> None:

@@ -24,6 +24,10 @@ out = Console()
 err = Console(stderr=True)
 
 _METRICS_HELP = "HOST:PORT of the Prometheus /metrics endpoint (port 0: any free port)."
+# ingest's, serve's and notify's: unset, the setting CUSTODY_<ROLE>_METRICS_ADDRESS.
+MetricsAddress = Annotated[
+    str | None, typer.Option(help=f"{_METRICS_HELP} Default: CUSTODY_<ROLE>_METRICS_ADDRESS.")
+]
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -86,10 +90,7 @@ def ingest(
             help="Also run the query API (default: yes on the embedded engine).",
         ),
     ] = None,
-    metrics_address: Annotated[
-        str | None,
-        typer.Option(help=f"{_METRICS_HELP} Default: CUSTODY_INGEST_METRICS_ADDRESS."),
-    ] = None,
+    metrics_address: MetricsAddress = None,
 ) -> None:
     """Run the ingest role: events, state and alerts from Kafka into ClickHouse."""
     from processors.ingest import run
@@ -109,10 +110,7 @@ def ingest(
 
 def serve(
     ctx: typer.Context,
-    metrics_address: Annotated[
-        str | None,
-        typer.Option(help=f"{_METRICS_HELP} Default: CUSTODY_SERVE_METRICS_ADDRESS."),
-    ] = None,
+    metrics_address: MetricsAddress = None,
 ) -> None:
     """Run the query API alone (with a ClickHouse server; on chdb, ingest serves)."""
     import signal
@@ -152,10 +150,7 @@ def serve(
 
 def notify(
     ctx: typer.Context,
-    metrics_address: Annotated[
-        str | None,
-        typer.Option(help=f"{_METRICS_HELP} Default: CUSTODY_NOTIFY_METRICS_ADDRESS."),
-    ] = None,
+    metrics_address: MetricsAddress = None,
 ) -> None:
     """Run the notify role: alerts from custody.alerts.v1 posted to Alertmanager
     (CUSTODY_ALERTMANAGER_URL)."""

@@ -17,17 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from processors.correlator.step import Outbound
+from processors.metric_set import MetricSet
 from processors.metrics_endpoint import Endpoint, serve_registry
 from processors.stack import METRICS_ADDRESS_VARIABLE
 from schemas import topics
@@ -39,10 +33,6 @@ EVENTS_STEP, LINKS_STEP, TIMER_STEP = "events", "links", "timer"
 # From a step of a few records to a heavy backlog batch delivered to a slow broker.
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _REASON_HEADER = "custody-dlq-reason"
-
-# A ``_created`` series per counter and histogram (when it was made) doubles the
-# exposition and tells a scrape nothing; the flag is prometheus_client's, per process.
-disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in prometheus_client
 
 
 class StepState(Protocol):
@@ -105,43 +95,38 @@ class _StepCollector(Collector):
         yield late
 
 
-class CorrelatorMetrics:
+class CorrelatorMetrics(MetricSet):
     """One worker's metrics, in a registry of their own (:attr:`registry`)."""
 
     def __init__(self, step: StepState) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__("correlator")
         self._codec = AvroCodec()
         self.registry.register(_StepCollector(step))
-        self.events = Counter(
-            f"{PREFIX}_events",
+        self.events = self.counter(
+            "events",
             "Records of custody.events.v1 the worker step took (dead-lettered ones included).",
-            registry=self.registry,
         )
-        self.alerts = Counter(
-            f"{PREFIX}_alerts",
+        self.alerts = self.counter(
+            "alerts",
             "Alerts sent to custody.alerts.v1 (a replay after a crash sends some again).",
             ["alert_type"],
-            registry=self.registry,
         )
-        self.dead_letters = Counter(
-            f"{PREFIX}_dead_letters",
+        self.dead_letters = self.counter(
+            "dead_letters",
             "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
             ["reason"],
-            registry=self.registry,
         )
-        self.step_seconds = Histogram(
-            f"{PREFIX}_step_duration_seconds",
+        self.step_seconds = self.histogram(
+            "step_duration_seconds",
             "One worker step: compute, send the outputs and wait for Kafka, store the state.",
+            _STEP_BUCKETS,
             ["step"],
-            buckets=_STEP_BUCKETS,
-            registry=self.registry,
         )
-        self.lag = Gauge(
-            f"{PREFIX}_consumer_lag",
+        self.lag = self.gauge(
+            "consumer_lag",
             "Records of an owned partition not processed yet: the partition's highwater in "
             "the last fetch response minus the next offset to process.",
             ["topic", "partition"],
-            registry=self.registry,
         )
 
     def stepped(self, step: str, records: int, sends: Iterable[Outbound], seconds: float) -> None:

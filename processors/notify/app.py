@@ -22,14 +22,12 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-
-from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, Retry
+from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
 from processors.notify.alertmanager import AlertmanagerClient, Refused, Unavailable
 from processors.notify.postable import Links, postable
@@ -51,39 +49,28 @@ class NotifyError(RuntimeError):
 
 
 @dataclass
-class NotifyStats:
+class NotifyStats(ConsumerStats):
     """What ``custody status --json`` shows of notify."""
 
-    alertmanager: str
+    alertmanager: str = ""
     posted: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
     waiting_for_alertmanager: bool = False
-    last_error: str | None = None
-    last_commit_at: float | None = None
-    started_at: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class NotifyMetrics(ConsumerMetrics):
     """notify's metrics: a batch consumer's, and what Alertmanager took or refused."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        registry = registry or CollectorRegistry()
-        super().__init__("notify", "alertmanager", registry)
-        self.sent = Counter(
-            f"{self.prefix}_sent",
+    def __init__(self) -> None:
+        super().__init__("notify", "alertmanager")
+        self.sent = self.counter(
+            "sent",
             "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
             ["severity"],
-            registry=registry,
         )
-        self.failed = Counter(
-            f"{self.prefix}_failed",
+        self.failed = self.counter(
+            "failed",
             "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
             ["reason"],
-            registry=registry,
         )
 
 
@@ -197,15 +184,11 @@ class Notify(BatchConsumer):
         self.stats.posted += len(sent)
 
     def note_waiting(self, error: str | None) -> None:
-        self.stats.waiting_for_alertmanager = error is not None
-        if error is not None:
-            self.stats.retries += 1
-            self.stats.last_error = error
+        self.stats.waiting_for_alertmanager = self.stats.waited(error)
         self._write_state(force=error is not None)
 
     def note_committed(self, batch: Batch, rejected: Sequence[Rejected]) -> None:
-        self.stats.dead_lettered += len(rejected)
-        self.stats.last_commit_at = self.last_commit_at
+        self.stats.committed(len(rejected), self.last_commit_at)
         self._write_state(force=False)
 
     def _write_state(self, force: bool) -> None:

@@ -5,9 +5,10 @@ tree is a label."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
-PREFIX = "custody_serve"
+from processors.metric_set import MetricSet
+
 # The explorer's routes answer in milliseconds; a query over a large tenant in seconds.
 _BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _API_ROUTES = frozenset({"search", "tree", "token", "alerts"})
@@ -25,23 +26,19 @@ def route_of(method: str, path: str) -> str:
     return "other"
 
 
-class ServeMetrics:
+class ServeMetrics(MetricSet):
     """The query API's metrics, in :attr:`registry` (ingest's, when it serves too)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            f"{PREFIX}_requests",
-            "Requests answered, by route and HTTP status code.",
-            ["route", "code"],
-            registry=self.registry,
+        super().__init__("serve", registry)
+        self.requests = self.counter(
+            "requests", "Requests answered, by route and HTTP status code.", ["route", "code"]
         )
-        self.seconds = Histogram(
-            f"{PREFIX}_request_duration_seconds",
+        self.seconds = self.histogram(
+            "request_duration_seconds",
             "From a request's first line to the end of its answer, by route.",
+            _BUCKETS,
             ["route"],
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
 
     def answered(self, route: str, code: int, seconds: float) -> None:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,8 @@ from tests.support.alertmanager import (
     WebhookReceiver,
     alertmanager_with_receiver,
 )
-from tests.support.broker import CUSTODY, header_list, read_to_end
+from tests.support.broker import header_list, read_to_end
+from tests.support.correlator import Worker
 from tests.support.pipeline import simulation
 from tests.support.polling import until
 from tests.support.stack import CONFIG
@@ -43,23 +43,11 @@ CODEC = AvroCodec()
 OUTAGE_SECONDS = 30.0
 
 
-class NotifyProcess:
+class NotifyProcess(Worker):
     """``custody notify`` with ``env``, its output appended to ``log``."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [CUSTODY, "notify"], env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        super().__init__(env, str(log), "notify")
 
     def state(self) -> dict[str, Any]:
         """What it tells ``custody status`` (empty before its first write)."""
@@ -70,6 +58,16 @@ class NotifyProcess:
         except (OSError, ValueError):
             return {}
         return state
+
+
+@dataclass(frozen=True)
+class Rig:
+    """A broker, an Alertmanager with its receiver, and notify between them."""
+
+    settings: Settings
+    manager: RunningAlertmanager
+    receiver: WebhookReceiver
+    notify: NotifyProcess
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +110,15 @@ def notify_env(
 
 
 @pytest.fixture
-def notify(notify_env: dict[str, str], tmp_path: Path) -> Iterator[NotifyProcess]:
+def rig(
+    settings: Settings,
+    alertmanager: tuple[RunningAlertmanager, WebhookReceiver],
+    notify_env: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[Rig]:
     process = NotifyProcess(notify_env, tmp_path / "notify.log")
     process.start()
-    yield process
+    yield Rig(settings, *alertmanager, process)
     process.kill()
 
 
@@ -135,7 +138,7 @@ def notified_all(receiver: WebhookReceiver, alerts: list[Alert], notify: NotifyP
 
     until(lambda: wanted <= receiver.alert_ids(), 120, missing)
     assert notify.process is not None
-    assert notify.process.poll() is None, notify.log.read_text()
+    assert notify.process.poll() is None, Path(notify.log).read_text()
 
 
 def held_once_each(manager: RunningAlertmanager, alerts: list[Alert]) -> None:
@@ -152,12 +155,9 @@ def no_alert_twice_in_a_notification(notifications: list[Notification]) -> None:
 
 
 def test_every_alert_reaches_its_receiver_grouped_and_routed_as_shipped(
-    settings: Settings,
-    alertmanager: tuple[RunningAlertmanager, WebhookReceiver],
-    notify: NotifyProcess,
-    simulated_alerts: list[Alert],
+    rig: Rig, simulated_alerts: list[Alert]
 ) -> None:
-    manager, receiver = alertmanager
+    settings, manager, receiver, notify = rig.settings, rig.manager, rig.receiver, rig.notify
     raw = Producer(settings.kafka_common())
     raw.produce(topics.ALERTS, b"not an alert", key=b"garbage")
     assert raw.flush(10) == 0
@@ -194,12 +194,9 @@ def test_every_alert_reaches_its_receiver_grouped_and_routed_as_shipped(
 
 
 def test_an_alertmanager_away_for_30s_loses_nothing_and_doubles_nothing(
-    settings: Settings,
-    alertmanager: tuple[RunningAlertmanager, WebhookReceiver],
-    notify: NotifyProcess,
-    simulated_alerts: list[Alert],
+    rig: Rig, simulated_alerts: list[Alert]
 ) -> None:
-    manager, receiver = alertmanager
+    settings, manager, receiver, notify = rig.settings, rig.manager, rig.receiver, rig.notify
     half = len(simulated_alerts) // 2
     first, second = simulated_alerts[:half], simulated_alerts[half:]
     publish(settings, first)

@@ -1,5 +1,6 @@
-"""A ``custody correlate`` worker as a process of its own, and a reader of the alerts it
-writes to custody.alerts.v1 (the tests of one worker, its restarts and its scale-out)."""
+"""A ``custody correlate`` worker (or another role) as a process of its own, and a reader
+of the alerts it writes to custody.alerts.v1 (the tests of one worker, its restarts and
+its scale-out; notify's)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ CODEC = AvroCodec()
 
 
 class Worker:
-    """``custody correlate`` with ``env``, appending its output to the file ``log``."""
+    """``custody <role>`` (a correlator by default) with ``env``, appending its output to
+    the file ``log``."""
 
-    def __init__(self, env: dict[str, str], log: str) -> None:
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: str, role: str = "correlate") -> None:
+        self.env, self.log, self.role = env, log, role
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [CUSTODY, "correlate"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [CUSTODY, self.role], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
 
     def kill(self) -> None:
