@@ -7,6 +7,8 @@ A small HTTP server on the loopback interface by default:
 - ``POST /query`` with ``{"sql": ..., "params": {...}}`` as ``application/json``:
   ``{"rows": [...]}``. Only read-only queries run (see
   :mod:`processors.serving.readonly`); an error answers 400 with ``{"error": ...}``.
+- ``GET /report?tenant=&from=&to=[&format=json]``: the auditor's report of a period
+  (:mod:`processors.reporting`);
 - ``GET /runbook``: the alert reference, which notifications link to
   (:mod:`processors.serving.runbook`);
 - ``GET /`` and ``GET /static/...``: the web explorer (``dashboards/explorer/``), and the
@@ -31,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -212,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/api/"):
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             self._explore(url.path.removeprefix("/api/"), query)
+        elif url.path == "/report":
+            self._report({k: v[-1] for k, v in parse_qs(url.query).items()})
         elif url.path == "/runbook":
             self._send(HTTPStatus.OK, alert_reference(), "text/html; charset=utf-8")
         elif url.path in ("/", "/index.html"):
@@ -235,6 +240,27 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             _log.exception("explorer route %s failed", route)
             self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
+
+    def _report(self, query: dict[str, str]) -> None:
+        """The auditor's report of a tenant over ``from``..``to`` (ISO), as ``format``
+        html (default) or json."""
+        from processors.reporting.build import ReportError, period_of, report_from
+        from processors.reporting.render import render
+
+        fmt = query.get("format", "html")
+        try:
+            if fmt not in ("html", "json"):
+                raise BadRequest("format is html or json")
+            start, end = _time(query, "from"), _time(query, "to")
+            tenant = query.get("tenant") or self.api.settings.tenant
+            period = period_of(self.api.settings, tenant, start, end)
+            explorer = self.api.settings.explorer_url or self.api.address
+            body = render(report_from(self.api.reader, period, explorer), fmt)
+        except (BadRequest, ReportError, QueryError) as exc:
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        kind = "text/html; charset=utf-8" if fmt == "html" else "application/json"
+        self._send(HTTPStatus.OK, body, kind)
 
     def _file(self, name: str) -> None:
         root = explorer_dir().resolve()
@@ -288,6 +314,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return
         self._answer(HTTPStatus.OK, {"rows": rows})
+
+
+def _time(query: dict[str, str], name: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(_required(query, name))
+    except ValueError:
+        raise BadRequest(f"{name} is not an ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _required(query: dict[str, str], name: str) -> str:
