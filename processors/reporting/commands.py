@@ -1,0 +1,79 @@
+"""``custody blast-radius``: what a workload identity or a token could reach and did
+reach; :func:`register` adds it to the command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from producers.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _time(option: str, text: str | None) -> datetime | None:
+    from processors.serving.alerts import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        err.print(f"[red]invalid option:[/] {escape(str(exc).replace('--since', option))}")
+        raise typer.Exit(2) from None
+
+
+def blast_radius(
+    ctx: typer.Context,
+    identity: Annotated[
+        str | None, typer.Option(help="A workload identity (actor_workload_id).")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="A token id.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant (default: CUSTODY_TENANT).")] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="Start: ISO-8601, or 90s / 15m / 2h / 7d back from now."),
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="End, excluded: ISO-8601 or 7d.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Everything a workload identity or a token could reach (credentials and their
+    scopes, tasks delegated on) and did reach (tools and resources accessed), the gap
+    between them, the humans involved and the alerts on the way."""
+    from processors.reporting.blast_radius import NotFound
+    from processors.reporting.blast_radius import blast_radius as build
+    from processors.reporting.blast_radius_view import blast_radius_tree
+    from processors.serving.reader import QueryError, open_reader
+    from processors.serving.readonly import ReadOnlyError
+    from processors.storage.target import TargetError
+
+    if (identity is None) == (token is None):
+        err.print("[red]name exactly one of --identity and --token[/]")
+        raise typer.Exit(2)
+    since, until = _time("--from", from_), _time("--to", to)
+    settings: Settings = ctx.obj
+    try:
+        with open_reader(settings) as reader:
+            radius = build(reader, tenant or settings.tenant, identity, token, since, until)
+    except NotFound as exc:
+        err.print(f"[red]not found:[/] {escape(str(exc))}")
+        raise typer.Exit(4) from None
+    except (QueryError, ReadOnlyError, TargetError) as exc:
+        err.print(f"[red]query failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(radius.as_json()) + "\n")
+    else:
+        out.print(blast_radius_tree(radius))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``blast-radius`` to ``app``."""
+    app.command("blast-radius")(blast_radius)
