@@ -18,12 +18,17 @@ Every query is bounded by the tenant and the period, and reads only the custody 
 subject acted in: for an identity, the trees where it emitted an event (the ``events``
 bloom filter on ``actor_workload_id`` skips the granules it is absent from), for a token,
 the tree holding its credential (the bloom filter on ``credentials.token_id``). The other
-tables are then read by their sorting key's prefix, ``(tenant, root_task_id)``.
+tables are then read by their sorting key's prefix, ``(tenant, root_task_id)``. What is
+the subject's is decided in ClickHouse, as (root, id) pairs from subqueries (the tasks
+delegated below its own are one subquery per hop, as deep as the deepest task), and the
+accesses and humans are counted there: what comes back grows with the credentials and
+delegations listed, not with the events of the trees.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -172,27 +177,62 @@ class BlastRadius:
         }
 
 
-# The queries are composed of constant fragments (the trees' and the period's filters);
-# every value is a bound parameter ({name:Type}): S608's injection does not apply.
+# The queries are composed of constant fragments (the trees', the subject's and the
+# period's filters, a hop number); every value is a bound parameter ({name:Type}): S608's
+# injection does not apply. Each {fragment} is filled by _Query.sql.
 _SINCE = "parseDateTime64BestEffort({since:String}, 6, 'UTC')"
 _UNTIL = "parseDateTime64BestEffort({until:String}, 6, 'UTC')"
 
-# The identity's trees: its own events, found through the bloom filter on actor_workload_id.
+# The identity's trees: those it emitted an event in, found through the bloom filter on
+# actor_workload_id within the period's partitions.
 _IDENTITY_TREES = """
 SELECT root_task_id FROM events
 PREWHERE tenant = {tenant:String} AND actor_workload_id = {identity:String}
 WHERE 1 {event_period}"""
-
-_IDENTITY_EVENTS = """
-SELECT count() AS events FROM events
-PREWHERE tenant = {tenant:String} AND actor_workload_id = {identity:String}
-WHERE 1 {event_period}"""
-
+# The token's tree(s), through the credentials' sorting key and bloom filter on token_id.
 _TREES_HOLDING = """
 SELECT root_task_id FROM credentials
 PREWHERE tenant = {tenant:String} AND token_id = {token:String}"""
 
+_FOUND = "SELECT count() AS found, uniqExact(root_task_id) AS trees FROM ({trees})"
+
 _IN_TREES = "tenant = {tenant:String} AND root_task_id IN ({trees})"
+
+# (root_task_id, task_id) of the subject's own tasks: those the identity declared, or the
+# one that held the token.
+_OWN_OF_IDENTITY = """
+SELECT root_task_id, task_id FROM tasks PREWHERE {in_trees}
+WHERE workload_id = {identity:String}"""
+_TASK_HOLDING = """
+SELECT root_task_id, task_id FROM credentials PREWHERE {in_trees}
+WHERE token_id = {token:String}"""
+
+# (root_task_id, token_id) of the credentials held: issued to the identity in the period,
+# or the token and its rotations (a JSON array: a handful of ids of one tree).
+_HELD_BY_IDENTITY = """
+SELECT root_task_id, token_id FROM credentials PREWHERE {in_trees}
+WHERE token_subject = {identity:String} {issued_period}"""
+_LINEAGE = """
+SELECT root_task_id, token_id FROM credentials PREWHERE {in_trees}
+WHERE has(JSONExtract({lineage:String}, 'Array(String)'), token_id)"""
+
+_ROTATIONS = """
+SELECT token_id, parent_token_id FROM credentials PREWHERE {in_trees}
+WHERE parent_token_id IS NOT NULL"""
+
+_HOPS = "SELECT max(depth) AS hops FROM tasks PREWHERE {in_trees}"
+
+# The tasks delegated from those of the previous hop ({previous}, (root, task) pairs).
+_HOP = """
+SELECT root_task_id, child_task_id FROM delegations PREWHERE {in_trees}
+WHERE (root_task_id, parent_task_id) IN ({previous}) {delegated_period}"""
+_NO_TASKS = "SELECT root_task_id, child_task_id FROM delegations WHERE 0"
+
+_DELEGATIONS_OF_HOP = """
+SELECT root_task_id, child_task_id, parent_task_id, delegator, delegatee, scopes,
+       delegated_at, {hop} AS hops
+FROM delegations PREWHERE {in_trees}
+WHERE (root_task_id, parent_task_id) IN ({previous}) {delegated_period}"""
 
 _CREDENTIALS = """
 SELECT root_task_id, token_id, task_id, token_subject, credential_kind, audience, scopes,
@@ -200,39 +240,52 @@ SELECT root_task_id, token_id, task_id, token_subject, credential_kind, audience
        if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
        revoked_at, revocation_reason
 FROM credentials PREWHERE {in_trees}
-WHERE {whose} {issued_period}
+WHERE (root_task_id, token_id) IN ({held})
 ORDER BY issued_at, token_id"""
 
-_TASKS = """
-SELECT root_task_id, task_id, workload_id, on_behalf_of
-FROM tasks PREWHERE {in_trees}"""
+_OWN_TASKS = "SELECT DISTINCT task_id FROM ({own}) ORDER BY task_id"
 
-_DELEGATIONS = """
-SELECT root_task_id, parent_task_id, child_task_id, delegator, delegatee, scopes,
-       delegated_at
-FROM delegations PREWHERE {in_trees}
-WHERE 1 {delegated_period}
-ORDER BY delegated_at, child_task_id"""
+# An access the subject reached: with a credential it held, in a task delegated from its
+# own, or (an identity) made by itself whatever the token.
+_REACHED = """(root_task_id, token_id) IN ({held})
+    OR (root_task_id, task_id) IN ({delegated}) OR {by_identity}"""
 
-# One row per task, workload, token, tool, resource, action and outcome: the accesses of
-# the trees are counted in ClickHouse, not shipped one by one.
 _ACCESSES = """
-SELECT root_task_id, task_id, actor_workload_id AS workload_id,
-       actor_on_behalf_of AS on_behalf_of, token_id, tool, resource, action, outcome,
-       count() AS accesses, groupUniqArrayArray(data_scope) AS scopes,
+SELECT actor_workload_id AS workload_id, tool, resource, action,
+       countIf(outcome = 'SUCCESS') AS success, countIf(outcome = 'FAILURE') AS failure,
+       countIf(outcome = 'DENIED') AS denied,
+       groupUniqArrayArray(data_scope) AS scopes,
+       uniqExact(root_task_id, token_id) AS tokens,
        min(event_time) AS first, max(event_time) AS last
 FROM events PREWHERE {in_trees}
-WHERE event_type = 'ACCESS' {event_period}
-GROUP BY root_task_id, task_id, workload_id, on_behalf_of, token_id, tool, resource,
-         action, outcome"""
+WHERE event_type = 'ACCESS' {event_period} AND ({reached})
+GROUP BY workload_id, tool, resource, action
+ORDER BY workload_id, tool, resource, action"""
 
-_APPROVALS = """
-SELECT root_task_id, task_id, approver FROM events PREWHERE {in_trees}
-WHERE event_type = 'APPROVAL' {event_period}"""
+_HUMANS = """
+SELECT name, arraySort(groupUniqArray(role)) AS roles,
+       uniqExact(root_task_id, task_id) AS tasks
+FROM (
+    SELECT assumeNotNull(on_behalf_of) AS name, 'on_behalf_of' AS role, root_task_id, task_id
+    FROM tasks PREWHERE {in_trees}
+    WHERE on_behalf_of IS NOT NULL AND (root_task_id, task_id) IN ({involved})
+    UNION ALL
+    SELECT assumeNotNull(actor_on_behalf_of), 'on_behalf_of', root_task_id, task_id
+    FROM events PREWHERE {in_trees}
+    WHERE event_type = 'ACCESS' AND actor_on_behalf_of IS NOT NULL {event_period}
+      AND ({reached})
+    UNION ALL
+    SELECT assumeNotNull(approver), 'approver', root_task_id, task_id
+    FROM events PREWHERE {in_trees}
+    WHERE event_type = 'APPROVAL' {event_period} AND (root_task_id, task_id) IN ({involved})
+)
+GROUP BY name ORDER BY name"""
 
 _ALERTS = f"""
 SELECT {ALERT_COLUMNS} FROM alerts PREWHERE {{in_trees}}
 WHERE 1 {{event_period}}
+  AND ((root_task_id, token_id) IN ({{held}}) OR (root_task_id, task_id) IN ({{involved}})
+       OR {{alerted_identity}})
 ORDER BY event_time, alert_id"""  # noqa: S608
 
 
@@ -248,29 +301,38 @@ def _period(column: str, since: datetime | None, until: datetime | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Query:
-    """The fragments and parameters every query of one blast radius shares."""
+    """The fragments and parameters the queries of one blast radius share."""
 
-    trees: str
     params: dict[str, object]
     since: datetime | None
     until: datetime | None
+    fragments: dict[str, str]
 
     def sql(self, template: str, **fragments: str) -> str:
-        """``template`` with its ``{fragment}`` placeholders filled (replaced, not
-        ``format``-ed: the ``{name:Type}`` parameters stay as they are)."""
+        """``template`` with its ``{fragment}`` placeholders filled, fragments within
+        fragments too (replaced, not ``format``-ed: ``{name:Type}`` parameters stay)."""
         filled = {
-            "in_trees": _IN_TREES.replace("{trees}", self.trees),
+            "in_trees": _IN_TREES,
+            "reached": _REACHED,
+            "involved": "{own} UNION ALL {delegated}",
             "event_period": _period("event_time", self.since, self.until),
             "issued_period": _period("issued_at", self.since, self.until),
             "delegated_period": _period("delegated_at", self.since, self.until),
+            **self.fragments,
             **fragments,
         }
-        for name, fragment in filled.items():
-            template = template.replace("{" + name + "}", fragment)
-        return template
+        while True:
+            before = template
+            for name, fragment in filled.items():
+                template = template.replace("{" + name + "}", fragment)
+            if template == before:
+                return template
 
     def rows(self, reader: Reader, template: str, **fragments: str) -> list[dict[str, Any]]:
         return reader.select(self.sql(template, **fragments), self.params)
+
+    def with_fragments(self, **fragments: str) -> _Query:
+        return _Query(self.params, self.since, self.until, {**self.fragments, **fragments})
 
 
 def blast_radius(
@@ -292,181 +354,91 @@ def blast_radius(
     if until is not None:
         params["until"] = iso(until)
     if token is not None:
-        return _of_token(reader, token, _Query("", params, since, until))
-    return _of_identity(reader, str(identity), _Query("", params, since, until))
-
-
-def _of_identity(reader: Reader, identity: str, base: _Query) -> BlastRadius:
-    params = {**base.params, "identity": identity}
-    count = reader.select(base.sql(_IDENTITY_EVENTS), params)
-    if not count or not count[0]["events"]:
-        raise NotFound(f"no stored event of tenant {params['tenant']} has actor {identity}")
-    query = _Query(base.sql(_IDENTITY_TREES), params, base.since, base.until)
-    credentials = read(
-        reader,
-        HeldCredential,
-        query.sql(_CREDENTIALS, whose="token_subject = {identity:String}"),
-        params,
-    )
-    tasks = query.rows(reader, _TASKS)
-    own = {(t["root_task_id"], t["task_id"]) for t in tasks if t["workload_id"] == identity}
-    subject = _Subject(IDENTITY, identity, identity, own, credentials, None)
-    return _gather(reader, query, subject, tasks)
-
-
-def _of_token(reader: Reader, token: str, base: _Query) -> BlastRadius:
-    params = {**base.params, "token": token}
-    if not reader.select(f"{_TREES_HOLDING} LIMIT 1", params):
-        raise NotFound(f"no stored credential of tenant {params['tenant']} has token id {token}")
-    # The token's credential is found whenever it was issued; the period bounds the rest.
-    whole = _Query(_TREES_HOLDING, params, None, None)
-    query = _Query(_TREES_HOLDING, params, base.since, base.until)
-    stored = read(reader, HeldCredential, whole.sql(_CREDENTIALS, whose="1"), params)
-    lineage = _rotations(token, stored)
-    credentials = [c for c in stored if (c.root_task_id, c.token_id) in lineage]
-    first = next(c for c in credentials if c.token_id == token)
-    own = {(c.root_task_id, c.task_id) for c in credentials if c.token_id == token}
-    tasks = query.rows(reader, _TASKS)
-    subject = _Subject(TOKEN, token, first.token_subject, own, credentials, lineage)
-    return _gather(reader, query, subject, tasks)
-
-
-def _rotations(token: str, stored: list[HeldCredential]) -> set[tuple[str, str]]:
-    """The token and every token issued from it, directly or through a rotation."""
-    children: dict[tuple[str, str], list[str]] = {}
-    for credential in stored:
-        if credential.parent_token_id is not None:
-            key = (credential.root_task_id, credential.parent_token_id)
-            children.setdefault(key, []).append(credential.token_id)
-    found: set[tuple[str, str]] = set()
-    frontier = [(c.root_task_id, c.token_id) for c in stored if c.token_id == token]
-    while frontier:
-        key = frontier.pop()
-        if key in found:
-            continue
-        found.add(key)
-        frontier += [(key[0], child) for child in children.get(key, [])]
-    return found
-
-
-def _delegated(rows: Iterable[Mapping[str, Any]], own: set[tuple[str, str]]) -> list[DelegatedTask]:
-    """The delegations below ``own`` tasks, hop by hop, in delegation-time order."""
-    below: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        below.setdefault((row["root_task_id"], row["parent_task_id"]), []).append(row)
-    found: list[DelegatedTask] = []
-    seen = set(own)
-    frontier, hops = sorted(own), 1
-    while frontier:
-        following: list[tuple[str, str]] = []
-        for parent in frontier:
-            for row in below.get(parent, []):
-                child = (row["root_task_id"], row["child_task_id"])
-                if child in seen:
-                    continue
-                seen.add(child)
-                following.append(child)
-                found.append(
-                    DelegatedTask(
-                        row["root_task_id"],
-                        row["child_task_id"],
-                        row["parent_task_id"],
-                        row["delegator"],
-                        row["delegatee"],
-                        row["scopes"],
-                        row["delegated_at"],
-                        hops,
-                    )
-                )
-        frontier, hops = following, hops + 1
-    found.sort(key=lambda d: (d.delegated_at, d.child_task_id))
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class _Subject:
-    """Whose blast radius: its kind and id, the identity (a token's subject), its own
-    tasks and credentials as (root, id) keys; ``tokens`` None: every credential found,
-    and the identity's own accesses whatever the token."""
-
-    kind: str
-    id: str
-    identity: str
-    own: set[tuple[str, str]]
-    credentials: list[HeldCredential]
-    tokens: set[tuple[str, str]] | None
-
-
-def _gather(
-    reader: Reader, query: _Query, subject: _Subject, tasks: list[dict[str, Any]]
-) -> BlastRadius:
-    """What the subject's tasks, credentials and delegations reached, and who and which
-    alerts were involved."""
-    kind, identity, own, credentials = (
-        subject.kind,
-        subject.identity,
-        subject.own,
-        subject.credentials,
-    )
-    held = subject.tokens
-    if held is None:
-        held = {(c.root_task_id, c.token_id) for c in credentials}
-    delegations = _delegated(query.rows(reader, _DELEGATIONS), own)
-    delegated = {(d.root_task_id, d.child_task_id) for d in delegations}
-    involved = own | delegated
-
-    def ours(row: Mapping[str, Any]) -> bool:
-        root = row["root_task_id"]
-        return (
-            (root, row["token_id"]) in held
-            or (root, row["task_id"]) in delegated
-            or (kind == IDENTITY and row["workload_id"] == identity)
+        params["token"] = token
+        query = _Query(params, since, until, {"trees": _TREES_HOLDING})
+        found = query.rows(reader, _FOUND)[0]
+        if not found["found"]:
+            raise NotFound(f"no stored credential of tenant {tenant} has token id {token}")
+        rotations = query.rows(reader, _ROTATIONS)
+        params["lineage"] = json.dumps(sorted(_rotations(token, rotations)))
+        query = query.with_fragments(
+            own=_TASK_HOLDING, held=_LINEAGE, by_identity="0", alerted_identity="0"
         )
+        return _gather(reader, query, TOKEN, token, found["trees"])
+    params["identity"] = identity
+    query = _Query(params, since, until, {"trees": _IDENTITY_TREES})
+    found = query.rows(reader, _FOUND)[0]
+    if not found["found"]:
+        raise NotFound(f"no stored event of tenant {tenant} has actor {identity}")
+    query = query.with_fragments(
+        own=_OWN_OF_IDENTITY,
+        held=_HELD_BY_IDENTITY,
+        by_identity="actor_workload_id = {identity:String}",
+        alerted_identity="workload_id = {identity:String}",
+    )
+    return _gather(reader, query, IDENTITY, str(identity), found["trees"])
 
-    accesses = [row for row in query.rows(reader, _ACCESSES) if ours(row)]
-    humans: dict[str, tuple[set[str], set[tuple[str, str]]]] = {}
 
-    def involve(name: str | None, role: str, task: tuple[str, str]) -> None:
-        if name:
-            roles, concerned = humans.setdefault(name, (set(), set()))
-            roles.add(role)
-            concerned.add(task)
+def _rotations(token: str, rows: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The token and every token issued from it, directly or through a rotation."""
+    children: dict[str, list[str]] = {}
+    for row in rows:
+        children.setdefault(row["parent_token_id"], []).append(row["token_id"])
+    found: set[str] = set()
+    frontier = [token]
+    while frontier:
+        current = frontier.pop()
+        if current not in found:
+            found.add(current)
+            frontier += children.get(current, [])
+    return found
 
-    for task in tasks:
-        key = (task["root_task_id"], task["task_id"])
-        if key in involved:
-            involve(task["on_behalf_of"], "on_behalf_of", key)
-    for row in accesses:
-        involve(row["on_behalf_of"], "on_behalf_of", (row["root_task_id"], row["task_id"]))
-    for row in query.rows(reader, _APPROVALS):
-        key = (row["root_task_id"], row["task_id"])
-        if key in involved:
-            involve(row["approver"], "approver", key)
-    alerts = [
-        alert
-        for alert in read(reader, Alert, query.sql(_ALERTS), query.params)
-        if (alert.root_task_id, alert.token_id) in held
-        or (alert.root_task_id, alert.task_id) in involved
-        or (kind == IDENTITY and alert.workload_id == identity)
-    ]
-    trees = {root for root, _ in involved} | {c.root_task_id for c in credentials}
+
+def _delegations(reader: Reader, query: _Query) -> tuple[_Query, list[DelegatedTask]]:
+    """The query with ``{delegated}`` (the tasks delegated below the subject's own, every
+    hop: no tree is deeper than its deepest task), and those delegations, each at the
+    first hop that reaches it."""
+    hops = query.rows(reader, _HOPS)[0]["hops"] or 0
+    previous, reached, listed = "{own}", [], []
+    for hop in range(1, hops + 1):
+        listed.append(
+            _DELEGATIONS_OF_HOP.replace("{hop}", str(hop)).replace("{previous}", previous)
+        )
+        previous = _HOP.replace("{previous}", previous)
+        reached.append(previous)
+    query = query.with_fragments(delegated=" UNION ALL ".join(reached) or _NO_TASKS)
+    if not listed:
+        return query, []
+    union = " UNION ALL ".join(listed)
+    rows = query.rows(reader, f"SELECT * FROM ({union})")  # noqa: S608 (constant fragments)
+    first: dict[tuple[str, str], DelegatedTask] = {}
+    for row in sorted(rows, key=lambda r: r["hops"]):
+        first.setdefault((row["root_task_id"], row["child_task_id"]), DelegatedTask.from_row(row))
+    return query, sorted(first.values(), key=lambda d: (d.delegated_at, d.child_task_id))
+
+
+def _gather(reader: Reader, query: _Query, kind: str, subject: str, trees: int) -> BlastRadius:
+    """What the subject's credentials and tasks reached, who was involved and which
+    alerts were raised, once ``query`` names them."""
+    query, delegations = _delegations(reader, query)
+    credentials = read(reader, HeldCredential, query.sql(_CREDENTIALS), query.params)
+    identity = subject
+    if kind == TOKEN:
+        identity = next(c.token_subject for c in credentials if c.token_id == subject)
     return BlastRadius(
         kind=kind,
-        subject=subject.id,
+        subject=subject,
         tenant=str(query.params["tenant"]),
         since=_text(query.params.get("since")),
         until=_text(query.params.get("until")),
         identity=identity,
-        trees=len(trees),
-        tasks=sorted(task for _, task in own),
-        credentials=[c for c in credentials if (c.root_task_id, c.token_id) in held],
+        trees=trees,
+        tasks=[row["task_id"] for row in query.rows(reader, _OWN_TASKS)],
+        credentials=credentials,
         delegations=delegations,
-        accesses=_reaches(accesses),
-        humans=[
-            Human(name, sorted(roles), len(concerned))
-            for name, (roles, concerned) in sorted(humans.items())
-        ],
-        alerts=alerts,
+        accesses=[_reach(row) for row in query.rows(reader, _ACCESSES)],
+        humans=read(reader, Human, query.sql(_HUMANS), query.params),
+        alerts=read(reader, Alert, query.sql(_ALERTS), query.params),
     )
 
 
@@ -474,28 +446,17 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _reaches(rows: Sequence[Mapping[str, Any]]) -> list[Reach]:
-    """The access rows summed per workload, tool, resource and action."""
-    grouped: dict[tuple[str, str, str, str], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        key = (row["workload_id"], row["tool"], row["resource"], row["action"])
-        grouped.setdefault(key, []).append(row)
-    reaches = []
-    for (workload, tool, resource, action), group in sorted(grouped.items()):
-        outcomes: dict[str, int] = {}
-        for row in group:
-            outcomes[row["outcome"]] = outcomes.get(row["outcome"], 0) + int(row["accesses"])
-        reaches.append(
-            Reach(
-                workload_id=workload,
-                tool=tool,
-                resource=resource,
-                action=action,
-                outcomes=dict(sorted(outcomes.items())),
-                scopes=sorted({scope for row in group for scope in row["scopes"]}),
-                tokens=len({(row["root_task_id"], row["token_id"]) for row in group}),
-                first=min(row["first"] for row in group),
-                last=max(row["last"] for row in group),
-            )
-        )
-    return reaches
+def _reach(row: Mapping[str, Any]) -> Reach:
+    """An access row, its outcome counts as a mapping of the outcomes seen."""
+    counts = {"SUCCESS": row["success"], "FAILURE": row["failure"], "DENIED": row["denied"]}
+    return Reach(
+        workload_id=row["workload_id"],
+        tool=row["tool"],
+        resource=row["resource"],
+        action=row["action"],
+        outcomes={outcome: int(n) for outcome, n in counts.items() if n},
+        scopes=sorted(row["scopes"]),
+        tokens=row["tokens"],
+        first=row["first"],
+        last=row["last"],
+    )
