@@ -25,6 +25,7 @@ from rich.table import Table
 
 from processors import roles, stack, starting
 from processors.broker import BrokerError
+from processors.reporting import commands as reporting_commands
 from processors.reporting.report_command import report_app
 from processors.serving.reader import Reader
 from producers import simulator
@@ -663,6 +664,7 @@ def verify(
 
 roles.register(app)
 app.add_typer(report_app, name="report")
+reporting_commands.register(app)
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ A small HTTP server on the loopback interface by default:
   (:mod:`processors.serving.runbook`);
 - ``GET /`` and ``GET /static/...``: the web explorer (``dashboards/explorer/``), and the
   JSON it reads: ``GET /api/search?q=``, ``/api/tree?id=``, ``/api/alerts``,
-  ``/api/token?id=`` (each takes ``tenant=``; see :mod:`processors.serving.explorer`).
+  ``/api/token?id=``, ``/api/blast-radius?identity=|token=[&from=&to=]`` (each takes
+  ``tenant=``; see :mod:`processors.serving.explorer`, :mod:`processors.reporting.blast_radius`).
 
 Everything but ``/health`` answers only to a ``Host`` header naming this API (localhost,
 ``serve_host`` or one of ``serve_hostnames``): otherwise a web page whose own name was
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
+from processors.reporting.blast_radius import NotFound, blast_radius
 from processors.serving.alerts import list_alerts, parse_since
 from processors.serving.explorer import AmbiguousToken, search, token_timeline
 from processors.serving.graph import custody_graph
@@ -121,6 +123,8 @@ class QueryApi:
         if route == "tree":
             tree = trace(self.reader, _required(query, "id"), tenant)
             return {**tree.as_json(), "graph": custody_graph(tree)}
+        if route == "blast-radius":
+            return self._blast_radius(query, tenant)
         if route == "token":
             return token_timeline(self.reader, _required(query, "id"), tenant).as_json()
         if route == "alerts":
@@ -138,6 +142,21 @@ class QueryApi:
                 raise BadRequest(str(exc)) from None
             return {"alerts": [alert.as_json() for alert in rows]}
         raise UnknownRoute(route)
+
+    def _blast_radius(self, query: dict[str, str], tenant: str | None) -> dict[str, Any]:
+        """What a workload identity or a token could and did reach."""
+        identity, token = query.get("identity") or None, query.get("token") or None
+        if (identity is None) == (token is None):
+            raise BadRequest("name exactly one of identity and token")
+        try:
+            since = parse_since(query["from"]) if query.get("from") else None
+            until = parse_since(query["to"]) if query.get("to") else None
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        found = blast_radius(
+            self.reader, tenant or self.settings.tenant, identity, token, since, until
+        )
+        return found.as_json()
 
     def start(self) -> None:
         """Serve in a background thread and announce the address."""
@@ -231,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.OK, self.api.explore(route, query))
         except UnknownRoute:
             self._answer(HTTPStatus.NOT_FOUND, {"error": f"no such route {route}"})
-        except TreeNotFound as exc:
+        except (TreeNotFound, NotFound) as exc:
             self._answer(HTTPStatus.NOT_FOUND, {"error": str(exc)})
         except (AmbiguousTask, AmbiguousToken) as exc:
             self._answer(HTTPStatus.CONFLICT, {"error": str(exc)})

@@ -765,6 +765,28 @@
     });
     showDetails(node.kind + " " + node.label, rows);
     $("details").setAttribute("data-id", node.id);
+    blastRadiusLink(node);
+  }
+
+  // An agent's or a token's blast radius (the query API's JSON), in a new tab.
+  function blastRadiusLink(node) {
+    var subject = { agent: "identity", token: "token" }[node.kind];
+    if (!subject) return;
+    var params = new URLSearchParams();
+    params.set(subject, node.id.slice(node.id.indexOf(":") + 1));
+    var tenant = parseHash().tenant;
+    if (tenant) params.set("tenant", tenant);
+    var row = el("tr", { "data-key": "blast_radius" });
+    row.appendChild(el("th", { scope: "row" }, "blast radius"));
+    var cell = el("td");
+    cell.appendChild(el("a", {
+      href: "api/blast-radius?" + params.toString(),
+      target: "_blank",
+      rel: "noopener",
+      "data-testid": "blast-radius-link"
+    }, "what it could and did reach"));
+    row.appendChild(cell);
+    $("details").querySelector("tbody").appendChild(row);
   }
 
   function showEdgeDetails(edge) {
