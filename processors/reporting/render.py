@@ -118,7 +118,6 @@ def explorer_link(explorer: str, tenant: str, root_task_id: str, alert_id: str |
 
 def _view(report: dict[str, Any]) -> dict[str, Any]:
     controls = report["controls"]
-    alerts = [a for c in controls for a in c["exceptions"]]
     explorer = report.get("explorer_url")
 
     def link(root: str, alert: str | None = None) -> str | None:
@@ -127,13 +126,10 @@ def _view(report: dict[str, Any]) -> dict[str, Any]:
     by_framework: dict[str, list[dict[str, Any]]] = {}
     for item in report["frameworks"]:
         by_framework.setdefault(item["framework"], []).append(item)
-    statuses = {c["id"]: c["status"] for c in controls}
     return {
         "link": link,
-        "alerts": len(alerts),
         "status_count": {s: sum(c["status"] == s for c in controls) for s in STATUS_COLOURS},
         "titles": {c["id"]: c["title"] for c in controls},
-        "statuses": statuses,
         "frameworks": by_framework,
         "standing": sum(1 for i in report["inventory"] if i["standing_access"]),
         "charts": {
@@ -182,8 +178,6 @@ def value_of(value: Any, key: str = "") -> str:
         return f"{float(value) * 100:.1f} %"
     if key.endswith("_seconds"):
         return f"{duration(value)} ({int(value):,} s)"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
