@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
 
+from processors.serving.links import tree_link
 from schemas.models import Alert
 from schemas.secrets import redact_secrets
 
@@ -45,8 +45,7 @@ class Links:
 
 def explorer_link(explorer: str, alert: Alert) -> str:
     """The explorer's page of the alert's tree, the alert selected."""
-    state = urlencode({"tree": alert.root_task_id, "tenant": alert.tenant, "alert": alert.alert_id})
-    return f"{explorer.rstrip('/')}/#{state}"
+    return tree_link(explorer, alert.tenant, alert.root_task_id, alert.alert_id)
 
 
 def runbook_link(runbook: str, alert: Alert) -> str:

@@ -23,12 +23,12 @@ from functools import lru_cache
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from processors.reporting.controls import chain_whole
+from processors.serving.links import tree_link
 
 FORMATS = ("json", "html", "pdf")
 EMBED_OPEN = '<script type="application/json" id="custody-report">'
@@ -108,20 +108,12 @@ def html_of(report: dict[str, Any]) -> str:
 # --- what the template shows besides the report's own values -------------------------
 
 
-def explorer_link(explorer: str, tenant: str, root_task_id: str, alert_id: str | None) -> str:
-    """The explorer's page of a tree (the alert selected), as notifications link it."""
-    state = {"tree": root_task_id, "tenant": tenant}
-    if alert_id is not None:
-        state["alert"] = alert_id
-    return f"{explorer.rstrip('/')}/#{urlencode(state)}"
-
-
 def _view(report: dict[str, Any]) -> dict[str, Any]:
     controls = report["controls"]
     explorer = report.get("explorer_url")
 
     def link(root: str, alert: str | None = None) -> str | None:
-        return explorer_link(explorer, report["tenant"], root, alert) if explorer else None
+        return tree_link(explorer, report["tenant"], root, alert) if explorer else None
 
     by_framework: dict[str, list[dict[str, Any]]] = {}
     for item in report["frameworks"]:
