@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -470,3 +471,39 @@ def test_the_page_names_nothing_outside_its_origin() -> None:
     version = lock["packages"]["node_modules/cytoscape"]["version"]
     vendored = (EXPLORER / "vendor" / "cytoscape.min.js").read_text()
     assert f'version="{version}"' in vendored.replace(" ", "")
+
+
+def test_the_report_form_and_an_agents_blast_radius_open_from_the_explorer(
+    session: Session, explorer: Explorer
+) -> None:
+    page = session.page
+    session.open()
+    # The report of the simulated period (simulations begin hours back, within a day).
+    today = datetime.now(UTC).date()
+    page.get_by_test_id("report-tenant").fill(TENANT)
+    page.get_by_test_id("report-from").fill((today - timedelta(days=2)).isoformat())
+    page.get_by_test_id("report-to").fill((today + timedelta(days=1)).isoformat())
+    with page.expect_popup() as opened:
+        page.get_by_test_id("report-button").click()
+    report = opened.value
+    report.wait_for_load_state()
+    embedded = json.loads(report.locator("#custody-report").text_content() or "{}")
+    assert embedded["tenant"] == TENANT
+    assert embedded["counts"]["trees"] == len(explorer.trees)
+    planted = {a for t in explorer.trees for a in t.alert_types}
+    placed = {e["alert_type"] for c in embedded["controls"] for e in c["exceptions"]}
+    assert placed == planted
+
+    # An agent's details link to what it could and did reach.
+    tree = explorer.trees[0]
+    session.open(f"#tree={tree.root}&tenant={TENANT}")
+    session.wait_tree(tree.root)
+    agent = next(node for node, data in session.nodes().items() if data["kind"] == "agent")
+    session.click_node(agent)
+    expect(page.get_by_test_id("details")).to_have_attribute("data-id", agent)
+    with page.expect_popup() as opened:
+        page.get_by_test_id("blast-radius-link").click()
+    radius = json.loads(opened.value.locator("body").text_content() or "{}")
+    assert radius["subject"]["id"] == agent.removeprefix("agent:")
+    assert radius["counts"]["trees"] >= 1
+    session.assert_self_contained()
