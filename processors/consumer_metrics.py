@@ -7,16 +7,16 @@ and partition numbers and dead-letter reasons: no event, tenant, task, token or 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from processors.metric_set import MetricSet
+from processors.metric_set import ConsumingMetrics
 from processors.storage.sink import Record, Rejected
 
 # From a handful of records posted to a near peer to a full batch written to a slow server.
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class ConsumerMetrics(MetricSet):
+class ConsumerMetrics(ConsumingMetrics):
     """A batch consumer's metrics, prefixed ``custody_<process>``, in :attr:`registry`;
     ``waiting`` names what the consumer waits for while it retries."""
 
@@ -24,11 +24,6 @@ class ConsumerMetrics(MetricSet):
         super().__init__(process)
         self.records = self.counter(
             "records", "Records consumed and handled (their batch committed), by topic.", ["topic"]
-        )
-        self.dead_letters = self.counter(
-            "dead_letters",
-            "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
-            ["reason"],
         )
         self.retries = self.counter(
             "retries",
@@ -39,12 +34,6 @@ class ConsumerMetrics(MetricSet):
             "One batch, from its first attempt until its offsets are committed, retries "
             "included (the count is the number of batches).",
             BATCH_BUCKETS,
-        )
-        self.lag = self.gauge(
-            "consumer_lag",
-            "Records of an owned partition not handled yet: the partition's highwater in "
-            "the last fetch response minus the next offset to handle.",
-            ["topic", "partition"],
         )
         self.waiting = self.gauge(
             f"waiting_for_{waiting}", f"1 while a batch waits, retrying, for {waiting} to take it."
@@ -67,15 +56,3 @@ class ConsumerMetrics(MetricSet):
         """An attempt failed; the consumer waits and tries again."""
         self.retries.inc()
         self.waiting.set(1)
-
-    def lagging(self, topic: str, partition: int, behind: int) -> None:
-        """``partition`` of ``topic`` has ``behind`` records not handled yet."""
-        self.lag.labels(topic, str(partition)).set(max(0, behind))
-
-    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """The partitions are no longer this consumer's: their lag is another's to tell."""
-        for topic, partition in partitions:
-            try:
-                self.lag.remove(topic, str(partition))
-            except KeyError:
-                continue

@@ -4,7 +4,7 @@ the metrics of what it ran; every process's metrics are declared through it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,3 +41,34 @@ class MetricSet:
         return Histogram(
             f"{self.prefix}_{name}", text, labels, buckets=buckets, registry=self.registry
         )
+
+
+class ConsumingMetrics(MetricSet):
+    """The metrics of a process that consumes partitions and dead-letters what it cannot
+    take: its dead letters by reason, and its lag per owned partition."""
+
+    def __init__(self, process: str, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(process, registry)
+        self.dead_letters = self.counter(
+            "dead_letters",
+            "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
+            ["reason"],
+        )
+        self.lag = self.gauge(
+            "consumer_lag",
+            "Records of an owned partition not processed yet: the partition's highwater in "
+            "the last fetch response minus the next offset to process.",
+            ["topic", "partition"],
+        )
+
+    def lagging(self, topic: str, partition: int, behind: int) -> None:
+        """``partition`` of ``topic`` has ``behind`` records not processed yet."""
+        self.lag.labels(topic, str(partition)).set(max(0, behind))
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """The partitions are no longer this process's: their lag is another's to tell."""
+        for topic, partition in partitions:
+            try:
+                self.lag.remove(topic, str(partition))
+            except KeyError:
+                continue

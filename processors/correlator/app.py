@@ -333,7 +333,7 @@ class Correlator:
             self.work.forget_partitions({tp.partition for tp in revoked})
             self.guard.revoked(revoked)
         for topic in (topics.EVENTS, self.links_topic):
-            self.metrics.forget(topic, {tp.partition for tp in revoked if tp.topic == topic})
+            self.metrics.forget({(topic, tp.partition) for tp in revoked if tp.topic == topic})
 
     async def on_rebalanced(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         """The rebalance is over, its tables recovered (faust sends this before it resumes

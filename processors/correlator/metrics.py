@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from processors.correlator.step import Outbound
-from processors.metric_set import MetricSet
+from processors.metric_set import ConsumingMetrics
 from processors.metrics_endpoint import Endpoint, serve_registry
 from processors.stack import METRICS_ADDRESS_VARIABLE
 from schemas import topics
@@ -95,7 +95,7 @@ class _StepCollector(Collector):
         yield late
 
 
-class CorrelatorMetrics(MetricSet):
+class CorrelatorMetrics(ConsumingMetrics):
     """One worker's metrics, in a registry of their own (:attr:`registry`)."""
 
     def __init__(self, step: StepState) -> None:
@@ -111,22 +111,11 @@ class CorrelatorMetrics(MetricSet):
             "Alerts sent to custody.alerts.v1 (a replay after a crash sends some again).",
             ["alert_type"],
         )
-        self.dead_letters = self.counter(
-            "dead_letters",
-            "Records sent to custody.dlq.v1, by the reason in their custody-dlq-reason header.",
-            ["reason"],
-        )
         self.step_seconds = self.histogram(
             "step_duration_seconds",
             "One worker step: compute, send the outputs and wait for Kafka, store the state.",
             _STEP_BUCKETS,
             ["step"],
-        )
-        self.lag = self.gauge(
-            "consumer_lag",
-            "Records of an owned partition not processed yet: the partition's highwater in "
-            "the last fetch response minus the next offset to process.",
-            ["topic", "partition"],
         )
 
     def stepped(self, step: str, records: int, sends: Iterable[Outbound], seconds: float) -> None:
@@ -141,18 +130,6 @@ class CorrelatorMetrics(MetricSet):
             elif send.topic == topics.DLQ:
                 self.dead_letters.labels(_reason(send.headers)).inc()
         self.step_seconds.labels(step).observe(seconds)
-
-    def lagging(self, topic: str, partition: int, behind: int) -> None:
-        """``partition`` of ``topic`` has ``behind`` records not processed yet."""
-        self.lag.labels(topic, str(partition)).set(max(0, behind))
-
-    def forget(self, topic: str, partitions: Iterable[int]) -> None:
-        """The partitions are no longer this worker's: their lag is another's to tell."""
-        for partition in partitions:
-            try:
-                self.lag.remove(topic, str(partition))
-            except KeyError:
-                continue
 
 
 def _reason(headers: list[tuple[str, bytes]] | None) -> str:

@@ -148,7 +148,7 @@ def test_a_partition_given_up_leaves_the_lag_to_its_new_owner(
     samples = _samples(metrics)
     lag = "custody_correlator_consumer_lag"
     assert _value(samples, lag, topic=topics.EVENTS, partition="3") == 0
-    metrics.forget(topics.EVENTS, [0, 3, 5])
+    metrics.forget((topics.EVENTS, partition) for partition in (0, 3, 5))
     assert not [name for name, _ in _samples(metrics) if name == lag]
 
 
