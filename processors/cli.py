@@ -25,6 +25,7 @@ from rich.table import Table
 
 from processors import roles, stack, starting
 from processors.broker import BrokerError
+from processors.command_context import settings_of
 from processors.reporting import commands as reporting_commands
 from processors.reporting.report_command import report_app
 from processors.serving.reader import Reader
@@ -46,11 +47,6 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
 
 
 @app.callback()
@@ -142,13 +138,13 @@ def up(
     ] = None,
 ) -> None:
     """Start the local stack (what is not already running) and create the topics."""
-    _up(_settings(ctx), timeout, correlators)
+    _up(settings_of(ctx), timeout, correlators)
 
 
 @app.command()
 def down(ctx: typer.Context) -> None:
     """Stop the local stack."""
-    stopped = stack.down(_settings(ctx))
+    stopped = stack.down(settings_of(ctx))
     out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
@@ -158,7 +154,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Show each process of the local stack with its PID and health."""
-    statuses = stack.status(_settings(ctx))
+    statuses = stack.status(settings_of(ctx))
     _print_status(statuses, as_json)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(3)
@@ -182,7 +178,7 @@ def publish(
     Lines without hash-chain fields are stamped on this publisher's own instance; a line
     already stamped (``producer_instance`` and ``seq`` together) is published as given.
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         with _open_input(source) as stream:
             parsed = parse_event_lines(stream)
@@ -283,7 +279,7 @@ def simulate(
     from processors.serving.alerts import parse_since
     from processors.storage.backend import iso
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         begin = parse_since(start) if start else datetime.now(UTC)
     except ValueError as exc:
@@ -366,7 +362,7 @@ def demo(
     from processors.serving.render import rows_table, trace_tree
     from processors.serving.trace import trace as build_trace
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     _up(settings)
     seed = seed if seed is not None else int(time.time())
     with _reader(ctx) as reader:
@@ -471,7 +467,7 @@ def _reader(ctx: typer.Context) -> Iterator[Reader]:
     from processors.storage.target import TargetError
 
     try:
-        with open_reader(_settings(ctx)) as reader:
+        with open_reader(settings_of(ctx)) as reader:
             yield reader
     except TreeNotFound as exc:
         err.print(f"[red]not found:[/] {escape(str(exc))}")

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from processors import stack
+from processors.command_context import settings_of
 from processors.logs import log_json_to_stderr
 from producers.admin import TopicSetupError
-from producers.settings import Settings
 
 out = Console()
 err = Console(stderr=True)
@@ -28,11 +28,6 @@ _METRICS_HELP = "HOST:PORT of the Prometheus /metrics endpoint (port 0: any free
 MetricsAddress = Annotated[
     str | None, typer.Option(help=f"{_METRICS_HELP} Default: CUSTODY_<ROLE>_METRICS_ADDRESS.")
 ]
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
 
 
 def correlate(
@@ -51,7 +46,7 @@ def correlate(
 
     log_json_to_stderr()
     try:
-        run_worker(_settings(ctx), name=name, metrics_address=metrics_address)
+        run_worker(settings_of(ctx), name=name, metrics_address=metrics_address)
     except (TopicSetupError, MetricsError) as exc:
         logging.getLogger("custody.correlate").error("correlate cannot start: %s", exc)
         raise typer.Exit(1) from None
@@ -63,7 +58,7 @@ def migrate(ctx: typer.Context) -> None:
     from processors.storage.migrations import MigrationError, access_users, run_migrations
     from processors.storage.target import TargetError, parse_target
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         target = parse_target(settings.clickhouse())
         report = run_migrations(target, settings.retention_days, users=access_users(settings))
@@ -100,7 +95,7 @@ def ingest(
     from processors.storage.target import TargetError
 
     log_json_to_stderr()
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         run(settings, serve, metrics_address or settings.ingest_metrics_address)
     except (TargetError, MigrationError, StorageError, MetricsError) as exc:
@@ -123,7 +118,7 @@ def serve(
     from processors.storage.target import TargetError, parse_target
 
     log_json_to_stderr()
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     metrics = ServeMetrics()
     try:
         endpoint = serve_registry(
@@ -158,7 +153,7 @@ def notify(
     from processors.notify.app import NotifyError, run
 
     log_json_to_stderr()
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     try:
         run(settings, metrics_address or settings.notify_metrics_address)
     except (NotifyError, MetricsError) as exc:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producers.settings import Settings
+from processors.command_context import TenantOption, settings_of
 
 out = Console()
 err = Console(stderr=True)
@@ -36,7 +36,7 @@ def blast_radius(
         str | None, typer.Option(help="A workload identity (actor_workload_id).")
     ] = None,
     token: Annotated[str | None, typer.Option(help="A token id.")] = None,
-    tenant: Annotated[str | None, typer.Option(help="Tenant (default: CUSTODY_TENANT).")] = None,
+    tenant: TenantOption = None,
     from_: Annotated[
         str | None,
         typer.Option("--from", help="Start: ISO-8601, or 90s / 15m / 2h / 7d back from now."),
@@ -58,7 +58,7 @@ def blast_radius(
         err.print("[red]name exactly one of --identity and --token[/]")
         raise typer.Exit(2)
     since, until = _time("--from", from_), _time("--to", to)
-    settings: Settings = ctx.obj
+    settings = settings_of(ctx)
     try:
         with open_reader(settings) as reader:
             radius = build(reader, tenant or settings.tenant, identity, token, since, until)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from producers.settings import Settings
+from processors.command_context import TenantOption, settings_of
 
 report_app = typer.Typer(help="The auditor's evidence report over a period.")
 out = Console()
@@ -25,12 +25,6 @@ class Format(StrEnum):
     HTML = "html"
     JSON = "json"
     PDF = "pdf"
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    # The root command's context holds the settings; a group's own context inherits them.
-    settings: Settings = ctx.find_root().obj
-    return settings
 
 
 def _when(text: str | None, default: datetime) -> datetime:
@@ -46,7 +40,7 @@ def _when(text: str | None, default: datetime) -> datetime:
 @report_app.callback(invoke_without_command=True)
 def report(
     ctx: typer.Context,
-    tenant: Annotated[str | None, typer.Option(help="Tenant (default: CUSTODY_TENANT).")] = None,
+    tenant: TenantOption = None,
     from_: Annotated[
         str | None, typer.Option("--from", help="Start, ISO (default: 30 days before --to).")
     ] = None,
@@ -63,7 +57,7 @@ def report(
     from processors.reporting.build import ReportError, build_report
     from processors.reporting.render import RenderError, render
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     end = _when(to, datetime.now(UTC))
     start = _when(from_, end - timedelta(days=30))
     if format_ is Format.PDF and out_file is None:
@@ -100,7 +94,7 @@ def verify(
         stored: dict[str, Any] = (
             embedded_report(text) if text.lstrip().startswith("<") else json.loads(text)
         )
-        problems = verify_report(_settings(ctx), stored)
+        problems = verify_report(settings_of(ctx), stored)
     except (OSError, ValueError, ReportError, RenderError) as exc:
         err.print(f"[red]cannot verify {escape(str(file))}:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
