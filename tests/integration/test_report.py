@@ -9,71 +9,30 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from processors.reporting.frameworks import load_mapping
 
 from processors.reporting.controls import CONTROL_OF
+from processors.reporting.frameworks import load_mapping
 from processors.reporting.integrity import differences
-from processors.reporting.report import Period, build
+from processors.reporting.report import build
 from processors.serving.reader import BackendReader
-from processors.storage.backend import ChdbBackend
-from processors.storage.migrations import migrate
-from processors.storage.sink import BatchWriter, Record
-from processors.storage.target import ChdbTarget
-from producers.simulator import SimulationConfig, simulate
-from schemas import topics
-from schemas.models import Alert, CredentialIssuedEvent, Envelope
+from schemas.models import CredentialIssuedEvent
 from tests.support.broker import CUSTODY
-from tests.support.stack import CONFIG
-from tests.support.stored import CODEC, store
-from tests.support.trees import traffic
+from tests.support.reporting import TENANT, StoredPeriod, stored_period
 
 pytestmark = pytest.mark.integration
 
-TENANT = "acme"
-GRACE, MAX_TTL = CONFIG.grace_us // 1_000_000, CONFIG.max_credential_ttl_us // 1_000_000
-
-
-@dataclass
-class Stored:
-    directory: Path
-    events: list[Envelope]
-    alerts: list[Alert]
-    period: Period
-
-
-def stream() -> list[Envelope]:
-    """A simulation (the five planted misbehaviours) and mixed traffic (break-glass,
-    revoked use, broken chains, ...), all of tenant acme."""
-    mixed, _ = traffic(24, CONFIG)
-    start = min(e.event_time for e in mixed) - timedelta(hours=2)
-    config = SimulationConfig(roots=40, misbehaviour_rate=0.5, seed=21, start=start)
-    return list(simulate(config)) + mixed
-
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> Stored:
-    directory = tmp_path_factory.mktemp("report") / "chdb"
-    target = ChdbTarget(directory)
-    backend = ChdbBackend(target)
-    try:
-        migrate(target, 400, backend)
-        events = stream()
-        alerts = store(backend, events)
-    finally:
-        backend.close()
-    start = min(e.event_time for e in events)
-    end = max(e.event_time for e in events) + timedelta(seconds=1)
-    return Stored(directory, events, alerts, Period(TENANT, start, end, GRACE, MAX_TTL))
+def stored(tmp_path_factory: pytest.TempPathFactory) -> StoredPeriod:
+    return stored_period(tmp_path_factory.mktemp("report") / "chdb", 24, 40, 21)
 
 
-def report_of(stored: Stored) -> dict[str, Any]:
-    backend = ChdbBackend(ChdbTarget(stored.directory))
+def report_of(stored: StoredPeriod) -> dict[str, Any]:
+    backend = stored.open()
     try:
         report, _ = build(BackendReader(backend), stored.period, load_mapping(), "http://x.test")
     finally:
@@ -81,7 +40,7 @@ def report_of(stored: Stored) -> dict[str, Any]:
     return report
 
 
-def test_every_alert_is_an_exception_of_exactly_its_control(stored: Stored) -> None:
+def test_every_alert_is_an_exception_of_exactly_its_control(stored: StoredPeriod) -> None:
     report = report_of(stored)
     assert len({a.alert_type for a in stored.alerts}) >= 8
     placed: dict[str, str] = {}
@@ -96,7 +55,7 @@ def test_every_alert_is_an_exception_of_exactly_its_control(stored: Stored) -> N
     assert report["counts"]["alerts"] == len(stored.alerts)
 
 
-def test_the_inventory_is_every_identity_the_simulation_created(stored: Stored) -> None:
+def test_the_inventory_is_every_identity_the_simulation_created(stored: StoredPeriod) -> None:
     report = report_of(stored)
     acting = {e.actor.workload_id for e in stored.events}
     holding = {e.body.token_subject for e in stored.events if isinstance(e, CredentialIssuedEvent)}
@@ -118,7 +77,7 @@ def test_the_inventory_is_every_identity_the_simulation_created(stored: Stored) 
     assert standing == sorted(standing, reverse=True)
 
 
-def test_the_command_writes_a_report_that_verifies(stored: Stored, tmp_path: Path) -> None:
+def test_the_command_writes_a_report_that_verifies(stored: StoredPeriod, tmp_path: Path) -> None:
     env = {**os.environ, "CUSTODY_CLICKHOUSE_URL": f"chdb://{stored.directory}"}
     period = ["--tenant", TENANT, "--from", stored.period.start.isoformat()]
     period += ["--to", stored.period.end.isoformat()]
@@ -143,7 +102,7 @@ def custody(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_a_report_holds_until_its_file_or_its_evidence_changes(stored: Stored) -> None:
+def test_a_report_holds_until_its_file_or_its_evidence_changes(stored: StoredPeriod) -> None:
     report = report_of(stored)
     assert differences(report, report_of(stored)) == []
 
@@ -152,13 +111,7 @@ def test_a_report_holds_until_its_file_or_its_evidence_changes(stored: Stored) -
     assert any(d.startswith("report_sha256") for d in differences(edited, report_of(stored)))
 
     # Evidence changed in ClickHouse: one more alert in the period.
-    backend = ChdbBackend(ChdbTarget(stored.directory))
-    try:
-        extra = stored.alerts[0].model_copy(update={"alert_id": "planted-after-the-report"})
-        record = Record(topics.ALERTS, 0, 0, None, CODEC.encode_alert(extra))
-        assert BatchWriter(backend).write([record]).stored == 1
-    finally:
-        backend.close()
+    stored.add_alert(stored.alerts[0].model_copy(update={"alert_id": "planted-after-the-report"}))
     found = differences(report, report_of(stored))
     assert "counts: ClickHouse now gives other figures" in found
     assert "controls: ClickHouse now gives other figures" in found

@@ -20,7 +20,6 @@ import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,11 @@ from processors.notify.postable import explorer_link
 from processors.reporting.controls import CONTROL_OF
 from processors.reporting.frameworks import load_mapping
 from processors.reporting.render import RenderError, embedded_report, print_pdf, render
-from processors.reporting.report import Period, build
+from processors.reporting.report import build
 from processors.serving.reader import BackendReader
-from processors.storage.backend import ChdbBackend
-from processors.storage.migrations import migrate
-from processors.storage.sink import BatchWriter, Record
-from processors.storage.target import ChdbTarget
-from producers.simulator import SimulationConfig, simulate
-from schemas import topics
-from schemas.models import Alert, Envelope
+from schemas.models import Alert
 from tests.support import REPO
-from tests.support.stored import CODEC, store
-from tests.support.trees import CONFIG, GRACE, traffic
+from tests.support.reporting import stored_period
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +47,6 @@ needs_pdftotext = pytest.mark.skipif(
     not PDFTOTEXT.exists(), reason=f"{PDFTOTEXT} is absent (Debian package poppler-utils)"
 )
 
-TENANT = "acme"
 EXPLORER = "http://explorer.test"
 PAGE = "http://report.test/report.html"
 HOSTILE = "</script><script>alert(1)</script><!-- <b>not bold</b>"
@@ -78,34 +69,17 @@ class Built:
     alerts: list[Alert]  # every alert stored, the hostile one last
 
 
-def stream() -> list[Envelope]:
-    """A simulation (the planted misbehaviours) and mixed traffic (break-glass, revoked
-    use, broken chains, ...), all of tenant acme."""
-    mixed, _ = traffic(12, CONFIG)
-    start = min(e.event_time for e in mixed) - timedelta(hours=1)
-    config = SimulationConfig(roots=20, misbehaviour_rate=0.5, seed=16, start=start)
-    return list(simulate(config)) + mixed
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    directory = tmp_path_factory.mktemp("report-render") / "chdb"
-    target = ChdbTarget(directory)
-    backend = ChdbBackend(target)
+    stored = stored_period(tmp_path_factory.mktemp("report-render") / "chdb", 12, 20, 16)
+    hostile = stored.alerts[0].model_copy(update={"alert_id": "hostile-detail", "detail": HOSTILE})
+    stored.add_alert(hostile)
+    backend = stored.open()
     try:
-        migrate(target, 400, backend)
-        events = stream()
-        alerts = store(backend, events)
-        hostile = alerts[0].model_copy(update={"alert_id": "hostile-detail", "detail": HOSTILE})
-        record = Record(topics.ALERTS, 0, len(alerts), None, CODEC.encode_alert(hostile))
-        assert BatchWriter(backend).write([record]).stored == 1
-        start = min(e.event_time for e in events)
-        end = max(e.event_time for e in events) + timedelta(seconds=1)
-        period = Period(TENANT, start, end, GRACE, CONFIG.max_credential_ttl_us // 1_000_000)
-        report, _ = build(BackendReader(backend), period, load_mapping(), EXPLORER)
+        report, _ = build(BackendReader(backend), stored.period, load_mapping(), EXPLORER)
     finally:
         backend.close()
-    return Built(report, [*alerts, hostile])
+    return Built(report, stored.alerts)
 
 
 @pytest.fixture(scope="module")
