@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from processors.serving.reader import Reader
-from processors.serving.records import ALERT_COLUMNS, Alert, Record, read
+from processors.serving.records import ALERT_COLUMNS, Alert, Credential, Record, read
 from processors.storage.backend import iso
 
 IDENTITY, TOKEN = "identity", "token"
@@ -45,22 +45,10 @@ class NotFound(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
-class HeldCredential(Record):
-    """A credential the subject held: its scopes, its lifetime and its tree."""
+class HeldCredential(Credential):
+    """A credential the subject held (its scopes, its lifetime, its state) and its tree."""
 
     root_task_id: str
-    token_id: str
-    task_id: str
-    token_subject: str
-    credential_kind: str
-    audience: str
-    scopes: list[str]
-    issued_at: str
-    expires_at: str
-    parent_token_id: str | None
-    state: str
-    revoked_at: str | None
-    revocation_reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +224,9 @@ WHERE (root_task_id, parent_task_id) IN ({previous}) {delegated_period}"""
 
 _CREDENTIALS = """
 SELECT root_task_id, token_id, task_id, token_subject, credential_kind, audience, scopes,
-       issued_at, expires_at, parent_token_id,
+       issued_at, expires_at, decision_id, parent_token_id,
        if(state = 'ACTIVE' AND expires_at <= now64(6), 'EXPIRED', state) AS state,
-       revoked_at, revocation_reason
+       revoked_at, revocation_reason, revoked_by
 FROM credentials PREWHERE {in_trees}
 WHERE (root_task_id, token_id) IN ({held})
 ORDER BY issued_at, token_id"""
