@@ -1,0 +1,401 @@
+"""Notify throughput: ``custody notify`` posting to a real Alertmanager, against a floor
+measured in the same run.
+
+N distinct alerts (the alerts the pure correlator raises on a simulation and on mixed
+traffic, copied under new alert ids until there are N) are encoded with ``AvroCodec`` and
+produced, keyed by alert id as the correlator writes them, to ``custody.alerts.v1`` (6
+partitions) of a fresh local Tansu broker before anything is timed. Then, alternately, in
+this process, each run against a fresh Alertmanager (Debian's ``prometheus-alertmanager``
+on the shipped configuration, its webhooks sent to a receiver of the benchmark's, as the
+integration tests run it), so that every run posts N alerts Alertmanager does not hold yet:
+
+- **floor**: a confluent-kafka consumer under a fresh group reads the topic, looks each
+  record's alert up by its key (no decoding) in the postable alerts computed before the
+  clock started (:func:`processors.notify.postable.postable`, JSON-encoded), posts them to
+  ``/api/v2/alerts`` with urllib3, ``notify_batch_alerts`` (100) per post, as one JSON list
+  byte for byte like notify's, and commits synchronously after each 2xx: consuming,
+  posting and committing the same batches, nothing else.
+- **notify**: the real :class:`processors.notify.app.Notify` in a thread, as ``custody
+  notify`` builds it (its :class:`AlertmanagerClient`, metrics, heartbeat and state file,
+  the default batch limits), under a fresh consumer group: it also decodes each record,
+  maps it to its postable alert, screens it for secrets, and keeps it for the resend
+  window.
+
+Rate = N / (time the last batch was committed - time the first ``consume`` call returned
+records): the group join and the clients' start-up are not timed. After each run the
+Alertmanager must hold N Custody alerts. Medians of :data:`ROUNDS` alternating rounds;
+ratio = notify / floor. Goal: ratio >= 0.8. The detail also gives each side's CPU time
+per alert in this process (all threads, over the same interval); Alertmanager's own CPU
+time is the same work in both runs and is left out.
+
+``CUSTODY_BENCH_NOTIFY_ALERTS`` (default 20,000) sets N; ``CUSTODY_BENCH_NOTIFY_PYSPY=
+/tmp/notify.svg`` records the first notify run with py-spy (``.svg``: a flame graph, any
+other suffix: collapsed stacks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import urllib3
+from confluent_kafka import Consumer, Producer
+
+from processors.batch_consumer import Batch
+from processors.notify.alertmanager import ALERTS_PATH, AlertmanagerClient
+from processors.notify.app import LinkResolver, Notify, NotifyMetrics
+from processors.notify.postable import SOURCE, postable
+from processors.storage.sink import Rejected
+from producers.admin import ensure_topics
+from producers.settings import Settings
+from schemas import topics
+from schemas.codec import AvroCodec
+from schemas.models import Alert
+from tests.bench.ingest_worker import ClockedConsumer
+from tests.bench.results import Entry, entry
+from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
+from tests.support.broker import local_broker
+from tests.support.measure import py_spy
+from tests.support.pipeline import simulation
+from tests.support.stack import CONFIG
+from tests.support.stored import correlate
+from tests.support.trees import traffic
+
+DEFAULT_ALERTS = 20_000
+ROUNDS = 3
+UNIT = "alerts/s"
+GOAL_RATIO = 0.8
+RUN_TIMEOUT = 300.0
+HELD_TIMEOUT = 120.0
+EXPLORER = "http://explorer.bench:8470"
+
+
+# ---- the alerts -----------------------------------------------------------------------
+
+
+def alerts(count: int) -> list[Alert]:
+    """``count`` distinct alerts: the correlator's alerts on a simulation and on mixed
+    traffic (every alert type, every severity), copied under new ids."""
+    _, simulated = correlate(simulation(roots=100, seed=1).events)
+    _, mixed = correlate(traffic(24, CONFIG)[0])
+    found = simulated + mixed
+    copies = []
+    for i in range(count):
+        alert = found[i % len(found)]
+        # An id shaped like the correlator's (32 hex digits), distinct per copy.
+        alert_id = hashlib.sha256(f"{alert.alert_id}/{i}".encode()).hexdigest()[:32]
+        copies.append(alert.model_copy(update={"alert_id": alert_id}))
+    return copies
+
+
+def publish(settings: Settings, items: Sequence[Alert]) -> int:
+    """The alerts on the alerts topic, keyed by alert id; waits for every ack. The mean
+    record size."""
+    codec = AvroCodec()
+    producer = Producer(settings.kafka_producer())
+    failures: list[str] = []
+    size = 0
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for alert in items:
+        value = codec.encode_alert(alert)
+        size += len(value)
+        while True:
+            try:
+                producer.produce(
+                    topics.ALERTS, value, key=alert.alert_id.encode(), on_delivery=delivered
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{remaining} alerts unacknowledged, failures: {failures[:3]}")
+    return size // len(items)
+
+
+def bench_settings(bootstrap: str, home: Path) -> Settings:
+    """notify's settings in the benchmark (short session timeout, default batches)."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_profile="development",
+        kafka_session_timeout_ms=2000,
+        explorer_url=EXPLORER,
+        home=home,
+    )
+
+
+def postables(settings: Settings, items: Sequence[Alert]) -> dict[bytes, bytes]:
+    """Each alert's post as notify encodes it, by record key: the floor's bytes."""
+    links = LinkResolver(settings)()
+    now = datetime.now(UTC)
+    return {a.alert_id.encode(): json.dumps(postable(a, links, now)).encode() for a in items}
+
+
+# ---- one run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    mode: str
+    count: int
+    seconds: float
+    cpu_seconds: float
+    posts: int
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU time of this process (all threads) per alert, in microseconds."""
+        return self.cpu_seconds / self.count * 1e6
+
+
+@contextmanager
+def fresh_alertmanager(workdir: Path) -> Iterator[RunningAlertmanager]:
+    """An Alertmanager holding no alert, on the shipped configuration, with a receiver."""
+    directory = Path(tempfile.mkdtemp(prefix="alertmanager-", dir=workdir))
+    with WebhookReceiver() as receiver:
+        manager = RunningAlertmanager(config_for_test(receiver.url), directory)
+        manager.start()
+        try:
+            yield manager
+        finally:
+            manager.stop()
+
+
+def held(manager: RunningAlertmanager) -> int:
+    """How many Custody alerts Alertmanager holds."""
+    # Listing N alerts takes Alertmanager seconds on a loaded machine: a generous timeout.
+    client = AlertmanagerClient(manager.url, HELD_TIMEOUT)
+    try:
+        return len(client.held(SOURCE))
+    finally:
+        client.close()
+
+
+def run_floor(settings: Settings, url: str, bodies: dict[bytes, bytes], count: int) -> Run:
+    """Consume, post the precomputed JSON in notify's batches, commit after each 2xx."""
+    size = settings.notify_batch_alerts
+    consumer = Consumer(
+        {
+            **settings.kafka_consumer(f"bench-notify-floor-{uuid.uuid4().hex[:8]}"),
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+    )
+    pool = urllib3.PoolManager(
+        retries=False, timeout=urllib3.Timeout(total=settings.notify_timeout_seconds)
+    )
+    headers = {"Content-Type": "application/json"}
+    consumer.subscribe([topics.ALERTS])
+    pending: list[bytes] = []
+    first: tuple[float, float] | None = None
+    seen = posts = 0
+
+    def post() -> None:
+        nonlocal posts
+        # json.dumps(list)'s separator: the same bytes as notify's post of the same alerts.
+        response = pool.request(
+            "POST", url + ALERTS_PATH, body=b"[" + b", ".join(pending) + b"]", headers=headers
+        )
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"floor: Alertmanager answered {response.status}")
+        consumer.commit(asynchronous=False)
+        posts += 1
+        pending.clear()
+
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while seen < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"floor: {seen} of {count} alerts after the deadline")
+            messages = consumer.consume(size - len(pending), timeout=1.0)
+            if messages and first is None:
+                first = time.perf_counter(), time.process_time()
+            for message in messages:
+                key = message.key()
+                if message.error() is None and key is not None:
+                    pending.append(bodies[key])
+                    seen += 1
+            if len(pending) == size or (pending and seen >= count):
+                post()
+        done = time.perf_counter(), time.process_time()
+    finally:
+        consumer.close()
+        pool.clear()
+    assert first is not None
+    return Run("floor", count, done[0] - first[0], done[1] - first[1], posts)
+
+
+class ClockedNotify(Notify):
+    """notify, noting when its last batch was committed and how many it committed."""
+
+    done = (0.0, 0.0)
+    batches = 0
+
+    def note_committed(self, batch: Batch, rejected: Sequence[Rejected]) -> None:
+        super().note_committed(batch, rejected)
+        self.done = time.perf_counter(), time.process_time()
+        self.batches += 1
+
+
+def run_notify(settings: Settings, url: str, count: int, workdir: Path) -> Run:
+    """The real notify loop in a thread, until it has committed every alert."""
+    base = Path(tempfile.mkdtemp(prefix="notify-", dir=workdir))
+    own = settings.model_copy(update={"notify_group": f"bench-notify-{uuid.uuid4().hex[:8]}"})
+    client = AlertmanagerClient(url, own.notify_timeout_seconds)
+    notify = ClockedNotify(
+        own,
+        client,
+        LinkResolver(own),
+        base / "notify.heartbeat",
+        NotifyMetrics(),
+        base / "notify.state.json",
+    )
+    clock = ClockedConsumer(notify._consumer)
+    # A proxy that times the real consumer stands in for it (it is no Consumer subclass).
+    notify._consumer = clock  # type: ignore[assignment]
+    failure: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            notify.run()
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+
+    thread = threading.Thread(target=loop, name="notify")
+    thread.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    try:
+        while notify.stats.posted < count:
+            if failure or not thread.is_alive():
+                raise RuntimeError(f"notify stopped: {failure[:1]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"notify: {notify.stats.posted} of {count} after the deadline")
+            # The clock stops on the commit itself (note_committed), not on this poll; 50 ms
+            # keeps the watcher from taking the GIL from notify's thread often.
+            time.sleep(0.05)
+    finally:
+        notify.stop.set()
+        thread.join(timeout=30)
+        client.close()
+    if notify.stats.posted != count or notify.stats.dead_lettered:
+        raise RuntimeError(
+            f"notify posted {notify.stats.posted} of {count}, "
+            f"dead-lettered {notify.stats.dead_lettered}"
+        )
+    assert clock.first is not None
+    return Run(
+        "notify",
+        count,
+        notify.done[0] - clock.first,
+        notify.done[1] - clock.first_cpu,
+        notify.batches,
+    )
+
+
+def measured(mode: str, workdir: Path, count: int, attempt: Any) -> Run:
+    """One run against a fresh Alertmanager, which must then hold every alert."""
+    with fresh_alertmanager(workdir) as manager:
+        result: Run = attempt(manager.url)
+        found = held(manager)
+    if found != count:
+        raise RuntimeError(f"{mode}: Alertmanager holds {found} Custody alerts, expected {count}")
+    return result
+
+
+# ---- run ------------------------------------------------------------------------------
+
+
+def alert_count() -> int:
+    return int(os.environ.get("CUSTODY_BENCH_NOTIFY_ALERTS", DEFAULT_ALERTS))
+
+
+def profiler_path() -> Path | None:
+    value = os.environ.get("CUSTODY_BENCH_NOTIFY_PYSPY")
+    return Path(value) if value else None
+
+
+def run() -> list[Entry]:
+    """Publish once, then floor and notify alternately; medians as entries."""
+    count = alert_count()
+    started = time.perf_counter()
+    print(f"notify: making {count:,} alerts")
+    items = alerts(count)
+    floors: list[Run] = []
+    notifies: list[Run] = []
+    with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        settings = bench_settings(bootstrap, workdir / "home")
+        ensure_topics(settings.kafka_admin(), settings.event_topic_partitions())
+        record_bytes = publish(settings, items)
+        bodies = postables(settings, items)
+        post_bytes = sum(len(body) for body in bodies.values()) // count
+        print(f"notify: {count:,} alerts published ({record_bytes} bytes each)")
+        for number in range(1, ROUNDS + 1):
+            floors.append(
+                measured(
+                    "floor",
+                    workdir,
+                    count,
+                    lambda url: run_floor(settings, url, bodies, count),
+                )
+            )
+            profile = profiler_path() if number == 1 else None
+            with py_spy(os.getpid(), profile):
+                notifies.append(
+                    measured(
+                        "notify",
+                        workdir,
+                        count,
+                        lambda url: run_notify(settings, url, count, workdir),
+                    )
+                )
+            print(
+                f"notify: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
+                f"notify {notifies[-1].rate:,.0f} {UNIT}, "
+                f"ratio {notifies[-1].rate / floors[-1].rate:.3f}; CPU per alert "
+                f"{floors[-1].cpu_us:.0f} / {notifies[-1].cpu_us:.0f} us; "
+                f"load {os.getloadavg()[0]:.2f}"
+            )
+    floor = statistics.median(r.rate for r in floors)
+    rate = statistics.median(r.rate for r in notifies)
+    detail = {
+        "alerts": count,
+        "rounds": ROUNDS,
+        "batch_alerts": settings.notify_batch_alerts,
+        "mean_record_bytes": record_bytes,
+        "mean_post_bytes_per_alert": post_bytes,
+        "floor_rounds": [round(r.rate) for r in floors],
+        "notify_rounds": [round(r.rate) for r in notifies],
+        "floor_posts": floors[-1].posts,
+        "notify_batches": notifies[-1].posts,
+        "floor_cpu_us_per_alert": round(statistics.median(r.cpu_us for r in floors), 1),
+        "notify_cpu_us_per_alert": round(statistics.median(r.cpu_us for r in notifies), 1),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "goal": f"ratio >= {GOAL_RATIO}",
+        "goal_met": rate / floor >= GOAL_RATIO,
+        "bench_seconds": round(time.perf_counter() - started, 1),
+    }
+    return [
+        entry("notify.throughput", rate, UNIT, floor, detail),
+        entry("notify.floor_consume_post", floor, UNIT, detail=detail),
+    ]
