@@ -16,7 +16,6 @@ go in the Authorization header and never in a log line or an error.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,9 +59,8 @@ class AlertmanagerClient:
             retries=False, timeout=urllib3.Timeout(total=timeout_seconds)
         )
 
-    def post(self, alerts: Sequence[dict[str, Any]]) -> None:
-        """Post ``alerts``; raises :class:`Unavailable` or :class:`Refused`."""
-        body = json.dumps(list(alerts)).encode()
+    def post(self, body: bytes) -> None:
+        """Post a JSON list of alerts; raises :class:`Unavailable` or :class:`Refused`."""
         try:
             response = self._pool.request(
                 "POST", self.address + ALERTS_PATH, body=body, headers=self._headers

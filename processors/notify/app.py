@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from typing import Any
 from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
 from processors.notify.alertmanager import AlertmanagerClient, Refused, Unavailable
-from processors.notify.postable import Links, postable
+from processors.notify.postable import Links, body_of, postable
 from processors.storage.sink import Record, Rejected
 from producers.settings import Settings
 from schemas import topics
@@ -127,13 +128,13 @@ class Notify(BatchConsumer):
             return rejected
         try:
             self._post(posts)
-            self._sent(list(zip(alerts, posts, strict=True)))
+            self._sent([alert for _, alert in alerts], posts)
         except Refused:
             # One of them is wrong: find which, alert by alert.
             for (record, alert), post in zip(alerts, posts, strict=True):
                 try:
                     self._post([post])
-                    self._sent([((record, alert), post)])
+                    self._sent([alert], [post])
                 except Refused as exc:
                     rejected.append(Rejected(record, REFUSED, str(exc)))
         return rejected
@@ -153,7 +154,7 @@ class Notify(BatchConsumer):
         size = self.settings.notify_batch_alerts
         for start in range(0, len(posts), size):
             try:
-                self.client.post(posts[start : start + size])
+                self.client.post(body_of(posts[start : start + size]))
             except (Unavailable, Refused) as exc:
                 # The next round tries again; the alerts themselves are already committed.
                 self._failed("unreachable" if isinstance(exc, Unavailable) else "http_4xx")
@@ -162,7 +163,7 @@ class Notify(BatchConsumer):
 
     def _post(self, posts: list[dict[str, Any]]) -> None:
         try:
-            self.client.post(posts)
+            self.client.post(body_of(posts))
         except Unavailable as exc:
             self._failed("unreachable" if exc.reason == "unreachable" else "http_5xx")
             raise Retry(str(exc)) from None
@@ -174,14 +175,17 @@ class Notify(BatchConsumer):
         if self._notify_metrics is not None:
             self._notify_metrics.failed.labels(reason).inc()
 
-    def _sent(self, sent: list[tuple[tuple[Record, Alert], dict[str, Any]]]) -> None:
-        now = time.monotonic()
-        for (_, alert), post in sent:
-            if self._notify_metrics is not None:
-                self._notify_metrics.sent.labels(alert.severity.name).inc()
-            if self.settings.notify_resend_window_seconds > 0:
+    def _sent(self, alerts: list[Alert], posts: list[dict[str, Any]]) -> None:
+        """Alertmanager took ``posts``, the posts of ``alerts``: count them by severity and
+        keep them for the resend window."""
+        if self._notify_metrics is not None:
+            for severity, count in Counter(alert.severity.name for alert in alerts).items():
+                self._notify_metrics.sent.labels(severity).inc(count)
+        if self.settings.notify_resend_window_seconds > 0:
+            now = time.monotonic()
+            for alert, post in zip(alerts, posts, strict=True):
                 self._recent.setdefault(alert.alert_id, (now, post))
-        self.stats.posted += len(sent)
+        self.stats.posted += len(alerts)
 
     def note_waiting(self, error: str | None) -> None:
         self.stats.waiting_for_alertmanager = self.stats.waited(error)

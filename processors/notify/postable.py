@@ -15,19 +15,21 @@ Custody alerts do not resolve by themselves, so each is posted with an end
 ``firing_seconds`` after it is posted (docs/alerts.md, "Alerts in Alertmanager"); an
 analyst closes one sooner with a silence.
 
-No secret value reaches Alertmanager: every label and annotation passes the same screen as
-the events (a secret-looking match is replaced by ``[REDACTED]``).
+No secret value reaches Alertmanager: every body posted passes the same screen as the
+events (:func:`body_of`; a secret-looking match is replaced by ``[REDACTED]``).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from processors.serving.links import tree_link
 from schemas.models import Alert
-from schemas.secrets import redact_secrets
+from schemas.secrets import may_hold_secret, redact_secrets
 
 SOURCE = "custody"
 # Alertmanager shows the summary in one line; the detail stays in its own annotation.
@@ -101,5 +103,15 @@ def postable(alert: Alert, links: Links, now: datetime) -> dict[str, Any]:
         "endsAt": ends.isoformat(),
         "generatorURL": explorer,
     }
-    redacted: dict[str, Any] = redact_secrets(posted)
-    return redacted
+    return posted
+
+
+def body_of(posts: Sequence[dict[str, Any]]) -> bytes:
+    """The JSON body posting ``posts``, holding no secret value: the body is screened
+    once (the events' pre-screen, over its bytes: JSON keeps every marker's characters);
+    only on a hit is each post redacted, a secret-looking match replaced by
+    ``[REDACTED]``."""
+    body = json.dumps(list(posts)).encode()
+    if not may_hold_secret(body):
+        return body
+    return json.dumps([redact_secrets(post) for post in posts]).encode()

@@ -3,13 +3,14 @@ annotations a person follows, its firing window, and no secret value anywhere.""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from processors.notify.alertmanager import AlertmanagerClient
-from processors.notify.postable import Links, labels, postable
+from processors.notify.postable import Links, body_of, labels, postable
 from schemas.models import Alert, AlertType
 from tests.support.stored import correlate
 from tests.support.trees import mischievous
@@ -68,11 +69,16 @@ def test_an_alert_fires_for_the_configured_time_from_its_post() -> None:
 
 def test_no_secret_value_reaches_a_label_or_an_annotation() -> None:
     secret = "ghp_" + "a1B2" * 9  # a GitHub token's shape
-    alert = alerts_of("leak")[0].model_copy(update={"detail": f"seen {secret} in a log"})
-    posted = postable(alert, LINKS, NOW)
-    text = repr(posted)
-    assert secret not in text
-    assert "[REDACTED]" in posted["annotations"]["description"]
+    clean, leaky = alerts_of("leak")[:1] * 2
+    leaky = leaky.model_copy(update={"detail": f"seen {secret} in a log"})
+    posts = [postable(alert, LINKS, NOW) for alert in (clean, leaky)]
+    body = body_of(posts)
+    assert secret.encode() not in body
+    sent = json.loads(body)
+    assert "[REDACTED]" in sent[1]["annotations"]["description"]
+    assert sent[0] == posts[0]
+    # A batch with nothing secret-looking is posted as mapped.
+    assert json.loads(body_of(posts[:1])) == posts[:1]
 
 
 @pytest.mark.parametrize(
