@@ -54,7 +54,7 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from tests.bench.bench_producer import generate
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count, env_path
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
 
@@ -177,18 +177,9 @@ def run_worker(
 # ---- run ------------------------------------------------------------------------------
 
 
-def event_count() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_INGEST_EVENTS", DEFAULT_EVENTS))
-
-
-def profiler_path() -> Path | None:
-    value = os.environ.get("CUSTODY_BENCH_INGEST_PYSPY")
-    return Path(value) if value else None
-
-
 def run() -> list[Entry]:
     """Produce once, then floor and ingest alternately; medians as entries."""
-    count = event_count()
+    count = env_count("CUSTODY_BENCH_INGEST_EVENTS", DEFAULT_EVENTS)
     started = time.perf_counter()
     print(f"ingest: generating {count:,} events")
     messages = encoded(count)
@@ -202,7 +193,7 @@ def run() -> list[Entry]:
         workdir = Path(tmp)
         for number in range(1, ROUNDS + 1):
             floors.append(run_worker("floor", bootstrap, count, workdir))
-            profile = profiler_path() if number == 1 else None
+            profile = env_path("CUSTODY_BENCH_INGEST_PYSPY") if number == 1 else None
             ingests.append(run_worker("ingest", bootstrap, count, workdir, profile))
             print(
                 f"ingest: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "

@@ -40,7 +40,6 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -63,8 +62,8 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Alert
-from tests.bench.ingest_worker import ClockedConsumer
-from tests.bench.results import Entry, entry
+from tests.bench.ingest_worker import in_thread
+from tests.bench.results import Entry, entry, env_count, env_path
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
@@ -269,39 +268,23 @@ def run_notify(settings: Settings, url: str, count: int, workdir: Path) -> Run:
         NotifyMetrics(),
         base / "notify.state.json",
     )
-    clock = ClockedConsumer(notify._consumer)
-    # A proxy that times the real consumer stands in for it (it is no Consumer subclass).
-    notify._consumer = clock  # type: ignore[assignment]
-    failure: list[BaseException] = []
-
-    def loop() -> None:
-        try:
-            notify.run()
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-
-    thread = threading.Thread(target=loop, name="notify")
-    thread.start()
+    running = in_thread(notify, "notify")
     deadline = time.monotonic() + RUN_TIMEOUT
     try:
         while notify.stats.posted < count:
-            if failure or not thread.is_alive():
-                raise RuntimeError(f"notify stopped: {failure[:1]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"notify: {notify.stats.posted} of {count} after the deadline")
+            running.check("notify", deadline, f"{notify.stats.posted} of {count}")
             # The clock stops on the commit itself (note_committed), not on this poll; 50 ms
             # keeps the watcher from taking the GIL from notify's thread often.
             time.sleep(0.05)
     finally:
-        notify.stop.set()
-        thread.join(timeout=30)
+        running.stop()
         client.close()
     if notify.stats.posted != count or notify.stats.dead_lettered:
         raise RuntimeError(
             f"notify posted {notify.stats.posted} of {count}, "
             f"dead-lettered {notify.stats.dead_lettered}"
         )
+    clock = running.clock
     assert clock.first is not None
     return Run(
         "notify",
@@ -325,18 +308,9 @@ def measured(mode: str, workdir: Path, count: int, attempt: Any) -> Run:
 # ---- run ------------------------------------------------------------------------------
 
 
-def alert_count() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_NOTIFY_ALERTS", DEFAULT_ALERTS))
-
-
-def profiler_path() -> Path | None:
-    value = os.environ.get("CUSTODY_BENCH_NOTIFY_PYSPY")
-    return Path(value) if value else None
-
-
 def run() -> list[Entry]:
     """Publish once, then floor and notify alternately; medians as entries."""
-    count = alert_count()
+    count = env_count("CUSTODY_BENCH_NOTIFY_ALERTS", DEFAULT_ALERTS)
     started = time.perf_counter()
     print(f"notify: making {count:,} alerts")
     items = alerts(count)
@@ -359,7 +333,7 @@ def run() -> list[Entry]:
                     lambda url: run_floor(settings, url, bodies, count),
                 )
             )
-            profile = profiler_path() if number == 1 else None
+            profile = env_path("CUSTODY_BENCH_NOTIFY_PYSPY") if number == 1 else None
             with py_spy(os.getpid(), profile):
                 notifies.append(
                     measured(

@@ -29,11 +29,13 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
+from processors.batch_consumer import BatchConsumer
 from processors.storage.avro_frames import container
 from processors.storage.backend import ChdbBackend
 from processors.storage.migrations import migrate
@@ -165,6 +167,47 @@ class ClockedConsumer:
         return getattr(self._consumer, name)
 
 
+@dataclass
+class InThread:
+    """A batch consumer (ingest, notify) run in a thread of its own, its Kafka consumer
+    clocked (:class:`ClockedConsumer`), and what ended the thread if it failed."""
+
+    worker: BatchConsumer
+    clock: ClockedConsumer
+    thread: threading.Thread
+    failure: list[BaseException] = field(default_factory=list)
+
+    def check(self, name: str, deadline: float, progress: str) -> None:
+        """Raise if the thread failed or ``deadline`` (monotonic) passed."""
+        if self.failure or not self.thread.is_alive():
+            raise RuntimeError(f"{name} stopped: {self.failure[:1]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: {progress} after the deadline")
+
+    def stop(self) -> None:
+        self.worker.stop.set()
+        self.thread.join(timeout=30)
+
+
+def in_thread(worker: BatchConsumer, name: str) -> InThread:
+    """Start ``worker.run()`` in a thread, its consumer clocked."""
+    clock = ClockedConsumer(worker._consumer)
+    # A proxy that times the real consumer stands in for it (it is no Consumer subclass).
+    worker._consumer = clock  # type: ignore[assignment]
+    running = InThread(worker, clock, threading.Thread(name=name))
+
+    def loop() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            running.failure.append(exc)
+            raise
+
+    running.thread = threading.Thread(target=loop, name=name)
+    running.thread.start()
+    return running
+
+
 def run_ingest(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
     """The real ingest loop in a thread, until ``events`` holds every record."""
     from processors import ingest as ingest_module
@@ -175,30 +218,14 @@ def run_ingest(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]
         update={"ingest_group": f"bench-ingest-{uuid.uuid4().hex[:8]}"}
     )
     ingest = ingest_module.Ingest(fresh_group, BatchWriter(backend))
-    clock = ClockedConsumer(ingest._consumer)
-    # A proxy that times the real consumer stands in for it (it is no Consumer subclass).
-    ingest._consumer = clock  # type: ignore[assignment]
-    failure: list[BaseException] = []
-
-    def loop() -> None:
-        try:
-            ingest.run()
-        except BaseException as exc:
-            failure.append(exc)
-            raise
-
-    thread = threading.Thread(target=loop, name="ingest")
-    thread.start()
+    running = in_thread(ingest, "ingest")
     deadline = time.monotonic() + DEADLINE_SECONDS
     found = 0
     try:
         # Cheap trigger first (the counter is updated after each batch's commit), then the
         # count itself, which is what the clock stops on.
         while True:
-            if failure or not thread.is_alive():
-                raise RuntimeError(f"ingest stopped: {failure[:1]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ingest: {ingest.stats.stored} of {count} after the deadline")
+            running.check("ingest", deadline, f"{ingest.stats.stored} of {count}")
             if ingest.stats.stored >= count:
                 found = stored(backend)
                 if found >= count:
@@ -209,9 +236,9 @@ def run_ingest(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]
             time.sleep(0.05)
         done, done_cpu = time.perf_counter(), time.process_time()
     finally:
-        ingest.stop.set()
-        thread.join(timeout=30)
+        running.stop()
         backend.close()
+    clock = running.clock
     assert clock.first is not None
     stats = ingest.stats
     return {

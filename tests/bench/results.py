@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 
@@ -34,3 +36,14 @@ def entry(
     if detail is not None:
         result["detail"] = detail
     return result
+
+
+def env_count(variable: str, default: int) -> int:
+    """A benchmark's size: the environment's ``variable``, else ``default``."""
+    return int(os.environ.get(variable, default))
+
+
+def env_path(variable: str) -> Path | None:
+    """A path the environment's ``variable`` names (a profile to write), if set."""
+    value = os.environ.get(variable)
+    return Path(value) if value else None
