@@ -5,29 +5,22 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from processors.command_context import TenantOption, settings_of
+from processors.command_context import (
+    FromOption,
+    TenantOption,
+    ToOption,
+    settings_of,
+    time_option,
+)
 
 out = Console()
 err = Console(stderr=True)
-
-
-def _time(option: str, text: str | None) -> datetime | None:
-    from processors.serving.alerts import parse_since
-
-    if text is None:
-        return None
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        err.print(f"[red]invalid option:[/] {escape(str(exc).replace('--since', option))}")
-        raise typer.Exit(2) from None
 
 
 def blast_radius(
@@ -37,11 +30,8 @@ def blast_radius(
     ] = None,
     token: Annotated[str | None, typer.Option(help="A token id.")] = None,
     tenant: TenantOption = None,
-    from_: Annotated[
-        str | None,
-        typer.Option("--from", help="Start: ISO-8601, or 90s / 15m / 2h / 7d back from now."),
-    ] = None,
-    to: Annotated[str | None, typer.Option(help="End, excluded: ISO-8601 or 7d.")] = None,
+    from_: FromOption = None,
+    to: ToOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Everything a workload identity or a token could reach (credentials and their
@@ -57,7 +47,7 @@ def blast_radius(
     if (identity is None) == (token is None):
         err.print("[red]name exactly one of --identity and --token[/]")
         raise typer.Exit(2)
-    since, until = _time("--from", from_), _time("--to", to)
+    since, until = time_option("--from", from_), time_option("--to", to)
     settings = settings_of(ctx)
     try:
         with open_reader(settings) as reader:

@@ -14,7 +14,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from processors.command_context import TenantOption, settings_of
+from processors.command_context import (
+    FromOption,
+    TenantOption,
+    ToOption,
+    settings_of,
+    time_option,
+)
 
 report_app = typer.Typer(help="The auditor's evidence report over a period.")
 out = Console()
@@ -27,39 +33,28 @@ class Format(StrEnum):
     PDF = "pdf"
 
 
-def _when(text: str | None, default: datetime) -> datetime:
-    if text is None:
-        return default
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO time (2026-11-01T00:00Z)") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 @report_app.callback(invoke_without_command=True)
 def report(
     ctx: typer.Context,
     tenant: TenantOption = None,
-    from_: Annotated[
-        str | None, typer.Option("--from", help="Start, ISO (default: 30 days before --to).")
-    ] = None,
-    to: Annotated[str | None, typer.Option(help="End, ISO, excluded (default: now).")] = None,
+    from_: FromOption = None,
+    to: ToOption = None,
     format_: Annotated[Format, typer.Option("--format", help="html, json or pdf.")] = Format.HTML,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write here (default: stdout; pdf needs it).")
     ] = None,
 ) -> None:
-    """Build the report: controls, exceptions, identity inventory, break-glass register,
-    delegation summary, framework mapping, sealed with SHA-256 digests."""
+    """Build the report of --from (default: 30 days before --to) to --to (default: now):
+    controls, exceptions, identity inventory, break-glass register, delegation summary,
+    framework mapping, sealed with SHA-256 digests."""
     if ctx.invoked_subcommand is not None:
         return
     from processors.reporting.build import ReportError, build_report
     from processors.reporting.render import RenderError, render
 
     settings = settings_of(ctx)
-    end = _when(to, datetime.now(UTC))
-    start = _when(from_, end - timedelta(days=30))
+    end = time_option("--to", to) or datetime.now(UTC)
+    start = time_option("--from", from_) or end - timedelta(days=30)
     if format_ is Format.PDF and out_file is None:
         raise typer.BadParameter("a PDF needs --out FILE", param_hint="--out")
     try:
