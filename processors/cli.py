@@ -25,7 +25,7 @@ from rich.table import Table
 
 from processors import roles, stack, starting
 from processors.broker import BrokerError
-from processors.command_context import settings_of
+from processors.command_context import fail, settings_of
 from processors.reporting import commands as reporting_commands
 from processors.reporting.report_command import report_app
 from processors.serving.reader import Reader
@@ -68,8 +68,7 @@ def configure(
     try:
         ctx.obj = Settings(**overrides)
     except ValidationError as exc:
-        err.print(f"[red]invalid configuration:[/] {describe_validation_error(exc)}")
-        raise typer.Exit(2) from None
+        fail(f"[red]invalid configuration:[/] {describe_validation_error(exc)}", 2)
 
 
 def _print_status(statuses: list[stack.ProcessStatus], as_json: bool) -> None:
@@ -110,8 +109,7 @@ def _up(
                 settings, start_timeout=start_timeout, progress=progress, correlators=correlators
             )
         except (BrokerError, TopicSetupError, starting.StackError) as exc:
-            err.print(f"[red]custody up failed:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
+            fail(f"[red]custody up failed:[/] {escape(str(exc))}")
     _print_status(statuses, as_json=False)
 
 
@@ -183,17 +181,14 @@ def publish(
         with _open_input(source) as stream:
             parsed = parse_event_lines(stream)
     except OSError as exc:
-        err.print(f"[red]cannot read {source}:[/] {exc.strerror}")
-        raise typer.Exit(2) from None
+        fail(f"[red]cannot read {source}:[/] {exc.strerror}", 2)
     except UnicodeDecodeError as exc:
-        err.print(f"[red]cannot read {source}:[/] not UTF-8 (byte {exc.start})")
-        raise typer.Exit(2) from None
+        fail(f"[red]cannot read {source}:[/] not UTF-8 (byte {exc.start})", 2)
     if parsed.errors:
         for problem in parsed.errors:
             err.print(str(problem), markup=False, highlight=False)
         lines = len({p.line for p in parsed.errors})
-        err.print(f"[red]{lines} invalid line(s); nothing was published.[/]")
-        raise typer.Exit(1)
+        fail(f"[red]{lines} invalid line(s); nothing was published.[/]")
     if not parsed.events:
         err.print("no events in input; nothing was published.")
         return
@@ -204,8 +199,7 @@ def publish(
     try:
         producer = CustodyProducer(settings)
     except TopicSetupError as exc:
-        err.print(f"[red]cannot publish:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"[red]cannot publish:[/] {exc}", 2)
 
     def note_partition(report: DeliveryReport) -> None:
         if report.partition is not None:
@@ -283,8 +277,7 @@ def simulate(
     try:
         begin = parse_since(start) if start else datetime.now(UTC)
     except ValueError as exc:
-        err.print(f"[red]{escape(str(exc).replace('--since', '--start'))}[/]")
-        raise typer.Exit(2) from None
+        fail(f"[red]{escape(str(exc).replace('--since', '--start'))}[/]", 2)
     config = simulator.SimulationConfig(
         roots=roots,
         misbehaviour_rate=misbehaviour_rate,
@@ -295,11 +288,9 @@ def simulate(
     try:
         run = publish_simulation(settings, config, rate, duration, err)
     except TopicSetupError as exc:
-        err.print(f"[red]cannot publish:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"[red]cannot publish:[/] {exc}", 2)
     except PublishError as exc:
-        err.print(f"[red]simulate failed:[/] {exc}")
-        raise typer.Exit(2) from None
+        fail(f"[red]simulate failed:[/] {exc}", 2)
     summary = {
         "events": run.published,
         "planned_events": run.planned_events,
@@ -377,8 +368,7 @@ def demo(
     try:
         run = publish_simulation(settings, config, console=err)
     except (TopicSetupError, PublishError) as exc:
-        err.print(f"[red]simulate failed:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(f"[red]simulate failed:[/] {escape(str(exc))}", 2)
     out.print(
         f"Published {run.published} events of {len(run.published_roots)} custody trees "
         f"(seed {seed}, {sum(run.misbehaviours().values())} misbehaving) "
@@ -470,14 +460,11 @@ def _reader(ctx: typer.Context) -> Iterator[Reader]:
         with open_reader(settings_of(ctx)) as reader:
             yield reader
     except TreeNotFound as exc:
-        err.print(f"[red]not found:[/] {escape(str(exc))}")
-        raise typer.Exit(4) from None
+        fail(f"[red]not found:[/] {escape(str(exc))}", 4)
     except AmbiguousTask as exc:
-        err.print(f"[red]ambiguous:[/] {escape(str(exc))} with --of-tenant")
-        raise typer.Exit(2) from None
+        fail(f"[red]ambiguous:[/] {escape(str(exc))} with --of-tenant", 2)
     except (QueryError, ReadOnlyError, TargetError) as exc:
-        err.print(f"[red]query failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]query failed:[/] {escape(str(exc))}")
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
@@ -530,8 +517,7 @@ def alerts(
         with _reader(ctx) as reader:
             rows = [alert.as_json() for alert in list_alerts(reader, alert_type, start, tenant)]
     except ValueError as exc:
-        err.print(f"[red]invalid option:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(f"[red]invalid option:[/] {escape(str(exc))}", 2)
     if as_json:
         _print_rows(rows, True, "")
         return
@@ -571,8 +557,7 @@ def query(
     for item in param or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            err.print(f"[red]invalid --param {escape(item)!r}:[/] expected NAME=VALUE")
-            raise typer.Exit(2)
+            fail(f"[red]invalid --param {escape(item)!r}:[/] expected NAME=VALUE", 2)
         params[name] = value
     if sql == "-":
         sql = sys.stdin.read()
@@ -580,8 +565,7 @@ def query(
         try:
             sql = Path(sql[1:]).read_text()
         except OSError as exc:
-            err.print(f"[red]cannot read {escape(sql[1:])}:[/] {escape(str(exc))}")
-            raise typer.Exit(2) from None
+            fail(f"[red]cannot read {escape(sql[1:])}:[/] {escape(str(exc))}", 2)
     with _reader(ctx) as reader:
         rows = reader.select(sql, params)
     _print_rows(rows, as_json, "Rows")
@@ -601,8 +585,7 @@ def export(
     from processors.serving.trace import trace as build_trace
 
     if output_format != "prov-json":
-        err.print(f"[red]unknown format {escape(output_format)!r}:[/] use prov-json")
-        raise typer.Exit(2)
+        fail(f"[red]unknown format {escape(output_format)!r}:[/] use prov-json", 2)
     with _reader(ctx) as reader:
         tree = build_trace(reader, task_id, tenant)
     sys.stdout.write(json.dumps(to_prov_json(tree), sort_keys=True, indent=2) + "\n")
@@ -626,8 +609,7 @@ def verify(
     try:
         start = parse_since(since) if since else None
     except ValueError as exc:
-        err.print(f"[red]invalid option:[/] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        fail(f"[red]invalid option:[/] {escape(str(exc))}", 2)
     with _reader(ctx) as reader, err.status("verifying hash chains"):
         report = verify_chains(reader, start)
     if as_json:

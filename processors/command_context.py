@@ -4,7 +4,7 @@ environment and its flags, and the options several subcommands take alike."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -44,3 +44,10 @@ def settings_of(ctx: typer.Context) -> Settings:
     """The settings of this invocation (kept by the root command, whatever the nesting)."""
     settings: Settings = ctx.find_root().obj
     return settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with exit status ``code``, saying ``message`` (rich markup) on
+    stderr."""
+    Console(stderr=True).print(message)
+    raise typer.Exit(code)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from processors import stack
-from processors.command_context import settings_of
+from processors.command_context import fail, settings_of
 from processors.logs import log_json_to_stderr
 from producers.admin import TopicSetupError
 
@@ -63,8 +63,7 @@ def migrate(ctx: typer.Context) -> None:
         target = parse_target(settings.clickhouse())
         report = run_migrations(target, settings.retention_days, users=access_users(settings))
     except (TargetError, MigrationError, StorageError) as exc:
-        err.print(f"[red]custody migrate failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]custody migrate failed:[/] {escape(str(exc))}")
     out.print(
         f"{target.describe()}: "
         + (f"applied {', '.join(report.applied)}" if report.applied else "already up to date")
@@ -99,8 +98,7 @@ def ingest(
     try:
         run(settings, serve, metrics_address or settings.ingest_metrics_address)
     except (TargetError, MigrationError, StorageError, MetricsError) as exc:
-        err.print(f"[red]custody ingest failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]custody ingest failed:[/] {escape(str(exc))}")
 
 
 def serve(
@@ -128,8 +126,7 @@ def serve(
         )
         backend = open_backend(parse_target(settings.clickhouse()))
     except (TargetError, StorageError, MetricsError) as exc:
-        err.print(f"[red]custody serve failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]custody serve failed:[/] {escape(str(exc))}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

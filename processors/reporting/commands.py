@@ -15,6 +15,7 @@ from processors.command_context import (
     FromOption,
     TenantOption,
     ToOption,
+    fail,
     settings_of,
     time_option,
 )
@@ -45,19 +46,16 @@ def blast_radius(
     from processors.storage.target import TargetError
 
     if (identity is None) == (token is None):
-        err.print("[red]name exactly one of --identity and --token[/]")
-        raise typer.Exit(2)
+        fail("[red]name exactly one of --identity and --token[/]", 2)
     since, until = time_option("--from", from_), time_option("--to", to)
     settings = settings_of(ctx)
     try:
         with open_reader(settings) as reader:
             radius = build(reader, tenant or settings.tenant, identity, token, since, until)
     except NotFound as exc:
-        err.print(f"[red]not found:[/] {escape(str(exc))}")
-        raise typer.Exit(4) from None
+        fail(f"[red]not found:[/] {escape(str(exc))}", 4)
     except (QueryError, ReadOnlyError, TargetError) as exc:
-        err.print(f"[red]query failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]query failed:[/] {escape(str(exc))}")
     if as_json:
         sys.stdout.write(json.dumps(radius.as_json()) + "\n")
     else:

@@ -18,6 +18,7 @@ from processors.command_context import (
     FromOption,
     TenantOption,
     ToOption,
+    fail,
     settings_of,
     time_option,
 )
@@ -61,8 +62,7 @@ def report(
         sealed = build_report(settings, tenant or settings.tenant, start, end)
         content = render(sealed, format_.value)
     except (ReportError, RenderError) as exc:
-        err.print(f"[red]custody report failed:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]custody report failed:[/] {escape(str(exc))}")
     if out_file is None:
         sys.stdout.buffer.write(content)
         return
@@ -91,8 +91,7 @@ def verify(
         )
         problems = verify_report(settings_of(ctx), stored)
     except (OSError, ValueError, ReportError, RenderError) as exc:
-        err.print(f"[red]cannot verify {escape(str(file))}:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(f"[red]cannot verify {escape(str(file))}:[/] {escape(str(exc))}")
     if problems:
         for problem in problems:
             out.print(f"[red]does not hold[/] {escape(problem)}")
