@@ -3,8 +3,8 @@
 Run from the repository root: ``python -m tests.bench`` (``make bench``) runs them all;
 ``python -m tests.bench ingest trace`` (or ``CUSTODY_BENCH_ONLY=ingest,trace``) only the
 named ones (a name is the module's, without ``bench_``: producer, correlate, ingest,
-trace, verify, notify), and then updates their entries in ``bench-results.json``, keeping
-the others. A benchmark is a function returning a list of
+trace, verify, notify, report), and then updates their entries in ``bench-results.json``,
+keeping the others. A benchmark is a function returning a list of
 :class:`tests.bench.results.Entry`; add it to :data:`BENCHMARKS`.
 
 Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
@@ -12,7 +12,8 @@ Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
 ``CUSTODY_BENCH_INGEST_EVENTS`` (events per ingest run, default 200000),
 ``CUSTODY_BENCH_TRACE_EVENTS`` (events stored for the trace latency, default 10000000),
 ``CUSTODY_BENCH_VERIFY_EVENTS`` (events stored for verify, default 100000),
-``CUSTODY_BENCH_NOTIFY_ALERTS`` (alerts posted per notify run, default 20000)
+``CUSTODY_BENCH_NOTIFY_ALERTS`` (alerts posted per notify run, default 20000),
+``CUSTODY_BENCH_REPORT_EVENTS`` (events of the one tenant reported on, default 10000000)
 and ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
 """
 
@@ -33,6 +34,7 @@ from tests.bench import (
     bench_ingest,
     bench_notify,
     bench_producer,
+    bench_report,
     bench_trace,
     bench_verify,
 )
@@ -48,6 +50,7 @@ BENCHMARKS: list[Benchmark] = [
     bench_trace.run,
     bench_verify.run,
     bench_notify.run,
+    bench_report.run,
 ]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"

@@ -109,7 +109,7 @@ _PER_TASK = f"""
         SELECT toUInt64(number) AS tree,
                toUInt64(50 + cityHash64(number, 'size') % 51) AS size,
                toUInt64(4 + number % 4) AS tasks,
-               {_TENANTS}[1 + cityHash64(number, 'tenant') % 5] AS tenant
+               {_TENANTS}[1 + cityHash64(number, 'tenant') % {{tenants}}] AS tenant
         FROM numbers({{start}}, {{count}})
     )
     ARRAY JOIN range(tasks) AS k
@@ -293,8 +293,9 @@ _FILLS = (
 # ---- fill -----------------------------------------------------------------------------
 
 
-def fill(backend: Backend, events: int) -> tuple[int, float, dict[str, int]]:
-    """Fill every table for about ``events`` events; returns (trees, seconds, row counts)."""
+def fill(backend: Backend, events: int, tenants: int = 5) -> tuple[int, float, dict[str, int]]:
+    """Fill every table for about ``events`` events, their trees spread over the first
+    ``tenants`` of the five tenants; returns (trees, seconds, row counts)."""
     trees = max(1, events // MEAN_TREE_EVENTS)
     per_chunk = max(1, CHUNK_EVENTS // MEAN_TREE_EVENTS)
     base = datetime.now(UTC) - timedelta(days=SPAN_DAYS + 1)
@@ -307,6 +308,7 @@ def fill(backend: Backend, events: int) -> tuple[int, float, dict[str, int]]:
             "count": count,
             "base_us": int(base.timestamp() * 1_000_000),
             "spacing_us": spacing_us,
+            "tenants": tenants,
         }
         for _, statement in _FILLS:
             backend.execute(_render(statement, values))
