@@ -27,7 +27,6 @@ from processors import roles, stack, starting
 from processors.broker import BrokerError
 from processors.command_context import fail, settings_of
 from processors.reporting import commands as reporting_commands
-from processors.reporting.report_command import report_app
 from processors.serving.reader import Reader
 from producers import simulator
 from producers.admin import TopicSetupError
@@ -641,7 +640,6 @@ def verify(
 
 
 roles.register(app)
-app.add_typer(report_app, name="report")
 reporting_commands.register(app)
 
 
