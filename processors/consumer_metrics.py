@@ -7,7 +7,8 @@ and partition numbers and dead-letter reasons: no event, tenant, task, token or 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from processors.metric_set import ConsumingMetrics
 from processors.storage.sink import Record, Rejected
@@ -20,24 +21,21 @@ class ConsumerMetrics(ConsumingMetrics):
     """A batch consumer's metrics, prefixed ``custody_<process>``, in :attr:`registry`;
     ``waiting`` names what the consumer waits for while it retries."""
 
+    HELP: ClassVar[Mapping[str, str]] = {
+        **ConsumingMetrics.HELP,
+        "records": "Records consumed and handled (their batch committed), by topic.",
+        "retries": "Attempts at a batch's work (or its dead letters) that failed and were retried.",
+        "batch_duration_seconds": "One batch, from its first attempt until its offsets are "
+        "committed, retries included (the count is the number of batches).",
+    }
+
     def __init__(self, process: str, waiting: str) -> None:
         super().__init__(process)
-        self.records = self.counter(
-            "records", "Records consumed and handled (their batch committed), by topic.", ["topic"]
-        )
-        self.retries = self.counter(
-            "retries",
-            "Attempts at a batch's work (or its dead letters) that failed and were retried.",
-        )
-        self.batch_seconds = self.histogram(
-            "batch_duration_seconds",
-            "One batch, from its first attempt until its offsets are committed, retries "
-            "included (the count is the number of batches).",
-            BATCH_BUCKETS,
-        )
-        self.waiting = self.gauge(
-            f"waiting_for_{waiting}", f"1 while a batch waits, retrying, for {waiting} to take it."
-        )
+        self.records = self.counter("records", ["topic"])
+        self.retries = self.counter("retries")
+        self.batch_seconds = self.histogram("batch_duration_seconds", BATCH_BUCKETS)
+        waits = f"1 while a batch waits, retrying, for {waiting} to take it."
+        self.waiting = self.gauge(f"waiting_for_{waiting}", text=waits)
 
     def batch_done(
         self, records: Sequence[Record], rejected: Sequence[Rejected], seconds: float

@@ -17,9 +17,10 @@ it is killed meanwhile.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
@@ -47,17 +48,16 @@ class IngestStats(ConsumerStats):
 class IngestMetrics(ConsumerMetrics):
     """ingest's metrics: a batch consumer's, and what it stored."""
 
+    HELP: ClassVar[Mapping[str, str]] = {
+        **ConsumerMetrics.HELP,
+        "stored": "Records stored in ClickHouse, by topic (a replayed batch counts again).",
+        "redacted": "Records stored with a secret-looking value masked.",
+    }
+
     def __init__(self) -> None:
         super().__init__("ingest", "clickhouse")
-        self.stored = self.counter(
-            "stored",
-            "Records stored in ClickHouse, by topic (a replay after a crash stores none twice "
-            "and is counted again).",
-            ["topic"],
-        )
-        self.redacted = self.counter(
-            "redacted", "Records stored with a secret-looking value masked."
-        )
+        self.stored = self.counter("stored", ["topic"])
+        self.redacted = self.counter("redacted")
 
 
 class Ingest(BatchConsumer):

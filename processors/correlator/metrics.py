@@ -15,7 +15,7 @@ counts, durations and partition numbers: no event, tenant, task, token or secret
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -98,25 +98,21 @@ class _StepCollector(Collector):
 class CorrelatorMetrics(ConsumingMetrics):
     """One worker's metrics, in a registry of their own (:attr:`registry`)."""
 
+    HELP: ClassVar[Mapping[str, str]] = {
+        **ConsumingMetrics.HELP,
+        "events": "Records of custody.events.v1 the worker step took (dead letters included).",
+        "alerts": "Alerts sent to custody.alerts.v1 (a replay after a crash sends some again).",
+        "step_duration_seconds": "One worker step: compute, send the outputs and wait for "
+        "Kafka, store the state.",
+    }
+
     def __init__(self, step: StepState) -> None:
         super().__init__("correlator")
         self._codec = AvroCodec()
         self.registry.register(_StepCollector(step))
-        self.events = self.counter(
-            "events",
-            "Records of custody.events.v1 the worker step took (dead-lettered ones included).",
-        )
-        self.alerts = self.counter(
-            "alerts",
-            "Alerts sent to custody.alerts.v1 (a replay after a crash sends some again).",
-            ["alert_type"],
-        )
-        self.step_seconds = self.histogram(
-            "step_duration_seconds",
-            "One worker step: compute, send the outputs and wait for Kafka, store the state.",
-            _STEP_BUCKETS,
-            ["step"],
-        )
+        self.events = self.counter("events")
+        self.alerts = self.counter("alerts", ["alert_type"])
+        self.step_seconds = self.histogram("step_duration_seconds", _STEP_BUCKETS, ["step"])
 
     def stepped(self, step: str, records: int, sends: Iterable[Outbound], seconds: float) -> None:
         """A step of kind ``step`` took ``records`` source records, sent ``sends`` and

@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
@@ -61,18 +61,16 @@ class NotifyStats(ConsumerStats):
 class NotifyMetrics(ConsumerMetrics):
     """notify's metrics: a batch consumer's, and what Alertmanager took or refused."""
 
+    HELP: ClassVar[Mapping[str, str]] = {
+        **ConsumerMetrics.HELP,
+        "sent": "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
+        "failed": "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
+    }
+
     def __init__(self) -> None:
         super().__init__("notify", "alertmanager")
-        self.sent = self.counter(
-            "sent",
-            "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
-            ["severity"],
-        )
-        self.failed = self.counter(
-            "failed",
-            "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
-            ["reason"],
-        )
+        self.sent = self.counter("sent", ["severity"])
+        self.failed = self.counter("failed", ["reason"])
 
 
 class Notify(BatchConsumer):

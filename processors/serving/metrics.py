@@ -5,6 +5,9 @@ tree is a label."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from prometheus_client import CollectorRegistry
 
 from processors.metric_set import MetricSet
@@ -29,17 +32,16 @@ def route_of(method: str, path: str) -> str:
 class ServeMetrics(MetricSet):
     """The query API's metrics, in :attr:`registry` (ingest's, when it serves too)."""
 
+    HELP: ClassVar[Mapping[str, str]] = {
+        "requests": "Requests answered, by route and HTTP status code.",
+        "request_duration_seconds": "From a request's first line to the end of its answer, "
+        "by route.",
+    }
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         super().__init__("serve", registry)
-        self.requests = self.counter(
-            "requests", "Requests answered, by route and HTTP status code.", ["route", "code"]
-        )
-        self.seconds = self.histogram(
-            "request_duration_seconds",
-            "From a request's first line to the end of its answer, by route.",
-            _BUCKETS,
-            ["route"],
-        )
+        self.requests = self.counter("requests", ["route", "code"])
+        self.seconds = self.histogram("request_duration_seconds", _BUCKETS, ["route"])
 
     def answered(self, route: str, code: int, seconds: float) -> None:
         """A request of ``route`` was answered ``code`` after ``seconds``."""
