@@ -39,10 +39,8 @@ from processors.reporting.render import render
 from processors.reporting.report import Period, build
 from processors.serving.reader import BackendReader
 from processors.storage.backend import ChdbBackend, iso
-from processors.storage.migrations import migrate
-from processors.storage.target import ChdbTarget
 from producers.settings import Settings
-from tests.bench.bench_trace import active_parts, fill, optimize, wait_for_merges
+from tests.bench.bench_trace import active_parts, filled, optimize
 from tests.bench.results import Entry, entry, env_count
 
 DEFAULT_EVENTS = 10_000_000
@@ -129,33 +127,26 @@ def run() -> list[Entry]:
     """Fill one tenant; time the report and its floor; merge every table and time both
     again."""
     events = env_count("CUSTODY_BENCH_REPORT_EVENTS", DEFAULT_EVENTS)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = ChdbTarget(Path(tmp) / "chdb")
-        backend = ChdbBackend(target)
-        try:
-            migrate(target, 400, backend)
-            print(f"report: filling about {events:,} events in one tenant")
-            trees, fill_seconds, counts = fill(backend, events, tenants=1)
-            merge_wait = wait_for_merges(backend)
-            parts = active_parts(backend)
-            period, tenant_events = whole_period(backend, Path(tmp) / "home")
-            print(
-                f"report: {counts['events']:,} events ({tenant_events:,} of tenant "
-                f"{period.tenant}) in {trees:,} trees stored in {fill_seconds:.1f} s; "
-                f"rows {counts}; active parts {parts}"
-            )
-            reader = BackendReader(backend)
-            found = time_rounds(reader, period, tenant_events)
-            optimize_seconds = optimize(backend)
-            merged_parts = active_parts(backend)
-            merged = time_rounds(reader, period, tenant_events)
-            print(
-                f"report: {found['seconds']:.2f} s (floor {found['floor_seconds']:.2f} s); "
-                f"merged in {optimize_seconds:.1f} s to {merged_parts}: {merged['seconds']:.2f} s "
-                f"(floor {merged['floor_seconds']:.2f} s)"
-            )
-        finally:
-            backend.close()
+    print(f"report: filling about {events:,} events in one tenant")
+    with tempfile.TemporaryDirectory() as tmp, filled(Path(tmp), events, tenants=1) as made:
+        backend, trees, counts, parts = made.backend, made.trees, made.counts, made.parts
+        fill_seconds, merge_wait = made.fill_seconds, made.merge_wait
+        period, tenant_events = whole_period(backend, Path(tmp) / "home")
+        print(
+            f"report: {counts['events']:,} events ({tenant_events:,} of tenant "
+            f"{period.tenant}) in {trees:,} trees stored in {fill_seconds:.1f} s; "
+            f"rows {counts}; active parts {parts}"
+        )
+        reader = BackendReader(backend)
+        found = time_rounds(reader, period, tenant_events)
+        optimize_seconds = optimize(backend)
+        merged_parts = active_parts(backend)
+        merged = time_rounds(reader, period, tenant_events)
+        print(
+            f"report: {found['seconds']:.2f} s (floor {found['floor_seconds']:.2f} s); "
+            f"merged in {optimize_seconds:.1f} s to {merged_parts}: {merged['seconds']:.2f} s "
+            f"(floor {merged['floor_seconds']:.2f} s)"
+        )
     store = {
         "events": counts["events"],
         "tenant": period.tenant,

@@ -33,7 +33,9 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -431,42 +433,68 @@ def optimize(backend: Backend) -> float:
     return time.perf_counter() - started
 
 
+@dataclass
+class Filled:
+    """A filled store: its backend, the trees and rows made, how long the fill and the
+    merges after it took, and the active parts then."""
+
+    backend: ChdbBackend
+    trees: int
+    fill_seconds: float
+    counts: dict[str, int]
+    merge_wait: float
+    parts: dict[str, int]
+
+
+@contextmanager
+def filled(directory: Path, events: int, tenants: int = 5) -> Iterator[Filled]:
+    """A fresh, migrated chdb store in ``directory`` filled with about ``events`` events
+    over ``tenants`` tenants, merged as far as ClickHouse goes by itself; closed after."""
+    target = ChdbTarget(directory / "chdb")
+    backend = ChdbBackend(target)
+    try:
+        migrate(target, 400, backend)
+        trees, fill_seconds, counts = fill(backend, events, tenants=tenants)
+        merge_wait = wait_for_merges(backend)
+        yield Filled(backend, trees, fill_seconds, counts, merge_wait, active_parts(backend))
+    finally:
+        backend.close()
+
+
 def run() -> list[Entry]:
     """Fill; time traces straight on the backend and through the query API; merge every
     table and time the direct traces again."""
     events = event_count()
-    with tempfile.TemporaryDirectory() as tmp:
-        target = ChdbTarget(Path(tmp) / "chdb")
-        backend = ChdbBackend(target)
-        try:
-            migrate(target, 400, backend)
-            print(f"trace: filling about {events:,} events")
-            trees, fill_seconds, counts = fill(backend, events)
-            merge_wait = wait_for_merges(backend)
-            parts = active_parts(backend)
-            print(
-                f"trace: {counts['events']:,} events in {trees:,} trees stored in "
-                f"{fill_seconds:.1f} s ({counts['events'] / fill_seconds:,.0f} events/s); "
-                f"rows {counts}; active parts {parts}"
-            )
-            missing = counts_missing_roots(backend)
-            if missing:
-                raise RuntimeError(f"task_roots misses {missing} tasks of the tasks table")
-            ids = sample_task_ids(backend, trees, WARMUP + TRACES)
-            direct, direct_queries = time_traces(BackendReader(backend), ids)
-            print(f"trace: backend {_summary(direct)}; median ms per query {direct_queries}")
-            http_ids = ids[: WARMUP + HTTP_TRACES]
-            http, http_queries = over_http(backend, Path(tmp) / "home", http_ids)
-            print(f"trace: http {_summary(http)}; median ms per query {http_queries}")
-            optimize_seconds = optimize(backend)
-            merged_parts = active_parts(backend)
-            merged, merged_queries = time_traces(BackendReader(backend), ids)
-            print(
-                f"trace: merged in {optimize_seconds:.1f} s to {merged_parts}: backend "
-                f"{_summary(merged)}; median ms per query {merged_queries}"
-            )
-        finally:
-            backend.close()
+    print(f"trace: filling about {events:,} events")
+    with tempfile.TemporaryDirectory() as tmp, filled(Path(tmp), events) as store:
+        backend, trees, fill_seconds, counts = (
+            store.backend,
+            store.trees,
+            store.fill_seconds,
+            store.counts,
+        )
+        merge_wait, parts = store.merge_wait, store.parts
+        print(
+            f"trace: {counts['events']:,} events in {trees:,} trees stored in "
+            f"{fill_seconds:.1f} s ({counts['events'] / fill_seconds:,.0f} events/s); "
+            f"rows {counts}; active parts {parts}"
+        )
+        missing = counts_missing_roots(backend)
+        if missing:
+            raise RuntimeError(f"task_roots misses {missing} tasks of the tasks table")
+        ids = sample_task_ids(backend, trees, WARMUP + TRACES)
+        direct, direct_queries = time_traces(BackendReader(backend), ids)
+        print(f"trace: backend {_summary(direct)}; median ms per query {direct_queries}")
+        http_ids = ids[: WARMUP + HTTP_TRACES]
+        http, http_queries = over_http(backend, Path(tmp) / "home", http_ids)
+        print(f"trace: http {_summary(http)}; median ms per query {http_queries}")
+        optimize_seconds = optimize(backend)
+        merged_parts = active_parts(backend)
+        merged, merged_queries = time_traces(BackendReader(backend), ids)
+        print(
+            f"trace: merged in {optimize_seconds:.1f} s to {merged_parts}: backend "
+            f"{_summary(merged)}; median ms per query {merged_queries}"
+        )
     return entries(
         trees,
         fill_seconds,
