@@ -54,7 +54,7 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from tests.bench.bench_producer import generate
-from tests.bench.results import Entry, entry, env_count, env_path
+from tests.bench.results import Entry, alternate, entry, env_count, env_path
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
 
@@ -183,25 +183,24 @@ def run() -> list[Entry]:
     started = time.perf_counter()
     print(f"ingest: generating {count:,} events")
     messages = encoded(count)
-    floors: list[Run] = []
-    ingests: list[Run] = []
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(kafka_bootstrap=bootstrap, event_partitions=PARTITIONS)
         ensure_topics(settings.kafka_admin(), settings.event_topic_partitions())
         produce(settings, messages)
         print(f"ingest: {count:,} events produced ({messages.mean_bytes:,.0f} bytes each)")
         workdir = Path(tmp)
-        for number in range(1, ROUNDS + 1):
-            floors.append(run_worker("floor", bootstrap, count, workdir))
+
+        def measured(number: int) -> Run:
             profile = env_path("CUSTODY_BENCH_INGEST_PYSPY") if number == 1 else None
-            ingests.append(run_worker("ingest", bootstrap, count, workdir, profile))
-            print(
-                f"ingest: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
-                f"ingest {ingests[-1].rate:,.0f} {UNIT}, "
-                f"ratio {ingests[-1].rate / floors[-1].rate:.3f}; CPU per event "
-                f"{floors[-1].cpu_us:.1f} / {ingests[-1].cpu_us:.1f} us; "
-                f"load {os.getloadavg()[0]:.2f}"
-            )
+            return run_worker("ingest", bootstrap, count, workdir, profile)
+
+        floors, ingests = alternate(
+            "ingest",
+            ROUNDS,
+            lambda _: run_worker("floor", bootstrap, count, workdir),
+            measured,
+            UNIT,
+        )
     floor = statistics.median(r.rate for r in floors)
     rate = statistics.median(r.rate for r in ingests)
     last = ingests[-1].result

@@ -63,7 +63,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Alert
 from tests.bench.ingest_worker import in_thread
-from tests.bench.results import Entry, entry, env_count, env_path
+from tests.bench.results import Entry, alternate, entry, env_count, env_path
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
@@ -314,8 +314,6 @@ def run() -> list[Entry]:
     started = time.perf_counter()
     print(f"notify: making {count:,} alerts")
     items = alerts(count)
-    floors: list[Run] = []
-    notifies: list[Run] = []
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         settings = bench_settings(bootstrap, workdir / "home")
@@ -324,32 +322,20 @@ def run() -> list[Entry]:
         bodies = postables(settings, items)
         post_bytes = sum(len(body) for body in bodies.values()) // count
         print(f"notify: {count:,} alerts published ({record_bytes} bytes each)")
-        for number in range(1, ROUNDS + 1):
-            floors.append(
-                measured(
-                    "floor",
-                    workdir,
-                    count,
-                    lambda url: run_floor(settings, url, bodies, count),
-                )
+
+        def floor_run(_: int) -> Run:
+            return measured(
+                "floor", workdir, count, lambda url: run_floor(settings, url, bodies, count)
             )
+
+        def notify_run(number: int) -> Run:
             profile = env_path("CUSTODY_BENCH_NOTIFY_PYSPY") if number == 1 else None
             with py_spy(os.getpid(), profile):
-                notifies.append(
-                    measured(
-                        "notify",
-                        workdir,
-                        count,
-                        lambda url: run_notify(settings, url, count, workdir),
-                    )
+                return measured(
+                    "notify", workdir, count, lambda url: run_notify(settings, url, count, workdir)
                 )
-            print(
-                f"notify: round {number}: floor {floors[-1].rate:,.0f} {UNIT}, "
-                f"notify {notifies[-1].rate:,.0f} {UNIT}, "
-                f"ratio {notifies[-1].rate / floors[-1].rate:.3f}; CPU per alert "
-                f"{floors[-1].cpu_us:.0f} / {notifies[-1].cpu_us:.0f} us; "
-                f"load {os.getloadavg()[0]:.2f}"
-            )
+
+        floors, notifies = alternate("notify", ROUNDS, floor_run, notify_run, UNIT)
     floor = statistics.median(r.rate for r in floors)
     rate = statistics.median(r.rate for r in notifies)
     detail = {

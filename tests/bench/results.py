@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
 
 
 class Entry(TypedDict):
@@ -47,3 +48,36 @@ def env_path(variable: str) -> Path | None:
     """A path the environment's ``variable`` names (a profile to write), if set."""
     value = os.environ.get(variable)
     return Path(value) if value else None
+
+
+class Rated(Protocol):
+    """One timed run: its rate and its CPU time per item."""
+
+    @property
+    def rate(self) -> float: ...
+
+    @property
+    def cpu_us(self) -> float: ...
+
+
+R = TypeVar("R", bound=Rated)
+
+
+def alternate(
+    name: str, rounds: int, floor: Callable[[int], R], measured: Callable[[int], R], unit: str
+) -> tuple[list[R], list[R]]:
+    """``rounds`` rounds of the floor then the measured run (each given the round's number,
+    from 1), alternating so that a change in the machine's load hits both alike; each
+    round printed with its ratio, CPU per item and the load."""
+    floors: list[R] = []
+    runs: list[R] = []
+    for number in range(1, rounds + 1):
+        floors.append(floor(number))
+        runs.append(measured(number))
+        print(
+            f"{name}: round {number}: floor {floors[-1].rate:,.0f} {unit}, "
+            f"{name} {runs[-1].rate:,.0f} {unit}, ratio {runs[-1].rate / floors[-1].rate:.3f}; "
+            f"CPU per item {floors[-1].cpu_us:.1f} / {runs[-1].cpu_us:.1f} us; "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
+    return floors, runs
