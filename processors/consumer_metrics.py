@@ -17,9 +17,33 @@ from processors.storage.sink import Record, Rejected
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# What each batch consumer waits for while it retries, and what it counts besides what
+# every batch consumer does: name -> (help, labels).
+WAITS_FOR = {"ingest": "clickhouse", "notify": "alertmanager"}
+COUNTERS: Mapping[str, Mapping[str, tuple[str, tuple[str, ...]]]] = {
+    "ingest": {
+        "stored": (
+            "Records stored in ClickHouse, by topic (a replayed batch counts again).",
+            ("topic",),
+        ),
+        "redacted": ("Records stored with a secret-looking value masked.", ()),
+    },
+    "notify": {
+        "sent": (
+            "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
+            ("severity",),
+        ),
+        "failed": (
+            "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
+            ("reason",),
+        ),
+    },
+}
+
+
 class ConsumerMetrics(ConsumingMetrics):
-    """A batch consumer's metrics, prefixed ``custody_<process>``, in :attr:`registry`;
-    ``waiting`` names what the consumer waits for while it retries."""
+    """The metrics of batch consumer ``process`` (a key of :data:`WAITS_FOR`), prefixed
+    ``custody_<process>``, in :attr:`registry`; its own counters in :attr:`counted`."""
 
     HELP: ClassVar[Mapping[str, str]] = {
         **ConsumingMetrics.HELP,
@@ -29,13 +53,18 @@ class ConsumerMetrics(ConsumingMetrics):
         "committed, retries included (the count is the number of batches).",
     }
 
-    def __init__(self, process: str, waiting: str) -> None:
+    def __init__(self, process: str) -> None:
         super().__init__(process)
         self.records = self.counter("records", ["topic"])
         self.retries = self.counter("retries")
         self.batch_seconds = self.histogram("batch_duration_seconds", BATCH_BUCKETS)
-        waits = f"1 while a batch waits, retrying, for {waiting} to take it."
-        self.waiting = self.gauge(f"waiting_for_{waiting}", text=waits)
+        peer = WAITS_FOR[process]
+        waits = f"1 while a batch waits, retrying, for {peer} to take it."
+        self.waiting = self.gauge(f"waiting_for_{peer}", text=waits)
+        self.counted = {
+            name: self.counter(name, labels, text)
+            for name, (text, labels) in COUNTERS[process].items()
+        }
 
     def batch_done(
         self, records: Sequence[Record], rejected: Sequence[Rejected], seconds: float

@@ -17,10 +17,9 @@ it is killed meanwhile.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
@@ -45,21 +44,6 @@ class IngestStats(ConsumerStats):
     waiting_for_clickhouse: bool = False
 
 
-class IngestMetrics(ConsumerMetrics):
-    """ingest's metrics: a batch consumer's, and what it stored."""
-
-    HELP: ClassVar[Mapping[str, str]] = {
-        **ConsumerMetrics.HELP,
-        "stored": "Records stored in ClickHouse, by topic (a replayed batch counts again).",
-        "redacted": "Records stored with a secret-looking value masked.",
-    }
-
-    def __init__(self) -> None:
-        super().__init__("ingest", "clickhouse")
-        self.stored = self.counter("stored", ["topic"])
-        self.redacted = self.counter("redacted")
-
-
 class Ingest(BatchConsumer):
     """One ingest consumer. ``run`` blocks until ``stop`` is set, then finishes its batch."""
 
@@ -70,7 +54,7 @@ class Ingest(BatchConsumer):
         settings: Settings,
         writer: BatchWriter,
         heartbeat: Path | None = None,
-        metrics: IngestMetrics | None = None,
+        metrics: ConsumerMetrics | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -87,7 +71,6 @@ class Ingest(BatchConsumer):
         )
         self.writer = writer
         self.stats = IngestStats()
-        self._ingest_metrics = metrics
 
     def process(self, records: list[Record]) -> Sequence[Rejected]:
         """Store the records; what cannot be stored is returned for the dead-letter topic."""
@@ -102,11 +85,11 @@ class Ingest(BatchConsumer):
         self.stats.stored += result.stored
         for topic, count in result.stored_by_topic.items():
             self.stats.stored_by_topic[topic] = self.stats.stored_by_topic.get(topic, 0) + count
-            if self._ingest_metrics is not None:
-                self._ingest_metrics.stored.labels(topic).inc(count)
+            if self.metrics is not None:
+                self.metrics.counted["stored"].labels(topic).inc(count)
         self.stats.redacted += result.redacted
-        if self._ingest_metrics is not None and result.redacted:
-            self._ingest_metrics.redacted.inc(result.redacted)
+        if self.metrics is not None and result.redacted:
+            self.metrics.counted["redacted"].inc(result.redacted)
         return result.rejected
 
     def note_waiting(self, error: str | None) -> None:
@@ -146,7 +129,7 @@ def run(settings: Settings, serve: bool | None, metrics_address: str) -> None:
         applied = migrate(target, settings.retention_days, backend)
         if applied:
             _log.info("applied migrations %s", ", ".join(applied))
-    metrics = IngestMetrics()
+    metrics = ConsumerMetrics("ingest")
     endpoint = serve_registry(metrics.registry, metrics_address, INGEST_METRICS_VARIABLE)
     ingest = Ingest(settings, BatchWriter(backend), heartbeat_path(settings, INGEST), metrics)
     api = (

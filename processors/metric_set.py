@@ -30,9 +30,10 @@ class MetricSet:
         self.prefix = f"custody_{process}"
         self.registry = registry or CollectorRegistry()
 
-    def counter(self, name: str, labels: Sequence[str] = ()) -> Counter:
-        """The counter ``<prefix>_<name>_total``."""
-        return Counter(f"{self.prefix}_{name}", self.HELP[name], labels, registry=self.registry)
+    def counter(self, name: str, labels: Sequence[str] = (), text: str | None = None) -> Counter:
+        """The counter ``<prefix>_<name>_total`` (``text``: its help, when not in HELP)."""
+        help_text = text or self.HELP[name]
+        return Counter(f"{self.prefix}_{name}", help_text, labels, registry=self.registry)
 
     def gauge(self, name: str, labels: Sequence[str] = (), text: str | None = None) -> Gauge:
         """The gauge ``<prefix>_<name>`` (``text``: its help, when it is not in HELP)."""

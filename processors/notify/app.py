@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
@@ -58,21 +58,6 @@ class NotifyStats(ConsumerStats):
     waiting_for_alertmanager: bool = False
 
 
-class NotifyMetrics(ConsumerMetrics):
-    """notify's metrics: a batch consumer's, and what Alertmanager took or refused."""
-
-    HELP: ClassVar[Mapping[str, str]] = {
-        **ConsumerMetrics.HELP,
-        "sent": "Alerts Alertmanager accepted (2xx), by severity; a replay posts some again.",
-        "failed": "Posts to Alertmanager that failed, by reason (unreachable, http_5xx, http_4xx).",
-    }
-
-    def __init__(self) -> None:
-        super().__init__("notify", "alertmanager")
-        self.sent = self.counter("sent", ["severity"])
-        self.failed = self.counter("failed", ["reason"])
-
-
 class Notify(BatchConsumer):
     """One notify consumer. ``run`` blocks until ``stop`` is set, then finishes its batch."""
 
@@ -84,7 +69,7 @@ class Notify(BatchConsumer):
         client: AlertmanagerClient,
         links: Callable[[], Links],
         heartbeat: Path | None = None,
-        metrics: NotifyMetrics | None = None,
+        metrics: ConsumerMetrics | None = None,
         state: Path | None = None,
     ) -> None:
         super().__init__(
@@ -101,7 +86,6 @@ class Notify(BatchConsumer):
         self.client = client
         self.links = links
         self.stats = NotifyStats(alertmanager=client.address)
-        self._notify_metrics = metrics
         self._codec = AvroCodec()
         self._state = state
         self._state_written = -_STATE_EVERY_SECONDS
@@ -170,15 +154,15 @@ class Notify(BatchConsumer):
             raise
 
     def _failed(self, reason: str) -> None:
-        if self._notify_metrics is not None:
-            self._notify_metrics.failed.labels(reason).inc()
+        if self.metrics is not None:
+            self.metrics.counted["failed"].labels(reason).inc()
 
     def _sent(self, alerts: list[Alert], posts: list[dict[str, Any]]) -> None:
         """Alertmanager took ``posts``, the posts of ``alerts``: count them by severity and
         keep them for the resend window."""
-        if self._notify_metrics is not None:
+        if self.metrics is not None:
             for severity, count in Counter(alert.severity.name for alert in alerts).items():
-                self._notify_metrics.sent.labels(severity).inc(count)
+                self.metrics.counted["sent"].labels(severity).inc(count)
         if self.settings.notify_resend_window_seconds > 0:
             now = time.monotonic()
             for alert, post in zip(alerts, posts, strict=True):
@@ -253,7 +237,7 @@ def run(settings: Settings, metrics_address: str) -> None:
         )
     except ValueError as exc:
         raise NotifyError(f"CUSTODY_ALERTMANAGER_URL: {exc}") from None
-    metrics = NotifyMetrics()
+    metrics = ConsumerMetrics("notify")
     endpoint = serve_registry(metrics.registry, metrics_address, NOTIFY_METRICS_VARIABLE)
     notify = Notify(
         settings,

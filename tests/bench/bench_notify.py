@@ -53,8 +53,9 @@ import urllib3
 from confluent_kafka import Consumer, Producer
 
 from processors.batch_consumer import Batch
+from processors.consumer_metrics import ConsumerMetrics
 from processors.notify.alertmanager import ALERTS_PATH, AlertmanagerClient
-from processors.notify.app import LinkResolver, Notify, NotifyMetrics
+from processors.notify.app import LinkResolver, Notify
 from processors.notify.postable import SOURCE, postable
 from processors.storage.sink import Rejected
 from producers.admin import ensure_topics
@@ -265,7 +266,7 @@ def run_notify(settings: Settings, url: str, count: int, workdir: Path) -> Run:
         client,
         LinkResolver(own),
         base / "notify.heartbeat",
-        NotifyMetrics(),
+        ConsumerMetrics("notify"),
         base / "notify.state.json",
     )
     running = in_thread(notify, "notify")

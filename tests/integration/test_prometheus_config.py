@@ -24,9 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
+from processors.consumer_metrics import ConsumerMetrics
 from processors.correlator.metrics import CorrelatorMetrics
-from processors.ingest import IngestMetrics
-from processors.notify.app import NotifyMetrics
 from processors.serving.metrics import ServeMetrics
 from processors.stack import METRICS_ADDRESS
 from producers.settings import Settings
@@ -116,8 +115,8 @@ def exported_families() -> dict[str, set[str]]:
     """Every metric family of the processes' registries, with the series it exposes."""
     registries = (
         CorrelatorMetrics(_NoStep()).registry,
-        IngestMetrics().registry,
-        NotifyMetrics().registry,
+        ConsumerMetrics("ingest").registry,
+        ConsumerMetrics("notify").registry,
         ServeMetrics().registry,
     )
     return {
