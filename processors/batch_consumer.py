@@ -22,10 +22,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
@@ -39,7 +38,6 @@ _FETCH_MAX = 10_000
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-_P = TypeVar("_P")
 
 
 class Stopped(Exception):
@@ -180,7 +178,6 @@ class BatchConsumer:
         try:
             while not self.stop.is_set():
                 self._beat()
-                self.settle()
                 self.tick()
                 wait = self._time_left(batch)
                 wanted = min(_FETCH_MAX, self.limits.records - len(batch.records))
@@ -195,7 +192,6 @@ class BatchConsumer:
                     batch = Batch()
             if batch.records:
                 self.flush(batch)
-            self.drain()
         except Stopped as exc:
             self.log.warning("%s", exc)
         finally:
@@ -220,25 +216,16 @@ class BatchConsumer:
     def flush(self, batch: Batch) -> None:
         """Process ``batch``, dead-letter what it rejected, commit its offsets."""
         started = time.perf_counter()
-        self.complete(batch, self.retrying(self.process, batch.records), started)
-
-    def drain(self) -> None:
-        """Finish any batch still under way (before the consumer stops)."""
-
-    def settle(self) -> None:
-        """Between batches: finish any batch whose work has ended."""
-
-    def complete(self, batch: Batch, rejected: Sequence[Rejected], started: float) -> None:
-        """``batch`` was handled: dead-letter what it rejected, commit its offsets."""
+        rejected = self._retrying(self.process, batch.records)
         if rejected:
-            self.retrying(self._dead_letter, list(rejected))
+            self._retrying(self._dead_letter, list(rejected))
         self._commit(batch.ends)
         if self.metrics is not None:
             self.metrics.batch_done(batch.records, rejected, time.perf_counter() - started)
             self._measure_lag(self.metrics, batch.ends)
         self.note_committed(batch, rejected)
 
-    def retrying(self, step: Callable[[_T], _R], argument: _T) -> _R:
+    def _retrying(self, step: Callable[[_T], _R], argument: _T) -> _R:
         """Run ``step`` until it succeeds, pausing the partitions and backing off between
         attempts, staying in the group. A stop request ends the wait with :class:`Stopped`
         (the batch is not committed, so it is replayed after a restart)."""
@@ -387,65 +374,3 @@ class BatchConsumer:
     def _beat(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.touch()
-
-
-class PipelinedConsumer(BatchConsumer, Generic[_P]):
-    """A batch consumer whose work has two steps: :meth:`prepare` (in the consumer's
-    thread: decode, map) and :meth:`deliver` (in a thread of its own: send to a peer).
-    A batch is prepared while the one before it is delivered, so the two overlap; each
-    batch's offsets are still committed only after its own delivery succeeded, and in
-    order. A delivery that raises :class:`Retry` is retried in the consumer's thread,
-    partitions paused, as any batch's work is."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deliveries = ThreadPoolExecutor(1, thread_name_prefix=f"{self.stage}-deliver")
-        self._in_flight: tuple[Batch, _P, Future[Sequence[Rejected]], float] | None = None
-
-    def prepare(self, records: list[Record]) -> _P:
-        """The batch made ready to deliver (no I/O)."""
-        raise NotImplementedError
-
-    def deliver(self, prepared: _P) -> Sequence[Rejected]:
-        """Send a prepared batch; return the records that cannot be taken. Raise
-        :class:`Retry` when waiting can cure a failure."""
-        raise NotImplementedError
-
-    def flush(self, batch: Batch) -> None:
-        """Prepare ``batch``, finish the one before it, then start delivering this one."""
-        started = time.perf_counter()
-        prepared = self.prepare(batch.records)
-        self.drain()
-        self._in_flight = (
-            batch,
-            prepared,
-            self._deliveries.submit(self.deliver, prepared),
-            started,
-        )
-
-    def settle(self) -> None:
-        """Commit the batch being delivered once its delivery has ended, without waiting
-        for the next batch (a quiet topic must not hold the last one uncommitted)."""
-        if self._in_flight is not None and self._in_flight[2].done():
-            self.drain()
-
-    def drain(self) -> None:
-        """Wait for the batch being delivered; retry it if it failed; commit it."""
-        if self._in_flight is None:
-            return
-        batch, prepared, delivery, started = self._in_flight
-        self._in_flight = None
-        try:
-            rejected = delivery.result()
-            self.note_waiting(None)
-        except Retry as exc:
-            self.log.warning("%s; retrying", str(exc)[:300])
-            rejected = self.retrying(self.deliver, prepared)
-        self.complete(batch, rejected, started)
-
-    def run(self) -> None:
-        """Consume, prepare, deliver, commit; until :attr:`stop` is set."""
-        try:
-            super().run()
-        finally:
-            self._deliveries.shutdown(wait=True)

@@ -28,13 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from processors.batch_consumer import (
-    Batch,
-    BatchLimits,
-    ConsumerStats,
-    PipelinedConsumer,
-    Retry,
-)
+from processors.batch_consumer import Batch, BatchConsumer, BatchLimits, ConsumerStats, Retry
 from processors.consumer_metrics import ConsumerMetrics
 from processors.notify.alertmanager import AlertmanagerClient, Refused, Unavailable
 from processors.notify.postable import Links, body_of, postable
@@ -64,20 +58,8 @@ class NotifyStats(ConsumerStats):
     waiting_for_alertmanager: bool = False
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A batch ready to post: its alerts, their posts and the screened body, and the
-    records that are not alerts."""
-
-    alerts: list[tuple[Record, Alert]]
-    posts: list[dict[str, Any]]
-    body: bytes
-    undecodable: list[Rejected]
-
-
-class Notify(PipelinedConsumer[Prepared]):
-    """One notify consumer. ``run`` blocks until ``stop`` is set, then finishes its batch.
-    A batch is decoded and mapped while the one before it is posted."""
+class Notify(BatchConsumer):
+    """One notify consumer. ``run`` blocks until ``stop`` is set, then finishes its batch."""
 
     stage = "notify"
 
@@ -111,35 +93,29 @@ class Notify(PipelinedConsumer[Prepared]):
         self._recent: dict[str, tuple[float, dict[str, Any]]] = {}
         self._resent_at = time.monotonic()
 
-    def prepare(self, records: list[Record]) -> Prepared:
-        """Decode the batch's alerts, map them to Alertmanager's form, screen the body."""
-        undecodable: list[Rejected] = []
+    def process(self, records: list[Record]) -> Sequence[Rejected]:
+        """Post the batch's alerts; return the records that are not alerts, or that
+        Alertmanager refuses."""
+        rejected: list[Rejected] = []
         alerts: list[tuple[Record, Alert]] = []
         for record in records:
             try:
                 alerts.append((record, self._codec.decode_alert(record.value or b"")))
             except DecodeError as exc:
-                undecodable.append(Rejected(record, exc.reason, str(exc)))
+                rejected.append(Rejected(record, exc.reason, str(exc)))
         now = datetime.now(UTC)
         links = self.links()
         posts = [postable(alert, links, now) for _, alert in alerts]
-        return Prepared(alerts, posts, body_of(posts) if posts else b"", undecodable)
-
-    def deliver(self, prepared: Prepared) -> Sequence[Rejected]:
-        """Post the batch; return the records that are not alerts, or that Alertmanager
-        refuses."""
-        alerts, posts = prepared.alerts, prepared.posts
-        rejected = list(prepared.undecodable)
         if not posts:
             return rejected
         try:
-            self._post(prepared.body)
+            self._post(posts)
             self._sent([alert for _, alert in alerts], posts)
         except Refused:
             # One of them is wrong: find which, alert by alert.
             for (record, alert), post in zip(alerts, posts, strict=True):
                 try:
-                    self._post(body_of([post]))
+                    self._post([post])
                     self._sent([alert], [post])
                 except Refused as exc:
                     rejected.append(Rejected(record, REFUSED, str(exc)))
@@ -167,9 +143,9 @@ class Notify(PipelinedConsumer[Prepared]):
                 self.log.warning("resending %d alerts failed: %s", len(posts), exc)
                 return
 
-    def _post(self, body: bytes) -> None:
+    def _post(self, posts: list[dict[str, Any]]) -> None:
         try:
-            self.client.post(body)
+            self.client.post(body_of(posts))
         except Unavailable as exc:
             self._failed("unreachable" if exc.reason == "unreachable" else "http_5xx")
             raise Retry(str(exc)) from None
