@@ -63,7 +63,7 @@ from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Alert
-from tests.bench.ingest_worker import in_thread
+from tests.bench.ingest_worker import Started, consumed, in_thread
 from tests.bench.results import Entry, alternate, entry, env_count, env_path
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
@@ -206,8 +206,8 @@ def run_floor(settings: Settings, url: str, bodies: dict[bytes, bytes], count: i
     headers = {"Content-Type": "application/json"}
     consumer.subscribe([topics.ALERTS])
     pending: list[bytes] = []
-    first: tuple[float, float] | None = None
-    seen = posts = 0
+    started = Started()
+    posts = 0
 
     def post() -> None:
         nonlocal posts
@@ -221,25 +221,18 @@ def run_floor(settings: Settings, url: str, bodies: dict[bytes, bytes], count: i
         posts += 1
         pending.clear()
 
-    deadline = time.monotonic() + RUN_TIMEOUT
     try:
-        while seen < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"floor: {seen} of {count} alerts after the deadline")
-            messages = consumer.consume(size - len(pending), timeout=1.0)
-            if messages and first is None:
-                first = time.perf_counter(), time.process_time()
-            for message in messages:
-                key = message.key()
-                if message.error() is None and key is not None:
-                    pending.append(bodies[key])
-                    seen += 1
-            if len(pending) == size or (pending and seen >= count):
+        for message in consumed(consumer, count, lambda: size - len(pending), RUN_TIMEOUT, started):
+            pending.append(bodies[message.key() or b""])
+            if len(pending) == size:
                 post()
+        if pending:
+            post()
         done = time.perf_counter(), time.process_time()
     finally:
         consumer.close()
         pool.clear()
+    first = started.at
     assert first is not None
     return Run("floor", count, done[0] - first[0], done[1] - first[1], posts)
 

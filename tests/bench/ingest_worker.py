@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,36 @@ def stored(backend: ChdbBackend) -> int:
 # ---- floor ----------------------------------------------------------------------------
 
 
+@dataclass
+class Started:
+    """When a floor's first record came: wall clock and CPU time."""
+
+    at: tuple[float, float] | None = None
+
+
+def consumed(
+    consumer: Consumer,
+    count: int,
+    size: Callable[[], int],
+    timeout: float,
+    started: Started,
+) -> Iterator[Message]:
+    """The first ``count`` good records ``consumer`` gives, fetched ``size()`` at a time,
+    noting in ``started`` when the first came; fails past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while seen < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"floor: {seen} of {count} records after the deadline")
+        messages = consumer.consume(max(size(), 1), timeout=1.0)
+        if messages and started.at is None:
+            started.at = time.perf_counter(), time.process_time()
+        for message in messages:
+            if message.error() is None:
+                seen += 1
+                yield message
+
+
 def run_floor(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
     """Consume, strip, frame, let chdb parse; no project logic on the way."""
     migrated(chdb_dir, settings).close()
@@ -100,8 +131,7 @@ def run_floor(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
         [TopicPartition(topics.EVENTS, p, OFFSET_BEGINNING) for p in metadata.partitions]
     )
     header = SINGLE_OBJECT_HEADER_SIZE
-    first: float | None = None
-    first_cpu = 0.0
+    started = Started()
     seen = 0
     bodies: list[bytes] = []
     inserts = 0
@@ -114,20 +144,12 @@ def run_floor(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
         inserts += 1
         bodies.clear()
 
-    deadline = time.monotonic() + DEADLINE_SECONDS
     try:
-        while seen < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"floor: {seen} of {count} records after the deadline")
-            messages = consumer.consume(BATCH, timeout=1.0)
-            if messages and first is None:
-                first, first_cpu = time.perf_counter(), time.process_time()
-            for message in messages:
-                if message.error() is None:
-                    bodies.append(payload(message)[header:])
-                    seen += 1
-                    if len(bodies) == BATCH:
-                        insert()
+        for message in consumed(consumer, count, lambda: BATCH, DEADLINE_SECONDS, started):
+            bodies.append(payload(message)[header:])
+            seen += 1
+            if len(bodies) == BATCH:
+                insert()
         if bodies:
             insert()
         found = int(chdb.query(COUNT_SQL, "TSV").bytes())
@@ -135,7 +157,8 @@ def run_floor(settings: Settings, count: int, chdb_dir: Path) -> dict[str, Any]:
     finally:
         consumer.close()
         chdb.close()
-    assert first is not None
+    assert started.at is not None
+    first, first_cpu = started.at
     return {
         "first": first,
         "done": done,
