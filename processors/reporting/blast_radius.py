@@ -157,11 +157,10 @@ class BlastRadius:
                 "unused": self.unused_scopes,
             },
             "tasks": self.tasks,
-            "credentials": [c.as_json() for c in self.credentials],
-            "delegations": [d.as_json() for d in self.delegations],
-            "accesses": [r.as_json() for r in self.accesses],
-            "humans": [h.as_json() for h in self.humans],
-            "alerts": [a.as_json() for a in self.alerts],
+            **{
+                name: [item.as_json() for item in getattr(self, name)]
+                for name in ("credentials", "delegations", "accesses", "humans", "alerts")
+            },
         }
 
 

@@ -54,7 +54,7 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from tests.bench.bench_producer import generate
-from tests.bench.results import Entry, alternate, entry, env_count, env_path
+from tests.bench.results import Entry, alternate, announce, entry, env_count, env_path
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
 
@@ -180,8 +180,7 @@ def run_worker(
 def run() -> list[Entry]:
     """Produce once, then floor and ingest alternately; medians as entries."""
     count = env_count("CUSTODY_BENCH_INGEST_EVENTS", DEFAULT_EVENTS)
-    started = time.perf_counter()
-    print(f"ingest: generating {count:,} events")
+    started = announce("ingest", count, "generating {count} events")
     messages = encoded(count)
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         settings = Settings(kafka_bootstrap=bootstrap, event_partitions=PARTITIONS)

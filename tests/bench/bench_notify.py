@@ -64,7 +64,15 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import Alert
 from tests.bench.ingest_worker import Started, consumed, in_thread
-from tests.bench.results import Entry, alternate, entry, env_count, env_path
+from tests.bench.results import (
+    Entry,
+    alternate,
+    announce,
+    consumer_settings,
+    entry,
+    env_count,
+    env_path,
+)
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
@@ -131,13 +139,7 @@ def publish(settings: Settings, items: Sequence[Alert]) -> int:
 
 def bench_settings(bootstrap: str, home: Path) -> Settings:
     """notify's settings in the benchmark (short session timeout, default batches)."""
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        kafka_profile="development",
-        kafka_session_timeout_ms=2000,
-        explorer_url=EXPLORER,
-        home=home,
-    )
+    return consumer_settings(bootstrap, explorer_url=EXPLORER, home=home)
 
 
 def postables(settings: Settings, items: Sequence[Alert]) -> dict[bytes, bytes]:
@@ -305,8 +307,7 @@ def measured(mode: str, workdir: Path, count: int, attempt: Any) -> Run:
 def run() -> list[Entry]:
     """Publish once, then floor and notify alternately; medians as entries."""
     count = env_count("CUSTODY_BENCH_NOTIFY_ALERTS", DEFAULT_ALERTS)
-    started = time.perf_counter()
-    print(f"notify: making {count:,} alerts")
+    started = announce("notify", count, "making {count} alerts")
     items = alerts(count)
     with local_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -44,6 +44,7 @@ from processors.storage.target import ChdbTarget
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_HEADER_SIZE
+from tests.bench.results import consumer_settings
 from tests.support.broker import payload
 
 BATCH = 10_000
@@ -55,10 +56,8 @@ COUNT_SQL = "SELECT count() AS n FROM events FINAL"
 
 def bench_settings(bootstrap: str, chdb_dir: Path) -> Settings:
     """Ingest's settings in the benchmark (short session timeout, 10k-row batches)."""
-    return Settings(
-        kafka_bootstrap=bootstrap,
-        kafka_profile="development",
-        kafka_session_timeout_ms=2000,
+    return consumer_settings(
+        bootstrap,
         ingest_batch_rows=BATCH,
         event_partitions=6,
         clickhouse_url=f"chdb://{chdb_dir}",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
+
+from producers.settings import Settings
 
 
 class Entry(TypedDict):
@@ -81,3 +84,21 @@ def alternate(
             f"load {os.getloadavg()[0]:.2f}"
         )
     return floors, runs
+
+
+def announce(name: str, count: int, doing: str) -> float:
+    """Say what benchmark ``name`` starts on (``doing``: "making 20,000 alerts"); the
+    time it starts, for its length in seconds."""
+    print(f"{name}: {doing.replace('{count}', f'{count:,}')}")
+    return time.perf_counter()
+
+
+def consumer_settings(bootstrap: str, **fields: Any) -> Settings:
+    """Settings of a benchmark's consumers: the development profile's short session,
+    joins in two seconds; ``fields`` as the benchmark needs."""
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_profile="development",
+        kafka_session_timeout_ms=2000,
+        **fields,
+    )
