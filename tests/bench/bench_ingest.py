@@ -46,15 +46,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
-
 from producers.admin import ensure_topics
 from producers.chain import HashChain
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
 from tests.bench.bench_producer import generate
-from tests.bench.results import Entry, alternate, announce, entry, env_count, env_path
+from tests.bench.results import (
+    Entry,
+    alternate,
+    announce,
+    entry,
+    env_count,
+    env_path,
+    produce_all,
+)
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
 
@@ -104,23 +110,7 @@ def encoded(count: int) -> Messages:
 
 def produce(settings: Settings, messages: Messages) -> None:
     """Every message to the events topic, keyed by root task; waits for every ack."""
-    producer = Producer(settings.kafka_producer())
-    failures: list[str] = []
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    for key, value in messages.pairs:
-        while True:
-            try:
-                producer.produce(topics.EVENTS, value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} events unacknowledged, failures: {failures[:3]}")
+    produce_all(settings, topics.EVENTS, messages.pairs, "events")
 
 
 # ---- one run --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 
 from processors.batch_consumer import Batch
 from processors.consumer_metrics import ConsumerMetrics
@@ -72,6 +72,7 @@ from tests.bench.results import (
     entry,
     env_count,
     env_path,
+    produce_all,
 )
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
@@ -112,29 +113,9 @@ def publish(settings: Settings, items: Sequence[Alert]) -> int:
     """The alerts on the alerts topic, keyed by alert id; waits for every ack. The mean
     record size."""
     codec = AvroCodec()
-    producer = Producer(settings.kafka_producer())
-    failures: list[str] = []
-    size = 0
-
-    def delivered(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    for alert in items:
-        value = codec.encode_alert(alert)
-        size += len(value)
-        while True:
-            try:
-                producer.produce(
-                    topics.ALERTS, value, key=alert.alert_id.encode(), on_delivery=delivered
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} alerts unacknowledged, failures: {failures[:3]}")
-    return size // len(items)
+    pairs = [(alert.alert_id.encode(), codec.encode_alert(alert)) for alert in items]
+    produce_all(settings, topics.ALERTS, pairs, "alerts")
+    return sum(len(value) for _, value in pairs) // len(items)
 
 
 def bench_settings(bootstrap: str, home: Path) -> Settings:

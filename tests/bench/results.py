@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
+
+from confluent_kafka import Producer
 
 from producers.settings import Settings
 
@@ -102,3 +104,27 @@ def consumer_settings(bootstrap: str, **fields: Any) -> Settings:
         kafka_session_timeout_ms=2000,
         **fields,
     )
+
+
+def produce_all(
+    settings: Settings, topic: str, pairs: Iterable[tuple[bytes, bytes]], what: str
+) -> None:
+    """Every (key, value) of ``pairs`` to ``topic``, waiting for room when the producer's
+    buffer is full, then for every ack; ``what`` names them in the error otherwise."""
+    producer = Producer(settings.kafka_producer())
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for key, value in pairs:
+        while True:
+            try:
+                producer.produce(topic, value, key=key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{remaining} {what} unacknowledged, failures: {failures[:3]}")
