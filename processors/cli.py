@@ -25,7 +25,7 @@ from rich.table import Table
 
 from processors import roles, stack, starting
 from processors.broker import BrokerError
-from processors.command_context import fail, settings_of
+from processors.command_context import JsonLinesOption, JsonOption, fail, settings_of
 from processors.reporting import commands as reporting_commands
 from processors.serving.reader import Reader
 from producers import simulator
@@ -148,7 +148,7 @@ def down(ctx: typer.Context) -> None:
 @app.command()
 def status(
     ctx: typer.Context,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show each process of the local stack with its PID and health."""
     statuses = stack.status(settings_of(ctx))
@@ -259,7 +259,7 @@ def simulate(
             "now (8h, 2d). Default: now."
         ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Publish realistic multi-agent traffic (see producers/simulator.py).
 
@@ -484,7 +484,7 @@ def trace(
     ctx: typer.Context,
     task_id: Annotated[str, typer.Argument(metavar="ID", help="Any task of the tree.")],
     tenant: Annotated[str | None, typer.Option("--of-tenant", help="The task's tenant.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """The custody tree of a task: tasks, delegations, credentials, accesses, alerts."""
     from processors.serving.render import trace_tree
@@ -506,7 +506,7 @@ def alerts(
         str | None, typer.Option(help="Event time from: ISO-8601, or 90s / 15m / 2h / 7d.")
     ] = None,
     tenant: Annotated[str | None, typer.Option("--of-tenant", help="One tenant.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: JsonLinesOption = False,
 ) -> None:
     """Stored alerts, oldest first."""
     from processors.serving.alerts import list_alerts, parse_since
@@ -549,7 +549,7 @@ def query(
         list[str] | None,
         typer.Option("--param", help="NAME=VALUE for a {NAME:Type} placeholder (repeatable)."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_json: JsonLinesOption = False,
 ) -> None:
     """Run read-only SQL against the custody database (each key read once: FINAL)."""
     params = {}
@@ -597,7 +597,7 @@ def verify(
         str | None,
         typer.Option(help="Only events from this time: ISO-8601, or 90s / 15m / 2h / 7d."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Re-check every producer instance's seq and prev_hash chain from ClickHouse: gaps,
     duplicated seq numbers, and stored events that no longer hash to what their successor

@@ -16,6 +16,10 @@ from producers.settings import Settings
 TenantOption = Annotated[str | None, typer.Option(help="Tenant (default: CUSTODY_TENANT).")]
 
 
+# --json: the command's answer as one JSON object (a list: one per line), stable.
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object.")]
+JsonLinesOption = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
+
 # A period's ends: an ISO-8601 time (UTC without an offset) or a duration back from now.
 FromOption = Annotated[
     str | None,

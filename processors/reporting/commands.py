@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from processors.command_context import (
     FromOption,
+    JsonOption,
     TenantOption,
     ToOption,
     fail,
@@ -115,7 +116,7 @@ def blast_radius(
     tenant: TenantOption = None,
     from_: FromOption = None,
     to: ToOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Everything a workload identity or a token could reach (credentials and their
     scopes, tasks delegated on) and did reach (tools and resources accessed), the gap
