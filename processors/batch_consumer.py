@@ -275,7 +275,7 @@ class BatchConsumer:
                 self._consumer.seek(TopicPartition(record.topic, record.partition, record.offset))
         self._consumer.pause(self._assignment())
 
-    def _dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
+    def _dead_letter(self, rejected: list[Rejected]) -> None:
         """Send dead letters and wait for the broker's ack; what fails is sent again on the
         next attempt (the DLQ is at-least-once, like every output)."""
         failed: list[Rejected] = []
@@ -322,7 +322,6 @@ class BatchConsumer:
         if failed:
             rejected[:] = failed
             raise Retry(f"the broker has not acknowledged {len(failed)} dead letters")
-        return rejected
 
     def _commit(self, ends: dict[tuple[str, int], int]) -> None:
         # A partition revoked while the batch was handled now belongs to another consumer,

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -148,11 +148,7 @@ class QueryApi:
         identity, token = query.get("identity") or None, query.get("token") or None
         if (identity is None) == (token is None):
             raise BadRequest("name exactly one of identity and token")
-        try:
-            since = parse_since(query["from"]) if query.get("from") else None
-            until = parse_since(query["to"]) if query.get("to") else None
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        since, until = _time(query, "from"), _time(query, "to")
         found = blast_radius(
             self.reader, tenant or self.settings.tenant, identity, token, since, until
         )
@@ -271,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             if fmt not in ("html", "json"):
                 raise BadRequest("format is html or json")
             start, end = _time(query, "from"), _time(query, "to")
+            if start is None or end is None:
+                raise BadRequest("a report needs both from and to")
             tenant = query.get("tenant") or self.api.settings.tenant
             period = period_of(self.api.settings, tenant, start, end)
             explorer = self.api.settings.explorer_url or self.api.address
@@ -335,12 +333,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(HTTPStatus.OK, {"rows": rows})
 
 
-def _time(query: dict[str, str], name: str) -> datetime:
+def _time(query: dict[str, str], name: str) -> datetime | None:
+    """The time parameter ``name`` (ISO, or a duration back from now as the CLI takes
+    it), None when absent."""
+    text = query.get(name)
+    if not text:
+        return None
     try:
-        parsed = datetime.fromisoformat(_required(query, name))
-    except ValueError:
-        raise BadRequest(f"{name} is not an ISO time") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parse_since(text)
+    except ValueError as exc:
+        raise BadRequest(str(exc).replace("--since", name)) from None
 
 
 def _required(query: dict[str, str], name: str) -> str:

@@ -51,8 +51,6 @@ BROKER = "broker"
 CORRELATE = "correlate"
 INGEST = "ingest"
 NOTIFY = "notify"
-# In start order (notify only with an Alertmanager to notify).
-PROCESSES = (BROKER, CORRELATE, INGEST, NOTIFY)
 # Where a correlator serves its metrics unless told otherwise. On the local stack, worker k
 # of N gets the port + k - 1 when the variable is set, and a free port otherwise.
 METRICS_ADDRESS = "127.0.0.1:9464"

@@ -31,9 +31,17 @@ class Unavailable(RuntimeError):
         super().__init__(f"Alertmanager {reason}: {detail}")
         self.reason = reason
 
+    @property
+    def label(self) -> str:
+        """The ``reason`` label of notify's failed-post counter."""
+        return "unreachable" if self.reason == "unreachable" else "http_5xx"
+
 
 class Refused(ValueError):
     """Alertmanager refused the post (4xx): it will refuse it again."""
+
+    label = "http_4xx"
+    """The ``reason`` label of notify's failed-post counter."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"Alertmanager refused the alerts ({status}): {detail}")
@@ -59,14 +67,18 @@ class AlertmanagerClient:
             retries=False, timeout=urllib3.Timeout(total=timeout_seconds)
         )
 
-    def post(self, body: bytes) -> None:
-        """Post a JSON list of alerts; raises :class:`Unavailable` or :class:`Refused`."""
+    def _request(self, method: str, **options: Any) -> urllib3.BaseHTTPResponse:
+        """A request to the alerts API; :class:`Unavailable` when nothing answers."""
         try:
-            response = self._pool.request(
-                "POST", self.address + ALERTS_PATH, body=body, headers=self._headers
+            return self._pool.request(
+                method, self.address + ALERTS_PATH, headers=self._headers, **options
             )
         except urllib3.exceptions.HTTPError as exc:
             raise Unavailable("unreachable", f"{self.address}: {type(exc).__name__}") from None
+
+    def post(self, body: bytes) -> None:
+        """Post a JSON list of alerts; raises :class:`Unavailable` or :class:`Refused`."""
+        response = self._request("POST", body=body)
         if 200 <= response.status < 300:
             return
         detail = response.data[:300].decode(errors="replace").strip()
@@ -77,15 +89,7 @@ class AlertmanagerClient:
     def held(self, source: str) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds whose ``source`` label is ``source``; raises
         :class:`Unavailable` when it does not answer."""
-        try:
-            response = self._pool.request(
-                "GET",
-                self.address + ALERTS_PATH,
-                fields={"filter": f'source="{source}"'},
-                headers=self._headers,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise Unavailable("unreachable", f"{self.address}: {type(exc).__name__}") from None
+        response = self._request("GET", fields={"filter": f'source="{source}"'})
         if response.status != 200:
             raise Unavailable(f"answered {response.status}", response.data[:300].decode())
         alerts: list[dict[str, Any]] = json.loads(response.data)

@@ -139,7 +139,7 @@ class Notify(BatchConsumer):
                 self.client.post(body_of(posts[start : start + size]))
             except (Unavailable, Refused) as exc:
                 # The next round tries again; the alerts themselves are already committed.
-                self._failed("unreachable" if isinstance(exc, Unavailable) else "http_4xx")
+                self._failed(exc.label)
                 self.log.warning("resending %d alerts failed: %s", len(posts), exc)
                 return
 
@@ -147,10 +147,10 @@ class Notify(BatchConsumer):
         try:
             self.client.post(body_of(posts))
         except Unavailable as exc:
-            self._failed("unreachable" if exc.reason == "unreachable" else "http_5xx")
+            self._failed(exc.label)
             raise Retry(str(exc)) from None
-        except Refused:
-            self._failed("http_4xx")
+        except Refused as exc:
+            self._failed(exc.label)
             raise
 
     def _failed(self, reason: str) -> None:
