@@ -1,0 +1,120 @@
+"""What a source adapter returns for one record, and the helpers every adapter shares.
+
+A source adapter (OPA, Vault) is a pure mapping from one record of its system to contract
+events, or to a typed :class:`Rejection` (the record is dead-lettered with its reason) or
+:class:`Skipped` (the record is outside what Custody collects, counted by reason). Its
+transport (HTTP upload, socket, file, import) lives apart, in :mod:`processors.collect`.
+
+Event ids are derived from the record (:func:`event_id_for`): the same record mapped twice,
+a retried upload or a replayed log, gives the same ids, which ClickHouse and the correlator
+deduplicate on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.models import Envelope, describe_validation_error, validate_event
+from schemas.secrets import find_secrets, redact_secrets
+
+# Fixed forever: changing it would change the id of every collected event.
+_EVENT_ID_NAMESPACE = uuid.UUID("5b0d2c1e-3f7a-5c55-9a4e-6f1d2b7c9e31")
+
+REDACTED_ATTRIBUTE = "custody.redacted"
+"""Attribute naming the fields a secret was removed from, and its kinds."""
+SOURCE_ATTRIBUTE = "custody.source"
+"""Attribute naming the source (the collect token's) an event came from."""
+SYNTHETIC_ATTRIBUTE = "custody.synthetic_task"
+"""Attribute set to ``"true"`` on an event whose task no custody context named."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent a record: the tenant and source its collect token binds."""
+
+    tenant: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that cannot become evidence: dead-lettered with ``reason`` (a short code,
+    e.g. ``opa_result_missing``) and ``detail`` (one sentence naming fields, never values)."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record outside what Custody collects (e.g. a Vault login by a human auth method):
+    counted by ``reason``, never published, never dead-lettered."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """The contract events one record became (unstamped; the publisher stamps them)."""
+
+    events: tuple[Envelope, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+Outcome = Mapped | Rejection | Skipped
+"""What an adapter makes of one record."""
+
+
+def event_id_for(origin: Origin, *parts: str) -> str:
+    """A UUID derived from the origin and the parts naming the record and the event."""
+    name = "\x1f".join((origin.tenant, origin.source, *parts))
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, name))
+
+
+def synthetic_task_id(origin: Origin, kind: str, key: str) -> str:
+    """The task of a record no custody context names: deterministic, so every record about
+    the same subject (a Vault token, an OPA subject) lands in one tree."""
+    return f"synthetic:{origin.source}:{kind}:{key}"
+
+
+def screened(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (an event in its JSON form) with every secret-looking value redacted, and
+    :data:`REDACTED_ATTRIBUTE` naming where and what was removed (``path:kind``, comma
+    separated). Unchanged when nothing looks secret."""
+    findings = find_secrets(data)
+    if not findings:
+        return data
+    clean: dict[str, Any] = redact_secrets(data)
+    attributes = dict(clean.get("attributes") or {})
+    attributes[REDACTED_ATTRIBUTE] = ",".join(f"{f.field}:{f.kind}" for f in findings)
+    clean["attributes"] = attributes
+    return clean
+
+
+def build_event(data: dict[str, Any], reason: str = "contract_violation") -> Envelope | Rejection:
+    """Screen ``data`` for secrets and validate it into its contract model, or a
+    :class:`Rejection` (``reason``) naming every invalid field without its value."""
+    try:
+        return validate_event(screened(data))
+    except ValidationError as exc:
+        return Rejection(reason, describe_validation_error(exc))
+
+
+def text_of(value: Any, limit: int = 512) -> str | None:
+    """A scalar as contract text (``None`` for missing, empty or nested values), cut to
+    ``limit`` characters so an oversized field does not reject the whole record."""
+    if value is None or isinstance(value, Mapping | list | tuple):
+        return None
+    text = (
+        value
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+    return text[:limit] or None
