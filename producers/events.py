@@ -31,6 +31,7 @@ from schemas.models import (
     BreakGlassEvent,
     CredentialIssuedEvent,
     CredentialKind,
+    CredentialRenewedEvent,
     CredentialRevokedEvent,
     Decision,
     DelegationEvent,
@@ -202,6 +203,19 @@ class CredentialRevokedFields(Revocation):
     revoked_by: str
 
 
+class Renewal(EnvelopeFields):
+    """What a broker renews and until when; the renewing workload is the broker's."""
+
+    token_id: str
+    expires_at: datetime
+
+
+class CredentialRenewedFields(Renewal):
+    """A CREDENTIAL_RENEWED body."""
+
+    renewed_by: str
+
+
 class TaskCompletion(EnvelopeFields, total=False):
     """A completion's optional part, beside its outcome."""
 
@@ -304,6 +318,13 @@ def credential_revoked(
 ) -> CredentialRevokedEvent:
     """A credential was revoked."""
     return _build(CredentialRevokedEvent, EventType.CREDENTIAL_REVOKED, source, ctx, fields)
+
+
+def credential_renewed(
+    source: Source, ctx: CustodyContext, **fields: Unpack[CredentialRenewedFields]
+) -> CredentialRenewedEvent:
+    """A credential was renewed: its expiry moved to ``expires_at``."""
+    return _build(CredentialRenewedEvent, EventType.CREDENTIAL_RENEWED, source, ctx, fields)
 
 
 def task_completed(

@@ -84,6 +84,8 @@ class EventType(_Named):
     BREAK_GLASS = auto()
     CREDENTIAL_REVOKED = auto()
     TASK_COMPLETED = auto()
+    # Since schema v2; appended, as Avro enum symbols are, so older symbols keep their index.
+    CREDENTIAL_RENEWED = auto()
 
 
 class ActorKind(_Named):
@@ -223,6 +225,12 @@ class TaskCompleted(_Model):
     detail: Text | None = None
 
 
+class CredentialRenewed(_Model):
+    token_id: Id
+    expires_at: UtcDatetime
+    renewed_by: Id
+
+
 # ---- envelope --------------------------------------------------------------------------
 
 
@@ -337,6 +345,13 @@ class TaskCompletedEvent(Envelope):
     body: TaskCompleted
 
 
+class CredentialRenewedEvent(Envelope):
+    """A broker renewed a credential: its expiry moved to ``body.expires_at``."""
+
+    event_type: Literal[EventType.CREDENTIAL_RENEWED]
+    body: CredentialRenewed
+
+
 CustodyEvent = Annotated[
     TaskDeclaredEvent
     | AuthzDecisionEvent
@@ -346,7 +361,8 @@ CustodyEvent = Annotated[
     | ApprovalEvent
     | BreakGlassEvent
     | CredentialRevokedEvent
-    | TaskCompletedEvent,
+    | TaskCompletedEvent
+    | CredentialRenewedEvent,
     Field(discriminator="event_type"),
 ]
 """Any event; validate with :data:`EVENT_ADAPTER`."""

@@ -22,6 +22,7 @@ from schemas.models import (
     AuthzDecisionEvent,
     BreakGlassEvent,
     CredentialIssuedEvent,
+    CredentialRenewedEvent,
     CredentialRevokedEvent,
     DelegationEvent,
     TaskCompletedEvent,
@@ -174,6 +175,26 @@ def revoke(
         token_id=token,
         reason=reason,
         revoked_by=source.actor.workload_id,
+        event_time=when,
+    )
+
+
+def renew(
+    ctx: CustodyContext,
+    token: str,
+    when: datetime,
+    *,
+    expires: datetime | None = None,
+    source: Source = VAULT,
+) -> CredentialRenewedEvent:
+    """``token`` renewed by ``source`` (the vault by default) at ``when``, until ``expires``
+    (15 minutes after ``when`` unless given)."""
+    return events.credential_renewed(
+        source,
+        ctx,
+        token_id=token,
+        expires_at=expires or when + CREDENTIAL_LIFETIME,
+        renewed_by=source.actor.workload_id,
         event_time=when,
     )
 

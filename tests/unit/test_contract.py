@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from producers.context import CustodyContext
 from schemas import catalog, evolution
 from schemas.codec import (
     AvroCodec,
@@ -47,21 +48,30 @@ from schemas.models import (
     validate_event,
 )
 from schemas.registry import SchemaRegistryClient
-from tests.support.events import T0
+from tests.support import events as build
+from tests.support.events import T0, at
 from tests.support.samples import one_of_each, stamped
 from tests.support.trees import mischievous, run
 
 CODEC = AvroCodec()
 
 
-@pytest.mark.parametrize("event", one_of_each(), ids=lambda e: str(e.event_type))
+def every_type() -> list[Envelope]:
+    """One valid event of each type: the samples' nine (schema v1) and a renewal (v2)."""
+    tree = one_of_each()
+    renewal = build.renew(CustodyContext.new_root(), "tok-1", at(5), expires=at(7200))
+    return [*tree, renewal]
+
+
+@pytest.mark.parametrize("event", every_type(), ids=lambda e: str(e.event_type))
 def test_each_event_type_round_trips(event: Any) -> None:
     event = stamped(event)
     assert CODEC.decode_event(CODEC.encode_event(event)) == event
+    assert validate_event(json.loads(json.dumps(event.model_dump(mode="json")))) == event
 
 
-def test_all_nine_event_types_are_covered() -> None:
-    assert {e.event_type for e in one_of_each()} == set(EventType)
+def test_every_event_type_is_covered() -> None:
+    assert {e.event_type for e in every_type()} == set(EventType)
 
 
 def test_single_object_header_is_magic_plus_fingerprint() -> None:
@@ -146,6 +156,11 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
         EventType.TASK_COMPLETED: {
             "outcome": st.sampled_from(list(TaskOutcome)),
             "detail": st.none() | st.text(max_size=10),
+        },
+        EventType.CREDENTIAL_RENEWED: {
+            "token_id": _text,
+            "expires_at": _times,
+            "renewed_by": _text,
         },
     }
     if event_type is EventType.CREDENTIAL_ISSUED:
@@ -329,6 +344,49 @@ def test_decoding_an_alert_as_an_event_is_a_contract_violation() -> None:
 def test_every_released_version_reads_the_one_before() -> None:
     for verdict in evolution.check_released_versions():
         assert verdict.compatible, verdict
+
+
+def test_the_event_schema_has_a_v2_read_against_v1() -> None:
+    released = {v.version for v in catalog.versions(catalog.EVENT)}
+    assert {1, 2} <= released
+    verdicts = {
+        (v.record, v.reader_version, v.writer_version) for v in evolution.check_released_versions()
+    }
+    assert (catalog.EVENT, 2, 1) in verdicts
+    # Alerts and state changes did not change: their one version is still v1.
+    assert catalog.latest(catalog.ALERT).version == 1
+    assert catalog.latest(catalog.STATE).version == 1
+
+
+def _written_with(version: int, datum: dict[str, Any]) -> bytes:
+    """``datum`` encoded as a producer holding only schema ``version`` would write it."""
+    schema = catalog.versions(catalog.EVENT)[version - 1]
+    assert schema.version == version
+    return b"\xc3\x01" + schema.fingerprint + fastavro_body(schema.raw, datum)
+
+
+@pytest.mark.parametrize("event", one_of_each(), ids=lambda e: str(e.event_type))
+def test_v1_written_events_decode_under_v2(event: Any) -> None:
+    event = stamped(event)
+    message = _written_with(1, event_to_avro(event))
+    decoded = CODEC.decode(message)
+    assert decoded.version == 1
+    assert decoded.datum["body_credential_renewed"] is None
+    assert CODEC.decode_event(message) == event
+
+
+def test_a_v1_reader_cannot_take_a_v2_renewal() -> None:
+    """A consumer that ships only v1 knows no v2 fingerprint (the codec dead-letters the
+    record as ``unknown_schema``); even given the v2 schema, Avro resolution to v1 fails
+    on the enum symbol v1 lacks, so a renewal is never misread as another event."""
+    renewal = stamped(every_type()[-1])
+    message = CODEC.encode_event(renewal)
+    v1, v2 = catalog.versions(catalog.EVENT)[:2]
+    assert message[2:10] == v2.fingerprint != v1.fingerprint
+    stream = io.BytesIO(body_bytes(message))
+    with pytest.raises(fastavro.read.SchemaResolutionError):
+        fastavro.schemaless_reader(stream, v2.parsed, v1.parsed)
+    assert not evolution.can_read(v1.raw, v2.raw)[0]
 
 
 def test_compatibility_check_catches_a_breaking_change() -> None:
