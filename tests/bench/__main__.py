@@ -13,8 +13,11 @@ Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
 ``CUSTODY_BENCH_TRACE_EVENTS`` (events stored for the trace latency, default 10000000),
 ``CUSTODY_BENCH_VERIFY_EVENTS`` (events stored for verify, default 100000),
 ``CUSTODY_BENCH_NOTIFY_ALERTS`` (alerts posted per notify run, default 20000),
-``CUSTODY_BENCH_REPORT_EVENTS`` (events of the one tenant reported on, default 10000000)
-and ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path).
+``CUSTODY_BENCH_REPORT_EVENTS`` (events of the one tenant reported on, default 10000000),
+``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path) and
+``CUSTODY_BENCH_PYSPY`` / ``CUSTODY_BENCH_INGEST_PYSPY`` / ``CUSTODY_BENCH_NOTIFY_PYSPY``
+(a file: record the first correlator / ingest / notify run with py-spy, see
+:func:`tests.bench.results.first_run_profile`).
 """
 
 from __future__ import annotations

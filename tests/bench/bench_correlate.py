@@ -71,7 +71,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
 from tests.bench.correlate_worker import bench_settings, links_topic, read_stats
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count, first_run_profile
 from tests.support.broker import free_port, local_broker, payload
 from tests.support.events import CODER, allow, declare, issue, revoke, use
 from tests.support.measure import percentile, py_spy
@@ -442,21 +442,10 @@ def measure_state_memory(trees: int) -> StateMemory:
 # ---- run ------------------------------------------------------------------------------
 
 
-def event_count() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_CORRELATE_EVENTS", DEFAULT_EVENTS))
-
-
 def floor_round(bootstrap: str, count: int, ends_path: Path, workdir: Path) -> Round:
     """One bare-faust run to completion."""
     with workers("floor", bootstrap, ends_path, workdir) as runs:
         return finished(runs, count, PARTITIONS)
-
-
-def profiler_path() -> Path | None:
-    """``CUSTODY_BENCH_PYSPY=/tmp/corr.svg``: record the first correlator run with py-spy
-    (an ``.svg`` flame graph, or collapsed stacks for any other suffix)."""
-    value = os.environ.get("CUSTODY_BENCH_PYSPY")
-    return Path(value) if value else None
 
 
 def correlator_round(
@@ -531,7 +520,7 @@ class Rounds:
 def run() -> list[Entry]:
     """Memory, then rounds of a floor, two correlators in one group and a correlator
     (alternately), then latency against the last single correlator worker."""
-    count = event_count()
+    count = env_count("CUSTODY_BENCH_CORRELATE_EVENTS", DEFAULT_EVENTS)
     memory = measure_state_memory(MEMORY_TREES)
     print(
         f"correlate: {memory.live_tokens:,} live tokens in {memory.trees:,} trees: "
@@ -564,7 +553,7 @@ def run() -> list[Entry]:
                 ends_path,
                 workdir,
                 settings if number == ROUNDS else None,
-                profiler_path() if number == 1 else None,
+                first_run_profile("CUSTODY_BENCH_PYSPY", number),
             )
             rounds.correlators.append(result)
             rounds.latencies += latencies

@@ -59,7 +59,7 @@ from tests.bench.bench_correlate import (
     publish,
 )
 from tests.bench.correlate_worker import bench_settings, read_stats
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count
 from tests.support.broker import local_broker
 from tests.support.events import T0
 from tests.support.polling import poll
@@ -86,10 +86,6 @@ START_TIMEOUT = 120.0
 MIN_RATE = 300
 # After catching up: a few timer steps (one a second) retire what is due.
 SETTLE_SECONDS = 3.0
-
-
-def soak_events() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_SOAK_EVENTS", DEFAULT_EVENTS))
 
 
 def soak_settings(bootstrap: str, home: Path) -> Settings:
@@ -348,7 +344,7 @@ def run() -> list[Entry]:
     """A worker through the whole run, its memory at a tenth and at the end, then killed
     and restarted; another, on a broker of its own, through the first tenth, then killed
     and restarted (the restart's baseline)."""
-    total = soak_events()
+    total = env_count("CUSTODY_BENCH_SOAK_EVENTS", DEFAULT_EVENTS)
     first = int(total * CHECKPOINT)
     (early, late), restart_last = soak(total, [first])
     _, restart_first = soak(first, [])

@@ -1,12 +1,13 @@
 """Ingest throughput: ``custody ingest`` on the embedded engine against a floor measured
 in the same run.
 
-Realistic custody trees (:class:`tests.bench.bench_producer.TreeGenerator`; about 580
-bytes per event, unique event ids) are stamped with a hash chain
-(``event_to_avro(event, chain=...)``), encoded with ``AvroCodec`` and produced raw, keyed
-by ``root_task_id``, to ``custody.events.v1`` (6 partitions) of a fresh local Tansu broker
-before anything is timed. Then, alternately, each in its own subprocess
-(:mod:`tests.bench.ingest_worker`) on a fresh, migrated chdb directory:
+N events (``CUSTODY_BENCH_INGEST_EVENTS``, default 200,000) of realistic custody trees
+(:class:`tests.bench.bench_producer.TreeGenerator`; about 580 bytes per event, unique
+event ids) are stamped with a hash chain (``event_to_avro(event, chain=...)``), encoded
+with ``AvroCodec`` and produced raw, keyed by ``root_task_id``, to ``custody.events.v1``
+(6 partitions) of a fresh local Tansu broker before anything is timed. Then, alternately,
+each in its own subprocess (:mod:`tests.bench.ingest_worker`) on a fresh, migrated chdb
+directory:
 
 - **floor**: a confluent-kafka consumer (partitions assigned directly) reads every record
   with ``consume(10000)``, strips the 10-byte single-object header, frames 10,000 bodies
@@ -27,10 +28,6 @@ ingest / floor. Goal: ratio >= 0.8 and >= 80k events/s. The detail also gives ea
 CPU time per event (the worker process, all threads, over the same interval): the broker,
 the consumer threads, chdb and Python share two cores, so CPU per event is what the rate
 follows, and it moves less than the rate when other work runs on the machine.
-
-``CUSTODY_BENCH_INGEST_EVENTS`` (default 200,000) sets N; ``CUSTODY_BENCH_INGEST_PYSPY=
-/tmp/ingest.svg`` records the first ingest run with py-spy (``.svg``: a flame graph, any
-other suffix: collapsed stacks).
 """
 
 from __future__ import annotations
@@ -58,7 +55,7 @@ from tests.bench.results import (
     announce,
     entry,
     env_count,
-    env_path,
+    first_run_profile,
     produce_all,
 )
 from tests.support.broker import local_broker
@@ -180,7 +177,7 @@ def run() -> list[Entry]:
         workdir = Path(tmp)
 
         def measured(number: int) -> Run:
-            profile = env_path("CUSTODY_BENCH_INGEST_PYSPY") if number == 1 else None
+            profile = first_run_profile("CUSTODY_BENCH_INGEST_PYSPY", number)
             return run_worker("ingest", bootstrap, count, workdir, profile)
 
         floors, ingests = alternate(

@@ -1,13 +1,14 @@
 """Notify throughput: ``custody notify`` posting to a real Alertmanager, against a floor
 measured in the same run.
 
-N distinct alerts (the alerts the pure correlator raises on a simulation and on mixed
-traffic, copied under new alert ids until there are N) are encoded with ``AvroCodec`` and
-produced, keyed by alert id as the correlator writes them, to ``custody.alerts.v1`` (6
-partitions) of a fresh local Tansu broker before anything is timed. Then, alternately, in
-this process, each run against a fresh Alertmanager (Debian's ``prometheus-alertmanager``
-on the shipped configuration, its webhooks sent to a receiver of the benchmark's, as the
-integration tests run it), so that every run posts N alerts Alertmanager does not hold yet:
+N distinct alerts (``CUSTODY_BENCH_NOTIFY_ALERTS``, default 20,000: the alerts the pure
+correlator raises on a simulation and on mixed traffic, copied under new alert ids until
+there are N) are encoded with ``AvroCodec`` and produced, keyed by alert id as the
+correlator writes them, to ``custody.alerts.v1`` (6 partitions) of a fresh local Tansu
+broker before anything is timed. Then, alternately, in this process, each run against a
+fresh Alertmanager (Debian's ``prometheus-alertmanager`` on the shipped configuration, its
+webhooks sent to a receiver of the benchmark's, as the integration tests run it), so that
+every run posts N alerts Alertmanager does not hold yet:
 
 - **floor**: a confluent-kafka consumer under a fresh group reads the topic, looks each
   record's alert up by its key (no decoding) in the postable alerts computed before the
@@ -27,10 +28,6 @@ Alertmanager must hold N Custody alerts. Medians of :data:`ROUNDS` alternating r
 ratio = notify / floor. Goal: ratio >= 0.8. The detail also gives each side's CPU time
 per alert in this process (all threads, over the same interval); Alertmanager's own CPU
 time is the same work in both runs and is left out.
-
-``CUSTODY_BENCH_NOTIFY_ALERTS`` (default 20,000) sets N; ``CUSTODY_BENCH_NOTIFY_PYSPY=
-/tmp/notify.svg`` records the first notify run with py-spy (``.svg``: a flame graph, any
-other suffix: collapsed stacks).
 """
 
 from __future__ import annotations
@@ -71,7 +68,7 @@ from tests.bench.results import (
     consumer_settings,
     entry,
     env_count,
-    env_path,
+    first_run_profile,
     produce_all,
 )
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
@@ -305,7 +302,7 @@ def run() -> list[Entry]:
             )
 
         def notify_run(number: int) -> Run:
-            profile = env_path("CUSTODY_BENCH_NOTIFY_PYSPY") if number == 1 else None
+            profile = first_run_profile("CUSTODY_BENCH_NOTIFY_PYSPY", number)
             with py_spy(os.getpid(), profile):
                 return measured(
                     "notify", workdir, count, lambda url: run_notify(settings, url, count, workdir)

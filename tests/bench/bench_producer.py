@@ -53,7 +53,7 @@ from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, body_bytes, event_to_avro
 from schemas.models import Envelope
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count
 
 DEFAULT_EVENTS = 100_000
 PROFILE_EVENTS = 20_000
@@ -459,17 +459,13 @@ def local_broker(host: str = "127.0.0.1") -> Iterator[str]:
             process.wait()
 
 
-def event_count() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_EVENTS", DEFAULT_EVENTS))
-
-
 def profiling() -> bool:
     return os.environ.get("CUSTODY_BENCH_PROFILE") == "1"
 
 
 def run() -> list[Entry]:
     """Measure floor, SDK and asyncio SDK, alternating, and return their medians."""
-    count = event_count()
+    count = env_count("CUSTODY_BENCH_EVENTS", DEFAULT_EVENTS)
     print(f"producer: generating {count:,} events")
     *models, warmup = generate(count + 1)
     work = prepare(models, warmup)

@@ -26,7 +26,6 @@ does while ingest+serve owns the directory) for :data:`HTTP_TRACES` ids.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import statistics
@@ -47,7 +46,7 @@ from processors.storage.backend import Backend, ChdbBackend, Row
 from processors.storage.migrations import migrate
 from processors.storage.target import ChdbTarget
 from producers.settings import Settings
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count
 from tests.support.measure import percentile
 
 DEFAULT_EVENTS = 10_000_000
@@ -421,10 +420,6 @@ def over_http(backend: Backend, home: Path, ids: list[str]) -> tuple[list[float]
 # ---- run ------------------------------------------------------------------------------
 
 
-def event_count() -> int:
-    return int(os.environ.get("CUSTODY_BENCH_TRACE_EVENTS", DEFAULT_EVENTS))
-
-
 def optimize(backend: Backend) -> float:
     """Merge every table down to one part per partition; returns seconds."""
     started = time.perf_counter()
@@ -464,7 +459,7 @@ def filled(directory: Path, events: int, tenants: int = 5) -> Iterator[Filled]:
 def run() -> list[Entry]:
     """Fill; time traces straight on the backend and through the query API; merge every
     table and time the direct traces again."""
-    events = event_count()
+    events = env_count("CUSTODY_BENCH_TRACE_EVENTS", DEFAULT_EVENTS)
     print(f"trace: filling about {events:,} events")
     with tempfile.TemporaryDirectory() as tmp, filled(Path(tmp), events) as store:
         backend, trees, fill_seconds, counts = (

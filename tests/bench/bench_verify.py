@@ -12,7 +12,6 @@ The ratio shows what re-encoding and hashing cost on top of reading.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from producers.chain import HashChain
 from producers.simulator import SimulationConfig, simulate
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, body_bytes, event_to_avro
-from tests.bench.results import Entry, entry
+from tests.bench.results import Entry, entry, env_count
 
 ROUNDS = 3
 INSTANCES = 4
@@ -63,7 +62,7 @@ def _floor(reader: BackendReader) -> int:
 
 
 def run() -> list[Entry]:
-    events = int(os.environ.get("CUSTODY_BENCH_VERIFY_EVENTS", "100000"))
+    events = env_count("CUSTODY_BENCH_VERIFY_EVENTS", 100_000)
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as home:
         target = ChdbTarget(Path(home) / "chdb")
         backend = ChdbBackend(target)

@@ -49,10 +49,12 @@ def env_count(variable: str, default: int) -> int:
     return int(os.environ.get(variable, default))
 
 
-def env_path(variable: str) -> Path | None:
-    """A path the environment's ``variable`` names (a profile to write), if set."""
+def first_run_profile(variable: str, number: int) -> Path | None:
+    """Where to record round ``number``'s measured run with py-spy: the path the
+    environment's ``variable`` names, in the first round only (``.svg``: a flame graph,
+    any other suffix: collapsed stacks); None records nothing."""
     value = os.environ.get(variable)
-    return Path(value) if value else None
+    return Path(value) if value and number == 1 else None
 
 
 class Rated(Protocol):
