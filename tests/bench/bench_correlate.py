@@ -71,7 +71,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AlertType, CredentialRevokedEvent, Envelope, TaskCompletedEvent
 from tests.bench.correlate_worker import bench_settings, links_topic, read_stats
-from tests.bench.results import Entry, entry, env_count, first_run_profile
+from tests.bench.results import Entry, entry, env_count, first_run_profile, rates_by_round
 from tests.support.broker import free_port, local_broker, payload
 from tests.support.events import CODER, allow, declare, issue, revoke, use
 from tests.support.measure import percentile, py_spy
@@ -577,8 +577,7 @@ def entries(count: int, memory: StateMemory, rounds: Rounds, load: float) -> lis
     detail = {
         "events": count,
         "rounds": len(rounds.floors),
-        "floor_rounds": [round(r.rate) for r in rounds.floors],
-        "correlator_rounds": [round(r.rate) for r in rounds.correlators],
+        **rates_by_round(floor=rounds.floors, correlator=rounds.correlators),
         "floor_processed": [r.processed for r in rounds.floors],
         "correlator_processed": [r.processed for r in rounds.correlators],
         "tree_spacing_seconds": TREE_SPACING_SECONDS,
@@ -587,8 +586,7 @@ def entries(count: int, memory: StateMemory, rounds: Rounds, load: float) -> lis
     group_detail = {
         "events": count,
         "rounds": len(rounds.groups),
-        "one_worker_rounds": [round(r.rate) for r in rounds.correlators],
-        "two_worker_rounds": [round(r.rate) for r in rounds.groups],
+        **rates_by_round(one_worker=rounds.correlators, two_worker=rounds.groups),
         # More than the events: records a rebalance handed to both workers.
         "two_worker_processed": [r.processed for r in rounds.groups],
         "two_worker_runs": rounds.group_attempts,

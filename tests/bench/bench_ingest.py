@@ -57,6 +57,7 @@ from tests.bench.results import (
     env_count,
     first_run_profile,
     produce_all,
+    rates_by_round,
 )
 from tests.support.broker import local_broker
 from tests.support.measure import py_spy
@@ -194,8 +195,7 @@ def run() -> list[Entry]:
         "events": count,
         "rounds": ROUNDS,
         "mean_message_bytes": round(messages.mean_bytes, 1),
-        "floor_rounds": [round(r.rate) for r in floors],
-        "ingest_rounds": [round(r.rate) for r in ingests],
+        **rates_by_round(floor=floors, ingest=ingests),
         "floor_cpu_us_per_event": round(statistics.median(r.cpu_us for r in floors), 2),
         "ingest_cpu_us_per_event": round(statistics.median(r.cpu_us for r in ingests), 2),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),

@@ -70,6 +70,7 @@ from tests.bench.results import (
     env_count,
     first_run_profile,
     produce_all,
+    rates_by_round,
 )
 from tests.support.alertmanager import RunningAlertmanager, WebhookReceiver, config_for_test
 from tests.support.broker import local_broker
@@ -317,8 +318,7 @@ def run() -> list[Entry]:
         "batch_alerts": settings.notify_batch_alerts,
         "mean_record_bytes": record_bytes,
         "mean_post_bytes_per_alert": post_bytes,
-        "floor_rounds": [round(r.rate) for r in floors],
-        "notify_rounds": [round(r.rate) for r in notifies],
+        **rates_by_round(floor=floors, notify=notifies),
         "floor_posts": floors[-1].posts,
         "notify_batches": notifies[-1].posts,
         "floor_cpu_us_per_alert": round(statistics.median(r.cpu_us for r in floors), 1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
 
@@ -57,14 +57,24 @@ def first_run_profile(variable: str, number: int) -> Path | None:
     return Path(value) if value and number == 1 else None
 
 
-class Rated(Protocol):
-    """One timed run: its rate and its CPU time per item."""
+class Paced(Protocol):
+    """One timed run: its rate."""
 
     @property
     def rate(self) -> float: ...
 
+
+class Rated(Paced, Protocol):
+    """One timed run: its rate and its CPU time per item."""
+
     @property
     def cpu_us(self) -> float: ...
+
+
+def rates_by_round(**sides: Sequence[Paced]) -> dict[str, list[int]]:
+    """Each side's rate in every round, rounded, as ``<side>_rounds`` (in the order given):
+    the spread behind a median, for an entry's detail."""
+    return {f"{side}_rounds": [round(run.rate) for run in runs] for side, runs in sides.items()}
 
 
 R = TypeVar("R", bound=Rated)
