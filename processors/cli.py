@@ -25,6 +25,7 @@ from rich.table import Table
 
 from processors import roles, stack, starting
 from processors.broker import BrokerError
+from processors.collect import commands as collect_commands
 from processors.command_context import JsonLinesOption, JsonOption, fail, settings_of
 from processors.reporting import commands as reporting_commands
 from processors.serving.reader import Reader
@@ -641,6 +642,7 @@ def verify(
 
 roles.register(app)
 reporting_commands.register(app)
+collect_commands.register(app)
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ keeps moving (the correlator logs its phase, and how many changelog records its 
 has left, as they change), up to a bound (``--timeout``); a worker whose log has not moved
 for :data:`START_STALL_SECONDS` is stuck.
 
-``up`` also runs ``notify`` when ``CUSTODY_ALERTMANAGER_URL`` is set. Every worker serves
+``up`` runs ``collect`` (OPA and Vault evidence in; its address under ``address``)
+and also ``notify`` when ``CUSTODY_ALERTMANAGER_URL`` is set. Every worker serves
 its Prometheus metrics on a port of its own (a free one unless configured), recorded with
 it, so ``status`` shows each URL under ``metrics``.
 
@@ -51,12 +52,14 @@ BROKER = "broker"
 CORRELATE = "correlate"
 INGEST = "ingest"
 NOTIFY = "notify"
+COLLECT = "collect"
 # Where a correlator serves its metrics unless told otherwise. On the local stack, worker k
 # of N gets the port + k - 1 when the variable is set, and a free port otherwise.
 METRICS_ADDRESS = "127.0.0.1:9464"
 METRICS_ADDRESS_VARIABLE = "CUSTODY_CORRELATOR_METRICS_ADDRESS"
 INGEST_METRICS_VARIABLE = "CUSTODY_INGEST_METRICS_ADDRESS"
 NOTIFY_METRICS_VARIABLE = "CUSTODY_NOTIFY_METRICS_ADDRESS"
+COLLECT_METRICS_VARIABLE = "CUSTODY_COLLECT_METRICS_ADDRESS"
 SERVE_METRICS_VARIABLE = "CUSTODY_SERVE_METRICS_ADDRESS"
 _CORRELATOR_NAME = re.compile(rf"{CORRELATE}(?:-([0-9]+))?")
 # The longest `custody up` waits for the workers to start, however they progress.
@@ -176,14 +179,15 @@ def correlator_count(settings: Settings) -> int:
 
 def _processes(settings: Settings) -> list[str]:
     """The stack's processes in start order: the broker, every correlator (those to run
-    and any other still recorded), ingest, and notify when it is configured or recorded."""
+    and any other still recorded), ingest, collect, and notify when it is configured or
+    recorded."""
     wanted = correlator_names(correlator_count(settings))
     correlators = sorted(
         set(wanted) | set(_recorded_correlators(settings)),
         key=lambda name: _correlator_index(name) or 0,
     )
     notify = [NOTIFY] if _notifies(settings) or _read_record(settings, NOTIFY) else []
-    return [BROKER, *correlators, INGEST, *notify]
+    return [BROKER, *correlators, INGEST, COLLECT, *notify]
 
 
 def _notifies(settings: Settings) -> bool:
@@ -216,6 +220,9 @@ def status(settings: Settings) -> list[ProcessStatus]:
         if name == NOTIFY and running:
             state = _read_state(settings, name)
             healthy = healthy and not (state or {}).get("waiting_for_alertmanager", False)
+        elif name == COLLECT and running:
+            state = _read_state(settings, name)
+            address = (state or {}).get("address")
         else:
             state = None
         if name != BROKER and record and running:
@@ -374,7 +381,7 @@ def up(
     if not _notifies(settings):
         _stop(settings, NOTIFY, timeout=10.0)
     # Every worker starts before any is waited for: their group joins overlap.
-    others = [INGEST, NOTIFY] if _notifies(settings) else [INGEST]
+    others = [INGEST, COLLECT, NOTIFY] if _notifies(settings) else [INGEST, COLLECT]
     workers = [
         _start_worker(settings, name, index)
         for index, name in enumerate(wanted, start=1)
@@ -402,10 +409,11 @@ def _start_worker(settings: Settings, name: str, index: int) -> Started:
         # The local stack always serves queries, whichever ClickHouse it writes to.
         host, port = split_address(metrics_address(1, INGEST_METRICS_VARIABLE))
         argv = _custody_command(INGEST, "--serve")
-    elif name == NOTIFY:
+    elif name in (NOTIFY, COLLECT):
         state_path(settings, name).unlink(missing_ok=True)
-        host, port = split_address(metrics_address(1, NOTIFY_METRICS_VARIABLE))
-        argv = _custody_command(NOTIFY)
+        variable = NOTIFY_METRICS_VARIABLE if name == NOTIFY else COLLECT_METRICS_VARIABLE
+        host, port = split_address(metrics_address(1, variable))
+        argv = _custody_command(name)
     else:
         host, port = split_address(metrics_address(index))
         argv = _custody_command(CORRELATE, "--name", name)

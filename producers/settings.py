@@ -191,6 +191,32 @@ class Settings(BaseSettings):
         "(Custody alerts are facts: none resolves by itself; docs/alerts.md).",
     )
 
+    collect_address: str = Field(
+        "127.0.0.1:8471", description="HOST:PORT of custody collect's HTTP service."
+    )
+    collect_vault_address: str | None = Field(
+        None,
+        description="HOST:PORT where custody collect takes Vault's socket audit device "
+        "(unset: not listened on).",
+    )
+    collect_metrics_address: str = Field("127.0.0.1:9473", description="collect's /metrics.")
+    collect_max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="The largest upload collect takes, compressed and uncompressed (413 above).",
+    )
+    collect_ack_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long an upload waits for Kafka's acks before a 503."
+    )
+    collect_mapping: Path | None = Field(
+        None, description="YAML file overriding the OPA and Vault mapping defaults."
+    )
+    collect_tokens_file: Path | None = Field(
+        None,
+        description="Where the hashes of collect tokens are kept "
+        "(default: <home>/collect-tokens.json).",
+    )
+
     @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         if self.kafka_sasl_mechanism and not (

@@ -160,8 +160,9 @@ def header_list(message: Message) -> list[tuple[str, bytes]]:
 def run_custody(
     bootstrap: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``custody`` command against ``bootstrap``; a query API it starts
-    listens on a port of the system's choosing (its address is recorded under .custody)."""
+    """Run the installed ``custody`` command against ``bootstrap``; a query API or
+    collector it starts listens on a port of the system's choosing (its address is recorded
+    under .custody)."""
     return subprocess.run(
         [CUSTODY, *args],
         cwd=cwd,
@@ -169,6 +170,7 @@ def run_custody(
             **os.environ,
             "CUSTODY_KAFKA_BOOTSTRAP": bootstrap,
             "CUSTODY_SERVE_PORT": "0",
+            "CUSTODY_COLLECT_ADDRESS": "127.0.0.1:0",
             **(env or {}),
         },
         capture_output=True,

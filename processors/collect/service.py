@@ -1,0 +1,180 @@
+"""``custody collect``'s HTTP side (aiohttp): OPA's decision-log uploads.
+
+``POST /v1/opa/logs`` takes exactly what OPA's ``decision_logs`` plugin sends to a
+``services`` entry: a JSON array of decision events, gzip-compressed
+(``Content-Encoding: gzip``). The answers, each with a JSON body naming the problem:
+
+- 401 without a bearer token, or with one no ``custody collect-token`` made;
+- 403 when a record names another tenant than the token's (nothing is published);
+- 400 for a body that is not a JSON array, or a broken gzip stream; 413 over
+  ``CUSTODY_COLLECT_MAX_BODY_BYTES`` (compressed or not);
+- 503 when Kafka did not acknowledge every event and dead letter in time: OPA keeps the
+  batch and uploads it again (the event ids are derived from the decisions, so a batch
+  stored twice is deduplicated downstream);
+- 200 once every record is published or dead-lettered, with the counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from processors.collect import opa, opa_files
+from processors.collect.mapping_file import CollectMapping
+from processors.collect.metrics import CollectMetrics
+from processors.collect.publisher import CollectPublisher, Tally, Unavailable
+from processors.collect.records import Origin, Outcome, Rejection
+from processors.collect.tokens import TokenStore
+
+_log = logging.getLogger("custody.collect")
+
+OPA_LOGS = "/v1/opa/logs"
+HEALTH = "/health"
+# How long OPA is asked to wait before uploading again after a 503.
+_RETRY_AFTER_SECONDS = "5"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, reason: str, detail: str) -> web.Response:
+    """A JSON error answer: ``{"error": reason, "detail": detail}``."""
+    return web.json_response({"error": reason, "detail": detail}, status=status)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class CollectService:
+    """The HTTP application over a publisher, a token store and the mapping."""
+
+    def __init__(
+        self,
+        publisher: CollectPublisher,
+        tokens: TokenStore,
+        mapping: CollectMapping,
+        metrics: CollectMetrics,
+    ) -> None:
+        self.publisher = publisher
+        self.tokens = tokens
+        self.mapping = mapping
+        self.metrics = metrics
+        self.max_body = publisher.settings.collect_max_body_bytes
+
+    def application(self) -> web.Application:
+        """The aiohttp application serving the routes."""
+        app = web.Application(client_max_size=self.max_body, middlewares=[self._answered])
+        app.router.add_post(OPA_LOGS, self.opa_logs)
+        app.router.add_get(HEALTH, self.health)
+        return app
+
+    @web.middleware
+    async def _answered(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count every answer by route and code; aiohttp's own refusals (an unknown path,
+        a body over the limit) as JSON problems too."""
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = problem(
+                exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason
+            )
+        self.metrics.requests.labels(route, str(response.status)).inc()
+        return response
+
+    async def health(self, _request: web.Request) -> web.Response:
+        """Liveness: the service answers."""
+        return web.json_response({"status": "ok"})
+
+    def _authenticated(self, request: web.Request, kind: str) -> Origin | web.Response:
+        token = bearer_token(request)
+        origin = self.tokens.origin_of(token) if token else None
+        if origin is None:
+            self.metrics.refused.labels(kind, "unauthenticated").inc()
+            response = problem(
+                401,
+                "unauthenticated",
+                "an Authorization: Bearer header with a token from `custody collect-token` "
+                "is required"
+                if token is None
+                else "the bearer token is not a known collect token",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="custody-collect"'
+            return response
+        return origin
+
+    async def opa_logs(self, request: web.Request) -> web.Response:
+        """OPA's decision-log upload."""
+        started = time.monotonic()
+        origin = self._authenticated(request, "opa")
+        if isinstance(origin, web.Response):
+            return origin
+        try:
+            # aiohttp undoes Content-Encoding: gzip and bounds the uncompressed size.
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.metrics.refused.labels("opa", "too_large").inc()
+            return problem(
+                413, "too_large", f"the upload exceeds {self.max_body} bytes (uncompressed)"
+            )
+        except Exception as exc:  # aiohttp's decoding errors share no base class
+            self.metrics.refused.labels("opa", "bad_request").inc()
+            return problem(400, "bad_encoding", f"the body cannot be decoded: {exc}")
+        try:
+            decisions = opa_files.decisions_of_upload(body)
+        except ValueError as exc:
+            self.metrics.refused.labels("opa", "bad_request").inc()
+            return problem(400, "malformed_json", str(exc))
+        foreign = self._foreign_tenants(decisions, origin)
+        if foreign:
+            self.metrics.refused.labels("opa", "forbidden").inc()
+            return problem(
+                403,
+                "forbidden",
+                f"records name tenant(s) {', '.join(sorted(foreign))}; this token publishes "
+                f"for tenant {origin.tenant} only. Nothing was published.",
+            )
+        try:
+            tally = await asyncio.to_thread(self._publish_decisions, origin, decisions)
+        except Unavailable as exc:
+            self.metrics.refused.labels("opa", "unavailable").inc()
+            _log.warning("upload from %s not taken: %s", origin.source, exc)
+            response = problem(503, "unavailable", str(exc))
+            response.headers["Retry-After"] = _RETRY_AFTER_SECONDS
+            return response
+        self.metrics.counted("opa", tally, time.monotonic() - started)
+        return web.json_response(tally.as_json())
+
+    def _foreign_tenants(self, decisions: list[Any], origin: Origin) -> set[str]:
+        named = (
+            opa.tenant_named(entry, self.mapping.opa)
+            for entry in decisions
+            if isinstance(entry, dict)
+        )
+        return {tenant for tenant in named if tenant is not None and tenant != origin.tenant}
+
+    def _publish_decisions(self, origin: Origin, decisions: list[Any]) -> Tally:
+        return self.publisher.publish(origin, self._outcomes(origin, decisions))
+
+    def _outcomes(
+        self, origin: Origin, decisions: list[Any]
+    ) -> Iterator[tuple[Outcome, bytes | None]]:
+        for index, entry in enumerate(decisions):
+            outcome: Outcome = (
+                opa.map_decision(entry, origin, self.mapping.opa)
+                if isinstance(entry, dict)
+                else Rejection(
+                    "opa_malformed_record", f"item {index} of the upload is not an object"
+                )
+            )
+            # A dead letter keeps the record as it came; a published one needs no copy.
+            yield outcome, json.dumps(entry).encode() if isinstance(outcome, Rejection) else None
