@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from processors.correlation import renewals
 from processors.correlation.alerts import from_micros, make_alert
 from processors.correlation.retention import forget_settled
 from processors.correlation.tree import (
@@ -30,6 +31,7 @@ from processors.correlation.tree import (
     BreakGlassRec,
     DecisionRec,
     DelegationRec,
+    RenewalRec,
     RevocationRec,
     TaskRec,
     TokenRec,
@@ -44,6 +46,7 @@ from schemas.models import (
     BreakGlassEvent,
     CredentialIssuedEvent,
     CredentialLifecycle,
+    CredentialRenewedEvent,
     CredentialRevokedEvent,
     CredentialState,
     DelegationEvent,
@@ -69,7 +72,8 @@ BROKEN_CHAIN = "broken_chain"
 BG_UNAPPROVED = "bg_unapproved"
 BG_OVERDUE = "bg_overdue"
 EXPIRY = "expiry"
-_SEP = "\x1f"
+EXPIRED_USE = "expired_use"
+_SEP = renewals.SEP
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,14 +212,19 @@ class _Step:
             if token.expired
             else CredentialLifecycle.ACTIVE
         )
+        renewal = renewals.source(self.state, token)
         sources = [token.issued_event_id] + ([revocation.event_id] if revocation else [])
+        sources += [renewal.event_id] if renewal else []
         updated = max(token.event_us, revocation.us if revocation else 0)
+        updated = max(updated, renewal.us if renewal else 0)
         if token.expired:
             updated = max(updated, token.expires_us)
+        # Each renewal that moves the expiry counts twice: it may also undo an expiry.
+        moves = renewals.moves(self.state, token.token_id)
         self._change(
             StateKind.CREDENTIAL,
             token.token_id,
-            1 + (revocation is not None) + token.expired,
+            1 + (revocation is not None) + token.expired + 2 * moves,
             updated,
             sources,
             credential=CredentialState(
@@ -379,18 +388,7 @@ def _on_issued(step: _Step, event: CredentialIssuedEvent, us: int) -> None:
     # Judged on every issuance, also a later duplicate of the token id: which one is kept
     # below must not decide whether this alert exists.
     lifetime = to_micros(body.expires_at) - to_micros(body.issued_at)
-    if lifetime > config.max_credential_ttl_us:
-        step.alert(
-            AlertType.LONG_LIVED_CREDENTIAL,
-            body.token_id,
-            us,
-            [event.event_id],
-            f"lifetime {lifetime / _US:.0f}s exceeds the maximum "
-            f"{config.max_credential_ttl_us / _US:.0f}s",
-            task_id=event.task_id,
-            token_id=body.token_id,
-            workload_id=body.token_subject,
-        )
+    _long_lived(step, event, body.token_id, lifetime, "lifetime", body.token_subject)
     old = state.tokens.get(body.token_id)
     if old is not None and not _earlier(us, event.event_id, old.event_us, old.issued_event_id):
         return
@@ -409,6 +407,7 @@ def _on_issued(step: _Step, event: CredentialIssuedEvent, us: int) -> None:
         parent_token_id=body.parent_token_id,
     )
     state.tokens[body.token_id] = token
+    renewals.extend(state, token)
     step.token_changed(token)
     state.schedule(us + config.grace_us, ORPHANED, token.token_id)
     state.schedule(token.expires_us, EXPIRY, token.token_id)
@@ -438,6 +437,40 @@ def _on_revoked(step: _Step, event: CredentialRevokedEvent, us: int) -> None:
         step.token_changed(token)
     for access in state.accesses.get(body.token_id, []):
         _check_access_after_revocation(step, access, revocation)
+
+
+def _on_renewed(step: _Step, event: CredentialRenewedEvent, us: int) -> None:
+    body, state = event.body, step.state
+    expires_us = to_micros(body.expires_at)
+    token = state.tokens.get(body.token_id)
+    subject = token.subject if token else None
+    _long_lived(step, event, body.token_id, expires_us - us, "renewed lifetime", subject)
+    renewal = RenewalRec(body.token_id, event.event_id, us, expires_us, body.renewed_by)
+    if not renewals.keep(state, renewal) or token is None or not renewals.extend(state, token):
+        return
+    # An expiry the watermark already passed is undone; its new one is scheduled.
+    token.expired = False
+    step.token_changed(token)
+    state.schedule(token.expires_us, EXPIRY, token.token_id)
+
+
+def _long_lived(
+    step: _Step, event: Envelope, token_id: str, lifetime: int, what: str, subject: str | None
+) -> None:
+    # The subject is the token: one alert per token, whether its issuance or a renewal
+    # (its lifetime counted from the renewal) first went past the maximum.
+    limit = step.config.max_credential_ttl_us
+    if lifetime > limit:
+        step.alert(
+            AlertType.LONG_LIVED_CREDENTIAL,
+            token_id,
+            to_micros(event.event_time),
+            [event.event_id],
+            f"{what} {lifetime / _US:.0f}s exceeds the maximum {limit / _US:.0f}s",
+            task_id=event.task_id,
+            token_id=token_id,
+            workload_id=subject,
+        )
 
 
 def _on_access(step: _Step, event: AccessEvent, us: int) -> None:
@@ -558,6 +591,7 @@ _HANDLERS: dict[type[Envelope], Callable[[_Step, Any, int], None]] = {
     AuthzDecisionEvent: _on_decision,
     CredentialIssuedEvent: _on_issued,
     CredentialRevokedEvent: _on_revoked,
+    CredentialRenewedEvent: _on_renewed,
     AccessEvent: _on_access,
     DelegationEvent: _on_delegation,
     ApprovalEvent: _on_approval,
@@ -576,14 +610,9 @@ def _check_access_against_token(step: _Step, access: AccessRec, token: TokenRec)
     }
     evidence = [access.event_id, token.issued_event_id]
     if access.us > token.expires_us:
-        step.alert(
-            AlertType.TOKEN_USED_AFTER_EXPIRY,
-            access.event_id,
-            access.us,
-            evidence,
-            f"used {(access.us - token.expires_us) / _US:.0f}s after it expired",
-            **common,
-        )
+        # A renewal still to come may cover it: decided at the access + grace.
+        key = token.token_id + _SEP + access.event_id
+        step.state.schedule(access.us + step.config.grace_us, EXPIRED_USE, key)
     if token.subject not in (access.workload_id, access.instance_id):
         step.alert(
             AlertType.SHARED_CREDENTIAL,
@@ -881,9 +910,28 @@ def _split_pair(key: str, first: dict[str, Any], second: dict[str, Any]) -> tupl
     raise KeyError(key)
 
 
+def _deadline_expired_use(step: _Step, key: str, due: int) -> None:
+    found = renewals.expired_use(step.state, key)
+    if found is None:
+        return
+    access, token, renewal = found
+    step.alert(
+        AlertType.TOKEN_USED_AFTER_EXPIRY,
+        access.event_id,
+        access.us,
+        [access.event_id, token.issued_event_id] + ([renewal.event_id] if renewal else []),
+        f"used {(access.us - token.expires_us) / _US:.0f}s after it expired"
+        + (" (as renewed)" if renewal else ""),
+        task_id=access.task_id,
+        token_id=token.token_id,
+        workload_id=access.workload_id,
+    )
+
+
 def _deadline_expiry(step: _Step, token_id: str, due: int) -> None:
     token = step.state.tokens[token_id]
-    if not token.expired:
+    # A renewal moved the expiry past this deadline: its own deadline decides.
+    if not token.expired and due >= token.expires_us:
         token.expired = True
         step.token_changed(token)
 
@@ -897,4 +945,5 @@ _DEADLINE_CHECKS: dict[str, Callable[[_Step, str, int], None]] = {
     BG_UNAPPROVED: _deadline_bg_unapproved,
     BG_OVERDUE: _deadline_bg_overdue,
     EXPIRY: _deadline_expiry,
+    EXPIRED_USE: _deadline_expired_use,
 }

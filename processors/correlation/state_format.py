@@ -3,9 +3,12 @@ pending chain links in the changelog topics).
 
 Every saved record carries ``"format": STATE_FORMAT``. A record without the key was
 written before versioning (format 0), whose layout format 1 keeps unchanged, so it reads
-as is. A record from a newer format is refused loudly instead of being read as a
-positional layout it does not have: judging events against a misread state would raise
-false alerts or hide real ones.
+as is. Format 2 adds a tree's renewals (``renewals``: schema v2's ``CREDENTIAL_RENEWED``
+moves a token's expiry); a format 1 tree reads as one without renewals, and a worker of
+format 1 refuses a format 2 tree rather than judge accesses by the expiries it would miss.
+A record from a newer format is refused loudly instead of being read as a positional
+layout it does not have: judging events against a misread state would raise false alerts
+or hide real ones.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 _KEY = "format"
 
 

@@ -63,6 +63,18 @@ class RevocationRec:
 
 
 @dataclass(slots=True)
+class RenewalRec:
+    token_id: str
+    event_id: str
+    us: int
+    expires_us: int
+    renewed_by: str
+    # How many times the token's renewed expiry moved later: the credential's state
+    # version counts it, so each renewal that moved it gives a newer version.
+    moves: int = 1
+
+
+@dataclass(slots=True)
 class DecisionRec:
     decision_id: str
     event_id: str
@@ -129,6 +141,7 @@ _RECORDS: dict[str, type] = {
     "tasks": TaskRec,
     "tokens": TokenRec,
     "revocations": RevocationRec,
+    "renewals": RenewalRec,
     "decisions": DecisionRec,
     "delegations": DelegationRec,
     "approvals": ApprovalRec,
@@ -147,6 +160,8 @@ class TreeState:
     tokens: dict[str, TokenRec] = field(default_factory=dict)
     # token_id -> the earliest revocation (by event time)
     revocations: dict[str, RevocationRec] = field(default_factory=dict)
+    # token_id -> the renewal with the latest expires_at, also of a token not yet issued
+    renewals: dict[str, RenewalRec] = field(default_factory=dict)
     decisions: dict[str, DecisionRec] = field(default_factory=dict)
     # token_id -> accesses with that token, kept for joins with late issuance/revocation
     accesses: dict[str, list[AccessRec]] = field(default_factory=dict)
@@ -203,7 +218,9 @@ class TreeState:
         state.horizon_us = int(data.get("horizon_us", pending))
         state.accesses = {k: [AccessRec(*a) for a in v] for k, v in data["accesses"].items()}
         for name, record in _RECORDS.items():
-            setattr(state, name, {k: record(*v) for k, v in data[name].items()})
+            # Format 1 saved no renewals (the contract had none before schema v2).
+            saved = data.get(name, {}) if name == "renewals" else data[name]
+            setattr(state, name, {k: record(*v) for k, v in saved.items()})
         return state
 
     def __eq__(self, other: object) -> bool:
