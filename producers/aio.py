@@ -39,6 +39,7 @@ from producers.events import (
     DecisionFields,
     Delegated,
     EnvelopeFields,
+    Renewal,
     Revocation,
     TaskCompletion,
     TaskDeclaration,
@@ -225,8 +226,8 @@ class AsyncPolicyEngineRecorder(PolicyEngineEvents[AsyncPublisher]):
 
 
 class AsyncCredentialBrokerRecorder(CredentialBrokerEvents[AsyncPublisher, AsyncRotation]):
-    """:class:`producers.roles.CredentialBrokerRecorder` for coroutines: issuance and
-    revocation are awaited until the broker acknowledged them."""
+    """:class:`producers.roles.CredentialBrokerRecorder` for coroutines: issuance, renewal
+    and revocation are awaited until the broker acknowledged them."""
 
     _rotation = AsyncRotation
 
@@ -239,3 +240,7 @@ class AsyncCredentialBrokerRecorder(CredentialBrokerEvents[AsyncPublisher, Async
     async def revoked(self, ctx: CustodyContext, **fields: Unpack[Revocation]) -> DeliveryReport:
         """:meth:`producers.roles.CredentialBrokerRecorder.revoked`, awaited."""
         return await self.producer.publish_sync(self.revoked_event(ctx, fields))
+
+    async def renewed(self, ctx: CustodyContext, **fields: Unpack[Renewal]) -> DeliveryReport:
+        """:meth:`producers.roles.CredentialBrokerRecorder.renewed`, awaited."""
+        return await self.producer.publish_sync(self.renewed_event(ctx, fields))

@@ -28,6 +28,7 @@ from producers.events import (
     Delegated,
     ElevationFields,
     EnvelopeFields,
+    Renewal,
     Revocation,
     Source,
     TaskCompletion,
@@ -175,6 +176,11 @@ class CredentialBrokerEvents(_Recorder[PublisherT], Generic[PublisherT, Rotation
         revoked_by = self.source.actor.workload_id
         return events.credential_revoked(self.source, ctx, revoked_by=revoked_by, **fields)
 
+    def renewed_event(self, ctx: CustodyContext, fields: Renewal) -> Envelope:
+        """A renewal by this broker (its workload renews)."""
+        renewed_by = self.source.actor.workload_id
+        return events.credential_renewed(self.source, ctx, renewed_by=renewed_by, **fields)
+
 
 # ---- blocking recorders ---------------------------------------------------------------
 
@@ -238,7 +244,7 @@ class PolicyEngineRecorder(PolicyEngineEvents[Publisher]):
 
 
 class CredentialBrokerRecorder(CredentialBrokerEvents[Publisher, Rotation]):
-    """What a credential broker records, synchronously: issuance and revocation."""
+    """What a credential broker records, synchronously: issuance, renewal and revocation."""
 
     _rotation = Rotation
 
@@ -251,3 +257,8 @@ class CredentialBrokerRecorder(CredentialBrokerEvents[Publisher, Rotation]):
     def revoked(self, ctx: CustodyContext, **fields: Unpack[Revocation]) -> DeliveryReport:
         """Record a revocation, acknowledged by the broker when this returns."""
         return self.producer.publish_sync(self.revoked_event(ctx, fields))
+
+    def renewed(self, ctx: CustodyContext, **fields: Unpack[Renewal]) -> DeliveryReport:
+        """Record a renewal (the token's new ``expires_at``); extend the token only if this
+        returns."""
+        return self.producer.publish_sync(self.renewed_event(ctx, fields))
