@@ -23,7 +23,7 @@ from processors.collect.mapping_file import CollectMapping, load_mapping
 from processors.collect.metrics import CollectMetrics
 from processors.collect.publisher import CollectPublisher
 from processors.collect.records import Origin
-from processors.collect.service import CollectService
+from processors.collect.service import CollectService, runner
 from processors.collect.tokens import TokenStore, tokens_path
 from processors.collect.vault import VaultAuditMapper
 from processors.collect.vault_file import VaultFileFollower
@@ -93,15 +93,15 @@ async def _serve(
     service = CollectService(
         collector.publisher, collector.tokens, collector.mapping, collector.metrics
     )
-    runner = web.AppRunner(service.application(), access_log=None)
-    await runner.setup()
+    app_runner = runner(service)
+    await app_runner.setup()
     host, port = _split(settings.collect_address, "CUSTODY_COLLECT_ADDRESS")
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(app_runner, host, port)
     try:
         await site.start()
     except OSError as exc:
         raise CollectError(f"cannot listen on {settings.collect_address}: {exc.strerror}") from None
-    bound = runner.addresses[0]
+    bound = app_runner.addresses[0]
     state: dict[str, object] = {"address": f"http://{host}:{bound[1]}", "pid": os.getpid()}
     servers = []
     if settings.collect_vault_address:
@@ -145,7 +145,7 @@ async def _serve(
             await asyncio.to_thread(thread.join)
         for server in servers:
             server.close()
-        await runner.cleanup()
+        await app_runner.cleanup()
 
 
 def _write_state(path: Path, state: dict[str, object], followers: list[VaultFileFollower]) -> None:

@@ -11,6 +11,7 @@ is stored once downstream.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from producers.settings import Settings
 from schemas import topics
 
 STAGE = "collect"
+# librdkafka's own log lines go through Python logging, as the SDK producer's do.
+_kafka_log = logging.getLogger("custody.librdkafka")
 
 
 class Unavailable(RuntimeError):
@@ -111,7 +114,9 @@ class CollectPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.events = CustodyProducer(settings)
-        self._dead_letters = Producer({**settings.kafka_producer(), "linger.ms": 5})
+        self._dead_letters = Producer(
+            {**settings.kafka_producer(), "linger.ms": 5, "logger": _kafka_log}
+        )
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll_dead_letters, daemon=True)
         self._poller.start()

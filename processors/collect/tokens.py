@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,7 +72,7 @@ def issue_token(path: Path, tenant: str, source: str) -> str:
     partial = path.with_suffix(".tmp")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump([b.__dict__ for b in bindings], out, indent=1)
+        json.dump([asdict(b) for b in bindings], out, indent=1)
     partial.replace(path)
     return token
 

@@ -1,0 +1,122 @@
+"""``custody collect``'s service and Vault socket listener run in a thread of the test,
+on real ports against a real broker, and a client speaking HTTP and TCP to them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from processors.collect.app import Collector
+from processors.collect.mapping_file import CollectMapping
+from processors.collect.metrics import CollectMetrics
+from processors.collect.service import OPA_LOGS, CollectService, runner
+from processors.collect.tokens import issue_token
+from processors.collect.vault_socket import VaultSocketListener
+from producers.settings import Settings
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+class RunningCollector:
+    """The collector's HTTP service and Vault socket listener, on ports of the system's
+    choosing, until :meth:`close`."""
+
+    def __init__(self, settings: Settings, mapping: CollectMapping | None = None) -> None:
+        self.settings = settings
+        self.collector = Collector(settings, mapping or CollectMapping(), CollectMetrics())
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.vault_port = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise AssertionError("the collector did not start within 30 s")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        c = self.collector
+        service = CollectService(c.publisher, c.tokens, c.mapping, c.metrics)
+        self._runner = runner(service)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        listener = VaultSocketListener(c.publisher, c.tokens, c.vault_mapper, c.metrics)
+        self._server = await listener.start("127.0.0.1", 0)
+        self.vault_port = self._server.sockets[0].getsockname()[1]
+
+    def token(self, tenant: str, source: str) -> str:
+        """A new collect token for ``tenant``/``source``."""
+        return issue_token(self.collector.tokens.path, tenant, source)
+
+    def upload(
+        self, body: bytes, token: str | None, *, gzipped: bool = True, path: str = OPA_LOGS
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """POST ``body`` (gzip-compressed unless told) as OPA does; the status, the JSON
+        answer and the headers."""
+        headers = {"Content-Type": "application/json"}
+        if gzipped:
+            headers["Content-Encoding"] = "gzip"
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, json.loads(answer.read()), dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), dict(error.headers)
+
+    def upload_decisions(self, decisions: list[Any], token: str) -> tuple[int, dict[str, Any]]:
+        """Upload ``decisions`` as OPA's decision_logs plugin does (a gzip JSON array)."""
+        status, answer, _ = self.upload(gzip.compress(json.dumps(decisions).encode()), token)
+        return status, answer
+
+    def send_vault_lines(self, prefix: str, lines: list[str]) -> socket.socket:
+        """Connect as Vault's socket device does and write ``lines``, each after
+        ``prefix``; the open connection is returned (close it when done)."""
+        connection = socket.create_connection(("127.0.0.1", self.vault_port), timeout=30)
+        connection.sendall("".join(f"{prefix}{line}\n" for line in lines).encode())
+        return connection
+
+    def close(self) -> None:
+        """Stop serving; deliver what the publisher holds."""
+
+        async def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+        self.collector.publisher.close()
+
+
+def sample_lines(name: str) -> list[str]:
+    """The non-blank lines of a sample under tests/data."""
+    return [line for line in (DATA / name).read_text().splitlines() if line.strip()]
+
+
+def sample_json(name: str) -> Any:
+    """A JSON sample under tests/data."""
+    return json.loads((DATA / name).read_text())
