@@ -215,11 +215,11 @@ def parse_timestamp(text: str) -> datetime | None:
             return None
         year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
         micros = int((match.group(7) or "0")[:6].ljust(6, "0"))
-        zone = UTC
-        if match.group(9):
-            offset = timedelta(hours=int(match.group(10)), minutes=int(match.group(11)))
-            zone = timezone(-offset if match.group(9) == "-" else offset)
         try:
+            zone = UTC
+            if match.group(9):
+                offset = timedelta(hours=int(match.group(10)), minutes=int(match.group(11)))
+                zone = timezone(-offset if match.group(9) == "-" else offset)
             # A leap second (second 60) is the last instant of its minute.
             when = datetime(year, month, day, hour, minute, min(second, 59), micros, zone)
         except ValueError:
@@ -368,7 +368,10 @@ def _input_context(
         return None
     where = f"input.{key}"
     # A masked id reads as "**REDACTED**", a valid-looking id of the wrong task.
-    if hidden and any(path[:2] == ("input", key) for path in hidden):
+    if hidden and any(
+        path[:2] == ("input", key) and (len(path) == 2 or path[2] in _CONTEXT_FIELDS)
+        for path in hidden
+    ):
         return _invalid(where, "erased or masked by OPA's mask policy")
     value = input_.get(key)
     if value is None:

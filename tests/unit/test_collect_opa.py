@@ -461,6 +461,8 @@ def test_the_tenant_a_record_claims() -> None:
         "masked": ["/input/custody/tenant"],
     }
     assert tenant_named(masked, MAPPING) == "globex"
+    # A masked tenant hides no position in the tree: the decision still maps.
+    assert _map(masked).body.decision == "ALLOW"
 
 
 # ---- secrets, ids, timestamps -------------------------------------------------------------
@@ -518,13 +520,15 @@ def test_a_missing_timestamp_is_rejected() -> None:
         # RFC 3339 allows these; datetime.fromisoformat refuses them.
         ("2019-06-03t20:07:16.939402185z", datetime(2019, 6, 3, 20, 7, 16, 939402, UTC)),
         ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, UTC)),
+        ("2019-06-03t20:07:16+24:00", None),
+        ("2019-02-30T20:07:16Z", None),
         (
             "2019-06-03T20:07:16.1234567-05:30",
             datetime(2019, 6, 3, 20, 7, 16, 123456, timezone(-timedelta(hours=5, minutes=30))),
         ),
     ],
 )
-def test_rfc3339_timestamps_parse(text: str, expected: datetime) -> None:
+def test_rfc3339_timestamps_parse(text: str, expected: datetime | None) -> None:
     assert parse_timestamp(text) == expected
 
 
