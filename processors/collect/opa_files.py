@@ -58,7 +58,8 @@ def read_decisions(text: str) -> Iterator[dict[str, Any] | Rejection]:
     """Every decision event of a saved log, in order; a :class:`Rejection` for a value that
     does not parse or is not an object (naming its line, never its content). Blank lines
     are ignored."""
-    position, line, end = 0, 1, len(text)
+    # A byte-order mark, as some editors and Windows tools save, is no record.
+    position, line, end = int(text.startswith("\ufeff")), 1, len(text)
     while True:
         start = position
         while position < end and text[position] in _WHITESPACE:

@@ -617,6 +617,8 @@ def test_arrays_one_after_another_and_pretty_printed_objects() -> None:
     text += json.dumps(upload[0], indent=2)
     assert list(read_decisions(text)) == [*upload, upload[0]]
     assert list(read_decisions("\n  \n")) == []
+    crlf = "\ufeff" + "\r\n".join(json.dumps(item) for item in upload)
+    assert list(read_decisions(crlf)) == upload
 
 
 def test_an_upload_body_is_a_json_array() -> None:
