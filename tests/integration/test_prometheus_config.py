@@ -479,57 +479,94 @@ def test_the_configuration_passes(scratch_root: Path, check: Check) -> None:
     assert check(scratch_root) == []
 
 
-# (check, file, text, replacement): each breakage is a plausible slip.
-BREAKAGES: list[tuple[Check, Path, str, str]] = [
-    (check_prometheus_config, PROMETHEUS_YML, "scrape_interval: 15s", "scrape_interval: fifteen"),
-    (check_prometheus_config, PROMETHEUS_YML, "- rules.yml", "- rule.yml"),
-    (check_scrape_jobs, PROMETHEUS_YML, '"ingest:9470"', '"ingest:9471"'),
-    (check_scrape_jobs, PROMETHEUS_YML, "job_name: custody-notify", "job_name: notify"),
-    (check_rules, RULES_YML, 'expr: up{job=~"custody-.+"} == 0', 'expr: up{job=~"custody-.+"} = 0'),
-    (check_rules_unit_tests, RULES_YML, "for: 3m", "for: 10m"),
-    (check_rules_unit_tests, RULES_YML, "> 1000", "> 10000"),
-    (check_alert_rules, RULES_YML, "summary:", "headline:"),
-    (check_alert_rules, RULES_YML, "severity: warning", "severity: HIGH"),
-    (
+Breakage = tuple[Check, Path, str, str]
+"""(check, file, text, replacement): ``text`` of ``file`` replaced, and ``check`` fails."""
+
+
+def _breaking(check: Check, relative: Path, *edits: tuple[str, str]) -> list[Breakage]:
+    """A breakage of ``relative`` for ``check`` per (text, replacement) of ``edits``."""
+    return [(check, relative, text, replacement) for text, replacement in edits]
+
+
+# Each breakage is a plausible slip; grouped by the check that catches it and its file.
+BREAKAGES: list[Breakage] = [
+    *_breaking(
+        check_prometheus_config,
+        PROMETHEUS_YML,
+        ("scrape_interval: 15s", "scrape_interval: fifteen"),
+        ("- rules.yml", "- rule.yml"),
+    ),
+    *_breaking(
+        check_scrape_jobs,
+        PROMETHEUS_YML,
+        ('"ingest:9470"', '"ingest:9471"'),
+        ("job_name: custody-notify", "job_name: notify"),
+    ),
+    *_breaking(
+        check_rules,
+        RULES_YML,
+        ('expr: up{job=~"custody-.+"} == 0', 'expr: up{job=~"custody-.+"} = 0'),
+    ),
+    *_breaking(check_rules_unit_tests, RULES_YML, ("for: 3m", "for: 10m"), ("> 1000", "> 10000")),
+    *_breaking(
+        check_alert_rules,
+        RULES_YML,
+        ("summary:", "headline:"),
+        ("severity: warning", "severity: HIGH"),
+    ),
+    *_breaking(
         check_alert_rules,
         RULES_TEST_YML,
-        "alertname: CustodyIngestWaitingForClickHouse",
-        "alertname: CustodyIngestWaitingForClickhouse",
+        (
+            "alertname: CustodyIngestWaitingForClickHouse",
+            "alertname: CustodyIngestWaitingForClickhouse",
+        ),
     ),
-    (check_metric_names, RULES_YML, "custody_notify_failed_total", "custody_notify_failures_total"),
-    (check_metric_names, RULES_YML, "custody_.+_consumer_lag", "custody_.+_lag_records"),
-    (
+    *_breaking(
+        check_metric_names,
+        RULES_YML,
+        ("custody_notify_failed_total", "custody_notify_failures_total"),
+        ("custody_.+_consumer_lag", "custody_.+_lag_records"),
+    ),
+    *_breaking(
         check_metric_names,
         DASHBOARD_JSON,
-        "custody_ingest_stored_total",
-        "custody_ingest_rows_total",
+        ("custody_ingest_stored_total", "custody_ingest_rows_total"),
+        ("custody_ingest_redacted_total", "custody_ingest_retries_total"),
     ),
-    (
-        check_metric_names,
-        DASHBOARD_JSON,
-        "custody_ingest_redacted_total",
-        "custody_ingest_retries_total",
-    ),
-    (
+    *_breaking(
         _dashboard_promql,
         DASHBOARD_JSON,
-        "sum by (job) (rate(custody_correlator_events_total",
-        "sum by job (rate(custody_correlator_events_total",
+        (
+            "sum by (job) (rate(custody_correlator_events_total",
+            "sum by job (rate(custody_correlator_events_total",
+        ),
+        ("[$__rate_interval]", "[$__rate_window]"),
     ),
-    (_dashboard_promql, DASHBOARD_JSON, "[$__rate_interval]", "[$__rate_window]"),
-    (check_dashboard, DASHBOARD_JSON, '"uid": "${datasource}"', '"uid": "clickhouse"'),
-    (check_dashboard, DASHBOARD_JSON, '"x": 12', '"x": 10'),
-    (check_dashboard, DATASOURCE_YML, "url: http://prometheus:9090", "url: http://localhost:9090"),
-    (check_alertmanager_config, ALERTMANAGER_YML, "group_wait: 10s", "group_wait: soon"),
-    (check_alertmanager_config, ALERTMANAGER_YML, "receiver: operators", "receiver: ops"),
-    (check_alertmanager_routes, ALERTMANAGER_YML, 'severity="CRITICAL"', 'severity="critical"'),
-    (
+    *_breaking(
+        check_dashboard,
+        DASHBOARD_JSON,
+        ('"uid": "${datasource}"', '"uid": "clickhouse"'),
+        ('"x": 12', '"x": 10'),
+    ),
+    *_breaking(
+        check_dashboard,
+        DATASOURCE_YML,
+        ("url: http://prometheus:9090", "url: http://localhost:9090"),
+    ),
+    *_breaking(
+        check_alertmanager_config,
+        ALERTMANAGER_YML,
+        ("group_wait: 10s", "group_wait: soon"),
+        ("receiver: operators", "receiver: ops"),
+    ),
+    *_breaking(
         check_alertmanager_routes,
         ALERTMANAGER_YML,
-        "group_by: [tenant, alertname]",
-        "group_by: [tenant]",
+        ('severity="CRITICAL"', 'severity="critical"'),
+        ("group_by: [tenant, alertname]", "group_by: [tenant]"),
+        ('source!="custody"', 'source="prometheus"'),
     ),
-    (check_alertmanager_routes, ALERTMANAGER_YML, 'source!="custody"', 'source="prometheus"'),
 ]
 
 
