@@ -1,7 +1,8 @@
 -- Misused tokens: the four alerts the correlator raises on an ACCESS event, one row per
 -- (alert_type, access event):
 --   TOKEN_USED_AFTER_REVOCATION  the access is after the token's revocation;
---   TOKEN_USED_AFTER_EXPIRY      the access is after the token's expires_at;
+--   TOKEN_USED_AFTER_EXPIRY      the access is after the token's expiry (its expires_at,
+--                                moved later by any CREDENTIAL_RENEWED of it);
 --   SHARED_CREDENTIAL            the access's actor is neither the token's subject
 --                                workload nor the instance it was issued to;
 --   SCOPE_ESCALATION             the access touches data_scope outside the token's scopes
@@ -10,22 +11,26 @@
 --                                computed here and has no token_id).
 -- The SQL twin of processors/correlation/engine.py, _check_access_against_token and
 -- _check_access_after_revocation, computed from the raw `events` table alone: directly,
--- and through the views token_issuances and token_revocations (migration 0006), the
--- earliest issuance and revocation of each token that all the token twins judge by.
+-- and through the views token_issuances and token_revocations (migrations 0006 and 0008),
+-- the earliest issuance, its expiry as renewed, and the earliest revocation of each token
+-- that all the token twins judge by.
 --
 -- Parameters
 --   {as_of:DateTime64(6, 'UTC')}  accesses with event_time at or before as_of
---                                 ('YYYY-MM-DD hh:mm:ss[.ffffff]', UTC). No grace period:
---                                 these conditions hold between two facts and have no
---                                 deadline.
+--                                 ('YYYY-MM-DD hh:mm:ss[.ffffff]', UTC).
+--   {grace_seconds:UInt32}        the correlator's grace period, in seconds. Only
+--                                 TOKEN_USED_AFTER_EXPIRY waits for it: a renewal may still
+--                                 come, so an access after the known expiry is reported
+--                                 once access event_time + grace is at or before as_of.
+--                                 The other three hold between two facts, with no deadline.
 --
 -- Run it with clickhouse-client:
 --   clickhouse-client --database custody --param_as_of='2026-11-29 10:00:00' \
---       --queries-file dashboards/queries/misused_tokens.sql
+--       --param_grace_seconds=60 --queries-file dashboards/queries/misused_tokens.sql
 -- or with the CLI:
---   custody query @dashboards/queries/misused_tokens.sql --param as_of='2026-11-29 10:00:00'
+--   custody query @dashboards/queries/misused_tokens.sql --param as_of='2026-11-29 10:00:00' --param grace_seconds=60
 -- or through the query API of `custody serve`: POST /query with
---   {"sql": <this file>, "params": {"as_of": "2026-11-29 10:00:00"}}
+--   {"sql": <this file>, "params": {"as_of": "2026-11-29 10:00:00", "grace_seconds": 60}}
 --
 -- Result: one row per alert, with the columns of the `alerts` table (without detected_at)
 -- plus the access event. alert_id is the streaming alert's id (its subject is the access
@@ -41,7 +46,10 @@
 --     (event_time, event_id), whatever its reason; it needs no issuance;
 --   * after revocation: access event_time > revocation event_time (strictly: an access at
 --     the revocation's instant is not reported);
---   * after expiry: access event_time > expires_at (strictly);
+--   * after expiry: access event_time > expires_at (strictly), where expires_at is the
+--     latest of the issuance's and of every renewal's in the tree (a renewal never
+--     shortens it), judged once access event_time + grace <= as_of; the renewal that set
+--     the expiry, if one did, is evidence too;
 --   * shared: token_subject differs from both the access's actor_workload_id and its
 --     actor_instance_id (a token issued to an instance id is not shared when that
 --     instance uses it);
@@ -55,10 +63,11 @@
 --     access), as the correlator checks an access against any issuance it receives.
 --
 -- Differences from the streaming rule
---   * as_of bounds the access time: the correlator raises these alerts as soon as both
---     events have arrived, whatever its watermark, so at a given watermark it may already
---     have alerted on accesses up to the allowed lateness beyond it. With as_of at or
---     after the last access, this difference vanishes.
+--   * as_of bounds the access time: the correlator raises three of these alerts as soon
+--     as both events have arrived, whatever its watermark, so at a given watermark it may
+--     already have alerted on accesses up to the allowed lateness beyond it. With as_of
+--     at or after the last access, this difference vanishes. TOKEN_USED_AFTER_EXPIRY is
+--     decided at the watermark, as here.
 --   * The correlator checks an access against the issuance and revocation it knows at the
 --     time; if an earlier issuance or revocation of the same token_id arrives out of order
 --     afterwards, it checks again, but an alert already raised stays. So with two
@@ -86,7 +95,8 @@ WITH
         -- Each access whose token was issued in its tree, with that issuance.
         SELECT
             a.*, t.issued_event_id AS issued_event_id, t.token_subject AS token_subject,
-            t.token_scopes AS token_scopes, t.expires_at AS expires_at
+            t.token_scopes AS token_scopes, t.expires_at AS expires_at,
+            t.renewal_event_id AS renewal_event_id
         FROM accesses AS a
         INNER JOIN token_issuances AS t USING (tenant, root_task_id, token_id)
     ),
@@ -107,28 +117,34 @@ WITH
         UNION ALL
 
         -- The three checks of an access against its token's issuance, one row per check
-        -- it fails: each rule is (alert type, whether the access breaks it, detail).
+        -- it fails: each rule is (alert type, whether the access breaks it, detail,
+        -- evidence besides the access and the issuance).
         SELECT
             rule.1, 'HIGH',
             tenant, root_task_id, task_id, token_id, actor_workload_id, accessed_at,
-            access_event_id, [access_event_id, issued_event_id], rule.3
+            access_event_id, arrayConcat([access_event_id, issued_event_id], rule.4), rule.3
         FROM used
         ARRAY JOIN [
             ('TOKEN_USED_AFTER_EXPIRY',
-             accessed_at > expires_at,
-             format('used {}s after it expired',
-                    toString(dateDiff('second', expires_at, accessed_at)))),
+             accessed_at > expires_at
+                AND addSeconds(accessed_at, {grace_seconds:UInt32}) <= {as_of:DateTime64(6, 'UTC')},
+             concat(format('used {}s after it expired',
+                           toString(dateDiff('second', expires_at, accessed_at))),
+                    if(renewal_event_id IS NULL, '', ' (as renewed)')),
+             if(renewal_event_id IS NULL, [], [assumeNotNull(renewal_event_id)])),
             ('SHARED_CREDENTIAL',
              token_subject != actor_workload_id AND token_subject != actor_instance_id,
              format('issued to {}, used by {} ({})',
-                    token_subject, actor_workload_id, actor_instance_id)),
+                    token_subject, actor_workload_id, actor_instance_id),
+             []),
             ('SCOPE_ESCALATION',
              NOT hasAll(token_scopes, data_scope),
              format('access touched {} outside the token''s scopes',
                     arrayStringConcat(
                         arraySort(arrayDistinct(
                             arrayFilter(s -> NOT has(token_scopes, s), data_scope))),
-                        ', ')))
+                        ', ')),
+             [])
         ] AS rule
         WHERE rule.2
     )

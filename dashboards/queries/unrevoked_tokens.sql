@@ -2,8 +2,8 @@
 -- within the grace period after the completion.
 -- The SQL twin of the streaming rule (processors/correlation/engine.py, _deadline_unrevoked),
 -- computed from the raw `events` table alone: directly, and through the views
--- token_issuances and token_revocations (migration 0006), the earliest issuance and
--- revocation of each token.
+-- token_issuances and token_revocations (migrations 0006 and 0008), the earliest issuance
+-- and revocation of each token.
 --
 -- Parameters
 --   {grace_seconds:UInt32}        the correlator's grace period, in seconds.
@@ -33,7 +33,9 @@
 --   * the task's completion is its earliest TASK_COMPLETED, by (event_time, event_id);
 --   * deadline = completion event_time + grace;
 --   * not reported when the token's earliest CREDENTIAL_REVOKED in the tree has an
---     event_time <= deadline, or when the token's expires_at <= deadline (both inclusive);
+--     event_time <= deadline, or when the token's expiry <= deadline (both inclusive);
+--     the expiry is its expires_at as renewed (token_issuances, migration 0008): the
+--     latest of the issuance's and of every CREDENTIAL_RENEWED of it in the tree;
 --     a revocation after the deadline still shows as evidence;
 --   * alert event_time = the completion's event_time; evidence = the issuance, the
 --     completion and the earliest revocation, if any.

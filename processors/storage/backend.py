@@ -195,7 +195,11 @@ class ChdbBackend:
         return [json.loads(line) for line in result.bytes().splitlines() if line]
 
     def insert_avro(self, table: str, container: bytes) -> None:
-        self._insert_file(f"INSERT INTO {table}", "Avro", container)
+        # A table holds the columns of the newest schema version; a record written with
+        # an older one lacks the fields added since (schema v2's body_credential_renewed),
+        # which read as their defaults (NULL) instead of failing the whole insert.
+        missing = "input_format_avro_allow_missing_fields = 1"
+        self._insert_file(f"INSERT INTO {table}", "Avro", container, missing)
 
     def insert_rows(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
@@ -216,7 +220,7 @@ class ChdbBackend:
             "\n".join(lines).encode(),
         )
 
-    def _insert_file(self, insert: str, fmt: str, data: bytes) -> None:
+    def _insert_file(self, insert: str, fmt: str, data: bytes, settings: str = "") -> None:
         # Through a file, not chdb's streaming insert: that one drops a row whose
         # materialized view fails (e.g. the event_id check of events_avro_mv) without an
         # error, while INSERT ... SELECT reports it. The file lives in memory (/dev/shm).
@@ -228,6 +232,8 @@ class ChdbBackend:
             try:
                 # The spool's own path and a format name: no input reaches this statement.
                 select = f"SELECT * FROM file('{self._spool_file}', '{fmt}')"  # noqa: S608
+                if settings:
+                    select += f" SETTINGS {settings}"
                 self._session.query(f"{insert} {select}")
             except RuntimeError as exc:
                 raise StorageRejected(str(exc)) from None

@@ -26,6 +26,7 @@ _BODIES = (
     "body_break_glass",
     "body_credential_revoked",
     "body_task_completed",
+    "body_credential_renewed",
 )
 _LIST_FIELDS = {"requested_scopes", "data_scope", "reasons", "scopes"}
 _MAP_FIELDS = {"context"}

@@ -46,7 +46,7 @@ from schemas.models import (
     TaskDeclaredEvent,
 )
 from tests.support import REPO
-from tests.support.events import CODER, PLANNER, RESEARCHER, allow, issue, revoke, use
+from tests.support.events import CODER, PLANNER, RESEARCHER, allow, issue, renew, revoke, use
 from tests.support.samples import as_event
 from tests.support.trees import CONFIG, GRACE, MISCHIEF, Tree, mischievous, run
 
@@ -334,6 +334,30 @@ def reissued(name: str, offset: float) -> list[Envelope]:
     return stream
 
 
+def renewals(name: str, offset: float) -> list[Envelope]:
+    """Renewals move a token's expiry later, never earlier. The coder's task completes at
+    30; both tokens are issued at 24 for 10 s. ``renewed``, renewed at 30 until 40 (and at
+    32 until 40 again, a tie the earlier renewal wins; at 31 until 35, which moves
+    nothing), is used at 39 (in time) and a microsecond after 40; ``outlived`` is renewed
+    past its task's completion + grace and never revoked."""
+    tree = Tree(name, offset)
+    tok, at = name + "tok-", tree.at
+    for suffix in ("renewed", "outlived"):
+        tree.grant(tree.code, CODER, tok + suffix, ["db:read"], start=23, ttl=10)
+    stream = tree.events
+    for suffix in ("renewed", "outlived"):
+        stream = swap(stream, revocation(stream, tok + suffix), None)
+    return [
+        *stream,
+        renew(tree.code, tok + "renewed", at(30), expires=at(40)),
+        renew(tree.code, tok + "renewed", at(31), expires=at(35)),
+        renew(tree.code, tok + "renewed", at(32), expires=at(40)),
+        renew(tree.code, tok + "outlived", at(30), expires=at(30 + GRACE + 5)),
+        use(tree.code, tok + "renewed", at(39)),
+        use(tree.code, tok + "renewed", at(40) + US),
+    ]
+
+
 def dataset() -> list[list[Envelope]]:
     """Every tree of the test, each with its own names and start time."""
     builders: list[tuple[str, Callable[[str, float], list[Envelope]]]] = [
@@ -359,6 +383,7 @@ def dataset() -> list[list[Envelope]]:
         ("revocations", revocations),
         ("reissued", reissued),
         ("reissued-elsewhere", reissued_elsewhere),
+        ("renewals", renewals),
         ("clean2", lambda n, o: Tree(n, o).events),
     ]
     trees = [build(f"t{i:02d}-{label}-", i * SPACING) for i, (label, build) in enumerate(builders)]
@@ -542,6 +567,8 @@ def test_twin_returns_exactly_the_streaming_alerts(stored: Stored, name: str) ->
         ("scopes", AlertType.SCOPE_ESCALATION, 1),
         ("reissued", AlertType.SHARED_CREDENTIAL, 1),
         ("reissued-elsewhere", AlertType.UNREVOKED_TOKEN, 1),
+        ("renewals", AlertType.TOKEN_USED_AFTER_EXPIRY, 1),
+        ("renewals", AlertType.UNREVOKED_TOKEN, 1),
     ],
 )
 def test_the_dataset_holds_both_sides_of_each_edge(
