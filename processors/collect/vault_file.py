@@ -185,8 +185,8 @@ class VaultFileFollower:
         if self._unacked is None:
             lines, offset = self._read_lines()
             if not lines:
-                self._rotated_or_truncated()
-                return 0
+                # At the end: a rotated or truncated file is read on at once.
+                return self.step() if self._rotated_or_truncated() else 0
             self._unacked = (list(outcomes_of_lines(self.mapper, lines)), offset, len(lines))
         outcomes, offset, count = self._unacked
         tally = self.publisher.publish(self.origin, outcomes)

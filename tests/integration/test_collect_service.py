@@ -22,7 +22,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AuthzDecisionEvent, CustodyEvent, EventType
 from tests.support.broker import RunningBroker, header_list, payload, read_to_end
-from tests.support.collect import RunningCollector, sample_json, sample_lines
+from tests.support.collect import RunningCollector, sample_json, vault_story
 from tests.support.polling import until
 
 pytestmark = pytest.mark.integration
@@ -195,15 +195,11 @@ def test_kafka_unavailable_answers_503_so_opa_keeps_the_batch(
     assert int(headers["Retry-After"]) > 0
 
 
-def vault_lines() -> list[str]:
-    return sample_lines("vault/audit.jsonl")
-
-
 def test_vault_socket_lines_with_a_token_prefix_are_published(
     collector: RunningCollector, settings: Settings
 ) -> None:
     token = collector.token(TENANT, "vault-prod")
-    connection = collector.send_vault_lines(token, vault_lines())
+    connection = collector.send_vault_lines(token, vault_story())
     try:
         until(
             lambda: any(e.producer == "vault-prod" for e in stored_events(settings)),
@@ -223,7 +219,7 @@ def test_a_vault_socket_without_a_known_token_is_closed_and_nothing_published(
     collector: RunningCollector, settings: Settings
 ) -> None:
     collector.token(TENANT, "vault-prod")
-    connection = collector.send_vault_lines("cct_" + "x" * 43, vault_lines())
+    connection = collector.send_vault_lines("cct_" + "x" * 43, vault_story())
     try:
         connection.settimeout(30)
         # The collector closes the connection: the read ends (or the peer resets it).

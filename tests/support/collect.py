@@ -117,6 +117,23 @@ def sample_lines(name: str) -> list[str]:
     return [line for line in (DATA / name).read_text().splitlines() if line.strip()]
 
 
+VAULT_STORY = (
+    "login_approle",
+    "token_create_child",
+    "kv_read",
+    "dynamic_secret",
+    "errors",
+    "renew",
+    "revoke_parent",
+)
+"""Vault samples (tests/data/vault) in the order of one agent fleet's morning."""
+
+
+def vault_story() -> list[str]:
+    """The audit lines of :data:`VAULT_STORY`, in order."""
+    return [line for name in VAULT_STORY for line in sample_lines(f"vault/{name}.jsonl")]
+
+
 def sample_json(name: str) -> Any:
     """A JSON sample under tests/data."""
     return json.loads((DATA / name).read_text())
