@@ -56,7 +56,7 @@ LIMIT 2"""  # noqa: S608
 
 _LIFECYCLE_EVENTS = """
 SELECT event_id, event_type, event_time, tool, resource, action, outcome, reason,
-       revoked_by, token_id, parent_token_id
+       revoked_by, renewed_by, expires_at, token_id, parent_token_id
 FROM events
 PREWHERE tenant = {tenant:String} AND root_task_id = {root:String}
 WHERE token_id = {id:String} OR parent_token_id = {id:String}
@@ -147,8 +147,8 @@ def _result(
 
 
 def token_timeline(reader: Reader, token_id: str, tenant: str | None = None) -> TokenTimeline:
-    """A token's credential row and its lifecycle: issued, used, rotated, revoked, alerted,
-    expiring, in time order."""
+    """A token's credential row and its lifecycle: issued, used, renewed, rotated, revoked,
+    alerted, expiring, in time order."""
     where, params = _tenant_filter(tenant)
     sql = _CREDENTIAL.replace("{tenant_filter}", where)
     stored = read(reader, StoredCredential, sql, {**params, "id": token_id})
@@ -178,5 +178,8 @@ def _event_mark(event: TokenEvent, token_id: str) -> Mark:
     if kind == "CREDENTIAL_REVOKED":
         label = f"revoked by {event.revoked_by}: {event.reason}"
         return Mark(time, "REVOKED", label, event_id, None)
+    if kind == "CREDENTIAL_RENEWED":
+        label = f"renewed by {event.renewed_by} until {event.expires_at}"
+        return Mark(time, "RENEWED", label, event_id, None)
     label = f"{event.tool} {event.action} {event.resource}"
     return Mark(time, "ACCESS", label, event_id, event.outcome)

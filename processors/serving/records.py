@@ -261,6 +261,8 @@ class TokenEvent(Record):
     outcome: str | None
     reason: str | None
     revoked_by: str | None
+    renewed_by: str | None
+    expires_at: str | None
     token_id: str | None
     parent_token_id: str | None
 

@@ -1,6 +1,7 @@
 """Storing schema v2's CREDENTIAL_RENEWED (migration 0008) in chdb: a renewal's fields land
 in `events` on both ingest paths, records written with schema v1 are still stored beside
-it, and token_issuances reports a token's expiry as renewed. No broker."""
+it, token_issuances reports a token's expiry as renewed, and the explorer's token timeline
+shows each renewal. No broker."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import fastavro
 import pytest
 
+from processors.serving.explorer import token_timeline
 from processors.serving.reader import BackendReader
 from processors.storage.backend import ChdbBackend
 from processors.storage.migrations import migrate
@@ -21,6 +23,7 @@ from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, event_to_avro
 from schemas.models import Envelope
 from tests.support.events import at, issue, renew
+from tests.support.trees import CONFIG, run
 
 pytestmark = pytest.mark.integration
 
@@ -110,3 +113,17 @@ def test_a_token_never_renewed_keeps_its_issued_expiry(backend: ChdbBackend) -> 
     )
     assert token["expires_at"] == token["issued_expires_at"] == "2026-11-29T09:15:00.000000Z"
     assert token["renewal_event_id"] is None
+
+
+def test_the_explorer_shows_renewals_in_a_token_timeline(backend: ChdbBackend) -> None:
+    _store(backend)
+    changes = run([ISSUED, RENEWED, SHORTER], CONFIG, until=at(1000)).changes
+    states = [
+        Record(topics.STATE, 0, i, None, CODEC.encode_state(c)) for i, c in enumerate(changes)
+    ]
+    assert BatchWriter(backend).write(states).stored == len(states)
+    timeline = token_timeline(BackendReader(backend), "tok-r")
+    assert timeline.token.credential.expires_at == "2026-11-29T09:30:00.000000Z"
+    renewals = [mark for mark in timeline.timeline if mark.kind == "RENEWED"]
+    assert [mark.event_id for mark in renewals] == [RENEWED.event_id, SHORTER.event_id]
+    assert renewals[0].label == ("renewed by spiffe://acme/vault until 2026-11-29T09:30:00.000000Z")
