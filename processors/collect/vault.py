@@ -18,6 +18,11 @@ its lease id (never HMAC'd).
 - ``auth/token/renew*``, ``sys/leases/renew`` → ``CREDENTIAL_RENEWED`` (contract v2);
 - any other request made with a token → the ACL's ``AUTHZ_DECISION`` + ``ACCESS``.
 
+No client token and no secret data value is ever copied into an event: with ``log_raw``
+they are logged unhashed (Vault's ``hvs.`` tokens pass the secret screen unnoticed), so
+only accessors, lease ids, paths, policies, metadata and error text are read, and every
+event still goes through the secret screen (:func:`records.build_event`).
+
 It does no I/O: a transport feeds it entries and publishes what it returns.
 """
 
@@ -42,7 +47,6 @@ from processors.collect.records import (
     build_event,
     event_id_for,
     synthetic_task_id,
-    text_of,
 )
 from processors.collect.vault_ledger import (
     DEFAULT_CAPACITY,
@@ -158,7 +162,7 @@ class VaultAuditMapper:
         request's outcome for a response entry (plus any request pushed out of the pending
         bound)."""
         self.counts["entries"] += 1
-        parsed = _parse_entry(entry)
+        parsed = paths.parse_entry(entry)
         if isinstance(parsed, Rejection):
             return self._counted([parsed])
         kind, request_id, time = parsed
@@ -226,11 +230,11 @@ class _Entry:
         self.request: Mapping[str, Any] = entry["request"]
         self.auth = _mapping(entry.get("auth"))
         self.response = _mapping(entry.get("response")) if answered else {}
-        self.error = text_of(entry.get("error"), 8192)
-        self.path = text_of(self.request.get("path")) or ""
-        self.operation = text_of(self.request.get("operation")) or "unknown"
+        self.error = paths.text(entry.get("error"), 8192)
+        self.path = paths.text(self.request.get("path")) or ""
+        self.operation = paths.text(self.request.get("operation")) or "unknown"
         self.data = _mapping(self.request.get("data"))
-        self.requester = text_of(self.auth.get("accessor")) or text_of(
+        self.requester = paths.text(self.auth.get("accessor")) or paths.text(
             self.request.get("client_token_accessor")
         )
 
@@ -242,9 +246,13 @@ class _Entry:
         if succeeded and paths.is_revocation(self.path):
             return self._revocation()
         issued = _mapping(self.response.get("auth"))
-        if succeeded and text_of(issued.get("accessor")):
+        if issued.get("token_type") == "batch" or self.auth.get("token_type") == "batch":
+            # A batch token has no accessor, and its value (HMAC'd, or raw with log_raw) is
+            # never copied into an event: it cannot be named.
+            return Skipped("vault_batch_token")
+        if succeeded and paths.text(issued.get("accessor")):
             return self._token_issued(issued)
-        lease_id = text_of(_mapping(self.response.get("secret")).get("lease_id"))
+        lease_id = paths.text(_mapping(self.response.get("secret")).get("lease_id"))
         if succeeded and lease_id:
             return self._lease_issued(lease_id)
         return self._access()
@@ -263,7 +271,7 @@ class _Entry:
                 return placement
             # Without its login entry the auth method is read off the display name, which
             # Vault builds as <mount>-<name> (approle, kubernetes-ns-sa, token-...).
-            display = text_of(self.auth.get("display_name")) or ""
+            display = paths.text(self.auth.get("display_name")) or ""
             record = TokenRecord(
                 placement=placement,
                 agent=self.m.mapping.covers(
@@ -289,7 +297,7 @@ class _Entry:
     # ---- issuance --------------------------------------------------------------------
 
     def _token_issued(self, issued: Mapping[str, Any]) -> Outcome:
-        accessor = str(text_of(issued.get("accessor")))
+        accessor = str(paths.text(issued.get("accessor")))
         created = self.path.startswith("auth/token/create")
         parent = self.m.ledger.token(self.requester) if created and self.requester else None
         own = self._placement(issued.get("metadata"), accessor)
@@ -308,7 +316,7 @@ class _Entry:
         self.m.ledger.add_token(
             accessor,
             record,
-            text_of(issued.get("client_token")),
+            paths.text(issued.get("client_token")),
             self.requester if created else None,
         )
         if not record.agent:
@@ -327,8 +335,10 @@ class _Entry:
             "parent_token_id": self.requester if created else None,
         }
         purpose = _mapping(issued.get("metadata")).get(f"{self.m.mapping.metadata_prefix}purpose")
-        extra = {"custody.purpose": text_of(purpose, 8192)} if text_of(purpose) else {}
-        issue = self._event("CREDENTIAL_ISSUED", accessor, placement, self.m._broker, body, extra)
+        extra = {"custody.purpose": paths.text(purpose, 8192)} if paths.text(purpose) else {}
+        issue = self._event(
+            "CREDENTIAL_ISSUED", accessor, placement, self.m._broker, body, extra=extra
+        )
         return self._mapped([decision, issue])
 
     def _lease_issued(self, lease_id: str) -> Outcome:
@@ -391,7 +401,7 @@ class _Entry:
         actor = {
             "workload_id": record.subject,
             "kind": "AGENT",
-            "instance_id": text_of(self.request.get("remote_address")) or self.m.origin.source,
+            "instance_id": paths.text(self.request.get("remote_address")) or self.m.origin.source,
         }
         return self._mapped(
             [decision, self._event("ACCESS", accessor, record.placement, actor, body)]
@@ -406,7 +416,7 @@ class _Entry:
             {
                 name
                 for policy in (granting if isinstance(granting, list) else [])
-                if (name := text_of(_mapping(policy).get("name")))
+                if (name := paths.text(_mapping(policy).get("name")))
             }
         )
         reasons = [] if allowed else [self.error or "permission denied"]
@@ -423,7 +433,8 @@ class _Entry:
         *,
         allowed: bool = True,
     ) -> dict[str, Any]:
-        decision_id = event_id_for(self.m.origin, "vault", self.request_id, "decision")
+        # The decision's id is its event's: one derived id fewer per request.
+        decision_id = self._event_id("AUTHZ_DECISION", "acl")
         body = {
             "decision_id": decision_id,
             "policy_engine": "vault",
@@ -434,13 +445,19 @@ class _Entry:
             "action": self.operation,
             "data_scope": scope,
             "reasons": reasons,
-            "context": {"mount_type": text_of(self.request.get("mount_type")) or ""},
+            "context": {"mount_type": paths.text(self.request.get("mount_type")) or ""},
         }
-        return self._event("AUTHZ_DECISION", decision_id, placement, self.m._broker, body)
+        return self._event("AUTHZ_DECISION", "acl", placement, self.m._broker, body, decision_id)
 
     # ---- revocation and renewal ------------------------------------------------------
 
     def _revocation(self) -> Outcome:
+        """``CREDENTIAL_REVOKED`` (MANUAL, by the requester) for each credential the request
+        names, and for each of a revoked token's child tokens and leases still live: Vault
+        revokes those with their parent without auditing it (hashicorp/vault#4156), so they
+        are inferred from the ledger, ``revoked_by`` ``vault`` and :data:`INFERRED_ATTRIBUTE`
+        naming the revoked ancestor. ``revoke-orphan`` leaves the children live, as Vault
+        does."""
         holder = self._holder()
         if not isinstance(holder, tuple):
             return holder
@@ -477,7 +494,9 @@ class _Entry:
         """A revocation Vault performed with ``parent``'s and did not audit (vault#4156)."""
         body = {"token_id": token_id, "reason": "MANUAL", "revoked_by": "vault"}
         extra = {INFERRED_ATTRIBUTE: f"revoked with parent {parent}"}
-        return self._event("CREDENTIAL_REVOKED", token_id, placement, self.m._broker, body, extra)
+        return self._event(
+            "CREDENTIAL_REVOKED", token_id, placement, self.m._broker, body, extra=extra
+        )
 
     def _renewal(self) -> Outcome:
         holder = self._holder()
@@ -486,13 +505,13 @@ class _Entry:
         accessor, record = holder
         renewed = _mapping(self.response.get("auth"))
         if self.path.startswith("auth/token/"):
-            token_id = text_of(renewed.get("accessor")) or (
+            token_id = paths.text(renewed.get("accessor")) or (
                 accessor if self.path == "auth/token/renew-self" else None
             )
             ttl = _ttl(renewed.get("token_ttl", renewed.get("lease_duration")))
         else:
             secret = _mapping(self.response.get("secret"))
-            token_id = text_of(secret.get("lease_id")) or paths.lease_in_path(self.path)
+            token_id = paths.text(secret.get("lease_id")) or paths.lease_in_path(self.path)
             ttl = self._lease_ttl(secret.get("lease_duration", self.data.get("increment")))
         if token_id is None:
             return Skipped("vault_renewal_target_unknown")
@@ -519,6 +538,7 @@ class _Entry:
         placement: Placement,
         actor: Mapping[str, str],
         body: dict[str, Any],
+        event_id: str | None = None,
         extra: Mapping[str, str | None] | None = None,
     ) -> dict[str, Any]:
         attributes = {SOURCE_ATTRIBUTE: self.m.origin.source, REQUEST_ID_ATTRIBUTE: self.request_id}
@@ -527,20 +547,28 @@ class _Entry:
         for key, value in (extra or {}).items():
             if value is not None:
                 attributes[key] = value
-        return {
-            "event_id": event_id_for(self.m.origin, "vault", self.request_id, event_type, subject),
+        event = {
+            "event_id": event_id or self._event_id(event_type, subject),
             "event_type": event_type,
             "event_time": self.time,
             "tenant": self.m.origin.tenant,
             "producer": self.m.origin.source,
             "root_task_id": placement.root_task_id,
             "task_id": placement.task_id,
-            "parent_task_id": placement.parent_task_id,
             "depth": placement.depth,
             "actor": dict(actor),
             "attributes": attributes,
-            "body": body,
+            # Absent fields take their null default: fewer values for the screen to walk.
+            "body": {key: value for key, value in body.items() if value is not None},
         }
+        if placement.parent_task_id is not None:
+            event["parent_task_id"] = placement.parent_task_id
+        return event
+
+    def _event_id(self, event_type: str, subject: str) -> str:
+        """The id of this request's ``event_type`` event about ``subject``: the same on
+        every replay of the log."""
+        return event_id_for(self.m.origin, "vault", self.request_id, event_type, subject)
 
     def _mapped(self, events: list[dict[str, Any]]) -> Outcome:
         built: list[Envelope] = []
@@ -555,42 +583,10 @@ class _Entry:
 # ---- entry fields ----------------------------------------------------------------------
 
 
-def _parse_entry(entry: Any) -> tuple[str, str, datetime] | Rejection:
-    """``(type, request id, time)`` of an audit entry, or why it cannot be mapped (naming
-    the field, never its value)."""
-    if not isinstance(entry, Mapping):
-        return Rejection("vault_malformed_entry", "the audit entry is not a JSON object")
-    kind = entry.get("type")
-    if kind not in ("request", "response"):
-        return Rejection("vault_entry_type_unknown", "type: must be request or response")
-    request = entry.get("request")
-    if not isinstance(request, Mapping):
-        return Rejection("vault_malformed_entry", "request: missing or not an object")
-    request_id = text_of(request.get("id"))
-    if request_id is None:
-        return Rejection("vault_request_id_missing", "request.id: missing or empty")
-    if kind == "response" and not isinstance(entry.get("response", {}), Mapping):
-        return Rejection("vault_malformed_entry", "response: not an object")
-    time = _time(entry.get("time"))
-    if time is None:
-        return Rejection(
-            "vault_timestamp_invalid", "time: missing or not an RFC 3339 time with a zone"
-        )
-    return kind, request_id, time
-
-
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or len(value) < 20:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    # The type check first: an entry decoded from JSON holds dicts, and the abstract
+    # Mapping check costs several times more.
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _ttl(seconds: Any) -> timedelta:

@@ -1,6 +1,6 @@
 """What the Vault adapter remembers between audit entries (each token and lease it saw),
-and what an entry names (the credentials a path revokes or renews, a token's holder and
-custody context).
+and how it reads an entry (its type, request id and time; the credentials a path revokes
+or renews; a token's holder, policies and custody context).
 
 Vault's audit log names a credential in every entry, but says where it came from only once
 (its issuance) and never says what went with it: revoking a token revokes its child tokens
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from processors.collect.records import Rejection, text_of
@@ -26,6 +27,15 @@ from producers.context import ContextFormatError, CustodyContext
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+
+
+def text(value: Any, limit: int = 512) -> str | None:
+    """:func:`records.text_of`, with a string (nearly every audit field) checked first: the
+    general path's abstract Mapping check costs more than the rest of reading a field."""
+    if type(value) is str:
+        return value[:limit] or None
+    return text_of(value, limit)
+
 
 DEFAULT_CAPACITY = 100_000
 """Tokens (and, separately, leases) the ledger remembers: about 40 MB at capacity."""
@@ -167,6 +177,43 @@ def _put(store: OrderedDict[_K, _V], key: _K, value: _V, capacity: int) -> None:
         store.popitem(last=False)
 
 
+# ---- reading an entry ------------------------------------------------------------------
+
+
+def parse_entry(entry: Any) -> tuple[str, str, datetime] | Rejection:
+    """``(type, request id, time)`` of an audit entry, or why it cannot be mapped (naming
+    the field, never its value)."""
+    if type(entry) is not dict and not isinstance(entry, Mapping):
+        return Rejection("vault_malformed_entry", "the audit entry is not a JSON object")
+    kind = entry.get("type")
+    if kind not in ("request", "response"):
+        return Rejection("vault_entry_type_unknown", "type: must be request or response")
+    request = entry.get("request")
+    if type(request) is not dict and not isinstance(request, Mapping):
+        return Rejection("vault_malformed_entry", "request: missing or not an object")
+    request_id = text(request.get("id"))
+    if request_id is None:
+        return Rejection("vault_request_id_missing", "request.id: missing or empty")
+    if kind == "response" and not isinstance(entry.get("response", {}), Mapping):
+        return Rejection("vault_malformed_entry", "response: not an object")
+    time = _time(entry.get("time"))
+    if time is None:
+        return Rejection(
+            "vault_timestamp_invalid", "time: missing or not an RFC 3339 time with a zone"
+        )
+    return kind, request_id, time
+
+
+def _time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or len(value) < 20:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 # ---- what a request names ----------------------------------------------------------------
 
 _TOKEN_RENEWALS = ("auth/token/renew", "auth/token/renew-self", "auth/token/renew-accessor")
@@ -206,7 +253,7 @@ def mount_of(path: str) -> str:
 
 def auth_method(path: str, request: Mapping[str, Any]) -> str:
     """The auth method type of a login: the mount's type as logged, else its path."""
-    return text_of(request.get("mount_type")) or mount_of(path)
+    return text(request.get("mount_type")) or mount_of(path)
 
 
 def token_role(path: str) -> str | None:
@@ -219,7 +266,7 @@ def token_role(path: str) -> str | None:
 def lease_kind(path: str, request: Mapping[str, Any]) -> str:
     """The credential kind of a dynamic secret, by its mount's type: database credentials,
     cloud sessions (aws, gcp, azure), else OTHER (never guessed further)."""
-    kind = text_of(request.get("mount_type")) or mount_of(path)
+    kind = text(request.get("mount_type")) or mount_of(path)
     if kind == "database":
         return "DB_CREDENTIAL"
     return "CLOUD_SESSION" if kind in _CLOUD_MOUNTS else "OTHER"
@@ -245,17 +292,17 @@ def revoked(path: str, data: Mapping[str, Any], requester: str, ledger: VaultLed
     if path == "auth/token/revoke-self":
         return [requester]
     if path == "auth/token/revoke-accessor":
-        accessor = text_of(data.get("accessor"))
+        accessor = text(data.get("accessor"))
         return [accessor] if accessor else []
     if path in ("auth/token/revoke", "auth/token/revoke-orphan"):
-        token = text_of(data.get("token"))
+        token = text(data.get("token"))
         found = ledger.accessor_of(token) if token else None
         return [found] if found else []
     for prefix in _PREFIX_REVOCATIONS:
         if path.startswith(prefix):
             rest = path[len(prefix) :]
             return ledger.leases_under(rest) if rest else []
-    lease = lease_in_path(path) or text_of(data.get("lease_id"))
+    lease = lease_in_path(path) or text(data.get("lease_id"))
     return [lease] if lease else []
 
 
@@ -274,32 +321,32 @@ def policies_of(auth: Mapping[str, Any]) -> list[str]:
 
 def subject_of(auth: Mapping[str, Any], accessor: str) -> str:
     """Who holds a token: its identity entity, else its display name, else its accessor."""
-    entity = text_of(auth.get("entity_id"), 480)
+    entity = text(auth.get("entity_id"), 480)
     if entity:
         return f"vault-entity://{entity}"
-    return f"vault-token://{text_of(auth.get('display_name'), 480) or accessor[:480]}"
+    return f"vault-token://{text(auth.get('display_name'), 480) or accessor[:480]}"
 
 
 def role_of(metadata: Any) -> str | None:
     meta = metadata if isinstance(metadata, Mapping) else {}
-    return text_of(meta.get("role_name")) or text_of(meta.get("role"))
+    return text(meta.get("role_name")) or text(meta.get("role"))
 
 
 def placement_from(metadata: Mapping[str, Any], prefix: str) -> Placement | Rejection | None:
     """The custody context in token metadata (``<prefix>context`` in the compact form, or
     ``<prefix>task_id`` and its siblings), None when absent."""
-    compact = text_of(metadata.get(f"{prefix}context"), 4096)
+    compact = text(metadata.get(f"{prefix}context"), 4096)
     try:
         if compact is not None:
             ctx = CustodyContext.parse(compact)
         else:
-            task = text_of(metadata.get(f"{prefix}task_id"))
+            task = text(metadata.get(f"{prefix}task_id"))
             if task is None:
                 return None
-            parent = text_of(metadata.get(f"{prefix}parent_task_id"))
-            depth = text_of(metadata.get(f"{prefix}depth"))
+            parent = text(metadata.get(f"{prefix}parent_task_id"))
+            depth = text(metadata.get(f"{prefix}depth"))
             ctx = CustodyContext(
-                root_task_id=text_of(metadata.get(f"{prefix}root_task_id")) or task,
+                root_task_id=text(metadata.get(f"{prefix}root_task_id")) or task,
                 task_id=task,
                 depth=int(depth) if depth and depth.isdigit() else int(parent is not None),
                 parent_task_id=parent,

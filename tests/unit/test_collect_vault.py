@@ -450,3 +450,31 @@ def test_the_ledger_forgets_the_least_recently_seen_past_its_capacity() -> None:
     assert ledger.lease("a") is None
     assert ledger.leases_under("") == ["b", "c"]
     assert len(ledger) == 2
+
+
+def test_batch_tokens_have_no_accessor_and_are_skipped_by_name() -> None:
+    request, response = copy.deepcopy(load("kv_read"))
+    for entry in (request, response):
+        del entry["auth"]["accessor"]
+        del entry["request"]["client_token_accessor"]
+        entry["auth"]["token_type"] = "batch"
+    mapper = VaultAuditMapper(ORIGIN, VaultMapping())
+    assert feed(mapper, [request, response]) == [Skipped("vault_batch_token")]
+
+
+def test_permission_denied_is_read_from_the_error_when_vault_logs_no_policy_results() -> None:
+    # Vault before 1.13 logs no auth.policy_results: the error alone says the ACL refused.
+    denied = copy.deepcopy(load("errors")[:2])
+    for entry in denied:
+        del entry["auth"]["policy_results"]
+    mapper = VaultAuditMapper(ORIGIN, VaultMapping())
+    outcomes = feed(mapper, load("login_approle") + load("token_create_child") + denied)
+    (access,) = of_type(outcomes, "ACCESS")
+    assert body(access).outcome == "DENIED"
+    assert body(access).data_scope == []
+    decision = next(
+        e
+        for e in of_type(outcomes, "AUTHZ_DECISION")
+        if e.attributes["vault.request_id"] == denied[0]["request"]["id"]
+    )
+    assert body(decision).decision == "DENY"
