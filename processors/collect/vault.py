@@ -299,12 +299,15 @@ class _Entry:
     def _token_issued(self, issued: Mapping[str, Any]) -> Outcome:
         accessor = str(paths.text(issued.get("accessor")))
         created = self.path.startswith("auth/token/create")
-        parent = self.m.ledger.token(self.requester) if created and self.requester else None
+        creator = self.m.ledger.token(self.requester) if created and self.requester else None
+        # An orphan has no parent in Vault's token tree: its creator's revocation leaves it.
+        orphan = self.path == "auth/token/create-orphan" or self.data.get("no_parent") is True
+        parent = self.requester if created and not orphan else None
         own = self._placement(issued.get("metadata"), accessor)
         if isinstance(own, Rejection):
             return own
-        # A child token without a context of its own works for the task that created it.
-        placement = parent.placement if parent is not None and own.synthetic else own
+        # A token created without a context of its own works for its creator's task.
+        placement = creator.placement if creator is not None and own.synthetic else own
         method = "token" if created else paths.auth_method(self.path, self.request)
         role = paths.token_role(self.path) if created else paths.role_of(issued.get("metadata"))
         scopes = paths.policies_of(issued)
@@ -317,7 +320,7 @@ class _Entry:
             accessor,
             record,
             paths.text(issued.get("client_token")),
-            self.requester if created else None,
+            parent,
         )
         if not record.agent:
             return Skipped("vault_not_agent_credential")
@@ -332,7 +335,7 @@ class _Entry:
             "issued_at": self.time,
             "expires_at": self.time + _ttl(issued.get("token_ttl", issued.get("lease_duration"))),
             "decision_id": decision["body"]["decision_id"],
-            "parent_token_id": self.requester if created else None,
+            "parent_token_id": parent,
         }
         purpose = _mapping(issued.get("metadata")).get(f"{self.m.mapping.metadata_prefix}purpose")
         extra = {"custody.purpose": paths.text(purpose, 8192)} if paths.text(purpose) else {}
@@ -468,17 +471,15 @@ class _Entry:
         for token_id in targets:
             target = ledger.token(token_id) or ledger.lease(token_id)
             placement = target.placement if target is not None else record.placement
-            if not (target.agent if target is not None else record.agent):
-                ledger.mark_revoked(token_id)
-                continue
-            body = {"token_id": token_id, "reason": "MANUAL", "revoked_by": record.subject}
-            events.append(
-                self._event("CREDENTIAL_REVOKED", token_id, placement, self.m._broker, body)
-            )
-            if self.path.startswith("auth/token/revoke-orphan"):
-                ledger.mark_revoked(token_id)
-                continue
+            if target.agent if target is not None else record.agent:
+                body = {"token_id": token_id, "reason": "MANUAL", "revoked_by": record.subject}
+                events.append(
+                    self._event("CREDENTIAL_REVOKED", token_id, placement, self.m._broker, body)
+                )
             ledger.mark_revoked(token_id)
+            if self.path == "auth/token/revoke-orphan":
+                continue
+            # A token outside the mapping may still have agent credentials under it.
             for child, child_placement, agent in ledger.revoke_tree(token_id):
                 if agent:
                     events.append(self._inferred_revocation(child, child_placement, token_id))

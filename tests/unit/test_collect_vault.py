@@ -478,3 +478,31 @@ def test_permission_denied_is_read_from_the_error_when_vault_logs_no_policy_resu
         if e.attributes["vault.request_id"] == denied[0]["request"]["id"]
     )
     assert body(decision).decision == "DENY"
+
+
+def test_an_orphan_token_has_no_parent_and_outlives_its_creator_s_revocation() -> None:
+    entries = load("login_approle") + copy.deepcopy(load("token_create_child"))
+    for entry in entries[4:]:
+        entry["request"]["path"] = "auth/token/create-orphan"
+    mapper = VaultAuditMapper(ORIGIN, VaultMapping())
+    outcomes = feed(mapper, entries)
+    helper = responses("token_create_child")[1]["response"]["auth"]
+    planner = responses("login_approle")[0]["response"]["auth"]
+    (orphan,) = (
+        e for e in of_type(outcomes, "CREDENTIAL_ISSUED") if body(e).token_id == helper["accessor"]
+    )
+    assert body(orphan).parent_token_id is None
+    assert orphan.task_id == planner["metadata"]["custody_task_id"]
+    assert helper["accessor"] not in revoked(feed(mapper, load("revoke_parent")))
+
+
+def test_agent_tokens_under_a_token_outside_the_mapping_are_still_revoked_with_it() -> None:
+    # Only the child tokens count; revoking the (uncounted) planner token takes them along.
+    _, outcomes = run(*SESSION, "revoke_parent", mapping=VaultMapping(auth_methods=["token"]))
+    planner = responses("login_approle")[0]["response"]["auth"]["accessor"]
+    research, helper = (e["response"]["auth"]["accessor"] for e in responses("token_create_child"))
+    aws_lease = responses("dynamic_secret")[1]["response"]["secret"]["lease_id"]
+    found = revoked(outcomes)
+    assert set(found) == {research, helper, aws_lease}
+    assert all(body(e).revoked_by == "vault" for e in found.values())
+    assert found[research].attributes[INFERRED_ATTRIBUTE] == f"revoked with parent {planner}"
