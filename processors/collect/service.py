@@ -48,9 +48,9 @@ def problem(status: int, reason: str, detail: str) -> web.Response:
     return web.json_response({"error": reason, "detail": detail}, status=status)
 
 
-def bearer_token(request: web.Request) -> str | None:
-    """The token of an ``Authorization: Bearer`` header, or None."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer`` header's value, or None."""
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
@@ -140,7 +140,7 @@ class CollectService:
         return web.json_response({"status": "ok"})
 
     def _authenticated(self, request: web.Request, kind: str) -> Origin | web.Response:
-        token = bearer_token(request)
+        token = bearer_token(request.headers.get("Authorization", ""))
         origin = self.tokens.origin_of(token) if token else None
         if origin is None:
             self.metrics.refused.labels(kind, "unauthenticated").inc()
