@@ -66,7 +66,9 @@ NON_EXPIRING = timedelta(days=365 * 100)
 """The lifetime given to a token Vault issued without a TTL (root tokens, ``period=0``
 orphans): far enough that ``LONG_LIVED_CREDENTIAL`` judges it, as it should."""
 DEFAULT_MAX_PENDING = 10_000
-"""Requests awaiting their response before the oldest is mapped as unanswered."""
+"""Requests awaiting their response before the oldest is mapped as unanswered: each held
+as its decoded entry (a few KB), so tens of MB at the bound. Vault answers a request within
+its request timeout, so only a lost response line stays pending for long."""
 
 
 class VaultMapping(BaseModel):
@@ -118,7 +120,8 @@ class VaultMapping(BaseModel):
     ledger_capacity: int = Field(
         default=DEFAULT_CAPACITY,
         gt=0,
-        description="Tokens and leases remembered for context, renewal and revocation.",
+        description="Tokens, leases and mapped request ids remembered (each, least recently "
+        "seen forgotten first) for context, renewal, revocation and duplicate lines.",
     )
 
     def covers(self, method: str | None, role: str | None, policies: list[str]) -> bool:

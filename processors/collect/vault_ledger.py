@@ -38,7 +38,8 @@ def text(value: Any, limit: int = 512) -> str | None:
 
 
 DEFAULT_CAPACITY = 100_000
-"""Tokens (and, separately, leases) the ledger remembers: about 40 MB at capacity."""
+"""Tokens (and, separately, leases and client-token HMACs) the ledger remembers: about
+110 MB when all three are full."""
 
 
 @dataclass(frozen=True, slots=True)
