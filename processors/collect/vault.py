@@ -231,12 +231,12 @@ class _Entry:
         self.time = time
         self.answered = answered
         self.request: Mapping[str, Any] = entry["request"]
-        self.auth = _mapping(entry.get("auth"))
-        self.response = _mapping(entry.get("response")) if answered else {}
+        self.auth = paths.mapping_of(entry.get("auth"))
+        self.response = paths.mapping_of(entry.get("response")) if answered else {}
         self.error = paths.text(entry.get("error"), 8192)
         self.path = paths.text(self.request.get("path")) or ""
         self.operation = paths.text(self.request.get("operation")) or "unknown"
-        self.data = _mapping(self.request.get("data"))
+        self.data = paths.mapping_of(self.request.get("data"))
         self.requester = paths.text(self.auth.get("accessor")) or paths.text(
             self.request.get("client_token_accessor")
         )
@@ -248,14 +248,14 @@ class _Entry:
             return self._renewal()
         if succeeded and paths.is_revocation(self.path):
             return self._revocation()
-        issued = _mapping(self.response.get("auth"))
+        issued = paths.mapping_of(self.response.get("auth"))
         if issued.get("token_type") == "batch" or self.auth.get("token_type") == "batch":
             # A batch token has no accessor, and its value (HMAC'd, or raw with log_raw) is
             # never copied into an event: it cannot be named.
             return Skipped("vault_batch_token")
         if succeeded and paths.text(issued.get("accessor")):
             return self._token_issued(issued)
-        lease_id = paths.text(_mapping(self.response.get("secret")).get("lease_id"))
+        lease_id = paths.text(paths.mapping_of(self.response.get("secret")).get("lease_id"))
         if succeeded and lease_id:
             return self._lease_issued(lease_id)
         return self._access()
@@ -289,7 +289,7 @@ class _Entry:
 
     def _placement(self, metadata: Any, accessor: str) -> Placement | Rejection:
         """The custody context the token metadata names, else the token's synthetic task."""
-        found = paths.placement_from(_mapping(metadata), self.m.mapping.metadata_prefix)
+        found = paths.placement_from(paths.mapping_of(metadata), self.m.mapping.metadata_prefix)
         if isinstance(found, Rejection):
             return found
         if found is not None:
@@ -340,7 +340,9 @@ class _Entry:
             "decision_id": decision["body"]["decision_id"],
             "parent_token_id": parent,
         }
-        purpose = _mapping(issued.get("metadata")).get(f"{self.m.mapping.metadata_prefix}purpose")
+        purpose = paths.mapping_of(issued.get("metadata")).get(
+            f"{self.m.mapping.metadata_prefix}purpose"
+        )
         extra = {"custody.purpose": paths.text(purpose, 8192)} if paths.text(purpose) else {}
         issue = self._event(
             "CREDENTIAL_ISSUED", accessor, placement, self.m._broker, body, extra=extra
@@ -356,7 +358,7 @@ class _Entry:
         if not record.agent:
             return Skipped("vault_not_agent_credential")
         decision = self._acl_decision(record.placement, allowed=True)
-        secret = _mapping(self.response.get("secret"))
+        secret = paths.mapping_of(self.response.get("secret"))
         seconds = secret.get("lease_duration")
         body = {
             "token_id": lease_id,
@@ -381,7 +383,7 @@ class _Entry:
         accessor, record = holder
         if not record.agent:
             return Skipped("vault_not_agent_credential")
-        results = _mapping(self.auth.get("policy_results"))
+        results = paths.mapping_of(self.auth.get("policy_results"))
         denied = (self.error is not None and "permission denied" in self.error.lower()) or (
             results.get("allowed") is False
         )
@@ -417,12 +419,12 @@ class _Entry:
         """Vault's ACL verdict on this request: the policies that granted it are its scope
         (Vault 1.13+ logs them in ``auth.policy_results``), so an access using a policy its
         token was not issued with shows as a scope escalation."""
-        granting = _mapping(self.auth.get("policy_results")).get("granting_policies")
+        granting = paths.mapping_of(self.auth.get("policy_results")).get("granting_policies")
         scope = sorted(
             {
                 name
                 for policy in (granting if isinstance(granting, list) else [])
-                if (name := paths.text(_mapping(policy).get("name")))
+                if (name := paths.text(paths.mapping_of(policy).get("name")))
             }
         )
         reasons = [] if allowed else [self.error or "permission denied"]
@@ -507,14 +509,14 @@ class _Entry:
         if not isinstance(holder, tuple):
             return holder
         accessor, record = holder
-        renewed = _mapping(self.response.get("auth"))
+        renewed = paths.mapping_of(self.response.get("auth"))
         if self.path.startswith("auth/token/"):
             token_id = paths.text(renewed.get("accessor")) or (
                 accessor if self.path == "auth/token/renew-self" else None
             )
             ttl = _ttl(renewed.get("token_ttl", renewed.get("lease_duration")))
         else:
-            secret = _mapping(self.response.get("secret"))
+            secret = paths.mapping_of(self.response.get("secret"))
             token_id = paths.text(secret.get("lease_id")) or paths.lease_in_path(self.path)
             ttl = self._lease_ttl(secret.get("lease_duration", self.data.get("increment")))
         if token_id is None:
@@ -582,15 +584,6 @@ class _Entry:
                 return event
             built.append(event)
         return Mapped(tuple(built))
-
-
-# ---- entry fields ----------------------------------------------------------------------
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    # The type check first: an entry decoded from JSON holds dicts, and the abstract
-    # Mapping check costs several times more.
-    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _ttl(seconds: Any) -> timedelta:

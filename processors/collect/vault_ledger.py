@@ -37,6 +37,13 @@ def text(value: Any, limit: int = 512) -> str | None:
     return text_of(value, limit)
 
 
+def mapping_of(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one."""
+    # The type check first: an entry decoded from JSON holds dicts, and the abstract
+    # Mapping check costs several times more.
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
+
+
 DEFAULT_CAPACITY = 100_000
 """Tokens (and, separately, leases and client-token HMACs) the ledger remembers: about
 110 MB when all three are full."""
@@ -329,7 +336,7 @@ def subject_of(auth: Mapping[str, Any], accessor: str) -> str:
 
 
 def role_of(metadata: Any) -> str | None:
-    meta = metadata if isinstance(metadata, Mapping) else {}
+    meta = mapping_of(metadata)
     return text(meta.get("role_name")) or text(meta.get("role"))
 
 
