@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -76,20 +78,32 @@ def collect_token(
     )
 
 
-import_app = typer.Typer(help="Backfill saved OPA decision logs or Vault audit logs.")
+class LogKind(StrEnum):
+    """The saved logs ``custody import`` reads."""
+
+    OPA = "opa"
+    VAULT = "vault"
 
 
-def _import(
+def import_log(
     ctx: typer.Context,
-    kind: Literal["opa", "vault"],
-    file: str,
-    tenant: str | None,
-    source: str | None,
-    as_json: bool,
+    kind: Annotated[
+        LogKind,
+        typer.Argument(
+            help="opa: decision logs (a JSON array, JSON lines, or the console logger's "
+            "output); vault: an audit log (JSON lines, from the file device)."
+        ),
+    ],
+    file: Annotated[str, typer.Argument(help="The log file, or - for stdin.")],
+    tenant: TenantOption = None,
+    source: SourceOption = None,
+    as_json: JsonOption = False,
 ) -> None:
+    """Backfill a saved OPA decision log or Vault audit log; prints what was published,
+    skipped and dead-lettered, by reason."""
     from rich.progress import Progress
 
-    from processors.collect.importing import import_log
+    from processors.collect.importing import import_log as publish_log
     from processors.collect.mapping_file import MappingError, load_mapping
     from processors.collect.publisher import CollectPublisher, Unavailable
     from processors.collect.records import Origin
@@ -105,16 +119,14 @@ def _import(
     try:
         with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
             task = bar.add_task(f"importing {kind}", total=None)
-            tally = import_log(
-                kind, text, origin, mapping, publisher, lambda n: bar.advance(task, n)
+            tally = publish_log(
+                kind.value, text, origin, mapping, publisher, lambda n: bar.advance(task, n)
             )
     except Unavailable as exc:
         fail(f"[red]custody import {kind}:[/] {escape(str(exc))}; importing again is safe")
     finally:
         publisher.close()
     if as_json:
-        import json
-
         print(json.dumps(tally.as_json()))
         return
     table = Table(title=f"custody import {kind}: {tally.records} records")
@@ -128,35 +140,8 @@ def _import(
     out.print(table)
 
 
-FileArgument = Annotated[str, typer.Argument(help="The log file, or - for stdin.")]
-
-
-@import_app.command("opa")
-def import_opa(
-    ctx: typer.Context,
-    file: FileArgument,
-    tenant: TenantOption = None,
-    source: SourceOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """OPA decision logs: a JSON array, JSON lines, or the console logger's output."""
-    _import(ctx, "opa", file, tenant, source, as_json)
-
-
-@import_app.command("vault")
-def import_vault(
-    ctx: typer.Context,
-    file: FileArgument,
-    tenant: TenantOption = None,
-    source: SourceOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """A Vault audit log (JSON lines, from the file device)."""
-    _import(ctx, "vault", file, tenant, source, as_json)
-
-
 def register(app: typer.Typer) -> None:
     """Add the collect commands to ``app``."""
     app.command()(collect)
     app.command("collect-token")(collect_token)
-    app.add_typer(import_app, name="import")
+    app.command("import")(import_log)

@@ -22,6 +22,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -97,21 +98,19 @@ def runner(service: CollectService) -> web.AppRunner:
     return web.AppRunner(service.application(), access_log=None, auto_decompress=False)
 
 
+@dataclass
 class CollectService:
     """The HTTP application over a publisher, a token store and the mapping."""
 
-    def __init__(
-        self,
-        publisher: CollectPublisher,
-        tokens: TokenStore,
-        mapping: CollectMapping,
-        metrics: CollectMetrics,
-    ) -> None:
-        self.publisher = publisher
-        self.tokens = tokens
-        self.mapping = mapping
-        self.metrics = metrics
-        self.max_body = publisher.settings.collect_max_body_bytes
+    publisher: CollectPublisher
+    tokens: TokenStore
+    mapping: CollectMapping
+    metrics: CollectMetrics
+
+    @property
+    def max_body(self) -> int:
+        """The largest body taken, compressed and uncompressed."""
+        return self.publisher.settings.collect_max_body_bytes
 
     def application(self) -> web.Application:
         """The aiohttp application serving the routes."""

@@ -35,19 +35,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from processors.collect import records
 from processors.collect import vault_ledger as paths
-from processors.collect.records import (
-    SOURCE_ATTRIBUTE,
-    SYNTHETIC_ATTRIBUTE,
-    Mapped,
-    Origin,
-    Outcome,
-    Rejection,
-    Skipped,
-    build_event,
-    event_id_for,
-    synthetic_task_id,
-)
+from processors.collect.records import Outcome, Rejection, Skipped
 from processors.collect.vault_ledger import (
     DEFAULT_CAPACITY,
     LeaseRecord,
@@ -142,7 +132,7 @@ class VaultAuditMapper:
     what came of the entries, by outcome and reason.
     """
 
-    def __init__(self, origin: Origin, mapping: VaultMapping) -> None:
+    def __init__(self, origin: records.Origin, mapping: VaultMapping) -> None:
         self.origin = origin
         self.mapping = mapping
         self.ledger = VaultLedger(mapping.ledger_capacity)
@@ -195,7 +185,7 @@ class VaultAuditMapper:
 
     def _counted(self, outcomes: list[Outcome]) -> list[Outcome]:
         for outcome in outcomes:
-            if isinstance(outcome, Mapped):
+            if isinstance(outcome, records.Mapped):
                 self.counts["mapped"] += 1
                 self.counts["events"] += len(outcome.events)
             elif isinstance(outcome, Skipped):
@@ -294,7 +284,7 @@ class _Entry:
             return found
         if found is not None:
             return found
-        task = synthetic_task_id(self.m.origin, "vault-token", accessor)
+        task = records.synthetic_task_id(self.m.origin, "vault-token", accessor)
         return Placement(task, task, None, 0, synthetic=True)
 
     # ---- issuance --------------------------------------------------------------------
@@ -547,9 +537,12 @@ class _Entry:
         event_id: str | None = None,
         extra: Mapping[str, str | None] | None = None,
     ) -> dict[str, Any]:
-        attributes = {SOURCE_ATTRIBUTE: self.m.origin.source, REQUEST_ID_ATTRIBUTE: self.request_id}
+        attributes = {
+            records.SOURCE_ATTRIBUTE: self.m.origin.source,
+            REQUEST_ID_ATTRIBUTE: self.request_id,
+        }
         if placement.synthetic:
-            attributes[SYNTHETIC_ATTRIBUTE] = "true"
+            attributes[records.SYNTHETIC_ATTRIBUTE] = "true"
         for key, value in (extra or {}).items():
             if value is not None:
                 attributes[key] = value
@@ -574,16 +567,16 @@ class _Entry:
     def _event_id(self, event_type: str, subject: str) -> str:
         """The id of this request's ``event_type`` event about ``subject``: the same on
         every replay of the log."""
-        return event_id_for(self.m.origin, "vault", self.request_id, event_type, subject)
+        return records.event_id_for(self.m.origin, "vault", self.request_id, event_type, subject)
 
     def _mapped(self, events: list[dict[str, Any]]) -> Outcome:
         built: list[Envelope] = []
         for data in events:
-            event = build_event(data, "vault_contract_violation")
+            event = records.build_event(data, "vault_contract_violation")
             if isinstance(event, Rejection):
                 return event
             built.append(event)
-        return Mapped(tuple(built))
+        return records.Mapped(tuple(built))
 
 
 def _ttl(seconds: Any) -> timedelta:

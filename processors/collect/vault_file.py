@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -75,28 +75,24 @@ def _identity(stat: os.stat_result) -> tuple[int, int]:
     return stat.st_dev, stat.st_ino
 
 
+@dataclass
 class VaultFileFollower:
-    """Follows one audit log file for one origin (the tenant and source it is run for)."""
+    """Follows one audit log file (``path``) for one origin (the tenant and source it is
+    run for), its checkpoint at ``checkpoint_path``."""
 
-    def __init__(
-        self,
-        path: Path,
-        origin: Origin,
-        mapper: VaultAuditMapper,
-        publisher: CollectPublisher,
-        checkpoint_path: Path,
-    ) -> None:
-        self.path = path
-        self.origin = origin
-        self.mapper = mapper
-        self.publisher = publisher
-        self.checkpoint_path = checkpoint_path
-        self.tally = Tally()
-        self.lines = 0
-        self._file: BinaryIO | None = None
-        self._offset = 0
-        # Outcomes of lines read but not yet acknowledged, with the offset after them.
-        self._unacked: tuple[list[tuple[Outcome, bytes | None]], int, int] | None = None
+    path: Path
+    origin: Origin
+    mapper: VaultAuditMapper
+    publisher: CollectPublisher
+    checkpoint_path: Path
+    tally: Tally = field(default_factory=Tally, init=False)
+    lines: int = field(default=0, init=False)
+    _file: BinaryIO | None = field(default=None, init=False)
+    _offset: int = field(default=0, init=False)
+    # Outcomes of lines read but not yet acknowledged, with the offset after them.
+    _unacked: tuple[list[tuple[Outcome, bytes | None]], int, int] | None = field(
+        default=None, init=False
+    )
 
     def _open_at_checkpoint(self) -> None:
         checkpoint = load_checkpoint(self.checkpoint_path)

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from processors.collect.metrics import CollectMetrics
 from processors.collect.publisher import CollectPublisher, Unavailable
@@ -43,22 +44,17 @@ def split_prefix(line: bytes) -> tuple[bytes, bytes]:
     return line[:start].strip(), line[start:]
 
 
+@dataclass
 class VaultSocketListener:
-    """Serves Vault's socket audit device; one adapter per origin, shared by its
-    connections (Vault reconnects after an error)."""
+    """Serves Vault's socket audit device; one adapter per origin (``mapper_of``), shared
+    by its connections (Vault reconnects after an error)."""
 
-    def __init__(
-        self,
-        publisher: CollectPublisher,
-        tokens: TokenStore,
-        mapper_of: Callable[[Origin], VaultAuditMapper],
-        metrics: CollectMetrics,
-    ) -> None:
-        self.publisher = publisher
-        self.tokens = tokens
-        self.mapper_of = mapper_of
-        self.metrics = metrics
-        self._locks: dict[Origin, asyncio.Lock] = {}
+    publisher: CollectPublisher
+    tokens: TokenStore
+    mapper_of: Callable[[Origin], VaultAuditMapper]
+    metrics: CollectMetrics
+    # One batch at a time per origin: its adapter is a state machine fed in order.
+    _locks: dict[Origin, asyncio.Lock] = field(default_factory=dict, init=False)
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen on ``host``:``port``."""

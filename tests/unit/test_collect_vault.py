@@ -12,16 +12,8 @@ from typing import Any
 
 import pytest
 
-from processors.collect.records import (
-    REDACTED_ATTRIBUTE,
-    SYNTHETIC_ATTRIBUTE,
-    Mapped,
-    Origin,
-    Outcome,
-    Rejection,
-    Skipped,
-    synthetic_task_id,
-)
+from processors.collect import records
+from processors.collect.records import Outcome, Rejection, Skipped
 from processors.collect.vault import (
     INFERRED_ATTRIBUTE,
     NON_EXPIRING,
@@ -32,7 +24,7 @@ from processors.collect.vault_ledger import LeaseRecord, Placement, VaultLedger
 from schemas.models import Envelope
 from tests.support import REPO
 
-ORIGIN = Origin("acme-prod", "vault-prod")
+ORIGIN = records.Origin("acme-prod", "vault-prod")
 DATA = REPO / "tests" / "data" / "vault"
 SESSION = ("login_approle", "token_create_child", "dynamic_secret")
 
@@ -60,7 +52,7 @@ def feed(mapper: VaultAuditMapper, entries: Iterable[Mapping[str, Any]]) -> list
 
 
 def events(outcomes: Iterable[Outcome]) -> list[Envelope]:
-    return [event for o in outcomes if isinstance(o, Mapped) for event in o.events]
+    return [event for o in outcomes if isinstance(o, records.Mapped) for event in o.events]
 
 
 def of_type(outcomes: Iterable[Outcome], event_type: str) -> list[Envelope]:
@@ -103,7 +95,7 @@ def test_login_is_an_issuance_accounted_for_by_vault_s_decision() -> None:
         assert event.actor.kind == "BROKER"
         assert event.actor.workload_id == f"vault://{ORIGIN.source}"
         assert event.attributes["custody.source"] == ORIGIN.source
-        assert SYNTHETIC_ATTRIBUTE not in event.attributes
+        assert records.SYNTHETIC_ATTRIBUTE not in event.attributes
     assert issued.attributes["custody.purpose"] == meta["custody_purpose"]
 
 
@@ -113,7 +105,7 @@ def test_a_request_waits_for_its_response_joined_by_request_id() -> None:
     assert mapper.feed(request) == []
     assert mapper.pending == 1
     (outcome,) = mapper.feed(response)
-    assert isinstance(outcome, Mapped)
+    assert isinstance(outcome, records.Mapped)
     assert mapper.pending == 0
     assert all(e.attributes["vault.request_id"] == request["request"]["id"] for e in outcome.events)
     # The same request answered twice (a duplicated line) is mapped once.
@@ -326,13 +318,13 @@ def without_context(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_a_token_without_custody_context_gets_one_deterministic_synthetic_task() -> None:
     entries = without_context(load("login_approle") + load("dynamic_secret")[:2])
     accessor = responses("login_approle")[0]["response"]["auth"]["accessor"]
-    task = synthetic_task_id(ORIGIN, "vault-token", accessor)
+    task = records.synthetic_task_id(ORIGIN, "vault-token", accessor)
     first, second = (
         events(feed(VaultAuditMapper(ORIGIN, VaultMapping()), entries)) for _ in range(2)
     )
     assert len(first) == 4
     assert {(e.task_id, e.root_task_id, e.depth) for e in first} == {(task, task, 0)}
-    assert all(e.attributes[SYNTHETIC_ATTRIBUTE] == "true" for e in first)
+    assert all(e.attributes[records.SYNTHETIC_ATTRIBUTE] == "true" for e in first)
     assert [e.model_dump() for e in first] == [e.model_dump() for e in second]
 
 
@@ -391,14 +383,14 @@ def test_pending_requests_are_bounded_and_drained_as_unseen_failures() -> None:
     assert mapper.feed(copies[0]) == mapper.feed(copies[1]) == []
     (pushed_out,) = mapper.feed(copies[2])
     assert mapper.pending == 2
-    assert isinstance(pushed_out, Mapped)
+    assert isinstance(pushed_out, records.Mapped)
     access = next(e for e in pushed_out.events if e.event_type == "ACCESS")
     assert body(access).outcome == "FAILURE"
     assert body(access).detail == "the Vault response to this request was not seen"
     assert access.attributes["vault.request_id"] == "pending-0"
     drained = mapper.drain()
     assert [
-        o.events[0].attributes["vault.request_id"] for o in drained if isinstance(o, Mapped)
+        o.events[0].attributes["vault.request_id"] for o in drained if isinstance(o, records.Mapped)
     ] == [
         "pending-1",
         "pending-2",
@@ -431,7 +423,7 @@ def test_raw_logged_values_never_pass_and_a_secret_is_redacted_and_named() -> No
     (access,) = of_type(outcomes, "ACCESS")
     assert body(access).outcome == "FAILURE"
     assert "[REDACTED]" in body(access).detail
-    assert access.attributes[REDACTED_ATTRIBUTE] == "body.detail:jwt"
+    assert access.attributes[records.REDACTED_ATTRIBUTE] == "body.detail:jwt"
 
 
 def test_a_token_without_a_ttl_never_expires_so_it_is_judged_long_lived() -> None:
