@@ -3,8 +3,8 @@
 Run from the repository root: ``python -m tests.bench`` (``make bench``) runs them all;
 ``python -m tests.bench ingest trace`` (or ``CUSTODY_BENCH_ONLY=ingest,trace``) only the
 named ones (a name is the module's, without ``bench_``: producer, correlate, ingest,
-trace, verify, notify, report), and then updates their entries in ``bench-results.json``,
-keeping the others. A benchmark is a function returning a list of
+trace, verify, notify, report, collect), and then updates their entries in
+``bench-results.json``, keeping the others. A benchmark is a function returning a list of
 :class:`tests.bench.results.Entry`; add it to :data:`BENCHMARKS`.
 
 Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
@@ -14,9 +14,13 @@ Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
 ``CUSTODY_BENCH_VERIFY_EVENTS`` (events stored for verify, default 100000),
 ``CUSTODY_BENCH_NOTIFY_ALERTS`` (alerts posted per notify run, default 20000),
 ``CUSTODY_BENCH_REPORT_EVENTS`` (events of the one tenant reported on, default 10000000),
+``CUSTODY_BENCH_COLLECT_DECISIONS`` / ``CUSTODY_BENCH_COLLECT_LINES`` (OPA decisions
+uploaded / Vault audit lines followed per collect run, default 20000 each),
+``CUSTODY_BENCH_COLLECT_CLIENTS`` (OPA clients uploading at once, default 1),
 ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path) and
 ``CUSTODY_BENCH_PYSPY`` / ``CUSTODY_BENCH_INGEST_PYSPY`` / ``CUSTODY_BENCH_NOTIFY_PYSPY``
-(a file: record the first correlator / ingest / notify run with py-spy, see
+(a file: record the first correlator / ingest / notify run with py-spy; for collect
+``CUSTODY_BENCH_COLLECT_OPA_PYSPY`` / ``CUSTODY_BENCH_COLLECT_VAULT_PYSPY``, see
 :func:`tests.bench.results.first_run_profile`).
 """
 
@@ -32,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tests.bench import (
+    bench_collect,
     bench_correlate,
     bench_correlate_state,
     bench_ingest,
@@ -54,6 +59,7 @@ BENCHMARKS: list[Benchmark] = [
     bench_verify.run,
     bench_notify.run,
     bench_report.run,
+    bench_collect.run,
 ]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
