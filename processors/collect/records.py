@@ -31,14 +31,20 @@ SOURCE_ATTRIBUTE = "custody.source"
 """Attribute naming the source (the collect token's) an event came from."""
 SYNTHETIC_ATTRIBUTE = "custody.synthetic_task"
 """Attribute set to ``"true"`` on an event whose task no custody context named."""
+OBSERVE_ONLY_ATTRIBUTE = "custody.observe_only"
+"""Attribute set to ``"true"`` on an access from an observe-only source: the correlator
+records it and never judges it UNAUTHORIZED_ACCESS."""
 
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Who sent a record: the tenant and source its collect token binds."""
+    """Who sent a record: the tenant and source its collect token binds, and whether the
+    source is observe-only (its accesses are recorded, not judged as unauthorized: a
+    runtime that reports no credentials or decisions)."""
 
     tenant: str
     source: str
+    observe_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

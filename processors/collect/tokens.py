@@ -55,18 +55,26 @@ class Binding:
     tenant: str
     source: str
     created_at: str
+    observe_only: bool = False
 
 
-def issue_token(path: Path, tenant: str, source: str) -> str:
-    """A new token for ``tenant``/``source``: its hash is appended to ``path`` (created
-    0600), the token itself is returned and kept nowhere."""
+def issue_token(path: Path, tenant: str, source: str, *, observe_only: bool = False) -> str:
+    """A new token for ``tenant``/``source`` (``observe_only``: the source's accesses are
+    recorded, never judged unauthorized): its hash is appended to ``path`` (created 0600),
+    the token itself is returned and kept nowhere."""
     for what, name in (("tenant", tenant), ("source", source)):
         if not _NAME.fullmatch(name):
             raise TokenError(f"{what} {name!r}: letters, digits, '.', '_' and '-' only")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     bindings = _read(path)
     bindings.append(
-        Binding(_digest(token), tenant, source, datetime.now(UTC).isoformat(timespec="seconds"))
+        Binding(
+            _digest(token),
+            tenant,
+            source,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            observe_only,
+        )
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
@@ -116,5 +124,7 @@ class TokenStore:
         with self._lock:
             if stamp == self._stamp:
                 return
-            self._origins = {b.sha256: Origin(b.tenant, b.source) for b in _read(self.path)}
+            self._origins = {
+                b.sha256: Origin(b.tenant, b.source, b.observe_only) for b in _read(self.path)
+            }
             self._stamp = stamp
