@@ -228,7 +228,7 @@ def _later(start: datetime, seconds: int) -> datetime:
     )
 
 
-# A return per event type of the contract: nine, one past the limit, read best as they are.
+# A return per event type of the contract: ten, past the limit, read best as they are.
 @st.composite
 def bodies(draw: st.DrawFn, event_type: str) -> dict[str, Any]:  # noqa: PLR0911
     if event_type == "TASK_DECLARED":
@@ -301,6 +301,9 @@ def bodies(draw: st.DrawFn, event_type: str) -> dict[str, Any]:  # noqa: PLR0911
             "reason": draw(st.sampled_from(["TASK_ENDED", "MANUAL", "COMPROMISED"])),
             "revoked_by": draw(ids),
         }
+    if event_type == "CREDENTIAL_RENEWED":
+        # Any expiry, also one before the issuance's or the renewal's own time.
+        return {"token_id": draw(ids), "expires_at": draw(times), "renewed_by": draw(ids)}
     return {"outcome": draw(st.sampled_from(["SUCCEEDED", "FAILED", "CANCELLED"]))}
 
 
@@ -314,6 +317,7 @@ EVENT_TYPES = [
     "BREAK_GLASS",
     "CREDENTIAL_REVOKED",
     "TASK_COMPLETED",
+    "CREDENTIAL_RENEWED",
 ]
 
 
@@ -390,7 +394,10 @@ def _fold(
             if counts is not None:
                 counts[str(alert.alert_type)] += 1
         for change in out.changes:
-            assert 1 <= change.version <= 3
+            # Issued, revoked, expired: 3 at most, and 2 more per renewal that moved the
+            # credential's expiry.
+            renewal = state.renewals.get(change.key) if change.kind == "CREDENTIAL" else None
+            assert 1 <= change.version <= 3 + 2 * (renewal.moves if renewal else 0)
             assert CODEC.decode_state(CODEC.encode_state(change)) == change
             changes.append((str(change.kind), change.key, change.version))
         stored = state.to_json()
@@ -599,6 +606,37 @@ def test_break_glass_and_token_ids_holding_the_separator_are_judged() -> None:
         },
     )
     assert "BREAK_GLASS_OVERDUE" in _judge(stream)
+
+
+def test_an_expired_use_of_a_renewed_token_holding_the_separator_is_judged() -> None:
+    """The use-after-expiry deadline's key joins the token id and the access id; a token id
+    holding the separator still splits right, and its renewal still counts."""
+    issued = {
+        "event_type": "CREDENTIAL_ISSUED",
+        "event_time": T0,
+        "body": {
+            "token_id": "t\x1f2",
+            "token_subject": "w",
+            "credential_kind": "JWT",
+            "audience": "a",
+            "scopes": ["a"],
+            "issued_at": T0,
+            "expires_at": T0 + timedelta(minutes=1),
+            "decision_id": "d",
+        },
+    }
+    renewed = {
+        "event_type": "CREDENTIAL_RENEWED",
+        "event_time": T0 + timedelta(seconds=30),
+        "body": {"token_id": "t\x1f2", "expires_at": T0 + timedelta(minutes=2), "renewed_by": "v"},
+    }
+    access = {
+        "event_time": T0 + timedelta(seconds=90),
+        "body": {**ACCESS_BODY, "token_id": "t\x1f2", "decision_id": None},
+    }
+    later = {**access, "event_time": T0 + timedelta(seconds=150)}
+    judged = _judge(_events(issued, renewed, access, later))
+    assert judged.count("TOKEN_USED_AFTER_EXPIRY") == 1
 
 
 def test_one_task_under_two_parents_is_judged() -> None:
