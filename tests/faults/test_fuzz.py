@@ -608,37 +608,6 @@ def test_break_glass_and_token_ids_holding_the_separator_are_judged() -> None:
     assert "BREAK_GLASS_OVERDUE" in _judge(stream)
 
 
-def test_an_expired_use_of_a_renewed_token_holding_the_separator_is_judged() -> None:
-    """The use-after-expiry deadline's key joins the token id and the access id; a token id
-    holding the separator still splits right, and its renewal still counts."""
-    issued = {
-        "event_type": "CREDENTIAL_ISSUED",
-        "event_time": T0,
-        "body": {
-            "token_id": "t\x1f2",
-            "token_subject": "w",
-            "credential_kind": "JWT",
-            "audience": "a",
-            "scopes": ["a"],
-            "issued_at": T0,
-            "expires_at": T0 + timedelta(minutes=1),
-            "decision_id": "d",
-        },
-    }
-    renewed = {
-        "event_type": "CREDENTIAL_RENEWED",
-        "event_time": T0 + timedelta(seconds=30),
-        "body": {"token_id": "t\x1f2", "expires_at": T0 + timedelta(minutes=2), "renewed_by": "v"},
-    }
-    access = {
-        "event_time": T0 + timedelta(seconds=90),
-        "body": {**ACCESS_BODY, "token_id": "t\x1f2", "decision_id": None},
-    }
-    later = {**access, "event_time": T0 + timedelta(seconds=150)}
-    judged = _judge(_events(issued, renewed, access, later))
-    assert judged.count("TOKEN_USED_AFTER_EXPIRY") == 1
-
-
 def test_one_task_under_two_parents_is_judged() -> None:
     # Was: ValueError (min() of an empty sequence) deciding BROKEN_CHAIN for the parent
     # named by an event that was later displaced as the task's earliest.

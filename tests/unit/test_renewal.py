@@ -9,7 +9,7 @@ import json
 from processors.correlation.engine import expire, observe, to_micros
 from processors.correlation.tree import TreeState
 from schemas.models import AlertType, CredentialLifecycle, Envelope, StateChange, StateKind
-from tests.support.events import CODER, at, renew, use
+from tests.support.events import CODER, at, issue, renew, use
 from tests.support.trees import CONFIG, DETECTED, GRACE, Tree, revocation_of, run
 
 TOKEN = "tok-exp"
@@ -188,3 +188,18 @@ def test_renewals_survive_the_saved_state_and_format_1_reads_without_them() -> N
     older = TreeState.from_json(json.dumps(saved).encode())
     assert older.renewals == {}
     assert older.tokens == state.tokens
+
+
+def test_a_use_after_the_renewed_expiry_of_a_token_holding_the_separator_is_judged() -> None:
+    """The use-after-expiry deadline's key joins the token id and the access id; a token id
+    holding the separator still splits right, and its renewal still counts."""
+    tree = Tree()
+    token = "t\x1f2"
+    stream = [
+        issue(tree.code, token, at(24), expires=at(84)),
+        renew(tree.code, token, at(50), expires=at(120)),
+        use(tree.code, token, at(90)),
+        use(tree.code, token, at(121)),
+    ]
+    used = [a for a in run(stream).alerts if a.alert_type == AlertType.TOKEN_USED_AFTER_EXPIRY]
+    assert [a.event_time for a in used] == [at(121)]
