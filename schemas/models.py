@@ -282,6 +282,12 @@ class Envelope(_Model):
         return self.producer_instance is not None and self.seq is not None
 
 
+OBSERVE_ONLY_ATTRIBUTE = "custody.observe_only"
+"""An access whose ``attributes`` set this to ``"true"`` comes from an observe-only source
+(an agent runtime's spans, which carry no credentials or decisions): it is recorded and
+judged by every rule but UNAUTHORIZED_ACCESS."""
+
+
 class TaskDeclaredEvent(Envelope):
     """A task declared its purpose and the scopes it asks for."""
 

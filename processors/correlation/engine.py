@@ -38,6 +38,7 @@ from processors.correlation.tree import (
     TreeState,
 )
 from schemas.models import (
+    OBSERVE_ONLY_ATTRIBUTE,
     AccessEvent,
     Actor,
     AlertType,
@@ -496,10 +497,10 @@ def _on_access(step: _Step, event: AccessEvent, us: int) -> None:
     revocation = state.revocations.get(body.token_id)
     if revocation is not None:
         _check_access_after_revocation(step, access, revocation)
-    if access.outcome != "DENIED":
-        state.schedule(
-            us + step.config.grace_us, UNAUTHORIZED, body.token_id + _SEP + event.event_id
-        )
+    # An observe-only source's accesses name no decisions by design: never unauthorized.
+    if access.outcome != "DENIED" and event.attributes.get(OBSERVE_ONLY_ATTRIBUTE) != "true":
+        key = body.token_id + _SEP + event.event_id
+        state.schedule(us + step.config.grace_us, UNAUTHORIZED, key)
 
 
 def _on_delegation(step: _Step, event: DelegationEvent, us: int) -> None:
