@@ -63,6 +63,7 @@ _NOT_AGENT = Skipped("otlp_not_agent_span")
 _DUPLICATE = Skipped("otlp_duplicate_span")
 _NESTED = Skipped("otlp_nested_tool_call")
 _DUPLICATE_CALL = Skipped("otlp_duplicate_tool_call")
+_SAME_AGENT = Skipped("otlp_nested_agent_span")
 
 _Key = tuple[str, str]
 _Call = tuple[str, str | None]
@@ -396,6 +397,19 @@ class TraceAssembler:
             self._remember(key, node)
         info = held.info
         if info.kind == AGENT:
+            above = scope.task
+            if (
+                above is not None
+                and above.remote
+                and info.agent is not None
+                and above.agent == info.agent
+                and info.context is None
+            ):
+                # The remote agent's own span under its caller's CLIENT span: one task.
+                node.kind = _LINK
+                node.scope = scope
+                self._wake(key)
+                return _SAME_AGENT
             outcome, task = agent_events(held.span, info, scope.task, self.origin, self.mapping)
             if task is None:
                 node.kind = _LINK

@@ -50,6 +50,7 @@ workload that used the tool follows it, so its accesses are one credential's and
 another workload's (no ``SHARED_CREDENTIAL``), and no issuance is ever claimed for it."""
 
 _STATUS_ERROR = 2
+SPAN_KIND_CLIENT = 3
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ID_LIMIT = 200
 
@@ -90,6 +91,7 @@ class SpanInfo:
     tool: str | None
     call_id: str | None
     mcp: bool
+    agent: str | None = None
 
 
 def _text(value: AttributeValue | None, limit: int = 512) -> str | None:
@@ -157,7 +159,7 @@ def read_span(span: Span, kind: int, now: float, m: OtlpMapping) -> SpanInfo | R
                 "invoke_agent span without gen_ai.agent.id, gen_ai.agent.name or the "
                 "resource's service.name"
             )
-        # OTel SDKs name a service they were not told "unknown_service" themselves.
+        # An OTel SDK not told its service name calls it "unknown_service" too.
         workload = f"otel://{service or 'unknown_service'}" + (f"/agent/{agent}" if agent else "")
         label = _text(attributes.get("gen_ai.agent.name")) or agent or service or ""
         tool = call_id = None
@@ -174,16 +176,20 @@ def read_span(span: Span, kind: int, now: float, m: OtlpMapping) -> SpanInfo | R
         workload = f"otel://{service or 'unknown_service'}"
         label = tool
         call_id = _text(attributes.get("gen_ai.tool.call.id"))
+        agent = None
     instance = _text(span.resource.get("service.instance.id")) or service or workload
-    return SpanInfo(kind, context, workload, instance, label, tool, call_id, mcp)
+    return SpanInfo(kind, context, workload, instance, label, tool, call_id, mcp, agent)
 
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """An agent span's task: where it sits and who runs it."""
+    """An agent span's task: where it sits, who runs it, the agent (id or name) and
+    whether its span is a ``CLIENT`` span (the caller's view of a remote agent)."""
 
     context: CustodyContext
     actor: dict[str, str]
+    agent: str | None = None
+    remote: bool = False
 
 
 def event_time(span: Span) -> datetime:
@@ -316,7 +322,8 @@ def agent_events(
         if isinstance(delegation, Rejection):
             return delegation, None
         events.append(delegation)
-    return Mapped(tuple(events)), Task(context, actor)
+    task = Task(context, actor, info.agent, span.kind == SPAN_KIND_CLIENT)
+    return Mapped(tuple(events)), task
 
 
 def _resource(span: Span, info: SpanInfo) -> str:

@@ -523,3 +523,28 @@ def test_secret_looking_values_are_screened() -> None:
     (access,) = of_type(assembler().feed([tool], NOW), "ACCESS")
     assert secret not in json.dumps(access.model_dump(mode="json"))
     assert records.REDACTED_ATTRIBUTE in access.attributes
+
+
+def test_a_remote_agent_seen_by_its_caller_and_itself_is_one_task() -> None:
+    sample = by_id(spans())
+    client = dataclasses.replace(sample[RESEARCHER], kind=3)
+    own = dataclasses.replace(
+        sample[RESEARCHER],
+        span_id="f" * 16,
+        parent_span_id=RESEARCHER,
+        resource={"service.name": "researcher-service"},
+    )
+    tool = dataclasses.replace(sample[TOOL], parent_span_id="f" * 16)
+    outcomes = assembler().feed([tool, own, client, sample[PLANNER]], NOW)
+    assert sorted(e.task_id for e in of_type(outcomes, "TASK_DECLARED")) == [
+        task_of(PLANNER),
+        task_of(RESEARCHER),
+    ]
+    assert len(of_type(outcomes, "DELEGATION")) == 1
+    (access,) = of_type(outcomes, "ACCESS")
+    assert access.task_id == task_of(RESEARCHER)
+    assert reasons(outcomes) == ["otlp_nested_agent_span"]
+    # In one process (an INTERNAL span), the same agent under itself is a delegation.
+    inner = dataclasses.replace(own, resource=sample[RESEARCHER].resource)
+    outcomes = assembler().feed([inner, sample[RESEARCHER], sample[PLANNER]], NOW)
+    assert len(of_type(outcomes, "DELEGATION")) == 2
