@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas import models
 from schemas.models import Envelope, describe_validation_error, validate_event
 from schemas.secrets import find_secrets, may_hold_secret_inline, redact_secrets
 
@@ -31,7 +32,7 @@ SOURCE_ATTRIBUTE = "custody.source"
 """Attribute naming the source (the collect token's) an event came from."""
 SYNTHETIC_ATTRIBUTE = "custody.synthetic_task"
 """Attribute set to ``"true"`` on an event whose task no custody context named."""
-OBSERVE_ONLY_ATTRIBUTE = "custody.observe_only"
+OBSERVE_ONLY_ATTRIBUTE = models.OBSERVE_ONLY_ATTRIBUTE
 """Attribute set to ``"true"`` on an access from an observe-only source: the correlator
 records it and never judges it UNAUTHORIZED_ACCESS."""
 
