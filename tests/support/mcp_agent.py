@@ -40,6 +40,8 @@ SERVICE_NAME = "research-crew"
 """The fleet's ``service.name``."""
 LOCAL_TOOL = "summarize_notes"
 """The researcher's in-process tool."""
+# Longer than any run: the batch goes when run() flushes it.
+_ONE_BATCH_MILLIS = 600_000
 PLANNER = ("planner", "agent-planner-01")
 RESEARCHER = ("researcher", "agent-researcher-02")
 
@@ -83,9 +85,12 @@ class FleetRun:
 class AgentFleet:
     """The planner and the researcher, exporting their spans to ``traces_endpoint`` (a
     collector's ``/v1/traces``) with ``token`` as their bearer collect token, gzip
-    compressed, in batches."""
+    compressed, in one batch at the end of a run (as a short-lived agent process exports
+    at exit), so the collector receives each span with its ancestry and a test's result
+    does not depend on when the batch timer fires."""
 
     def __init__(self, traces_endpoint: str, token: str) -> None:
+        self.token = token
         exporter = OTLPSpanExporter(
             endpoint=traces_endpoint,
             headers={"Authorization": f"Bearer {token}"},
@@ -93,7 +98,9 @@ class AgentFleet:
         )
         self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
         self.provider.add_span_processor(CustodyBaggageSpanProcessor())
-        self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        self.provider.add_span_processor(
+            BatchSpanProcessor(exporter, schedule_delay_millis=_ONE_BATCH_MILLIS)
+        )
         self.tracer = self.provider.get_tracer("tests.support.mcp_agent")
 
     @contextmanager
