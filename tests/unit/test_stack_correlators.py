@@ -34,7 +34,7 @@ def test_workers_are_named_from_the_first_one_on() -> None:
 
 
 def test_status_lists_as_many_correlators_as_up_was_given(settings: Settings) -> None:
-    assert [s.name for s in stack.status(settings)] == ["broker", "correlate", "ingest"]
+    assert [s.name for s in stack.status(settings)] == ["broker", "correlate", "ingest", "collect"]
     run = settings.home / "run"
     run.mkdir(parents=True)
     (run / "stack.json").write_text(json.dumps({"correlators": 3}))
@@ -61,7 +61,14 @@ def test_a_running_worker_shows_its_metrics_and_down_stops_every_one(
     ]
     try:
         statuses = _by_name(settings)
-        assert list(statuses) == ["broker", "correlate", "correlate-2", "correlate-7", "ingest"]
+        assert list(statuses) == [
+            "broker",
+            "correlate",
+            "correlate-2",
+            "correlate-7",
+            "ingest",
+            "collect",
+        ]
         second = statuses["correlate-2"]
         assert second.running
         assert second.pid == started[0].process.pid
@@ -73,7 +80,12 @@ def test_a_running_worker_shows_its_metrics_and_down_stops_every_one(
         for process in started:
             process.process.wait(timeout=10)
         assert poll(lambda: not any(running(p.process.pid) for p in started), 10, 0.05)
-        assert [s.name for s in stack.status(settings)] == ["broker", "correlate", "ingest"]
+        assert [s.name for s in stack.status(settings)] == [
+            "broker",
+            "correlate",
+            "ingest",
+            "collect",
+        ]
     finally:
         for process in started:
             process.process.kill()
