@@ -45,6 +45,7 @@ def test_status_lists_as_many_correlators_as_up_was_given(settings: Settings) ->
         "correlate-2",
         "correlate-3",
         "ingest",
+        "collect",
     ]
     assert not any(s.running or s.healthy or s.metrics for s in statuses)
     assert stack.correlator_count(settings) == 3
