@@ -19,11 +19,18 @@ What it reports, per producer instance:
   expected and says which event was changed, and why;
 - ``BAD_START``: seq 1 with a ``prev_hash``.
 
+Schema versions: ClickHouse keeps neither the bytes nor the writer's schema, and an older
+producer hashed its event's encoding under an older schema version (a v1-written event
+re-encoded under v2 gains the trailing null of v2's new body union, so its hash differs).
+A link is accepted when it names the hash of the earlier event's encoding under any
+shipped version of ``custody_event`` that can hold that event (one with a body field for
+its type: a v2-only type was never written by a v1 producer). The newest version is tried
+first and the older ones only when it does not match, so a store written by current
+producers costs one encoding per event, as before; a tampered event matches no version.
+
 Limits, by construction: the newest event of each chain has no successor to vouch for it
 (counted as ``unvouched``); with ``--since`` the link into the window from the event
-before it is not checked; events are re-encoded with the newest shipped schema, which is
-the only released version (a second version will need the writer's fingerprint stored
-with each event).
+before it is not checked.
 """
 
 from __future__ import annotations
@@ -93,11 +100,23 @@ class ChainReport:
 # ---- re-encoding a stored row ---------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _EventSchema:
+    """One shipped version of the event schema, as verify encodes with it."""
+
+    version: int
+    parsed: Any
+    # The raw field types by name.
+    types: dict[str, Any]
+
+
 @cache
-def _event_schema() -> tuple[Any, dict[str, Any]]:
-    """The parsed writer schema, and the raw field types by name."""
-    latest = catalog.latest(catalog.EVENT)
-    return latest.parsed, {f["name"]: f["type"] for f in latest.raw["fields"]}
+def _event_schemas() -> tuple[_EventSchema, ...]:
+    """Every shipped version of the event schema, newest first."""
+    return tuple(
+        _EventSchema(v.version, v.parsed, {f["name"]: f["type"] for f in v.raw["fields"]})
+        for v in reversed(catalog.versions(catalog.EVENT))
+    )
 
 
 def _avro_value(value: Any, avro_type: Any) -> Any:
@@ -125,9 +144,10 @@ def _body_field(event_type: str) -> str:
     return "body_" + event_type.lower()
 
 
-def event_datum(row: Row) -> dict[str, Any]:
-    """The Avro datum of a stored ``events`` row, as the producer encoded it."""
-    _, types = _event_schema()
+def event_datum(row: Row, schema: _EventSchema | None = None) -> dict[str, Any]:
+    """The Avro datum of a stored ``events`` row, as the producer encoded it with
+    ``schema`` (the newest shipped version by default)."""
+    types = (schema or _event_schemas()[0]).types
     datum: dict[str, Any] = {}
     for name, avro_type in types.items():
         if name == "actor":
@@ -144,12 +164,24 @@ def event_datum(row: Row) -> dict[str, Any]:
     return datum
 
 
-def stored_body_hash(row: Row) -> str:
-    """SHA-256 (hex) of the Avro binary body a stored row encodes to."""
-    parsed, _ = _event_schema()
+def _hash_under(row: Row, schema: _EventSchema) -> str:
     buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, parsed, event_datum(row))
+    fastavro.schemaless_writer(buffer, schema.parsed, event_datum(row, schema))
     return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def stored_body_hash(row: Row) -> str:
+    """SHA-256 (hex) of the Avro binary body a stored row encodes to (newest schema)."""
+    return _hash_under(row, _event_schemas()[0])
+
+
+def older_body_hashes(row: Row) -> Iterator[str]:
+    """SHA-256 (hex) of the row's encoding under each older shipped schema version that
+    can hold its event type, newest first: what a producer of that version hashed."""
+    body_name = _body_field(row["event_type"])
+    for schema in _event_schemas()[1:]:
+        if body_name in schema.types:
+            yield _hash_under(row, schema)
 
 
 # ---- checking the chains ----------------------------------------------------------------
@@ -196,7 +228,9 @@ class ChainChecker:
                     f"seq {expected}-{seq - 1} missing between {previous['event_id']} "
                     f"and {event_id}",
                 )
-            elif row["prev_hash"] != self._previous_hash:
+            elif row["prev_hash"] != self._previous_hash and row["prev_hash"] not in (
+                older_body_hashes(previous)
+            ):
                 flag = (previous["attributes"] or {}).get(_REDACTED_FLAG)
                 self._find(
                     "REDACTED_LINK" if flag else "BROKEN_LINK",
@@ -230,18 +264,19 @@ def check_chain(producer: str, rows: list[Row], from_start: bool = True) -> Chai
 
 @cache
 def _columns() -> str:
-    """The ``events`` columns a row needs to be encoded again: the envelope's, the actor's
-    and every body's fields (shared fields share a column), from the same schema."""
-    _, types = _event_schema()
+    """The ``events`` columns a row needs to be encoded again under any shipped schema
+    version: the envelope's, the actor's and every body's fields (shared fields share a
+    column)."""
     names: dict[str, None] = {}
-    for name, avro_type in types.items():
-        if name == "actor":
-            names.update(dict.fromkeys(_ACTOR.values()))
-        elif name.startswith("body_"):
-            body = next(t for t in avro_type if t != "null")
-            names.update(dict.fromkeys(f["name"] for f in body["fields"]))
-        else:
-            names[name] = None
+    for schema in _event_schemas():
+        for name, avro_type in schema.types.items():
+            if name == "actor":
+                names.update(dict.fromkeys(_ACTOR.values()))
+            elif name.startswith("body_"):
+                body = next(t for t in avro_type if t != "null")
+                names.update(dict.fromkeys(f["name"] for f in body["fields"]))
+            else:
+                names[name] = None
     return ", ".join(names)
 
 
