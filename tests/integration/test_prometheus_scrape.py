@@ -37,7 +37,12 @@ RULES = ROOT / "infra" / "prometheus" / "rules.yml"
 DASHBOARD = ROOT / "dashboards" / "grafana" / "pipeline.json"
 # The local stack's processes by the shipped job that scrapes each (serve runs inside
 # ingest there, so its metrics are on ingest's endpoint).
-JOBS = {"custody-correlate": "correlate", "custody-ingest": "ingest", "custody-notify": "notify"}
+JOBS = {
+    "custody-correlate": "correlate",
+    "custody-ingest": "ingest",
+    "custody-notify": "notify",
+    "custody-collect": "collect",
+}
 
 
 def _family(sample: str) -> str:

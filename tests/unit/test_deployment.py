@@ -38,7 +38,7 @@ PROMETHEUS_DATASOURCE_FILE = INFRA / "grafana" / "provisioning" / "datasources" 
 PROMETHEUS_FILE = INFRA / "prometheus" / "prometheus.yml"
 ALERTMANAGER_FILE = INFRA / "alertmanager" / "alertmanager.yml"
 
-CUSTODY_SERVICES = {"migrate", "correlate", "ingest", "serve", "notify"}
+CUSTODY_SERVICES = {"migrate", "correlate", "ingest", "serve", "notify", "collect"}
 # Each long-running Custody service: the Prometheus job that scrapes it, and the setting
 # of its /metrics address.
 SCRAPED = {
@@ -46,6 +46,7 @@ SCRAPED = {
     "ingest": ("custody-ingest", "ingest_metrics_address"),
     "serve": ("custody-serve", "serve_metrics_address"),
     "notify": ("custody-notify", "notify_metrics_address"),
+    "collect": ("custody-collect", "collect_metrics_address"),
 }
 GRAFANA_PLUGIN = "grafana-clickhouse-datasource"
 DASHBOARDS_SOURCE = ROOT / "dashboards" / "grafana"
@@ -252,7 +253,7 @@ def check_serve(compose: Compose) -> list[str]:
 def check_clickhouse(compose: Compose) -> list[str]:
     """The server is new enough for the migrations and lets its admin manage access;
     ingest connects as the writer and serve as the analyst, with the passwords migrate
-    creates them with; notify not at all; the other roles as the server's admin user."""
+    creates them with; notify and collect not at all; the other roles as the server's admin user."""
     services = _services(compose)
     clickhouse = services.get("clickhouse", {})
     tag = _image_tag(str(clickhouse.get("image", "")))
@@ -270,8 +271,9 @@ def check_clickhouse(compose: Compose) -> list[str]:
         f"@clickhouse:9000/{database}"
         for name in CUSTODY_SERVICES
     }
-    # notify reads Kafka and posts to Alertmanager: no ClickHouse credentials at all.
-    expected["notify"] = None
+    # notify reads Kafka and posts to Alertmanager, collect publishes to Kafka: no
+    # ClickHouse credentials at all.
+    expected["notify"] = expected["collect"] = None
     settings = Settings()
     expected["ingest"] = (
         f"clickhouse://{settings.clickhouse_writer_user}:"
