@@ -78,12 +78,13 @@ def test_migrations_apply_once_are_recorded_and_set_the_retention(tmp_path: Path
             "0003_alerts",
             "0005_storable_times",
             "0006_token_facts",
+            "0008_credential_renewals",
         ]
         assert migrate(target, 30, backend) == []
         tables = {r["name"] for r in backend.select("SHOW TABLES")}
         assert {"events", "tasks", "delegations", "credentials", "alerts"} <= tables
         recorded = backend.select("SELECT version FROM schema_migrations ORDER BY version")
-        assert [r["version"] for r in recorded] == [1, 2, 3, 5, 6]
+        assert [r["version"] for r in recorded] == [1, 2, 3, 5, 6, 8]
         ddl = backend.select("SHOW CREATE TABLE events")[0]["statement"]
         assert "toIntervalDay(30)" in ddl
         backend.execute("ALTER TABLE schema_migrations UPDATE checksum = 'x' WHERE version = 2")
