@@ -202,7 +202,9 @@ class TraceAssembler:
         self.observe_only = observe_only
         self.counts: Counter[str] = Counter()
         self._nodes: OrderedDict[_Key, _Node] = OrderedDict()
-        self._held: dict[_Key, _Held] = {}
+        # Oldest first: an OrderedDict gives its head in constant time however many of its
+        # first entries were removed, which a dict does not.
+        self._held: OrderedDict[_Key, _Held] = OrderedDict()
         # Held spans by the span they await (a span not yet seen, or a held agent span).
         self._waiting: dict[_Key, dict[_Key, None]] = {}
         self._calls: OrderedDict[_Key, None] = OrderedDict()
@@ -213,6 +215,11 @@ class TraceAssembler:
     def pending(self) -> int:
         """Spans held awaiting their ancestry."""
         return len(self._held)
+
+    @property
+    def remembered(self) -> int:
+        """Spans whose place in their trace is remembered."""
+        return len(self._nodes)
 
     def feed(self, spans: Sequence[Span], now: float) -> list[Outcome]:
         """The outcome of each span of the batch that is not held (in no particular

@@ -110,10 +110,12 @@ def _any_of_proto(value: AnyValue) -> Any:
 def _attributes_of_proto(values: Iterable[KeyValue]) -> Attributes:
     attributes: Attributes = {}
     for kv in values:
-        # A string is by far the commonest attribute: read it without the general dispatch.
+        # A non-empty string is by far the commonest attribute: read it without the
+        # dispatch (an unset string reads as "", so only an empty one needs it).
         value = kv.value
-        if value.WhichOneof("value") == "string_value":
-            attributes[kv.key] = value.string_value
+        text = value.string_value
+        if text:
+            attributes[kv.key] = text
             continue
         converted = _finished(_any_of_proto(value))
         if converted is not None:

@@ -548,3 +548,16 @@ def test_a_remote_agent_seen_by_its_caller_and_itself_is_one_task() -> None:
     inner = dataclasses.replace(own, resource=sample[RESEARCHER].resource)
     outcomes = assembler().feed([inner, sample[RESEARCHER], sample[PLANNER]], NOW)
     assert len(of_type(outcomes, "DELEGATION")) == 2
+
+
+def test_memory_is_bounded_and_a_forgotten_trace_maps_to_the_same_ids() -> None:
+    mapper = assembler(max_remembered_spans=6)
+    first = mapper.feed(spans(), NOW)
+    other = [dataclasses.replace(span, trace_id="7" * 32) for span in spans()]
+    assert len(events(mapper.feed(other, NOW))) == 5
+    assert mapper.remembered == 6
+    again = mapper.feed(spans(), NOW + 1)
+    # The agents map again, to the same events; the tool calls' ids are still remembered.
+    assert len(of_type(again, "TASK_DECLARED")) == 2
+    assert {e.event_id for e in events(again)} < {e.event_id for e in events(first)}
+    assert reasons(again).count("otlp_duplicate_tool_call") == 2
