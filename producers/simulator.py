@@ -18,7 +18,8 @@ Three kinds of custody tree (:class:`Scenario`):
   break-glass for a production restart, approved by the incident commander.
 - ``batch``: a scheduler hands a nightly export to a batch worker that runs for hours,
   rotating its one-hour credential (each new one names its ``parent_token_id``, the old
-  one is revoked ``ROTATED``).
+  one is revoked ``ROTATED``); the broker renews the last one shortly before it expires
+  for the export's final stretch (``CREDENTIAL_RENEWED``).
 
 A root task misbehaves with the chosen probability, in one of the :class:`Misbehaviour`
 ways; :data:`EXPECTED_ALERT` names the streaming alert each one must raise. A tree without
@@ -50,6 +51,8 @@ _FORBIDDEN_SCOPE = "secrets:read"
 # live when the correlator's grace period (300 s by default) after completion runs out.
 _JIT_TTL = 900.0
 _ROTATION_TTL = 3600.0
+# How far a renewal moves the batch export's last credential on: its final stretch.
+_RENEWAL_TTL = 1800.0
 
 
 class Scenario(StrEnum):
@@ -369,6 +372,20 @@ class _TreeBuilder:
             self.now = token.expires_at + timedelta(seconds=round(self.rng.uniform(5, 60), 3))
             self._access(ctx, agent, token)
 
+    def renew(self, ctx: CustodyContext, token: _Token, ttl: float) -> None:
+        """The broker extends ``token``'s lifetime to ``ttl`` seconds from now."""
+        token.expires_at = self.tick(0.05, 0.5) + timedelta(seconds=ttl)
+        self.emit(
+            events.credential_renewed(
+                self.broker,
+                ctx,
+                token_id=token.token_id,
+                expires_at=token.expires_at,
+                renewed_by=self.broker.actor.workload_id,
+                event_time=self.now,
+            )
+        )
+
     def revoke(self, ctx: CustodyContext, token: _Token, reason: str) -> None:
         self.emit(
             events.credential_revoked(
@@ -573,7 +590,8 @@ def _batch(b: _TreeBuilder) -> None:
 
 
 def _rotating_export(b: _TreeBuilder, task: CustodyContext, worker: Source, dataset: str) -> None:
-    """Hours of work under one-hour credentials, each rotated shortly before it expires."""
+    """Hours of work under one-hour credentials, each rotated shortly before it expires;
+    the last one is renewed instead, and the export finishes under it."""
     export = _Tool(
         "warehouse.export",
         f"warehouse://{dataset}",
@@ -583,20 +601,20 @@ def _rotating_export(b: _TreeBuilder, task: CustodyContext, worker: Source, data
         CredentialKind.DB_CREDENTIAL,
     )
     previous: _Token | None = None
-    rotations = b.rng.randint(4, 7)
-    for step in range(rotations):
+    for _ in range(b.rng.randint(4, 7)):
         decision_id = b.decide(task, export.resource, export.action, export.scopes)
         token = b.issue(task, worker, export, decision_id, _ROTATION_TTL, parent=previous)
         if previous is not None:
             b.revoke(task, previous, "ROTATED")
-        last = step == rotations - 1
-        # Calls every few minutes until ~50 minutes in; the last token only finishes up.
-        until = token.expires_at - timedelta(minutes=10 if not last else 55)
+        # Calls every few minutes until ~50 minutes in.
+        until = token.expires_at - timedelta(minutes=10)
         b.use(task, worker, token)
         while b.now + timedelta(minutes=15) < until:
             b.tick(300, 900)
             b.use(task, worker, token)
         previous = token
+    b.renew(task, token, _RENEWAL_TTL)
+    b.use(task, worker, token)
 
 
 _SCENARIOS = {

@@ -22,6 +22,7 @@ from schemas.codec import AvroCodec, event_to_avro
 from schemas.models import (
     ApprovalEvent,
     CredentialIssuedEvent,
+    CredentialRenewedEvent,
     CredentialRevokedEvent,
     DelegationEvent,
     Envelope,
@@ -64,8 +65,7 @@ def test_events_are_unique_in_time_order_and_encode(clean: list[Envelope]) -> No
 
 
 def test_shape_of_a_run(clean: list[Envelope]) -> None:
-    # No scenario renews a credential yet (schema v2's CREDENTIAL_RENEWED): every other type.
-    assert {e.event_type for e in clean} == set(EventType) - {EventType.CREDENTIAL_RENEWED}
+    assert {e.event_type for e in clean} == set(EventType)
     assert max(e.depth for e in clean) >= 3
     assert len(by_root(clean)) == 50
     assert {t.scenario for t in plan(CLEAN)} == set(Scenario)
@@ -79,6 +79,11 @@ def test_shape_of_a_run(clean: list[Envelope]) -> None:
     children = [e for e in issued if e.body.parent_token_id is not None]
     assert children
     assert {e.body.parent_token_id for e in children} == rotated
+    # A renewal comes before the credential's issued expiry and moves it later.
+    expiry = {e.body.token_id: e.body.expires_at for e in issued}
+    renewals = [e for e in clean if isinstance(e, CredentialRenewedEvent)]
+    assert renewals
+    assert all(e.event_time < expiry[e.body.token_id] < e.body.expires_at for e in renewals)
 
 
 def test_each_delegation_step_is_a_distinct_identity_acting_for_a_human(
