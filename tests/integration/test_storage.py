@@ -112,7 +112,7 @@ def test_every_field_of_every_event_type_is_a_column(backend: ChdbBackend) -> No
         r["event_type"]: r
         for r in BackendReader(backend).select("SELECT * FROM events ORDER BY event_time")
     }
-    assert len(rows) == 9
+    assert len(rows) == len(events)
     issued = rows["CREDENTIAL_ISSUED"]
     assert issued["token_id"] == "tok-1"
     assert issued["scopes"] == ["crm:read"]
@@ -133,6 +133,9 @@ def test_every_field_of_every_event_type_is_a_column(backend: ChdbBackend) -> No
     assert rows["APPROVAL"]["approver"] == "bob@acme"
     assert rows["BREAK_GLASS"]["approval_id"] == "appr-1"
     assert rows["CREDENTIAL_REVOKED"]["reason"] == "TASK_ENDED"
+    renewed = rows["CREDENTIAL_RENEWED"]
+    assert (renewed["token_id"], renewed["renewed_by"]) == ("tok-1", "spiffe://acme/broker/vault")
+    assert renewed["expires_at"] == "2026-11-29T09:15:03.500000Z"
     assert rows["TASK_COMPLETED"]["outcome"] == "SUCCEEDED"
     assert rows["TASK_DECLARED"]["requested_scopes"] == ["crm:read"]
 
@@ -161,7 +164,7 @@ def test_the_row_path_stores_what_the_avro_path_stores(tmp_path: Path) -> None:
         finally:
             backend.close()
     assert tables[0] == tables[1]
-    assert len(tables[0]) == 9
+    assert len(tables[0]) == len(values)
 
 
 def test_a_replayed_batch_stores_nothing_twice(backend: ChdbBackend) -> None:

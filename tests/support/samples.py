@@ -10,7 +10,7 @@ from producers.chain import HashChain
 from producers.context import CustodyContext
 from producers.events import Source
 from schemas.codec import AvroCodec, body_bytes
-from schemas.models import EVENT_MODELS, CustodyEvent, Envelope
+from schemas.models import EVENT_MODELS, CustodyEvent, Envelope, EventType
 from tests.support import events as build
 from tests.support.events import at
 
@@ -29,7 +29,7 @@ _EVENT_TYPES = tuple(EVENT_MODELS.values())
 
 
 def as_event(event: Envelope) -> CustodyEvent:
-    """``event`` as one of the nine event types (what has a ``body``); the builders and the
+    """``event`` as one of the event types (what has a ``body``); the builders and the
     simulator hand out the envelope type."""
     assert isinstance(event, _EVENT_TYPES), type(event)
     # EVENT_MODELS holds the members of the union, which isinstance cannot tell mypy.
@@ -37,8 +37,8 @@ def as_event(event: Envelope) -> CustodyEvent:
 
 
 def one_of_each(root: CustodyContext | None = None) -> list[Envelope]:
-    """One valid event of each of the nine types, in a two-level tree, a second apart from
-    ``T0`` on."""
+    """One valid event of each of the ten types, in a two-level tree, a second apart from
+    ``T0`` on; the broker renews the token (schema v2) half a second after its use."""
     ctx = root or CustodyContext.new_root()
     child = ctx.child()
     crm = ["crm:read"]
@@ -77,6 +77,7 @@ def one_of_each(root: CustodyContext | None = None) -> list[Envelope]:
             decision_id="dec-1",
             detail="42 rows",
         ),
+        build.renew(ctx, "tok-1", at(3.5), source=BROKER),
         build.delegate(
             ctx,
             child,
@@ -126,9 +127,14 @@ def json_form(event: Envelope) -> dict[str, Any]:
 
 
 def many_trees(count: int) -> list[Envelope]:
-    """``count`` trees of nine events each, interleaved by position (realistic arrival)."""
+    """``count`` trees of nine events each, interleaved by position (realistic arrival):
+    :func:`one_of_each` without its renewal, so bulk traffic has schema v1's types only."""
     trees = [
-        one_of_each(CustodyContext.new_root(f"root-{i}-{uuid.uuid4().hex[:6]}"))
+        [
+            event
+            for event in one_of_each(CustodyContext.new_root(f"root-{i}-{uuid.uuid4().hex[:6]}"))
+            if event.event_type != EventType.CREDENTIAL_RENEWED
+        ]
         for i in range(count)
     ]
     return [tree[i] for i in range(9) for tree in trees]
