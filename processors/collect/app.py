@@ -1,9 +1,12 @@
 """``custody collect``: the long-running collector, part of ``custody up``.
 
-One process runs, on one event loop, the HTTP service (:mod:`.service`), Vault's socket
-audit device when ``CUSTODY_COLLECT_VAULT_ADDRESS`` is set (:mod:`.vault_socket`), and a
-follower thread per ``--vault-file`` (:mod:`.vault_file`). What ``custody status`` shows
-of it (its addresses, what it has published) is kept in ``run/collect.state.json``.
+One process runs, on one event loop, the HTTP service (:mod:`.service`: OPA's uploads;
+:mod:`.otlp_route`: OTLP traces), Vault's socket audit device when
+``CUSTODY_COLLECT_VAULT_ADDRESS`` is set (:mod:`.vault_socket`), a follower thread per
+``--vault-file`` (:mod:`.vault_file`) and a consumer thread per ``--otlp-topic``
+(:mod:`.otlp_topic`); once a second it publishes the spans whose wait for a parent is
+over. What ``custody status`` shows of it (its addresses, what it has published) is kept
+in ``run/collect.state.json``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +25,11 @@ from aiohttp import web
 
 from processors.collect.mapping_file import CollectMapping, load_mapping
 from processors.collect.metrics import CollectMetrics
-from processors.collect.publisher import CollectPublisher
-from processors.collect.records import Origin
+from processors.collect.otlp_route import OtlpRoute
+from processors.collect.otlp_state import Assemblers
+from processors.collect.otlp_topic import OtlpTopicReader
+from processors.collect.publisher import CollectPublisher, Unavailable
+from processors.collect.records import Origin, Outcome
 from processors.collect.service import CollectService, runner
 from processors.collect.tokens import TokenStore, tokens_path
 from processors.collect.vault import VaultAuditMapper
@@ -45,6 +52,14 @@ class FileToFollow:
     origin: Origin
 
 
+@dataclass(frozen=True)
+class TopicToRead:
+    """A Kafka topic of OTLP traces and the origin its spans are published for."""
+
+    topic: str
+    origin: Origin
+
+
 def checkpoint_path(settings: Settings, path: Path) -> Path:
     """Where the follower of ``path`` keeps its checkpoint (one per followed file)."""
     name = str(path.resolve()).strip("/").replace("/", "_")
@@ -62,11 +77,13 @@ class Collector:
         self.metrics = metrics
         self.publisher = CollectPublisher(settings)
         self.tokens = TokenStore(tokens_path(settings))
+        self.assemblers = Assemblers(mapping.otlp)
         self._mappers: dict[Origin, VaultAuditMapper] = {}
         self._mappers_lock = threading.Lock()
 
     def vault_mapper(self, origin: Origin) -> VaultAuditMapper:
-        """The one Vault adapter of ``origin`` (its memory of tokens is per source)."""
+        """The one Vault adapter of ``origin``'s socket connections (its memory of tokens
+        is per source; the listener feeds it one batch at a time)."""
         with self._mappers_lock:
             if origin not in self._mappers:
                 self._mappers[origin] = VaultAuditMapper(origin, self.mapping.vault)
@@ -82,8 +99,31 @@ def _split(address: str, what: str) -> tuple[str, int]:
         raise CollectError(f"{what}: {exc}") from None
 
 
+class _HeldSpans:
+    """Publishes the spans whose wait for a parent is over, once a second; what Kafka
+    did not take is tried again at the next round."""
+
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+        self._unpublished: list[tuple[Origin, list[Outcome]]] = []
+
+    def publish(self) -> None:
+        due = [*self._unpublished, *self.collector.assemblers.expired(time.time())]
+        self._unpublished = []
+        for origin, outcomes in due:
+            try:
+                self.collector.publisher.publish(origin, ((o, None) for o in outcomes))
+            except Unavailable as exc:
+                _log.warning("held spans of %s not taken, retrying: %s", origin.source, exc)
+                self._unpublished.append((origin, outcomes))
+
+
 async def _serve(
-    collector: Collector, files: list[FileToFollow], state_file: Path, heartbeat: Path
+    collector: Collector,
+    files: list[FileToFollow],
+    topics: list[TopicToRead],
+    state_file: Path,
+    heartbeat: Path,
 ) -> None:
     settings = collector.settings
     stop = asyncio.Event()
@@ -93,7 +133,12 @@ async def _serve(
     service = CollectService(
         collector.publisher, collector.tokens, collector.mapping, collector.metrics
     )
-    app_runner = runner(service)
+    app = service.application()
+    route = OtlpRoute(
+        collector.publisher, collector.tokens, collector.assemblers, collector.metrics
+    )
+    route.add_to(app)
+    app_runner = runner(app)
     await app_runner.setup()
     host, port = _split(settings.collect_address, "CUSTODY_COLLECT_ADDRESS")
     site = web.TCPSite(app_runner, host, port)
@@ -117,30 +162,44 @@ async def _serve(
         VaultFileFollower(
             f.path,
             f.origin,
-            collector.vault_mapper(f.origin),
+            # A file is one Vault's log, followed in a thread of its own: its adapter is its
+            # own too (an adapter is fed by one caller at a time).
+            VaultAuditMapper(f.origin, collector.mapping.vault),
             collector.publisher,
             checkpoint_path(settings, f.path),
         )
         for f in files
     ]
+    readers = [
+        OtlpTopicReader(settings, t.topic, t.origin, collector.assemblers, collector.publisher)
+        for t in topics
+    ]
     threads = [
         threading.Thread(target=f.follow, args=(stopping,), name=f"vault-file-{i}", daemon=True)
         for i, f in enumerate(followers)
+    ] + [
+        threading.Thread(target=r.run, name=f"otlp-topic-{i}", daemon=True)
+        for i, r in enumerate(readers)
     ]
     for thread in threads:
         thread.start()
     state["vault_files"] = [str(f.path) for f in files]
+    state["otlp_topics"] = [t.topic for t in topics]
+    held = _HeldSpans(collector)
     _log.info("collecting on %s", json.dumps(state))
     try:
         while not stop.is_set():
             _write_state(state_file, state, followers)
             heartbeat.touch()
+            await asyncio.to_thread(held.publish)
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except TimeoutError:
                 continue
     finally:
         stopping.set()
+        for reader in readers:
+            reader.stop.set()
         for thread in threads:
             await asyncio.to_thread(thread.join)
         for server in servers:
@@ -158,7 +217,12 @@ def _write_state(path: Path, state: dict[str, object], followers: list[VaultFile
     os.replace(partial, path)
 
 
-def run(settings: Settings, metrics_address: str, files: list[FileToFollow]) -> None:
+def run(
+    settings: Settings,
+    metrics_address: str,
+    files: list[FileToFollow],
+    topics: list[TopicToRead],
+) -> None:
     """Run the collector until SIGTERM/SIGINT, its metrics on ``metrics_address``.
     Raises :class:`CollectError` when it cannot start."""
     from processors.collect.mapping_file import MappingError
@@ -180,7 +244,7 @@ def run(settings: Settings, metrics_address: str, files: list[FileToFollow]) -> 
     for followed in files:
         checkpoint_path(settings, followed.path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(_serve(collector, files, state_file, heartbeat_path(settings, COLLECT)))
+        asyncio.run(_serve(collector, files, topics, state_file, heartbeat_path(settings, COLLECT)))
     finally:
         collector.publisher.close()
         endpoint.close()

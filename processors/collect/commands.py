@@ -30,18 +30,23 @@ def collect(
         list[Path] | None,
         typer.Option(help="A Vault file audit log to follow (repeatable)."),
     ] = None,
+    otlp_topic: Annotated[
+        list[str] | None,
+        typer.Option(help="A Kafka topic of OTLP traces (otlp_proto) to read (repeatable)."),
+    ] = None,
     tenant: TenantOption = None,
     source: Annotated[
-        str, typer.Option(help="Source name of the followed files' events.")
-    ] = "vault-file",
+        str, typer.Option(help="Source name of the followed files' and topics' events.")
+    ] = "collect-local",
     metrics_address: Annotated[
         str | None,
         typer.Option(help="HOST:PORT of /metrics. Default: CUSTODY_COLLECT_METRICS_ADDRESS."),
     ] = None,
 ) -> None:
-    """Run the collector: OPA decision-log uploads (POST /v1/opa/logs), Vault's socket
-    audit device (CUSTODY_COLLECT_VAULT_ADDRESS) and Vault file audit logs."""
-    from processors.collect.app import CollectError, FileToFollow, run
+    """Run the collector: OPA decision-log uploads (POST /v1/opa/logs), OTLP traces
+    (POST /v1/traces), Vault's socket audit device (CUSTODY_COLLECT_VAULT_ADDRESS), Vault
+    file audit logs and Kafka topics of OTLP traces."""
+    from processors.collect.app import CollectError, FileToFollow, TopicToRead, run
     from processors.collect.records import Origin
     from processors.logs import log_json_to_stderr
     from processors.metrics_endpoint import MetricsError
@@ -50,8 +55,9 @@ def collect(
     settings = settings_of(ctx)
     origin = Origin(tenant or settings.tenant, source)
     files = [FileToFollow(path, origin) for path in vault_file or []]
+    topics = [TopicToRead(topic, origin) for topic in otlp_topic or []]
     try:
-        run(settings, metrics_address or settings.collect_metrics_address, files)
+        run(settings, metrics_address or settings.collect_metrics_address, files, topics)
     except (CollectError, MetricsError) as exc:
         logging.getLogger("custody.collect").error("collect cannot start: %s", exc)
         raise typer.Exit(1) from None
@@ -61,13 +67,21 @@ def collect_token(
     ctx: typer.Context,
     tenant: Annotated[str, typer.Option(help="The tenant every event of the source is for.")],
     source: Annotated[str, typer.Option(help="The source's name (its events' producer).")],
+    observe_only: Annotated[
+        bool,
+        typer.Option(
+            "--observe-only",
+            help="The source reports no credentials or decisions (an agent runtime's "
+            "spans): its accesses are recorded, never judged UNAUTHORIZED_ACCESS.",
+        ),
+    ] = False,
 ) -> None:
     """Make a collect token for a source: printed once, only its hash is kept."""
     from processors.collect.tokens import TokenError, issue_token, tokens_path
 
     path = tokens_path(settings_of(ctx))
     try:
-        token = issue_token(path, tenant, source)
+        token = issue_token(path, tenant, source, observe_only=observe_only)
     except TokenError as exc:
         fail(f"[red]custody collect-token:[/] {escape(str(exc))}", 2)
     # The token alone on stdout, so a script can take it; the advice on stderr.

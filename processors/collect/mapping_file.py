@@ -1,8 +1,9 @@
 """The mapping file: the OPA and Vault adapters' defaults, overridden per deployment.
 
-A YAML file with an ``opa:`` and a ``vault:`` section, each holding fields of
-:class:`~processors.collect.opa.OpaMapping` and :class:`~processors.collect.vault.VaultMapping`
-(README, "Collecting from OPA and Vault"); a field not given keeps its default, an unknown
+A YAML file with ``opa:``, ``vault:`` and ``otlp:`` sections, holding fields of
+:class:`~processors.collect.opa.OpaMapping`, :class:`~processors.collect.vault.VaultMapping`
+and :class:`~processors.collect.otlp.OtlpMapping`
+(docs/collect.md, "The mapping file"); a field not given keeps its default, an unknown
 field is an error naming it.
 """
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processors.collect.opa import OpaMapping
+from processors.collect.otlp import OtlpMapping
 from processors.collect.vault import VaultMapping
 
 
@@ -22,12 +24,13 @@ class MappingError(ValueError):
 
 
 class CollectMapping(BaseModel):
-    """Both adapters' mapping settings."""
+    """Every adapter's mapping settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     opa: OpaMapping = Field(default_factory=OpaMapping)
     vault: VaultMapping = Field(default_factory=VaultMapping)
+    otlp: OtlpMapping = Field(default_factory=OtlpMapping)
 
 
 def load_mapping(path: Path | None) -> CollectMapping:

@@ -92,10 +92,10 @@ def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
     return body
 
 
-def runner(service: CollectService) -> web.AppRunner:
-    """The aiohttp runner of ``service``, which leaves bodies compressed (see
+def runner(app: web.Application) -> web.AppRunner:
+    """The aiohttp runner of the collector's ``app``, which leaves bodies compressed (see
     :func:`decoded_body`)."""
-    return web.AppRunner(service.application(), access_log=None, auto_decompress=False)
+    return web.AppRunner(app, access_log=None, auto_decompress=False)
 
 
 @dataclass

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from processors.collect.records import Outcome, Rejection
+from processors.collect.records import Outcome, Rejection, Skipped
 from processors.collect.vault import VaultAuditMapper
 
 MALFORMED = "vault_malformed_json"
+REQUEST_HELD = "vault_request_joined_with_response"
 
 
 def outcomes_of_lines(
@@ -30,5 +31,10 @@ def outcomes_of_lines(
         if not isinstance(entry, dict):
             yield Rejection(MALFORMED, "the line is not a JSON object"), line
             continue
-        for outcome in mapper.feed(entry):
+        outcomes = mapper.feed(entry)
+        if not outcomes:
+            # A request entry: its events come with its response's line (or at the end of
+            # an import); counted, so that every line is accounted for.
+            yield Skipped(REQUEST_HELD), None
+        for outcome in outcomes:
             yield outcome, line if isinstance(outcome, Rejection) else None

@@ -18,6 +18,7 @@ from aiohttp import web
 from processors.collect.app import Collector
 from processors.collect.mapping_file import CollectMapping
 from processors.collect.metrics import CollectMetrics
+from processors.collect.otlp_route import OtlpRoute
 from processors.collect.service import OPA_LOGS, CollectService, runner
 from processors.collect.tokens import issue_token
 from processors.collect.vault_socket import VaultSocketListener
@@ -52,8 +53,9 @@ class RunningCollector:
 
     async def _start(self) -> None:
         c = self.collector
-        service = CollectService(c.publisher, c.tokens, c.mapping, c.metrics)
-        self._runner = runner(service)
+        app = CollectService(c.publisher, c.tokens, c.mapping, c.metrics).application()
+        OtlpRoute(c.publisher, c.tokens, c.assemblers, c.metrics).add_to(app)
+        self._runner = runner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

@@ -7,11 +7,12 @@ from __future__ import annotations
 import gzip
 import json
 import stat
+import uuid
 from pathlib import Path
 
 import pytest
 
-from processors.collect.records import Origin
+from processors.collect.records import EVENT_ID_NAMESPACE, Origin, event_id_for
 from processors.collect.service import BodyError, bearer_token, decoded_body
 from processors.collect.tokens import TokenError, TokenStore, issue_token, looks_like_token
 from processors.collect.vault_socket import split_prefix
@@ -86,3 +87,10 @@ def test_a_vault_line_splits_into_its_prefix_and_entry() -> None:
     assert split_prefix(b'cct_abc{"type":"request"}\n') == (b"cct_abc", b'{"type":"request"}\n')
     assert split_prefix(b'{"type":"request"}\n') == (b"", b'{"type":"request"}\n')
     assert split_prefix(b"no entry\n") == (b"no entry", b"")
+
+
+@pytest.mark.parametrize("parts", [("opa", "d-1"), ("vault", "r-1", "ISSUED", "tok"), ("é", "")])
+def test_derived_event_ids_are_the_uuid5_of_their_name(parts: tuple[str, ...]) -> None:
+    origin = Origin("acme", "opa-prod")
+    name = "\x1f".join((origin.tenant, origin.source, *parts))
+    assert event_id_for(origin, *parts) == str(uuid.uuid5(EVENT_ID_NAMESPACE, name))

@@ -1,0 +1,48 @@
+"""The collector's trace assemblers: one per source, since a source's traces arrive over
+many exports (children usually before their parents) and from the HTTP route and the
+OTLP topic alike. Each assembler is a pure state machine; this holds them, serialises the
+calls into each, and finds the spans whose wait for a parent is over."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from processors.collect.otlp import OtlpMapping, TraceAssembler
+from processors.collect.otlp_wire import Span
+from processors.collect.records import Origin, Outcome
+
+
+class Assemblers:
+    """The :class:`TraceAssembler` of every origin seen, each behind its own lock."""
+
+    def __init__(self, mapping: OtlpMapping) -> None:
+        self.mapping = mapping
+        self._lock = threading.Lock()
+        self._assemblers: dict[Origin, tuple[TraceAssembler, threading.Lock]] = {}
+
+    def _of(self, origin: Origin) -> tuple[TraceAssembler, threading.Lock]:
+        with self._lock:
+            if origin not in self._assemblers:
+                assembler = TraceAssembler(origin, self.mapping, observe_only=origin.observe_only)
+                self._assemblers[origin] = (assembler, threading.Lock())
+            return self._assemblers[origin]
+
+    def feed(self, origin: Origin, spans: Sequence[Span], now: float) -> list[Outcome]:
+        """What ``origin``'s assembler makes of ``spans`` at ``now`` (the spans whose
+        ancestry is still unknown are held), with any held span whose wait is over."""
+        assembler, lock = self._of(origin)
+        with lock:
+            return [*assembler.feed(spans, now), *assembler.expire(now)]
+
+    def expired(self, now: float) -> list[tuple[Origin, list[Outcome]]]:
+        """Every origin's held spans whose wait for a parent is over, mapped."""
+        with self._lock:
+            held = list(self._assemblers.items())
+        found = []
+        for origin, (assembler, lock) in held:
+            with lock:
+                outcomes = assembler.expire(now)
+            if outcomes:
+                found.append((origin, outcomes))
+        return found
