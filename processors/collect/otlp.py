@@ -54,7 +54,7 @@ from processors.collect.otlp_spans import (
     kind_of,
     read_span,
 )
-from processors.collect.otlp_wire import Span
+from processors.collect.otlp_wire import Span, span_json
 from processors.collect.records import Mapped, Origin, Outcome, Rejection, Skipped
 
 _LINK = OTHER
@@ -255,7 +255,7 @@ class TraceAssembler:
 
     def _admit(self, span: Span, now: float) -> Outcome | None:
         if span.problem is not None:
-            return Rejection("otlp_invalid_id", span.problem)
+            return Rejection("otlp_invalid_id", span.problem, span_json(span))
         key = (span.trace_id, span.span_id)
         if key in self._nodes:
             return _DUPLICATE
@@ -267,7 +267,7 @@ class TraceAssembler:
         if isinstance(info, Rejection):
             # Transparent: the spans below it still find their agent through it.
             self._remember(key, _Node(span.parent_span_id, _LINK, None))
-            return info
+            return Rejection(info.reason, info.detail, span_json(span))
         call = (info.tool, info.call_id) if info.tool is not None else None
         self._remember(key, _Node(span.parent_span_id, kind, call))
         self._held[key] = _Held(span, info, now, span.parent_span_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -121,6 +122,11 @@ def _attributes_of_proto(values: Iterable[KeyValue]) -> Attributes:
         if converted is not None:
             attributes[kv.key] = converted
     return attributes
+
+
+def span_json(span: Span) -> bytes:
+    """The span as one JSON object (for a dead letter: what was rejected, whole)."""
+    return json.dumps(dataclasses.asdict(span), default=str, sort_keys=True).encode()
 
 
 def spans_of_protobuf(body: bytes) -> list[Span]:

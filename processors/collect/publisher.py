@@ -138,7 +138,8 @@ class CollectPublisher:
                         tally.published += 1
                 elif isinstance(outcome, Rejection):
                     acks.expect()
-                    self._dead_letter(origin, outcome, raw, index, acks)
+                    kept = raw if raw is not None else outcome.raw
+                    self._dead_letter(origin, outcome, kept, index, acks)
                     tally.dead_lettered[outcome.reason] += 1
                 else:
                     tally.skipped[outcome.reason] += 1

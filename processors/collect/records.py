@@ -56,6 +56,9 @@ class Rejection:
 
     reason: str
     detail: str
+    raw: bytes | None = field(default=None, repr=False, compare=False)
+    """The record as it came, for the dead letter, where the transport does not hold it
+    (a span decoded out of a protobuf export)."""
 
 
 @dataclass(frozen=True, slots=True)

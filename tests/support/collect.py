@@ -4,6 +4,8 @@ on real ports against a real broker, and a client speaking HTTP and TCP to them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import copy
 import gzip
 import json
 import socket
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from processors.collect.app import Collector
 from processors.collect.mapping_file import CollectMapping
@@ -64,9 +68,9 @@ class RunningCollector:
         self._server = await listener.start("127.0.0.1", 0)
         self.vault_port = self._server.sockets[0].getsockname()[1]
 
-    def token(self, tenant: str, source: str) -> str:
+    def token(self, tenant: str, source: str, *, observe_only: bool = False) -> str:
         """A new collect token for ``tenant``/``source``."""
-        return issue_token(self.collector.tokens.path, tenant, source)
+        return issue_token(self.collector.tokens.path, tenant, source, observe_only=observe_only)
 
     def upload(
         self, body: bytes, token: str | None, *, gzipped: bool = True, path: str = OPA_LOGS
@@ -134,6 +138,21 @@ VAULT_STORY = (
 def vault_story() -> list[str]:
     """The audit lines of :data:`VAULT_STORY`, in order."""
     return [line for name in VAULT_STORY for line in sample_lines(f"vault/{name}.jsonl")]
+
+
+def protobuf_of(document: dict[str, Any], message: Any = None) -> bytes:
+    """The protobuf form (an ``ExportTraceServiceRequest`` unless ``message`` says) of an
+    OTLP/JSON document: the protobuf JSON mapping, once the ids (hex in OTLP/JSON) are
+    written as that mapping's base64."""
+    document = copy.deepcopy(document)
+    for resource_spans in document["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    parsed = json_format.ParseDict(document, message or ExportTraceServiceRequest())
+    return bytes(parsed.SerializeToString())
 
 
 def sample_json(name: str) -> Any:

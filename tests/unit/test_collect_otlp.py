@@ -6,15 +6,12 @@ in, with held spans, cut chains, custody contexts, rejections and duplicates."""
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
-import importlib
 import json
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 from processors.collect import records
@@ -24,9 +21,7 @@ from processors.collect.otlp_wire import OtlpDecodeError, Span, spans_of_json, s
 from processors.collect.records import Mapped, Outcome, Rejection
 from schemas.models import Envelope
 from tests.support import REPO
-
-# protobuf's own JSON parser (untyped): builds the protobuf form of the sample.
-json_format: Any = importlib.import_module("google.protobuf.json_format")
+from tests.support.collect import protobuf_of
 
 ORIGIN = records.Origin("acme-prod", "research-crew")
 SAMPLE = REPO / "tests" / "data" / "otlp" / "multi_agent.json"
@@ -39,20 +34,6 @@ NOW = START + 60.0
 
 def sample_json() -> dict[str, Any]:
     return dict(json.loads(SAMPLE.read_bytes()))
-
-
-def protobuf_of(document: dict[str, Any], message: Any = None) -> bytes:
-    """The protobuf form of an OTLP/JSON document: the protobuf JSON mapping, once the
-    ids (hex in OTLP/JSON) are written as that mapping's base64."""
-    document = copy.deepcopy(document)
-    for resource_spans in document["resourceSpans"]:
-        for scope_spans in resource_spans["scopeSpans"]:
-            for span in scope_spans["spans"]:
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if key in span:
-                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
-    parsed = json_format.ParseDict(document, message or ExportTraceServiceRequest())
-    return bytes(parsed.SerializeToString())
 
 
 def spans() -> list[Span]:
