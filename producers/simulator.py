@@ -614,6 +614,8 @@ def _rotating_export(b: _TreeBuilder, task: CustodyContext, worker: Source, data
             b.use(task, worker, token)
         previous = token
     b.renew(task, token, _RENEWAL_TTL)
+    # The final stretch, often past the issued expiry: the renewal is what covers it.
+    b.tick(600, 1200)
     b.use(task, worker, token)
 
 
