@@ -971,6 +971,11 @@
           d: "M" + (cx - r) + " " + (y - r) + "L" + (cx + r) + " " + (y + r) + "M" + (cx + r) + " " + (y - r) + "L" + (cx - r) + " " + (y + r),
           stroke: "#d42a2a", "stroke-width": 3, fill: "none"
         }));
+      } else if (event.kind === "RENEWED") {
+        // The issuance's green, hollow: the same credential, its lifetime extended.
+        mark = svg("circle", Object.assign(attrs, {
+          cx: cx, cy: lanes.lifecycle, r: 6, fill: "#fff", stroke: "#1f7a35", "stroke-width": 2.5
+        }));
       } else if (event.kind === "EXPIRES") {
         mark = svg("rect", Object.assign(attrs, { x: cx - 2, y: lanes.lifecycle - 12, width: 4, height: 24, fill: "#8a6d1d" }));
       } else if (event.kind === "ROTATED") {
