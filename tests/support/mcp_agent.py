@@ -122,8 +122,8 @@ class AgentFleet:
 
     def run(self, question: str, mcp: McpServerLaunch | None = None) -> FleetRun:
         """The planner delegates ``question`` to the researcher, which summarizes its notes
-        and, with ``mcp``, calls the MCP server's tools; every span is exported before
-        this returns."""
+        and, with ``mcp``, calls the MCP server's tools; the run's batch has been sent
+        (a failed export is logged by the exporter) when this returns."""
         planner = CustodyContext.new_root()
         run = FleetRun(planner, planner.child())
         with self._agent(PLANNER, run.planner, f"plan the answer to: {question}") as span:
@@ -133,7 +133,7 @@ class AgentFleet:
                 if mcp is not None:
                     run.mcp_results = asyncio.run(self._use_mcp(mcp))
         if not self.provider.force_flush(60_000):
-            raise AssertionError("the fleet's spans were not exported within 60 s")
+            raise AssertionError("the fleet's spans were not flushed within 60 s")
         return run
 
     def _summarize(self, question: str) -> str:
