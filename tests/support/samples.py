@@ -3,13 +3,17 @@ forms, and the hash chain a producer instance stamps."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from typing import Any, TypeVar, cast
+
+import fastavro
 
 from producers.chain import HashChain
 from producers.context import CustodyContext
 from producers.events import Source
-from schemas.codec import AvroCodec, body_bytes
+from schemas import catalog
+from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, body_bytes, event_to_avro
 from schemas.models import EVENT_MODELS, CustodyEvent, Envelope, EventType
 from tests.support import events as build
 from tests.support.events import at
@@ -142,10 +146,15 @@ def many_trees(count: int) -> list[Envelope]:
 
 class Chain:
     """Stamps and encodes events as one producer instance does: ``seq`` from 1, each
-    ``prev_hash`` the hash of the event before, so valid input raises no EVIDENCE_GAP."""
+    ``prev_hash`` the hash of the event before, so valid input raises no EVIDENCE_GAP.
 
-    def __init__(self, instance: str) -> None:
+    ``version``: the shipped custody_event schema version to write with (single-object
+    framing), as a producer of that release did; the newest by default. Settable between
+    events, as a producer upgraded mid-chain."""
+
+    def __init__(self, instance: str, version: int | None = None) -> None:
         self.instance = instance
+        self.version = version
         self._chain = HashChain()
 
     def stamp(self, event: E) -> tuple[E, bytes]:
@@ -153,7 +162,13 @@ class Chain:
         link = self._chain.next_link()
         chained = {"producer_instance": self.instance, "seq": link.seq, "prev_hash": link.prev_hash}
         model = event.model_copy(update=chained)
-        encoded = _CODEC.encode_event(model)
+        if self.version is None:
+            encoded = _CODEC.encode_event(model)
+        else:
+            schema = next(v for v in catalog.versions(catalog.EVENT) if v.version == self.version)
+            body = io.BytesIO()
+            fastavro.schemaless_writer(body, schema.parsed, event_to_avro(model))
+            encoded = SINGLE_OBJECT_MAGIC + schema.fingerprint + body.getvalue()
         self._chain.advance(link.seq, body_bytes(encoded))
         return model, encoded
 
