@@ -24,19 +24,8 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.collect.records import (
-    SOURCE_ATTRIBUTE,
-    SYNTHETIC_ATTRIBUTE,
-    Mapped,
-    Origin,
-    Outcome,
-    Rejection,
-    Skipped,
-    build_event,
-    event_id_for,
-    synthetic_task_id,
-    text_of,
-)
+from processors.collect import records
+from processors.collect.records import Rejection, text_of
 from producers.context import ContextFormatError, CustodyContext
 from schemas.secrets import kind_of_secret
 
@@ -472,10 +461,12 @@ def _covered(
     return resource, action, _scopes(scopes), subject
 
 
-def _attributes(entry: Mapping[str, Any], origin: Origin, synthetic: bool) -> dict[str, str]:
-    attributes = {SOURCE_ATTRIBUTE: origin.source}
+def _attributes(
+    entry: Mapping[str, Any], origin: records.Origin, synthetic: bool
+) -> dict[str, str]:
+    attributes = {records.SOURCE_ATTRIBUTE: origin.source}
     if synthetic:
-        attributes[SYNTHETIC_ATTRIBUTE] = "true"
+        attributes[records.SYNTHETIC_ATTRIBUTE] = "true"
     for key in ("requested_by", "req_id"):
         value = _text(entry.get(key))
         if value is not None:
@@ -483,13 +474,15 @@ def _attributes(entry: Mapping[str, Any], origin: Origin, synthetic: bool) -> di
     return attributes
 
 
-def map_decision(entry: Mapping[str, Any], origin: Origin, mapping: OpaMapping) -> Outcome:
+def map_decision(
+    entry: Mapping[str, Any], origin: records.Origin, mapping: OpaMapping
+) -> records.Outcome:
     """One OPA decision event as an ``AUTHZ_DECISION`` (its id derived from the origin and
     OPA's ``decision_id``, so a retried upload maps to the same event), or a
-    :class:`Rejection` naming what is missing or malformed; :class:`Skipped` for a line of
+    :class:`Rejection` naming what is missing or malformed; :class:`records.Skipped` for a line of
     OPA's console that the server logged about itself (no decision)."""
     if "decision_id" not in entry and "msg" in entry and "level" in entry:
-        return Skipped("opa_log_line_not_a_decision")
+        return records.Skipped("opa_log_line_not_a_decision")
     identity = _identity(entry)
     if isinstance(identity, Rejection):
         return identity
@@ -520,7 +513,7 @@ def map_decision(entry: Mapping[str, Any], origin: Origin, mapping: OpaMapping) 
         # A secret-looking subject would be redacted out of the task id, joining every such
         # decision into one tree: the decision stands alone instead.
         key = decision_id if subject is None or kind_of_secret(subject) else subject
-        root = synthetic_task_id(origin, "opa-subject", key)
+        root = records.synthetic_task_id(origin, "opa-subject", key)
         found = CustodyContext(root, root)
     path = _text(entry.get("path"))
     if path is not None:
@@ -529,9 +522,9 @@ def map_decision(entry: Mapping[str, Any], origin: Origin, mapping: OpaMapping) 
         context["subject"] = subject
     instance = _text(labels.get("id")) or origin.source
     decision, reasons = verdict
-    event = build_event(
+    event = records.build_event(
         {
-            "event_id": event_id_for(origin, "opa", decision_id),
+            "event_id": records.event_id_for(origin, "opa", decision_id),
             "event_type": "AUTHZ_DECISION",
             "event_time": when,
             "tenant": origin.tenant,
@@ -561,4 +554,4 @@ def map_decision(entry: Mapping[str, Any], origin: Origin, mapping: OpaMapping) 
         },
         "opa_contract_violation",
     )
-    return event if isinstance(event, Rejection) else Mapped((event,))
+    return event if isinstance(event, Rejection) else records.Mapped((event,))

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from processors.collect import records
 from processors.collect.otlp_spans import (
     AGENT,
     OTHER,
@@ -55,7 +56,7 @@ from processors.collect.otlp_spans import (
     read_span,
 )
 from processors.collect.otlp_wire import Span, span_json
-from processors.collect.records import Mapped, Origin, Outcome, Rejection, Skipped
+from processors.collect.records import Origin, Outcome, Rejection, Skipped
 
 _LINK = OTHER
 _MAX_CHAIN = 4096
@@ -440,12 +441,4 @@ class TraceAssembler:
         )
 
     def _counted(self, outcomes: list[Outcome]) -> list[Outcome]:
-        for outcome in outcomes:
-            if isinstance(outcome, Mapped):
-                self.counts["mapped"] += 1
-                self.counts["events"] += len(outcome.events)
-            elif isinstance(outcome, Skipped):
-                self.counts[f"skipped.{outcome.reason}"] += 1
-            else:
-                self.counts[f"rejected.{outcome.reason}"] += 1
-        return outcomes
+        return records.counted(self.counts, outcomes)

@@ -16,19 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from processors.collect import records
 from processors.collect.otlp_wire import AttributeValue, Span
-from processors.collect.records import (
-    SOURCE_ATTRIBUTE,
-    SYNTHETIC_ATTRIBUTE,
-    Mapped,
-    Origin,
-    Outcome,
-    Rejection,
-    build_event,
-    event_id_for,
-    synthetic_task_id,
-    text_of,
-)
+from processors.collect.records import Rejection, text_of
 from producers.context import ContextFormatError, CustodyContext
 
 if TYPE_CHECKING:
@@ -207,7 +197,7 @@ def scopes_of(value: AttributeValue | None) -> list[str]:
 
 
 def _envelope(
-    origin: Origin,
+    origin: records.Origin,
     span: Span,
     event_type: str,
     context: CustodyContext,
@@ -216,7 +206,7 @@ def _envelope(
     body: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "event_id": event_id_for(origin, "otlp", span.trace_id, span.span_id, event_type),
+        "event_id": records.event_id_for(origin, "otlp", span.trace_id, span.span_id, event_type),
         "event_type": event_type,
         "event_time": event_time(span),
         "tenant": origin.tenant,
@@ -231,9 +221,9 @@ def _envelope(
     }
 
 
-def _copied(span: Span, origin: Origin, names: tuple[str, ...]) -> dict[str, str]:
+def _copied(span: Span, origin: records.Origin, names: tuple[str, ...]) -> dict[str, str]:
     attributes = {
-        SOURCE_ATTRIBUTE: origin.source,
+        records.SOURCE_ATTRIBUTE: origin.source,
         TRACE_ATTRIBUTE: span.trace_id,
         SPAN_ATTRIBUTE: span.span_id,
     }
@@ -259,8 +249,8 @@ _TOOL_ATTRIBUTES = (
 
 
 def agent_events(
-    span: Span, info: SpanInfo, parent: Task | None, origin: Origin, m: OtlpMapping
-) -> tuple[Outcome, Task | None]:
+    span: Span, info: SpanInfo, parent: Task | None, origin: records.Origin, m: OtlpMapping
+) -> tuple[records.Outcome, Task | None]:
     """An agent span's ``TASK_DECLARED`` (and its ``DELEGATION`` from the ``parent`` agent's
     task), and its task for the spans below it (None when it is rejected)."""
     attributes = span.attributes
@@ -281,7 +271,7 @@ def agent_events(
         or f"invoke_agent {info.label}"
     )
     copied = _copied(span, origin, _AGENT_ATTRIBUTES)
-    declared = build_event(
+    declared = records.build_event(
         _envelope(
             origin,
             span,
@@ -301,7 +291,7 @@ def agent_events(
     events = [declared]
     if delegated and parent is not None:
         decision = _text(attributes.get(m.decision_attribute)) or f"otel-delegation:{span.span_id}"
-        delegation = build_event(
+        delegation = records.build_event(
             _envelope(
                 origin,
                 span,
@@ -323,7 +313,7 @@ def agent_events(
             return delegation, None
         events.append(delegation)
     task = Task(context, actor, info.agent, span.kind == SPAN_KIND_CLIENT)
-    return Mapped(tuple(events)), task
+    return records.Mapped(tuple(events)), task
 
 
 def _resource(span: Span, info: SpanInfo) -> str:
@@ -345,10 +335,10 @@ def access_event(
     span: Span,
     info: SpanInfo,
     agent: Task | None,
-    origin: Origin,
+    origin: records.Origin,
     m: OtlpMapping,
     observe_only: bool,
-) -> Outcome:
+) -> records.Outcome:
     """A tool span's ``ACCESS``: in its own custody context's task, else its agent's, else
     a synthetic root task of its trace."""
     attributes = span.attributes
@@ -366,9 +356,9 @@ def access_event(
             context = info.context
         else:
             context = CustodyContext.new_root(
-                synthetic_task_id(origin, "otel-trace", span.trace_id)
+                records.synthetic_task_id(origin, "otel-trace", span.trace_id)
             )
-            copied[SYNTHETIC_ATTRIBUTE] = "true"
+            copied[records.SYNTHETIC_ATTRIBUTE] = "true"
     if observe_only:
         copied[OBSERVE_ONLY_ATTRIBUTE] = "true"
     error_type = _text(attributes.get("error.type"))
@@ -380,7 +370,7 @@ def access_event(
             parts.append(span.status_message[:1024])
         detail = ": ".join(parts)
     token = _text(attributes.get(m.token_attribute)) or f"{UNATTESTED_PREFIX}{actor['workload_id']}"
-    event = build_event(
+    event = records.build_event(
         _envelope(
             origin,
             span,
@@ -401,4 +391,4 @@ def access_event(
         ),
         "otlp_contract_violation",
     )
-    return event if isinstance(event, Rejection) else Mapped((event,))
+    return event if isinstance(event, Rejection) else records.Mapped((event,))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +80,20 @@ class Mapped:
 
 Outcome = Mapped | Rejection | Skipped
 """What an adapter makes of one record."""
+
+
+def counted(counts: Counter[str], outcomes: list[Outcome]) -> list[Outcome]:
+    """``outcomes``, after adding them to an adapter's ``counts``: records mapped and the
+    events they became, skipped and rejected records by reason."""
+    for outcome in outcomes:
+        if isinstance(outcome, Mapped):
+            counts["mapped"] += 1
+            counts["events"] += len(outcome.events)
+        elif isinstance(outcome, Skipped):
+            counts[f"skipped.{outcome.reason}"] += 1
+        else:
+            counts[f"rejected.{outcome.reason}"] += 1
+    return outcomes
 
 
 def event_id_for(origin: Origin, *parts: str) -> str:

@@ -184,15 +184,7 @@ class VaultAuditMapper:
     # ---- dispatch --------------------------------------------------------------------
 
     def _counted(self, outcomes: list[Outcome]) -> list[Outcome]:
-        for outcome in outcomes:
-            if isinstance(outcome, records.Mapped):
-                self.counts["mapped"] += 1
-                self.counts["events"] += len(outcome.events)
-            elif isinstance(outcome, Skipped):
-                self.counts[f"skipped.{outcome.reason}"] += 1
-            else:
-                self.counts[f"rejected.{outcome.reason}"] += 1
-        return outcomes
+        return records.counted(self.counts, outcomes)
 
     def _finish(
         self, request_id: str, entry: Mapping[str, Any], time: datetime, *, answered: bool

@@ -24,7 +24,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import OBSERVE_ONLY_ATTRIBUTE, AccessEvent, CustodyEvent, EventType
 from tests.support.broker import RunningBroker, header_list, payload, read_to_end
-from tests.support.collect import RunningCollector, protobuf_of, sample_json
+from tests.support.collect import RunningCollector, protobuf_of, running_collector, sample_json
 
 pytestmark = pytest.mark.integration
 
@@ -33,17 +33,8 @@ TENANT = "acme"
 
 @pytest.fixture
 def collector(settings: Settings, tmp_path: Path) -> Iterator[RunningCollector]:
-    running = RunningCollector(
-        settings.model_copy(
-            update={
-                "collect_tokens_file": tmp_path / "tokens.json",
-                "collect_max_body_bytes": 256 * 1024,
-                "collect_ack_timeout_seconds": 8.0,
-            }
-        )
-    )
-    yield running
-    running.close()
+    with running_collector(settings, tmp_path) as running:
+        yield running
 
 
 def export(

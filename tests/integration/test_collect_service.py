@@ -22,7 +22,7 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AuthzDecisionEvent, CustodyEvent, EventType
 from tests.support.broker import RunningBroker, header_list, payload, read_to_end
-from tests.support.collect import RunningCollector, sample_json, vault_story
+from tests.support.collect import RunningCollector, running_collector, sample_json, vault_story
 from tests.support.polling import until
 
 pytestmark = pytest.mark.integration
@@ -32,18 +32,8 @@ TENANT = "acme"
 
 @pytest.fixture
 def collector(settings: Settings, tmp_path: Path) -> Iterator[RunningCollector]:
-    running = RunningCollector(
-        settings.model_copy(
-            update={
-                "collect_tokens_file": tmp_path / "tokens.json",
-                "collect_max_body_bytes": 256 * 1024,
-                "collect_ack_timeout_seconds": 8.0,
-                "tenant": TENANT,
-            }
-        )
-    )
-    yield running
-    running.close()
+    with running_collector(settings, tmp_path) as running:
+        yield running
 
 
 def stored_events(settings: Settings) -> list[CustodyEvent]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import gzip
 import json
@@ -12,6 +13,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,25 @@ class RunningCollector:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(30)
         self.collector.publisher.close()
+
+
+@contextlib.contextmanager
+def running_collector(settings: Settings, home: Path) -> Iterator[RunningCollector]:
+    """A collector on ``settings``' broker, its tokens under ``home``, with a small body
+    limit (256 KiB) and a short wait for Kafka's acks (8 s), so the limits are reachable."""
+    running = RunningCollector(
+        settings.model_copy(
+            update={
+                "collect_tokens_file": home / "tokens.json",
+                "collect_max_body_bytes": 256 * 1024,
+                "collect_ack_timeout_seconds": 8.0,
+            }
+        )
+    )
+    try:
+        yield running
+    finally:
+        running.close()
 
 
 def sample_lines(name: str) -> list[str]:

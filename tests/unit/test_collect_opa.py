@@ -15,26 +15,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from processors.collect import records
 from processors.collect.opa import OpaMapping, map_decision, parse_timestamp, tenant_named
 from processors.collect.opa_files import DECISION_LOG_TYPE, decisions_of_upload, read_decisions
-from processors.collect.records import (
-    REDACTED_ATTRIBUTE,
-    SOURCE_ATTRIBUTE,
-    SYNTHETIC_ATTRIBUTE,
-    Mapped,
-    Origin,
-    Outcome,
-    Rejection,
-    Skipped,
-    event_id_for,
-    synthetic_task_id,
-)
+from processors.collect.records import Rejection
 from producers.context import CustodyContext
 from schemas.models import AuthzDecisionEvent, EventType
 from tests.support import REPO
 
 DATA = REPO / "tests" / "data" / "opa"
-ORIGIN = Origin(tenant="acme", source="opa-prod")
+ORIGIN = records.Origin(tenant="acme", source="opa-prod")
 MAPPING = OpaMapping()
 LOGGER_FIELDS = {"level", "msg", "time", "type"}
 
@@ -61,8 +51,8 @@ def _with_input(entry: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {**entry, "input": {**entry["input"], **fields}}
 
 
-def _event(outcome: Outcome) -> AuthzDecisionEvent:
-    assert isinstance(outcome, Mapped), outcome
+def _event(outcome: records.Outcome) -> AuthzDecisionEvent:
+    assert isinstance(outcome, records.Mapped), outcome
     (event,) = outcome.events
     assert isinstance(event, AuthzDecisionEvent)
     return event
@@ -88,7 +78,7 @@ def test_the_documented_upload_maps_field_by_field() -> None:
     ((bundle, info),) = sample["bundles"].items()
 
     assert event.event_type == EventType.AUTHZ_DECISION
-    assert event.event_id == event_id_for(ORIGIN, "opa", decision_id)
+    assert event.event_id == records.event_id_for(ORIGIN, "opa", decision_id)
     assert event.event_time == datetime.fromisoformat(sample["timestamp"])
     assert (event.tenant, event.producer) == (ORIGIN.tenant, ORIGIN.source)
     assert event.actor.workload_id == f"opa://{sample['labels']['id']}"
@@ -106,12 +96,12 @@ def test_the_documented_upload_maps_field_by_field() -> None:
     assert body.reasons == []
     assert body.context == {"opa.path": sample["path"]}
     assert event.attributes == {
-        SOURCE_ATTRIBUTE: ORIGIN.source,
-        SYNTHETIC_ATTRIBUTE: "true",
+        records.SOURCE_ATTRIBUTE: ORIGIN.source,
+        records.SYNTHETIC_ATTRIBUTE: "true",
         "opa.requested_by": sample["requested_by"],
     }
     # No custody context and no subject: the decision is a synthetic root of its own.
-    task = synthetic_task_id(ORIGIN, "opa-subject", decision_id)
+    task = records.synthetic_task_id(ORIGIN, "opa-subject", decision_id)
     assert (event.root_task_id, event.task_id, event.parent_task_id, event.depth) == (
         task,
         task,
@@ -151,7 +141,7 @@ def test_a_masked_or_erased_path_is_never_read(masked: bool) -> None:
     event = _map(sample, prefer_password)
     assert event.body.resource == sample["input"]["resource"]
     assert "subject" not in event.body.context
-    assert event.task_id == synthetic_task_id(ORIGIN, "opa-subject", sample["decision_id"])
+    assert event.task_id == records.synthetic_task_id(ORIGIN, "opa-subject", sample["decision_id"])
 
     rejection = _rejected(sample, OpaMapping(resource=("password",)))
     assert rejection.reason == "opa_resource_missing"
@@ -332,7 +322,7 @@ def test_mapping_overrides_paths_and_engine() -> None:
     assert event.body.data_scope == claims["scp"]
     assert event.body.context["subject"] == claims["client_id"]
     assert event.body.policy_engine == "opa-edge"
-    assert event.task_id == synthetic_task_id(ORIGIN, "opa-subject", claims["client_id"])
+    assert event.task_id == records.synthetic_task_id(ORIGIN, "opa-subject", claims["client_id"])
 
 
 def test_the_mapping_is_closed_and_frozen() -> None:
@@ -371,7 +361,7 @@ def _position(event: AuthzDecisionEvent) -> CustodyContext:
 def test_the_custody_context_of_the_input(custody: Any) -> None:
     event = _map(_with_input(_documented(), custody=custody))
     assert _position(event) == CHILD
-    assert SYNTHETIC_ATTRIBUTE not in event.attributes
+    assert records.SYNTHETIC_ATTRIBUTE not in event.attributes
 
 
 def test_the_custody_context_of_the_labels() -> None:
@@ -394,16 +384,20 @@ def test_the_custody_context_of_the_labels() -> None:
 def test_an_input_custody_object_without_a_position_falls_through() -> None:
     sample = _with_input(_documented(), custody={"tenant": "acme", "workload_id": "agent-7"})
     event = _map(sample)
-    assert event.attributes[SYNTHETIC_ATTRIBUTE] == "true"
+    assert event.attributes[records.SYNTHETIC_ATTRIBUTE] == "true"
     assert event.body.context["subject"] == "agent-7"
-    assert event.task_id == synthetic_task_id(ORIGIN, "opa-subject", "agent-7")
+    assert event.task_id == records.synthetic_task_id(ORIGIN, "opa-subject", "agent-7")
 
 
 def test_the_synthetic_task_is_deterministic_per_subject() -> None:
     sample = _with_input(_documented(), subject="agent-7")
     first = _map(sample)
     second = _map({**sample, "decision_id": "0f5e2b8a-1c1d-4c55-9f0e-3b8a6a0c2d11"})
-    assert first.task_id == second.task_id == synthetic_task_id(ORIGIN, "opa-subject", "agent-7")
+    assert (
+        first.task_id
+        == second.task_id
+        == records.synthetic_task_id(ORIGIN, "opa-subject", "agent-7")
+    )
     assert first.event_id != second.event_id
     assert _map(sample).task_id == first.task_id
 
@@ -478,11 +472,11 @@ def test_a_jwt_in_the_input_is_redacted_and_named() -> None:
     event = _map(sample)
     assert JWT not in event.model_dump_json()
     assert event.body.resource == "/salary/bob?access_token=[REDACTED]"
-    redacted = event.attributes[REDACTED_ATTRIBUTE].split(",")
+    redacted = event.attributes[records.REDACTED_ATTRIBUTE].split(",")
     assert "body.resource:jwt" in redacted
     assert "body.context.subject:jwt" in redacted
     # A secret-looking subject keys no task: the decision stands alone.
-    assert event.task_id == synthetic_task_id(ORIGIN, "opa-subject", sample["decision_id"])
+    assert event.task_id == records.synthetic_task_id(ORIGIN, "opa-subject", sample["decision_id"])
 
 
 def test_a_missing_decision_id_is_rejected() -> None:
@@ -535,7 +529,7 @@ def test_rfc3339_timestamps_parse(text: str, expected: datetime | None) -> None:
 def test_event_ids_are_deterministic_per_origin() -> None:
     sample = _documented()
     assert _map(sample).event_id == _map(json.loads(json.dumps(sample))).event_id
-    other = map_decision(sample, Origin(ORIGIN.tenant, "opa-staging"), MAPPING)
+    other = map_decision(sample, records.Origin(ORIGIN.tenant, "opa-staging"), MAPPING)
     assert _event(other).event_id != _map(sample).event_id
 
 
@@ -561,7 +555,9 @@ def test_console_output_yields_the_decisions_without_the_logger_fields() -> None
         else:
             # The server's own line passes as it is, and the mapping skips it.
             assert item == line
-            assert map_decision(item, ORIGIN, MAPPING) == Skipped("opa_log_line_not_a_decision")
+            assert map_decision(item, ORIGIN, MAPPING) == records.Skipped(
+                "opa_log_line_not_a_decision"
+            )
 
 
 def test_console_decisions_map_like_uploaded_ones() -> None:
@@ -585,7 +581,7 @@ def test_console_decisions_map_like_uploaded_ones() -> None:
     assert event.body.decision == "ALLOW"
     principal = envoy["input"]["attributes"]["source"]["principal"]
     assert event.body.context["subject"] == principal
-    assert event.task_id == synthetic_task_id(ORIGIN, "opa-subject", principal)
+    assert event.task_id == records.synthetic_task_id(ORIGIN, "opa-subject", principal)
     assert "opa.requested_by" not in event.attributes
 
 
