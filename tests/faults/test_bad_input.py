@@ -155,7 +155,7 @@ def bad_kinds(rng: random.Random) -> list[Kind]:
         ),
         Kind(
             "json",
-            "the JSON form of valid events x9",
+            "the JSON form of one valid event of each type",
             [json.dumps(json_form(e), default=str).encode() for e in one_of_each()],
             {"unknown_wire_format"},
             {"unknown_wire_format"},

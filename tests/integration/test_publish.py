@@ -255,7 +255,7 @@ def test_invalid_dict_errors_never_echo_the_value(settings: Settings) -> None:
 # ---- asyncio ----------------------------------------------------------------------------
 
 TASKS = 200
-EVENTS_PER_TASK = 9
+EVENTS_PER_TASK = len(one_of_each())
 
 
 async def suspended_then_done(
