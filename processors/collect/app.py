@@ -99,7 +99,7 @@ def _split(address: str, what: str) -> tuple[str, int]:
         raise CollectError(f"{what}: {exc}") from None
 
 
-class _HeldSpans:
+class HeldSpans:
     """Publishes the spans whose wait for a parent is over, once a second; what Kafka
     did not take is tried again at the next round."""
 
@@ -185,7 +185,7 @@ async def _serve(
         thread.start()
     state["vault_files"] = [str(f.path) for f in files]
     state["otlp_topics"] = [t.topic for t in topics]
-    held = _HeldSpans(collector)
+    held = HeldSpans(collector)
     _log.info("collecting on %s", json.dumps(state))
     try:
         while not stop.is_set():

@@ -137,6 +137,7 @@ JOBS = {
     "custody-ingest": ("ingest", Settings.model_fields["ingest_metrics_address"].default),
     "custody-serve": ("serve", Settings.model_fields["serve_metrics_address"].default),
     "custody-notify": ("notify", Settings.model_fields["notify_metrics_address"].default),
+    "custody-collect": ("collect", Settings.model_fields["collect_metrics_address"].default),
 }
 PIPELINE_SEVERITIES = {"critical", "warning"}
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

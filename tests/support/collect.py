@@ -13,7 +13,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from processors.collect.app import Collector
+from processors.collect.app import Collector, HeldSpans
 from processors.collect.mapping_file import CollectMapping
 from processors.collect.metrics import CollectMetrics
 from processors.collect.otlp_route import OtlpRoute
@@ -44,6 +44,7 @@ class RunningCollector:
         self._ready = threading.Event()
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._held_task: asyncio.Task[None] | None = None
         self.port = 0
         self.vault_port = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,6 +67,9 @@ class RunningCollector:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        # As custody collect does: spans whose wait for a parent is over, once a second.
+        held = HeldSpans(c)
+        self._held_task = asyncio.get_running_loop().create_task(_every_second(held.publish))
         listener = VaultSocketListener(c.publisher, c.tokens, c.vault_mapper, c.metrics)
         self._server = await listener.start("127.0.0.1", 0)
         self.vault_port = self._server.sockets[0].getsockname()[1]
@@ -109,6 +113,8 @@ class RunningCollector:
         """Stop serving; deliver what the publisher holds."""
 
         async def stop() -> None:
+            if self._held_task is not None:
+                self._held_task.cancel()
             if self._server is not None:
                 self._server.close()
             if self._runner is not None:
@@ -159,6 +165,12 @@ VAULT_STORY = (
 def vault_story() -> list[str]:
     """The audit lines of :data:`VAULT_STORY`, in order."""
     return [line for name in VAULT_STORY for line in sample_lines(f"vault/{name}.jsonl")]
+
+
+async def _every_second(work: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(work)
 
 
 def protobuf_of(document: dict[str, Any], message: Any = None) -> bytes:
