@@ -167,11 +167,19 @@ async def _serve(
             VaultAuditMapper(f.origin, collector.mapping.vault),
             collector.publisher,
             checkpoint_path(settings, f.path),
+            collector.metrics,
         )
         for f in files
     ]
     readers = [
-        OtlpTopicReader(settings, t.topic, t.origin, collector.assemblers, collector.publisher)
+        OtlpTopicReader(
+            settings,
+            t.topic,
+            t.origin,
+            collector.assemblers,
+            collector.publisher,
+            collector.metrics,
+        )
         for t in topics
     ]
     threads = [

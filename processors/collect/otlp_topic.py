@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from processors.batch_consumer import BatchConsumer, BatchLimits, Retry
+from processors.collect.metrics import CollectMetrics
 from processors.collect.otlp_state import Assemblers
 from processors.collect.otlp_wire import OtlpDecodeError, spans_of_protobuf
 from processors.collect.publisher import CollectPublisher, Unavailable
@@ -37,6 +38,7 @@ class OtlpTopicReader(BatchConsumer):
         origin: Origin,
         assemblers: Assemblers,
         publisher: CollectPublisher,
+        collect_metrics: CollectMetrics | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -48,6 +50,7 @@ class OtlpTopicReader(BatchConsumer):
         self.origin = origin
         self.assemblers = assemblers
         self.publisher = publisher
+        self.collect_metrics = collect_metrics
         self.waiting: str | None = None
         self.spans = 0
         self._unacked: tuple[tuple[str, int, int, int], list[Outcome], list[Rejected]] | None = None
@@ -59,10 +62,13 @@ class OtlpTopicReader(BatchConsumer):
         if self._unacked is None or self._unacked[0] != key:
             self._unacked = (key, *self._mapped(records))
         _, outcomes, rejected = self._unacked
+        started = time.monotonic()
         try:
-            self.publisher.publish(self.origin, ((o, None) for o in outcomes))
+            tally = self.publisher.publish(self.origin, ((o, None) for o in outcomes))
         except Unavailable as exc:
             raise Retry(str(exc)) from None
+        if self.collect_metrics is not None:
+            self.collect_metrics.counted("otlp", tally, time.monotonic() - started)
         self._unacked = None
         return rejected
 

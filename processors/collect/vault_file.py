@@ -26,10 +26,12 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from processors.collect.metrics import CollectMetrics
 from processors.collect.publisher import CollectPublisher, Tally, Unavailable
 from processors.collect.records import Origin, Outcome
 from processors.collect.vault import VaultAuditMapper
@@ -85,6 +87,7 @@ class VaultFileFollower:
     mapper: VaultAuditMapper
     publisher: CollectPublisher
     checkpoint_path: Path
+    metrics: CollectMetrics | None = None
     tally: Tally = field(default_factory=Tally, init=False)
     lines: int = field(default=0, init=False)
     _file: BinaryIO | None = field(default=None, init=False)
@@ -185,7 +188,10 @@ class VaultFileFollower:
                 return self.step() if self._rotated_or_truncated() else 0
             self._unacked = (list(outcomes_of_lines(self.mapper, lines)), offset, len(lines))
         outcomes, offset, count = self._unacked
+        started = time.monotonic()
         tally = self.publisher.publish(self.origin, outcomes)
+        if self.metrics is not None:
+            self.metrics.counted("vault", tally, time.monotonic() - started)
         self._unacked = None
         self._offset = offset
         self._checkpoint()
