@@ -1,7 +1,8 @@
-"""Collector throughput: OPA decision-log uploads through ``custody collect`` and Vault audit
-lines followed from a file, each against the SDK publishing the same events in the same run.
+"""Collector throughput: OPA decision-log uploads and OTLP trace exports through
+``custody collect`` and Vault audit lines followed from a file, each against the SDK
+publishing the same events in the same run.
 
-Both rows run on one fresh local Tansu broker, every side with the same settings (the
+The rows run on one fresh local Tansu broker, every side with the same settings (the
 ``development`` Kafka profile), and build their inputs before anything is timed.
 
 - **collect.opa**: N decision events (``CUSTODY_BENCH_COLLECT_DECISIONS``, default 20,000)
@@ -28,22 +29,42 @@ Both rows run on one fresh local Tansu broker, every side with the same settings
   checkpoint steps in this process until it has taken every line (each step reads up to
   2,000 lines, publishes their events, waits for Kafka's acks and moves the checkpoint).
   Rate = N / (end of the last step - start of the first).
+- **collect.otlp**: N spans a round (``CUSTODY_BENCH_COLLECT_SPANS``, default 20,480,
+  rounded down to whole exports) in OTLP/HTTP protobuf exports of :data:`EXPORT_SPANS`,
+  each of whole traces (every span's parent in the same export, so none waits for one).
+  A trace is a copy of the multi-agent sample (``tests/data/otlp/multi_agent.json``) with
+  its own trace, span, tool-call, session and conversation ids and times, the parent
+  links kept: the planner's and the researcher's ``invoke_agent`` spans, an
+  ``execute_tool`` span, the MCP ``tools/call`` client span (failing in one trace of four,
+  as in the sample) and the MCP server's span under it, and one to three chat spans (the
+  last trace of an export takes up to seven more, to fill it). The client spans are one
+  resource, the server spans another. Every round sends traces of its own, since the
+  collector remembers the spans it saw and skips them when sent again. A real
+  ``custody collect`` process takes them on ``POST /v1/traces``
+  (``application/x-protobuf``, a collect token), one export after the other on one
+  kept-alive connection, as one SDK's batch span processor sends them; every answer must
+  be a 200 rejecting no span (given only after Kafka acked every event), and the
+  collector's metrics must count every event published. Rate = spans / (last answer -
+  first request sent).
 - **the SDK (baseline)**: the same decisions mapped by :func:`opa.map_decision`, the same
-  lines by a :class:`VaultAuditMapper`, before the clock starts, and the resulting events
+  lines by a :class:`VaultAuditMapper`, the same spans by a fresh
+  :class:`~processors.collect.otlp.TraceAssembler` (each export fed alone, as the
+  collector does; none may be rejected or held) before the clock starts, and the resulting events
   turned into their JSON form (without the hash-chain fields); a fresh
   :class:`CustodyProducer` publishes them, then flushes, as the producer benchmark's
   ``sdk`` path does: validation, secret check, stamping, encoding, produce. Its rate
-  counts the decisions or lines those events came from. After it, in each round, a fresh
+  counts the decisions, lines or spans those events came from. After it, in each round, a fresh
   producer publishes the adapter's models themselves (no validation left to do): that
   rate is in the detail (``sdk_prebuilt_models_rounds``). Each fresh producer (and each
   collect publisher) first delivers one warm-up event, not timed.
 
 Medians of :data:`ROUNDS` alternating rounds (SDK, then collect); ratio = collect / SDK.
-Goal: ratio >= 0.7 for both. CPU per item: for the OPA row the collector process's CPU time
-(read from ``/proc``) against the SDK's in this process; for the Vault row this process's
-(all threads) on both sides. ``CUSTODY_BENCH_COLLECT_OPA_PYSPY`` /
-``CUSTODY_BENCH_COLLECT_VAULT_PYSPY`` (a file) record the first round's collect run with
-py-spy (the collector process / this process).
+Goal: ratio >= 0.7 for every row. CPU per item: for the OPA and OTLP rows the collector
+process's CPU time (read from ``/proc``) against the SDK's in this process; for the Vault
+row this process's (all threads) on both sides. ``CUSTODY_BENCH_COLLECT_OPA_PYSPY`` /
+``CUSTODY_BENCH_COLLECT_OTLP_PYSPY`` / ``CUSTODY_BENCH_COLLECT_VAULT_PYSPY`` (a file)
+record the first round's collect run with py-spy (the collector process / the collector
+process / this process).
 """
 
 from __future__ import annotations
@@ -86,7 +107,7 @@ from processors.collect.service import HEALTH, OPA_LOGS
 from processors.collect.tokens import issue_token
 from processors.collect.vault import VaultAuditMapper, VaultMapping
 from processors.collect.vault_file import VaultFileFollower
-from processors.collect.vault_lines import outcomes_of_lines
+from processors.collect.vault_lines import REQUEST_HELD, outcomes_of_lines
 from processors.stack import COLLECT, state_path
 from producers.admin import ensure_topics
 from producers.producer import CustodyProducer
@@ -553,9 +574,11 @@ def vault_lines(count: int, seed: int = SEED) -> list[bytes]:
 
 
 def vault_events(lines: Sequence[bytes], origin: Origin) -> list[Envelope]:
-    """What a fresh mapper makes of ``lines``: events only (no line may be rejected)."""
+    """What a fresh mapper makes of ``lines``: events only (no line may be rejected; a
+    request line is counted as waiting for its response's, which carries the events)."""
     mapper = VaultAuditMapper(origin, VaultMapping())
-    return mapped_events([o for o, _ in outcomes_of_lines(mapper, lines)], "Vault")
+    outcomes = [o for o, _ in outcomes_of_lines(mapper, lines)]
+    return mapped_events([o for o in outcomes if o != Skipped(REQUEST_HELD)], "Vault")
 
 
 def follow_run(
