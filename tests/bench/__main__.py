@@ -3,7 +3,7 @@
 Run from the repository root: ``python -m tests.bench`` (``make bench``) runs them all;
 ``python -m tests.bench ingest trace`` (or ``CUSTODY_BENCH_ONLY=ingest,trace``) only the
 named ones (a name is the module's, without ``bench_``: producer, correlate, ingest,
-trace, verify, notify, report, collect), and then updates their entries in
+trace, verify, notify, report, collect, collect_otlp), and then updates their entries in
 ``bench-results.json``, keeping the others. A benchmark is a function returning a list of
 :class:`tests.bench.results.Entry`; add it to :data:`BENCHMARKS`.
 
@@ -16,11 +16,13 @@ Environment: ``CUSTODY_BENCH_EVENTS`` (events per producer run, default 100000),
 ``CUSTODY_BENCH_REPORT_EVENTS`` (events of the one tenant reported on, default 10000000),
 ``CUSTODY_BENCH_COLLECT_DECISIONS`` / ``CUSTODY_BENCH_COLLECT_LINES`` (OPA decisions
 uploaded / Vault audit lines followed per collect run, default 20000 each),
+``CUSTODY_BENCH_COLLECT_SPANS`` (OTLP spans exported per collect_otlp run, default 20480),
 ``CUSTODY_BENCH_COLLECT_CLIENTS`` (OPA clients uploading at once, default 1),
 ``CUSTODY_BENCH_PROFILE=1`` (also print a profile of the SDK's publish path) and
 ``CUSTODY_BENCH_PYSPY`` / ``CUSTODY_BENCH_INGEST_PYSPY`` / ``CUSTODY_BENCH_NOTIFY_PYSPY``
 (a file: record the first correlator / ingest / notify run with py-spy; for collect
-``CUSTODY_BENCH_COLLECT_OPA_PYSPY`` / ``CUSTODY_BENCH_COLLECT_VAULT_PYSPY``, see
+``CUSTODY_BENCH_COLLECT_OPA_PYSPY`` / ``CUSTODY_BENCH_COLLECT_VAULT_PYSPY`` /
+``CUSTODY_BENCH_COLLECT_OTLP_PYSPY``, see
 :func:`tests.bench.results.first_run_profile`).
 """
 
@@ -37,6 +39,7 @@ from rich.table import Table
 
 from tests.bench import (
     bench_collect,
+    bench_collect_otlp,
     bench_correlate,
     bench_correlate_state,
     bench_ingest,
@@ -60,6 +63,7 @@ BENCHMARKS: list[Benchmark] = [
     bench_notify.run,
     bench_report.run,
     bench_collect.run,
+    bench_collect_otlp.run,
 ]
 
 RESULTS_PATH = Path(__file__).resolve().parents[2] / "bench-results.json"
