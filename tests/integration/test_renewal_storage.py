@@ -15,14 +15,13 @@ import pytest
 from processors.serving.explorer import token_timeline
 from processors.serving.reader import BackendReader
 from processors.storage.backend import ChdbBackend
-from processors.storage.migrations import migrate
 from processors.storage.sink import BatchWriter, Record
-from processors.storage.target import ChdbTarget
 from producers.context import CustodyContext
 from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, event_to_avro
 from schemas.models import Envelope
 from tests.support.events import at, issue, renew
+from tests.support.stored import migrated_chdb
 from tests.support.trees import CONFIG, run
 
 pytestmark = pytest.mark.integration
@@ -60,11 +59,8 @@ VALUES = [_v1(ISSUED, 1), _v2(RENEWED, 1), _v2(SHORTER, 2)]
 
 @pytest.fixture(params=[ChdbBackend, _RowsOnly], ids=["avro", "rows"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChdbBackend]:
-    target = ChdbTarget(tmp_path / "chdb")
-    opened: ChdbBackend = request.param(target)
-    migrate(target, 400, opened)
-    yield opened
-    opened.close()
+    with migrated_chdb(tmp_path / "chdb", request.param) as opened:
+        yield opened
 
 
 def _store(backend: ChdbBackend) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.integration
 
 CODEC = AvroCodec()
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[ChdbBackend]:
-    target = ChdbTarget(tmp_path / "chdb")
-    opened = ChdbBackend(target)
-    migrate(target, 400, opened)
-    yield opened
-    opened.close()
 
 
 def encoded(events: list[Envelope], instance: str = "test/1") -> list[bytes]:

@@ -5,30 +5,16 @@ event is still found. No broker: the messages are handed to the sink."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from processors.serving.reader import BackendReader
 from processors.serving.verify import verify
 from processors.storage.backend import ChdbBackend
-from processors.storage.migrations import migrate
 from processors.storage.sink import BatchWriter, Record
-from processors.storage.target import ChdbTarget
 from schemas import topics
 from tests.unit.test_verify import INSTANCE, upgraded_chain
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[ChdbBackend]:
-    target = ChdbTarget(tmp_path / "chdb")
-    opened = ChdbBackend(target)
-    migrate(target, 400, opened)
-    yield opened
-    opened.close()
 
 
 def _store(backend: ChdbBackend, messages: list[bytes]) -> None:

@@ -1,19 +1,46 @@
 """A simulation stored in ClickHouse the way ingest stores it, without a broker: the events,
 and the state changes and alerts of the pure correlator run over each custody tree with
-every deadline passed. For tests of what reads the tables (dashboards, the explorer)."""
+every deadline passed. For tests of what reads the tables (dashboards, the explorer); and a
+freshly migrated embedded engine to store into (the ``backend`` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
-from processors.storage.backend import Backend
+import pytest
+
+from processors.storage.backend import Backend, ChdbBackend
+from processors.storage.migrations import migrate
 from processors.storage.sink import BatchWriter, Record
+from processors.storage.target import ChdbTarget
 from schemas import catalog, topics
 from schemas.codec import AvroCodec, event_to_avro
 from schemas.models import Alert, Envelope, StateChange
 from tests.support.trees import by_root, run
 
 CODEC = AvroCodec()
+
+
+@contextmanager
+def migrated_chdb(path: Path, kind: type[ChdbBackend] = ChdbBackend) -> Iterator[ChdbBackend]:
+    """An embedded engine (chdb) of ``kind`` at ``path`` with every migration applied (400
+    days' retention), closed after the block."""
+    target = ChdbTarget(path)
+    opened = kind(target)
+    migrate(target, 400, opened)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[ChdbBackend]:
+    """The test's own migrated embedded engine."""
+    with migrated_chdb(tmp_path / "chdb") as opened:
+        yield opened
 
 
 def _records(topic: str, values: list[bytes]) -> list[Record]:
