@@ -8,10 +8,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,17 +20,11 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import OBSERVE_ONLY_ATTRIBUTE, AccessEvent, CustodyEvent, EventType
 from tests.support.broker import RunningBroker, header_list, payload, read_to_end
-from tests.support.collect import RunningCollector, protobuf_of, running_collector, sample_json
+from tests.support.collect import RunningCollector, protobuf_of, sample_json
 
 pytestmark = pytest.mark.integration
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def collector(settings: Settings, tmp_path: Path) -> Iterator[RunningCollector]:
-    with running_collector(settings, tmp_path) as running:
-        yield running
 
 
 def export(
@@ -46,20 +36,8 @@ def export(
     gzipped: bool = False,
 ) -> tuple[int, bytes, dict[str, str]]:
     """POST an export as an OTLP/HTTP exporter does; the status, body and headers."""
-    headers = {"Content-Type": content_type}
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
-        body = gzip.compress(body)
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{collector.port}{TRACES}", data=body, headers=headers, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return answer.status, answer.read(), dict(answer.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), dict(error.headers)
+    sent = gzip.compress(body) if gzipped else body
+    return collector.post(TRACES, sent, token, content_type, gzipped=gzipped)
 
 
 def stored(settings: Settings) -> list[CustodyEvent]:

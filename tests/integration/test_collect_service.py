@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,18 +20,12 @@ from schemas import topics
 from schemas.codec import AvroCodec
 from schemas.models import AuthzDecisionEvent, CustodyEvent, EventType
 from tests.support.broker import RunningBroker, header_list, payload, read_to_end
-from tests.support.collect import RunningCollector, running_collector, sample_json, vault_story
+from tests.support.collect import RunningCollector, sample_json, vault_story
 from tests.support.polling import until
 
 pytestmark = pytest.mark.integration
 
 TENANT = "acme"
-
-
-@pytest.fixture
-def collector(settings: Settings, tmp_path: Path) -> Iterator[RunningCollector]:
-    with running_collector(settings, tmp_path) as running:
-        yield running
 
 
 def stored_events(settings: Settings) -> list[CustodyEvent]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -78,12 +79,12 @@ class RunningCollector:
         """A new collect token for ``tenant``/``source``."""
         return issue_token(self.collector.tokens.path, tenant, source, observe_only=observe_only)
 
-    def upload(
-        self, body: bytes, token: str | None, *, gzipped: bool = True, path: str = OPA_LOGS
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """POST ``body`` (gzip-compressed unless told) as OPA does; the status, the JSON
-        answer and the headers."""
-        headers = {"Content-Type": "application/json"}
+    def post(
+        self, path: str, body: bytes, token: str | None, content_type: str, *, gzipped: bool
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """POST ``body`` as it is (``gzipped`` says it is compressed), with ``token`` as the
+        bearer unless None; the status, the answer's bytes and the headers."""
+        headers = {"Content-Type": content_type}
         if gzipped:
             headers["Content-Encoding"] = "gzip"
         if token is not None:
@@ -93,9 +94,17 @@ class RunningCollector:
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as answer:
-                return answer.status, json.loads(answer.read()), dict(answer.headers)
+                return answer.status, answer.read(), dict(answer.headers)
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read()), dict(error.headers)
+            return error.code, error.read(), dict(error.headers)
+
+    def upload(
+        self, body: bytes, token: str | None, *, gzipped: bool = True, path: str = OPA_LOGS
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """POST ``body`` (gzip-compressed unless told) as OPA does; the status, the JSON
+        answer and the headers."""
+        status, answer, headers = self.post(path, body, token, "application/json", gzipped=gzipped)
+        return status, json.loads(answer), headers
 
     def upload_decisions(self, decisions: list[Any], token: str) -> tuple[int, dict[str, Any]]:
         """Upload ``decisions`` as OPA's decision_logs plugin does (a gzip JSON array)."""
@@ -143,6 +152,13 @@ def running_collector(settings: Settings, home: Path) -> Iterator[RunningCollect
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def collector(settings: Settings, tmp_path: Path) -> Iterator[RunningCollector]:
+    """:func:`running_collector` on the test's broker, its tokens in the test's directory."""
+    with running_collector(settings, tmp_path) as running:
+        yield running
 
 
 def sample_lines(name: str) -> list[str]:
