@@ -107,15 +107,22 @@ class HeldSpans:
         self.collector = collector
         self._unpublished: list[tuple[Origin, list[Outcome]]] = []
 
-    def publish(self) -> None:
-        due = [*self._unpublished, *self.collector.assemblers.expired(time.time())]
+    def publish(self, *, stopping: bool = False) -> None:
+        """Publish what is due (``stopping``: every held span, mapped as if its wait were
+        over, so a stop loses none)."""
+        assemblers = self.collector.assemblers
+        held = assemblers.drained() if stopping else assemblers.expired(time.time())
+        due = [*self._unpublished, *held]
         self._unpublished = []
         for origin, outcomes in due:
+            started = time.monotonic()
             try:
-                self.collector.publisher.publish(origin, ((o, None) for o in outcomes))
+                tally = self.collector.publisher.publish(origin, ((o, None) for o in outcomes))
             except Unavailable as exc:
                 _log.warning("held spans of %s not taken, retrying: %s", origin.source, exc)
                 self._unpublished.append((origin, outcomes))
+                continue
+            self.collector.metrics.counted("otlp", tally, time.monotonic() - started)
 
 
 async def _serve(
@@ -213,6 +220,8 @@ async def _serve(
         for server in servers:
             server.close()
         await app_runner.cleanup()
+        # The spans still waiting for a parent, mapped as they are: a stop loses none.
+        await asyncio.to_thread(held.publish, stopping=True)
 
 
 def _write_state(path: Path, state: dict[str, object], followers: list[VaultFileFollower]) -> None:

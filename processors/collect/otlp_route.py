@@ -18,6 +18,7 @@ memory of each trace's agent spans): see :mod:`processors.collect.otlp`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -120,7 +121,7 @@ class OtlpRoute:
             self.metrics.refused.labels("otlp", "bad_request").inc()
             return status_answer(400, str(exc), content_type)
         try:
-            tally = await asyncio.to_thread(self._publish, origin, spans)
+            tally = await asyncio.to_thread(self._publish, origin, body, spans)
         except Unavailable as exc:
             self.metrics.refused.labels("otlp", "unavailable").inc()
             _log.warning("export from %s not taken: %s", origin.source, exc)
@@ -131,8 +132,13 @@ class OtlpRoute:
         rejected = sum(tally.dead_lettered.values())
         return export_answer(rejected, tally.dead_lettered, content_type)
 
-    def _publish(self, origin: Origin, spans: list[Span]) -> Tally:
+    def _publish(self, origin: Origin, body: bytes, spans: list[Span]) -> Tally:
         # The outcomes may include spans of earlier exports whose wait for a parent ended;
         # their rejections are counted here too (a client cannot tell them apart).
-        outcomes = self.assemblers.feed(origin, spans, self.clock())
-        return self.publisher.publish(origin, ((o, None) for o in outcomes))
+        export = hashlib.sha256(body).digest()
+        outcomes = self.assemblers.mapped(origin, export, spans, self.clock())
+        try:
+            return self.publisher.publish(origin, ((o, None) for o in outcomes))
+        except Unavailable:
+            self.assemblers.not_acked(origin, export, outcomes)
+            raise

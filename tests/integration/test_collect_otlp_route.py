@@ -15,6 +15,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from processors.collect.otlp_route import JSON, PROTOBUF, TRACES
+from producers.admin import ensure_topics
 from producers.settings import Settings
 from schemas import topics
 from schemas.codec import AvroCodec
@@ -146,3 +147,22 @@ def test_kafka_unavailable_is_a_retryable_503(
     assert status == 503
     assert status_pb2.Status.FromString(answer).code == 14  # UNAVAILABLE
     assert int(headers["Retry-After"]) > 0
+
+
+def test_an_export_retried_after_a_503_is_published_once_kafka_is_back(
+    collector: RunningCollector, broker: RunningBroker, settings: Settings
+) -> None:
+    token = collector.token(TENANT, "agents")
+    body = protobuf_of(multi_agent())
+    broker.kill()
+    status, _, _ = export(collector, body, token)
+    assert status == 503
+    broker.start()
+    ensure_topics(settings.kafka_admin(), settings.event_topic_partitions())
+    # The exporter sends the same request again: its spans were mapped the first time,
+    # and are published now rather than skipped as seen.
+    status, answer, _ = export(collector, body, token)
+    assert status == 200, answer
+    kinds = sorted(str(e.event_type) for e in stored(settings))
+    assert kinds.count(EventType.TASK_DECLARED) == 2
+    assert kinds.count(EventType.ACCESS) == 2
