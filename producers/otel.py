@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypedDict, Unpack
 
 from producers.context import CustodyContext
 
@@ -48,29 +49,35 @@ PURPOSE_ATTRIBUTE = "custody.purpose"
 """The span attribute stating the purpose of a span's task."""
 
 
-def bind_custody_context(
-    ctx: CustodyContext,
-    *,
-    span: Span | None = None,
-    token_id: str | None = None,
-    decision_id: str | None = None,
-    data_scope: Sequence[str] | None = None,
-    purpose: str | None = None,
-) -> Context:
+class SpanBinding(TypedDict, total=False):
+    """Where :func:`bind_custody_context` puts a custody context (``span``, default: the
+    current span) and the custody fields it sets there with it, each as its ``custody.*``
+    attribute (a None is left off)."""
+
+    span: Span | None
+    token_id: str | None
+    decision_id: str | None
+    data_scope: Sequence[str] | None
+    purpose: str | None
+
+
+def bind_custody_context(ctx: CustodyContext, **binding: Unpack[SpanBinding]) -> Context:
     """Put ``ctx`` and the given custody fields on ``span`` (default: the current span) as
     ``custody.*`` attributes, and return the current context with ``span`` in it and the
     ``custody.context`` baggage entry set. The caller attaches the returned context
     (:func:`opentelemetry.context.attach`, or :func:`use_custody_context`) so that
     propagators inject the entry into outgoing requests."""
+    span = binding.get("span")
     target = span if span is not None else trace.get_current_span()
     target.set_attribute(CONTEXT_ATTRIBUTE, ctx.format())
     for name, value in (
-        (TOKEN_ID_ATTRIBUTE, token_id),
-        (DECISION_ID_ATTRIBUTE, decision_id),
-        (PURPOSE_ATTRIBUTE, purpose),
+        (TOKEN_ID_ATTRIBUTE, binding.get("token_id")),
+        (DECISION_ID_ATTRIBUTE, binding.get("decision_id")),
+        (PURPOSE_ATTRIBUTE, binding.get("purpose")),
     ):
         if value is not None:
             target.set_attribute(name, value)
+    data_scope = binding.get("data_scope")
     if data_scope is not None:
         target.set_attribute(DATA_SCOPE_ATTRIBUTE, list(data_scope))
     current = otel_context.get_current()
@@ -80,25 +87,10 @@ def bind_custody_context(
 
 
 @contextmanager
-def use_custody_context(
-    ctx: CustodyContext,
-    *,
-    span: Span | None = None,
-    token_id: str | None = None,
-    decision_id: str | None = None,
-    data_scope: Sequence[str] | None = None,
-    purpose: str | None = None,
-) -> Iterator[Context]:
+def use_custody_context(ctx: CustodyContext, **binding: Unpack[SpanBinding]) -> Iterator[Context]:
     """:func:`bind_custody_context`, with its context attached for the ``with`` block and
     detached after it; yields the attached context."""
-    bound = bind_custody_context(
-        ctx,
-        span=span,
-        token_id=token_id,
-        decision_id=decision_id,
-        data_scope=data_scope,
-        purpose=purpose,
-    )
+    bound = bind_custody_context(ctx, **binding)
     token = otel_context.attach(bound)
     try:
         yield bound
