@@ -20,6 +20,7 @@ from processors.collect import records
 from processors.collect.otlp_wire import AttributeValue, Span
 from processors.collect.records import Rejection, text_of
 from producers.context import ContextFormatError, CustodyContext
+from schemas.models import Envelope
 
 if TYPE_CHECKING:
     from processors.collect.otlp import OtlpMapping
@@ -196,29 +197,40 @@ def scopes_of(value: AttributeValue | None) -> list[str]:
     return []
 
 
-def _envelope(
-    origin: records.Origin,
-    span: Span,
-    event_type: str,
-    context: CustodyContext,
-    actor: dict[str, str],
-    attributes: dict[str, str],
-    body: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "event_id": records.event_id_for(origin, "otlp", span.trace_id, span.span_id, event_type),
-        "event_type": event_type,
-        "event_time": event_time(span),
-        "tenant": origin.tenant,
-        "producer": origin.source,
-        "root_task_id": context.root_task_id,
-        "task_id": context.task_id,
-        "parent_task_id": context.parent_task_id,
-        "depth": context.depth,
-        "actor": actor,
-        "attributes": attributes,
-        "body": body,
-    }
+@dataclass(frozen=True, slots=True)
+class _SpanEvents:
+    """What the events one span makes share: their origin, the span (their ids and time)
+    and the attributes copied from it."""
+
+    origin: records.Origin
+    span: Span
+    attributes: dict[str, str]
+
+    def build(
+        self,
+        event_type: str,
+        context: CustodyContext,
+        actor: dict[str, str],
+        body: dict[str, Any],
+    ) -> Envelope | Rejection:
+        """The span's ``event_type`` event in ``context``'s task, or why it is rejected."""
+        origin, span = self.origin, self.span
+        event_id = records.event_id_for(origin, "otlp", span.trace_id, span.span_id, event_type)
+        data = {
+            "event_id": event_id,
+            "event_type": event_type,
+            "event_time": event_time(span),
+            "tenant": origin.tenant,
+            "producer": origin.source,
+            "root_task_id": context.root_task_id,
+            "task_id": context.task_id,
+            "parent_task_id": context.parent_task_id,
+            "depth": context.depth,
+            "actor": actor,
+            "attributes": self.attributes,
+            "body": body,
+        }
+        return records.build_event(data, "otlp_contract_violation")
 
 
 def _copied(span: Span, origin: records.Origin, names: tuple[str, ...]) -> dict[str, str]:
@@ -270,45 +282,22 @@ def agent_events(
         or _text(attributes.get("gen_ai.agent.description"), 8192)
         or f"invoke_agent {info.label}"
     )
-    copied = _copied(span, origin, _AGENT_ATTRIBUTES)
-    declared = records.build_event(
-        _envelope(
-            origin,
-            span,
-            "TASK_DECLARED",
-            context,
-            actor,
-            copied,
-            {
-                "purpose": purpose,
-                "requested_scopes": scopes,
-            },
-        ),
-        "otlp_contract_violation",
-    )
+    made = _SpanEvents(origin, span, _copied(span, origin, _AGENT_ATTRIBUTES))
+    declaration = {"purpose": purpose, "requested_scopes": scopes}
+    declared = made.build("TASK_DECLARED", context, actor, declaration)
     if isinstance(declared, Rejection):
         return declared, None
     events = [declared]
     if delegated and parent is not None:
         decision = _text(attributes.get(m.decision_attribute)) or f"otel-delegation:{span.span_id}"
-        delegation = records.build_event(
-            _envelope(
-                origin,
-                span,
-                "DELEGATION",
-                parent.context,
-                parent.actor,
-                copied,
-                {
-                    "delegator": parent.actor["workload_id"],
-                    "delegatee": info.workload_id,
-                    "child_task_id": context.task_id,
-                    "scopes": scopes,
-                    "decision_id": decision,
-                },
-            ),
-            "otlp_contract_violation",
-        )
+        grant = {
+            "delegator": parent.actor["workload_id"],
+            "delegatee": info.workload_id,
+            "child_task_id": context.task_id,
+            "scopes": scopes,
+            "decision_id": decision,
+        }
+        delegation = made.build("DELEGATION", parent.context, parent.actor, grant)
         if isinstance(delegation, Rejection):
             return delegation, None
         events.append(delegation)
@@ -370,25 +359,15 @@ def access_event(
             parts.append(span.status_message[:1024])
         detail = ": ".join(parts)
     token = _text(attributes.get(m.token_attribute)) or f"{UNATTESTED_PREFIX}{actor['workload_id']}"
-    event = records.build_event(
-        _envelope(
-            origin,
-            span,
-            "ACCESS",
-            context,
-            actor,
-            copied,
-            {
-                "token_id": token,
-                "tool": info.tool,
-                "resource": _resource(span, info),
-                "action": "tools/call" if info.mcp else "execute_tool",
-                "data_scope": scopes_of(attributes.get(m.data_scope_attribute)),
-                "decision_id": _text(attributes.get(m.decision_attribute)),
-                "outcome": "FAILURE" if failed else "SUCCESS",
-                "detail": detail,
-            },
-        ),
-        "otlp_contract_violation",
-    )
+    access = {
+        "token_id": token,
+        "tool": info.tool,
+        "resource": _resource(span, info),
+        "action": "tools/call" if info.mcp else "execute_tool",
+        "data_scope": scopes_of(attributes.get(m.data_scope_attribute)),
+        "decision_id": _text(attributes.get(m.decision_attribute)),
+        "outcome": "FAILURE" if failed else "SUCCESS",
+        "detail": detail,
+    }
+    event = _SpanEvents(origin, span, copied).build("ACCESS", context, actor, access)
     return event if isinstance(event, Rejection) else records.Mapped((event,))
