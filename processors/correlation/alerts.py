@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, Unpack
 
 from schemas.models import Alert, AlertType, Severity
 
@@ -57,9 +58,16 @@ def clip_detail(detail: str) -> str:
     return detail[: MAX_DETAIL - len(note)] + note
 
 
-# One keyword per field of the alert record (all keyword-only): a parameter object would
-# only repeat the record.
-def make_alert(  # noqa: PLR0913
+class AlertAbout(TypedDict, total=False):
+    """What an alert names besides its tree when its rule knows it: the task, the token
+    and the workload it is about."""
+
+    task_id: str | None
+    token_id: str | None
+    workload_id: str | None
+
+
+def make_alert(
     alert_type: AlertType,
     *,
     tenant: str,
@@ -69,9 +77,7 @@ def make_alert(  # noqa: PLR0913
     detected_at: datetime,
     evidence: Iterable[str],
     detail: str,
-    task_id: str | None = None,
-    token_id: str | None = None,
-    workload_id: str | None = None,
+    **about: Unpack[AlertAbout],
 ) -> Alert:
     """An alert record; ``evidence`` is sorted so the record does not depend on order."""
     return Alert(
@@ -80,11 +86,9 @@ def make_alert(  # noqa: PLR0913
         severity=SEVERITY[alert_type],
         tenant=tenant,
         root_task_id=root_task_id,
-        task_id=task_id,
-        token_id=token_id,
-        workload_id=workload_id,
         event_time=from_micros(event_time_us),
         detected_at=detected_at,
         evidence_event_ids=sorted(set(evidence)),
         detail=clip_detail(detail),
+        **about,
     )

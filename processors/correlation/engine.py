@@ -20,10 +20,10 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 from processors.correlation import renewals
-from processors.correlation.alerts import from_micros, make_alert
+from processors.correlation.alerts import AlertAbout, from_micros, make_alert
 from processors.correlation.retention import forget_settled
 from processors.correlation.tree import (
     AccessRec,
@@ -123,10 +123,7 @@ class _Step:
         event_time_us: int,
         evidence: list[str],
         detail: str,
-        *,
-        task_id: str | None = None,
-        token_id: str | None = None,
-        workload_id: str | None = None,
+        **about: Unpack[AlertAbout],
     ) -> None:
         record = make_alert(
             alert_type,
@@ -137,9 +134,7 @@ class _Step:
             detected_at=self.detected_at,
             evidence=evidence,
             detail=detail,
-            task_id=task_id,
-            token_id=token_id,
-            workload_id=workload_id,
+            **about,
         )
         if record.alert_id not in self.state.fired_alert_ids:
             self.state.fired_alert_ids.add(record.alert_id)
