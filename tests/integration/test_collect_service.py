@@ -28,11 +28,23 @@ pytestmark = pytest.mark.integration
 TENANT = "acme"
 
 
+@pytest.fixture
+def token(collector: RunningCollector) -> str:
+    """A collect token of the tenant's OPA source, opa-prod."""
+    return collector.token(TENANT, "opa-prod")
+
+
 def stored_events(settings: Settings) -> list[CustodyEvent]:
     codec = AvroCodec()
     # Earlier reads' end markers stay on the topic.
     values = [payload(m) for m in read_to_end(settings)]
     return [codec.decode_event(v) for v in values if not v.startswith(b"end-marker-")]
+
+
+def error_of(answered: tuple[int, dict[str, Any], dict[str, str]]) -> tuple[int, str]:
+    """The status and the error code of an upload's answer."""
+    status, answer, _ = answered
+    return status, answer["error"]
 
 
 def dead_letters(settings: Settings) -> list[Message]:
@@ -51,9 +63,8 @@ def documented_decisions() -> list[dict[str, Any]]:
 
 
 def test_an_opa_upload_is_published_once_every_event_is_acked(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
     decisions = documented_decisions()
     # What the adapter (unit-tested on its own) makes of each: the service must publish
     # exactly the mapped ones and dead-letter the others.
@@ -80,23 +91,20 @@ def test_an_opa_upload_is_published_once_every_event_is_acked(
 
 
 def test_without_a_known_token_nothing_is_published(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
     body = gzip.compress(json.dumps(documented_decisions()).encode())
     status, answer, headers = collector.upload(body, None)
     assert (status, answer["error"]) == (401, "unauthenticated")
     assert headers["WWW-Authenticate"].startswith("Bearer")
-    made = collector.token(TENANT, "opa-prod")
-    forged = made[:-4] + ("AAAA" if not made.endswith("AAAA") else "BBBB")
-    status, answer, _ = collector.upload(body, forged)
-    assert (status, answer["error"]) == (401, "unauthenticated")
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert error_of(collector.upload(body, forged)) == (401, "unauthenticated")
     assert stored_events(settings) == []
 
 
 def test_a_record_of_another_tenant_forbids_the_whole_upload(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
     decisions = documented_decisions()
     decisions[1]["input"]["custody"] = {"tenant": "other-tenant"}
     status, answer = collector.upload_decisions(decisions, token)
@@ -106,11 +114,10 @@ def test_a_record_of_another_tenant_forbids_the_whole_upload(
 
 
 def test_bad_bodies_get_a_4xx_naming_the_problem(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
-    status, answer, _ = collector.upload(gzip.compress(b'[{"decision_id": '), token)
-    assert (status, answer["error"]) == (400, "malformed_json")
+    truncated = gzip.compress(b'[{"decision_id": ')
+    assert error_of(collector.upload(truncated, token)) == (400, "malformed_json")
     status, answer, _ = collector.upload(gzip.compress(b'{"decision_id": "x"}'), token)
     assert (status, answer["error"]) == (400, "malformed_json")
     assert "array" in answer["detail"]
@@ -121,23 +128,20 @@ def test_bad_bodies_get_a_4xx_naming_the_problem(
     assert (status, answer["error"]) == (400, "bad_gzip"), answer
     # Over the limit uncompressed, though small compressed: a gzip bomb is refused too.
     bomb = gzip.compress(b"[" + b" " * (512 * 1024) + b"]")
-    status, answer, _ = collector.upload(bomb, token)
-    assert (status, answer["error"]) == (413, "too_large")
+    assert error_of(collector.upload(bomb, token)) == (413, "too_large")
     assert stored_events(settings) == []
 
 
 def test_invalid_records_are_dead_lettered_with_their_reason_and_the_rest_published(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
-    good = documented_decisions()
-    no_id = copy.deepcopy(good[0])
+    first, second, *_ = documented_decisions()
+    no_id = copy.deepcopy(first)
     del no_id["decision_id"]
-    bad_time = copy.deepcopy(good[1])
+    bad_time = copy.deepcopy(second)
     bad_time["decision_id"] = "5d1e4f0a-0000-4000-8000-000000000001"
     bad_time["timestamp"] = "yesterday"
-    good = [good[0]]
-    status, answer = collector.upload_decisions([*good, no_id, bad_time, "not a decision"], token)
+    status, answer = collector.upload_decisions([first, no_id, bad_time, "not a decision"], token)
     assert status == 200, answer
     assert answer["published"] == 1
     assert sum(answer["dead_lettered"].values()) == 3
@@ -151,9 +155,8 @@ def test_invalid_records_are_dead_lettered_with_their_reason_and_the_rest_publis
 
 
 def test_a_raw_jwt_in_an_input_is_redacted_and_named(
-    collector: RunningCollector, settings: Settings
+    collector: RunningCollector, settings: Settings, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
     decision = documented_decisions()[0]
     # Assembled here so no fixture holds a token-shaped value.
     jwt = ".".join(["eyJhbGciOiJIUzI1NiJ9", "eyJzdWIiOiJhZ2VudC03In0", "c2lnbmF0dXJlLXBhcnQ"])
@@ -166,9 +169,8 @@ def test_a_raw_jwt_in_an_input_is_redacted_and_named(
 
 
 def test_kafka_unavailable_answers_503_so_opa_keeps_the_batch(
-    collector: RunningCollector, broker: RunningBroker
+    collector: RunningCollector, broker: RunningBroker, token: str
 ) -> None:
-    token = collector.token(TENANT, "opa-prod")
     broker.kill()
     status, answer, headers = collector.upload(
         gzip.compress(json.dumps(documented_decisions()).encode()), token
