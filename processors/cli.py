@@ -26,7 +26,13 @@ from rich.table import Table
 from processors import roles, stack, starting
 from processors.broker import BrokerError
 from processors.collect import commands as collect_commands
-from processors.command_context import JsonLinesOption, JsonOption, fail, settings_of
+from processors.command_context import (
+    JsonLinesOption,
+    JsonOption,
+    TenantOption,
+    fail,
+    settings_of,
+)
 from processors.reporting import commands as reporting_commands
 from processors.serving.reader import Reader
 from producers import simulator
@@ -55,7 +61,7 @@ def configure(
     bootstrap: Annotated[
         str | None, typer.Option(help="Kafka bootstrap servers (CUSTODY_KAFKA_BOOTSTRAP).")
     ] = None,
-    tenant: Annotated[str | None, typer.Option(help="Tenant (CUSTODY_TENANT).")] = None,
+    tenant: TenantOption = None,
     home: Annotated[
         Path | None, typer.Option(help="Local stack state and logs (CUSTODY_HOME).")
     ] = None,
