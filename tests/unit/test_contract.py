@@ -99,72 +99,46 @@ _scopes = st.lists(_text, max_size=4)
 _map = st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3)
 
 
+# A body field's values by its name (an id's when it is not named here), or by its type's
+# own entry where that type gives the name another meaning; a field the model lets be None
+# draws None too.
+_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "purpose": st.text(max_size=30),
+    "requested_scopes": _scopes,
+    "scopes": _scopes,
+    "data_scope": _scopes,
+    "deadline": _times,
+    "expires_at": _times,
+    "decision": st.sampled_from(list(Decision)),
+    "credential_kind": st.sampled_from(list(CredentialKind)),
+    "outcome": st.sampled_from(list(AccessOutcome)),
+    "reasons": st.lists(st.text(max_size=10), max_size=3),
+    "context": _map,
+    "reason": st.text(max_size=10),
+    "standing_access_unavailable": st.text(max_size=10),
+    "detail": st.text(max_size=20),
+}
+_OWN_FIELDS: dict[EventType, dict[str, st.SearchStrategy[Any]]] = {
+    EventType.CREDENTIAL_REVOKED: {"reason": st.sampled_from(list(RevocationReason))},
+    EventType.TASK_COMPLETED: {
+        "outcome": st.sampled_from(list(TaskOutcome)),
+        "detail": st.text(max_size=10),
+    },
+}
+
+
+def _fields(event_type: EventType, *drawn_apart: str) -> st.SearchStrategy[dict[str, Any]]:
+    """The body fields of ``event_type`` but ``drawn_apart``."""
+    own = _OWN_FIELDS.get(event_type, {})
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for name, field in BODY_MODELS[event_type].model_fields.items():
+        if name not in drawn_apart:
+            strategy = own[name] if name in own else _FIELDS.get(name, _text)
+            fields[name] = strategy if field.is_required() else st.none() | strategy
+    return st.fixed_dictionaries(fields)
+
+
 def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
-    bodies: dict[EventType, dict[str, st.SearchStrategy[Any]]] = {
-        EventType.TASK_DECLARED: {
-            "purpose": st.text(max_size=30),
-            "requested_scopes": _scopes,
-            "deadline": st.none() | _times,
-        },
-        EventType.AUTHZ_DECISION: {
-            "decision_id": _text,
-            "policy_engine": _text,
-            "policy_id": _text,
-            "policy_version": _text,
-            "decision": st.sampled_from(list(Decision)),
-            "resource": _text,
-            "action": _text,
-            "data_scope": _scopes,
-            "reasons": st.lists(st.text(max_size=10), max_size=3),
-            "context": _map,
-        },
-        EventType.ACCESS: {
-            "token_id": _text,
-            "tool": _text,
-            "resource": _text,
-            "action": _text,
-            "data_scope": _scopes,
-            "decision_id": _opt_text,
-            "outcome": st.sampled_from(list(AccessOutcome)),
-            "detail": st.none() | st.text(max_size=20),
-        },
-        EventType.DELEGATION: {
-            "delegator": _text,
-            "delegatee": _text,
-            "child_task_id": _text,
-            "scopes": _scopes,
-            "decision_id": _text,
-        },
-        EventType.APPROVAL: {
-            "approval_id": _text,
-            "approver": _text,
-            "approves": _text,
-            "scopes": _scopes,
-            "expires_at": st.none() | _times,
-            "reason": st.text(max_size=10),
-        },
-        EventType.BREAK_GLASS: {
-            "break_glass_id": _text,
-            "reason": st.text(max_size=10),
-            "standing_access_unavailable": st.text(max_size=10),
-            "approval_id": _opt_text,
-            "expires_at": _times,
-        },
-        EventType.CREDENTIAL_REVOKED: {
-            "token_id": _text,
-            "reason": st.sampled_from(list(RevocationReason)),
-            "revoked_by": _text,
-        },
-        EventType.TASK_COMPLETED: {
-            "outcome": st.sampled_from(list(TaskOutcome)),
-            "detail": st.none() | st.text(max_size=10),
-        },
-        EventType.CREDENTIAL_RENEWED: {
-            "token_id": _text,
-            "expires_at": _times,
-            "renewed_by": _text,
-        },
-    }
     if event_type is EventType.CREDENTIAL_ISSUED:
         return st.builds(
             lambda issued, ttl, fields: {
@@ -174,19 +148,9 @@ def _body(event_type: EventType) -> st.SearchStrategy[dict[str, Any]]:
             },
             _times,
             st.integers(1, 10**12),
-            st.fixed_dictionaries(
-                {
-                    "token_id": _text,
-                    "token_subject": _text,
-                    "credential_kind": st.sampled_from(list(CredentialKind)),
-                    "audience": _text,
-                    "scopes": _scopes,
-                    "decision_id": _text,
-                    "parent_token_id": _opt_text,
-                }
-            ),
+            _fields(event_type, "issued_at", "expires_at"),
         )
-    return st.fixed_dictionaries(bodies[event_type])
+    return _fields(event_type)
 
 
 @st.composite
