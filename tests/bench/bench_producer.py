@@ -52,7 +52,7 @@ from producers.producer import CustodyProducer
 from producers.settings import Settings
 from schemas import catalog, topics
 from schemas.codec import SINGLE_OBJECT_MAGIC, AvroCodec, body_bytes, event_to_avro
-from schemas.models import Envelope
+from schemas.models import AuthzDecisionEvent, CredentialIssuedEvent, Envelope
 from tests.bench.results import Entry, entry, env_count
 
 DEFAULT_EVENTS = 100_000
@@ -142,26 +142,11 @@ class TreeGenerator:
         ]
         if ctx.depth == 0 and rng.random() < 0.05:
             found.append(self._break_glass(tenant, human, ctx))
-        decision_id = self._id("dec")
-        found.append(self._decision(policy, ctx, decision_id, tools[0], scopes, attributes))
-        token_id = self._id("tok")
-        issued = self._tick()
-        found.append(
-            events.credential_issued(
-                broker,
-                ctx,
-                token_id=token_id,
-                token_subject=agent_source.actor.workload_id,
-                credential_kind=rng.choice(("JWT", "DB_CREDENTIAL", "CLOUD_SESSION")),
-                audience=tools[0][0].split(".")[0],
-                scopes=scopes,
-                issued_at=issued,
-                expires_at=issued + timedelta(minutes=15),
-                decision_id=decision_id,
-                event_time=issued,
-                attributes=attributes,
-            )
+        decision, credential = self._grant(
+            policy, broker, agent_source, ctx, tools[0], scopes, attributes
         )
+        found += [decision, credential]
+        decision_id, token_id = decision.body.decision_id, credential.body.token_id
         for _ in range(rng.randint(2, 6)):
             found.append(self._access(agent_source, ctx, token_id, decision_id, tools))
         for child_agent in self._delegatees(ctx):
@@ -210,17 +195,21 @@ class TreeGenerator:
             return [self._rng.choice(_CHILD_AGENTS)]
         return []
 
-    def _decision(
+    def _grant(
         self,
         policy: Source,
+        broker: Source,
+        agent: Source,
         ctx: CustodyContext,
-        decision_id: str,
         tool: tuple[str, str, str, str],
         scopes: list[str],
         attributes: Mapping[str, str],
-    ) -> Envelope:
+    ) -> tuple[AuthzDecisionEvent, CredentialIssuedEvent]:
+        """The policy's ALLOW of ``tool`` for the task, and the broker's 15-minute
+        credential for ``agent`` on it (its audience the tool's service)."""
         _, resource, action, _ = tool
-        return events.authz_decision(
+        decision_id = self._id("dec")
+        decision = events.authz_decision(
             policy,
             ctx,
             decision_id=decision_id,
@@ -236,6 +225,23 @@ class TreeGenerator:
             event_time=self._tick(),
             attributes=attributes,
         )
+        token_id = self._id("tok")
+        issued = self._tick()
+        credential = events.credential_issued(
+            broker,
+            ctx,
+            token_id=token_id,
+            token_subject=agent.actor.workload_id,
+            credential_kind=self._rng.choice(("JWT", "DB_CREDENTIAL", "CLOUD_SESSION")),
+            audience=tool[0].split(".")[0],
+            scopes=scopes,
+            issued_at=issued,
+            expires_at=issued + timedelta(minutes=15),
+            decision_id=decision_id,
+            event_time=issued,
+            attributes=attributes,
+        )
+        return decision, credential
 
     def _access(
         self,
