@@ -151,7 +151,8 @@ class TreeGenerator:
             found.append(self._access(agent_source, ctx, token_id, decision_id, tools))
         for child_agent in self._delegatees(ctx):
             child = ctx.child()
-            found.append(
+            # In the order they happen: a child's events follow its delegation.
+            found += [
                 events.delegation(
                     agent_source,
                     ctx,
@@ -162,10 +163,10 @@ class TreeGenerator:
                     decision_id=decision_id,
                     event_time=self._tick(),
                     attributes=attributes,
-                )
-            )
-            found.extend(self._task(tenant, human, child_agent, child))
-        found.append(
+                ),
+                *self._task(tenant, human, child_agent, child),
+            ]
+        found += [
             events.credential_revoked(
                 broker,
                 ctx,
@@ -174,9 +175,7 @@ class TreeGenerator:
                 revoked_by=broker.actor.workload_id,
                 event_time=self._tick(),
                 attributes=attributes,
-            )
-        )
-        found.append(
+            ),
             events.task_completed(
                 agent_source,
                 ctx,
@@ -184,8 +183,8 @@ class TreeGenerator:
                 detail="finished within its deadline",
                 event_time=self._tick(),
                 attributes=attributes,
-            )
-        )
+            ),
+        ]
         return found
 
     def _delegatees(self, ctx: CustodyContext) -> list[str]:
