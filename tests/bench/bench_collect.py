@@ -86,7 +86,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -107,6 +106,7 @@ from schemas.models import Envelope
 from tests.bench.bench_producer import json_form
 from tests.bench.results import (
     Entry,
+    TimedRun,
     alternate,
     announce,
     entry,
@@ -141,23 +141,8 @@ EPOCH = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
 # ---- runs -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
-    """One timed run: ``count`` decisions or lines in ``seconds``, ``cpu_seconds`` spent."""
-
-    mode: str
-    count: int
-    seconds: float
-    cpu_seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        """CPU time per item, in microseconds."""
-        return self.cpu_seconds / self.count * 1e6
+Run = TimedRun
+"""One timed run: ``count`` decisions, lines or spans."""
 
 
 def bench_settings(bootstrap: str, workdir: Path) -> Settings:

@@ -63,6 +63,7 @@ from schemas.models import Alert
 from tests.bench.ingest_worker import Started, consumed, in_thread
 from tests.bench.results import (
     Entry,
+    TimedRun,
     alternate,
     announce,
     consumer_settings,
@@ -132,21 +133,10 @@ def postables(settings: Settings, items: Sequence[Alert]) -> dict[bytes, bytes]:
 
 
 @dataclass(frozen=True)
-class Run:
-    mode: str
-    count: int
-    seconds: float
-    cpu_seconds: float
+class Run(TimedRun):
+    """A timed run of alerts (CPU: this process's, all threads) and the posts it took."""
+
     posts: int
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds
-
-    @property
-    def cpu_us(self) -> float:
-        """CPU time of this process (all threads) per alert, in microseconds."""
-        return self.cpu_seconds / self.count * 1e6
 
 
 @contextmanager

@@ -5,12 +5,34 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NotRequired, Protocol, TypedDict, TypeVar
 
 from confluent_kafka import Producer
 
 from producers.settings import Settings
+
+
+@dataclass(frozen=True)
+class TimedRun:
+    """One timed run of a benchmark side: ``count`` items in ``seconds``, ``cpu_seconds``
+    of CPU spent (by the process measured)."""
+
+    mode: str
+    count: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Items per second."""
+        return self.count / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """CPU time per item, in microseconds."""
+        return self.cpu_seconds / self.count * 1e6
 
 
 class Entry(TypedDict):
