@@ -60,7 +60,7 @@ integration: install
 
 ## The whole suite: lint, types, unit and integration tests (they start their own broker).
 test: install system-deps lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 ## The fault suite at the sizes issue 6 asks for (long: not in CI): results in
 ## faults-results.json, then printed as the table of docs/faults.md. `make test` runs it small.

@@ -416,9 +416,9 @@ def demo(
     if pending:
         out.print(
             f"{len(pending)} planted {', '.join(sorted(set(pending.values())))} alerts are "
-            "still to come: they fire when the correlator's watermark passes each tree's end "
-            f"plus the {settings.grace_seconds:.0f}s grace (on a quiet stack, by idle "
-            "advancement within minutes); custody alerts shows them."
+            "still to come: they fire when the correlator's watermark passes their deadline "
+            f"(a tree's end or a late access, plus the {settings.grace_seconds:.0f}s grace; on "
+            "a quiet stack, by idle advancement within minutes); custody alerts shows them."
         )
     address = running_api(settings)
     if address:

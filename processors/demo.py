@@ -12,9 +12,10 @@ before the latest stored event: the correlator's watermark already passed that t
 evidence older than the watermark is judged late (deadlines that are already past fire
 before the rest of the backfilled tree arrives). It then starts nearer to now.
 
-Alerts that wait for a deadline can lag: a partition's watermark reaches its last tree's
-deadline only by idle advancement, up to the grace period plus the allowed lateness after
-its last event. The demo waits a little for them, then reports those still to come.
+Alerts that wait for a deadline (a token left unrevoked, a token used after its expiry)
+can lag: a partition's watermark reaches its last tree's deadline only by idle
+advancement, up to the grace period plus the allowed lateness after its last event. The
+demo waits a little for them, then reports those still to come.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ GROUP BY alert_type ORDER BY alerts DESC, alert_type"""  # noqa: S608
 
 _LATEST = "SELECT max(event_time) AS latest, count() AS events FROM events"
 
-# Alerts that fire when the correlator's watermark passes a deadline (a tree's end plus the
-# grace period), not on an event. On a quiet stack the watermark gets there through idle
+# Alerts that fire when the correlator's watermark passes a deadline (a tree's end, or an
+# access after its token's expiry, plus the grace period, which a renewal arriving late may
+# still cover), not on an event. On a quiet stack the watermark gets there through idle
 # advancement, minutes after the last event of a partition.
-DEADLINE_ALERTS = frozenset({"UNREVOKED_TOKEN"})
+DEADLINE_ALERTS = frozenset({"UNREVOKED_TOKEN", "TOKEN_USED_AFTER_EXPIRY"})
 
 # The misbehaviours whose trees show the most in one picture, best first.
 _SHOWCASE = ("SCOPE_ESCALATION", "SHARED_CREDENTIAL", "SELF_APPROVAL", "UNREVOKED_TOKEN")

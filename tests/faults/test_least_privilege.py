@@ -248,12 +248,12 @@ def test_the_access_migration_runs_only_where_access_control_exists(
     digest = hashlib.sha256(password.encode()).hexdigest()
     ok = (
         "0004_access" in report.applied
-        and with_access.recorded == [1, 2, 3, 4, 5, 6, 7]
+        and with_access.recorded == [1, 2, 3, 4, 5, 6, 7, 8]
         and "CREATE ROLE IF NOT EXISTS custody_writer" in access_sql
         and report.users == ["custody_ingest"]
         and password not in access_sql
         and "0004_access" in skipped.skipped
-        and without.recorded == [1, 2, 3, 5, 6]
+        and without.recorded == [1, 2, 3, 5, 6, 8]
         and not any("CREATE USER" in s for s in without.executed)
         and "custody_ingest" in error
         and digest not in error
@@ -306,7 +306,7 @@ def test_chdb_has_no_sql_access_control(record_fault: Recorder, chdb_dir: Path) 
         not configured[k]["ok"] and configured[k]["code"] == 514 for k in tried
     )
     skipped = prepared["skipped"].get("0004_access", "")
-    ok = refused and prepared["recorded"] == [1, 2, 3, 5, 6] and "chdb" in skipped
+    ok = refused and prepared["recorded"] == [1, 2, 3, 5, 6, 8] and "chdb" in skipped
     record_fault(
         area=AREA,
         tried="chdb: CREATE ROLE/USER/ROW POLICY (default, and with access_management and a "
@@ -320,7 +320,7 @@ def test_chdb_has_no_sql_access_control(record_fault: Recorder, chdb_dir: Path) 
         migration_skipped=skipped,
     )
     assert refused, (default, configured)
-    assert prepared["recorded"] == [1, 2, 3, 5, 6]
+    assert prepared["recorded"] == [1, 2, 3, 5, 6, 8]
     assert ok
 
 

@@ -151,7 +151,7 @@ def test_the_survivor_of_a_kill_9_takes_over_and_every_alert_is_stored_once(
         scaled = stack.custody("up", "--correlators", "1")
         assert scaled.returncode == 0, scaled.stderr + scaled.stdout
         statuses = _statuses(stack)
-        assert list(statuses) == ["broker", SURVIVOR, "ingest"]
+        assert list(statuses) == ["broker", SURVIVOR, "ingest", "collect"]
         assert statuses[SURVIVOR]["pid"] == survivor_pid
     finally:
         down = stack.custody("down")

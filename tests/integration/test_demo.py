@@ -1,6 +1,7 @@
 """``custody demo`` on a real local stack: it starts the stack, and every alert stored is
 one the simulation planted, and each planted one is there, except deadline-driven ones
-(UNREVOKED_TOKEN) that may still wait for a quiet partition's watermark. A second demo on
+(UNREVOKED_TOKEN, TOKEN_USED_AFTER_EXPIRY) that may still wait for a quiet partition's
+watermark. A second demo on
 the same stack must not turn the first's watermark into false alerts on its own trees."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from processors.demo import DEADLINE_ALERTS
 from producers.simulator import EXPECTED_ALERT, SimulationConfig, plan
 from tests.support.alertmanager import alertmanager_with_receiver
 from tests.support.broker import free_port, run_custody
@@ -37,7 +39,7 @@ def _alerts(bootstrap: str, home: Path, env: dict[str, str]) -> Counter[str]:
 def _assert_planted(alerts: Counter[str], planted: Counter[str]) -> None:
     """Exactly the planted alerts, but deadline-driven ones may still be to come."""
     assert not alerts - planted, f"alerts nobody planted: {alerts - planted}"
-    assert set(planted - alerts) <= {"UNREVOKED_TOKEN"}, planted - alerts
+    assert set(planted - alerts) <= DEADLINE_ALERTS, planted - alerts
 
 
 def test_demo_reports_exactly_the_planted_alerts_twice(tmp_path: Path) -> None:
