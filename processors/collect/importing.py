@@ -14,7 +14,7 @@ from typing import Any, Literal
 from processors.collect import opa, opa_files
 from processors.collect.mapping_file import CollectMapping
 from processors.collect.publisher import CollectPublisher, Tally
-from processors.collect.records import Origin, Outcome, Rejection
+from processors.collect.records import Origin, Outcome
 from processors.collect.vault import VaultAuditMapper
 from processors.collect.vault_lines import outcomes_of_lines
 
@@ -25,14 +25,7 @@ BATCH = 1_000
 def _opa_outcomes(
     text: str, origin: Origin, mapping: CollectMapping
 ) -> Iterator[tuple[Outcome, bytes | None]]:
-    import json
-
-    for item in opa_files.read_decisions(text):
-        if not isinstance(item, dict):
-            yield item, None  # a line that is no decision: dead-lettered or skipped
-            continue
-        outcome = opa.map_decision(item, origin, mapping.opa)
-        yield outcome, json.dumps(item).encode() if isinstance(outcome, Rejection) else None
+    return opa.decision_outcomes(opa_files.read_decisions(text), origin, mapping.opa)
 
 
 def _vault_outcomes(

@@ -15,8 +15,9 @@ Paths OPA's mask policy erased or masked (``erased``, ``masked``: JSON pointers 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
@@ -555,3 +556,23 @@ def map_decision(
         "opa_contract_violation",
     )
     return event if isinstance(event, Rejection) else records.Mapped((event,))
+
+
+def decision_outcomes(
+    items: Iterable[Any], origin: records.Origin, mapping: OpaMapping
+) -> Iterator[tuple[records.Outcome, bytes | None]]:
+    """Each item's outcome, with the bytes its dead letter keeps (None when it is not one):
+    a decision event (an object) mapped, an outcome a saved log's reader already made
+    (:mod:`~processors.collect.opa_files`) as it is, any other value rejected. Used alike
+    for an upload's array and an imported log."""
+    for index, item in enumerate(items):
+        if isinstance(item, Rejection | records.Skipped):
+            yield item, None
+            continue
+        outcome: records.Outcome = (
+            map_decision(item, origin, mapping)
+            if isinstance(item, dict)
+            else Rejection("opa_malformed_record", f"item {index} of the upload is not an object")
+        )
+        # A dead letter keeps the record as it came; a published one needs no copy.
+        yield outcome, json.dumps(item).encode() if isinstance(outcome, Rejection) else None

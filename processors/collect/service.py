@@ -17,11 +17,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from processors.collect import opa, opa_files
 from processors.collect.mapping_file import CollectMapping
 from processors.collect.metrics import CollectMetrics
 from processors.collect.publisher import CollectPublisher, Tally, Unavailable
-from processors.collect.records import Origin, Outcome, Rejection
+from processors.collect.records import Origin
 from processors.collect.tokens import TokenStore
 
 _log = logging.getLogger("custody.collect")
@@ -204,18 +203,5 @@ class CollectService:
         return {tenant for tenant in named if tenant is not None and tenant != origin.tenant}
 
     def _publish_decisions(self, origin: Origin, decisions: list[Any]) -> Tally:
-        return self.publisher.publish(origin, self._outcomes(origin, decisions))
-
-    def _outcomes(
-        self, origin: Origin, decisions: list[Any]
-    ) -> Iterator[tuple[Outcome, bytes | None]]:
-        for index, entry in enumerate(decisions):
-            outcome: Outcome = (
-                opa.map_decision(entry, origin, self.mapping.opa)
-                if isinstance(entry, dict)
-                else Rejection(
-                    "opa_malformed_record", f"item {index} of the upload is not an object"
-                )
-            )
-            # A dead letter keeps the record as it came; a published one needs no copy.
-            yield outcome, json.dumps(entry).encode() if isinstance(outcome, Rejection) else None
+        outcomes = opa.decision_outcomes(decisions, origin, self.mapping.opa)
+        return self.publisher.publish(origin, outcomes)
